@@ -1,0 +1,140 @@
+//! An established Noise session: encrypted frames in both directions.
+//!
+//! The session uses snow's stateless transport with one nonce counter per direction, so the reader
+//! and the writer can be moved into different tasks without a lock around the cipher.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use whatsap2p_proto::codec::WireEnum;
+use whatsap2p_proto::{DecodeError, PublicKey, MAX_FRAME_LEN};
+
+use crate::{codec, frame_error, LinkError, WRITE_TIMEOUT};
+
+/// An established session over `S`.
+pub struct Session<S> {
+    reader: SessionReader<ReadHalf<S>>,
+    writer: SessionWriter<WriteHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Session<S> {
+    pub(crate) fn new(
+        framed: Framed<S, LengthDelimitedCodec>,
+        transport: snow::StatelessTransportState,
+        remote_static: PublicKey,
+    ) -> Self {
+        let parts = framed.into_parts();
+        let (r, w) = tokio::io::split(parts.io);
+        let transport = Arc::new(transport);
+        let mut read = FramedRead::new(r, codec());
+        // Bytes the handshake reader had already pulled off the stream belong to the session.
+        read.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        Self {
+            reader: SessionReader { frames: read, transport: transport.clone(), nonce: 0, remote_static },
+            writer: SessionWriter {
+                frames: FramedWrite::new(w, codec()),
+                transport,
+                nonce: 0,
+                buf: vec![0; MAX_FRAME_LEN],
+            },
+        }
+    }
+
+    /// The peer's Noise static key, authenticated by the handshake.
+    pub fn remote_static(&self) -> PublicKey {
+        self.reader.remote_static
+    }
+
+    /// Splits into halves that can be used from different tasks.
+    pub fn split(self) -> (SessionReader<ReadHalf<S>>, SessionWriter<WriteHalf<S>>) {
+        (self.reader, self.writer)
+    }
+}
+
+/// The receiving half of a session.
+pub struct SessionReader<R> {
+    frames: FramedRead<R, LengthDelimitedCodec>,
+    transport: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    remote_static: PublicKey,
+}
+
+impl<R: AsyncRead + Unpin> SessionReader<R> {
+    /// Next decrypted frame, or `None` when the peer closed the stream cleanly.
+    ///
+    /// Cancel-safe: a `select!` may drop this future without losing a frame.
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        let frame = match self.frames.next().await {
+            Some(frame) => frame.map_err(frame_error)?,
+            None => return Ok(None),
+        };
+        let mut out = vec![0u8; frame.len()];
+        let n = self.transport.read_message(self.nonce, &frame, &mut out)?;
+        self.nonce += 1;
+        out.truncate(n);
+        Ok(Some(out))
+    }
+
+    /// Next message of type `T`, skipping (and logging) kinds from a newer protocol version.
+    pub async fn recv_msg<T: DeserializeOwned + WireEnum>(&mut self) -> Result<Option<T>, LinkError> {
+        loop {
+            let Some(bytes) = self.recv().await? else { return Ok(None) };
+            match whatsap2p_proto::decode::<T>(&bytes) {
+                Ok(msg) => return Ok(Some(msg)),
+                Err(DecodeError::UnknownVariant(v)) => {
+                    tracing::debug!(kind = v, "skipping message of unknown kind");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The peer's Noise static key.
+    pub fn remote_static(&self) -> PublicKey {
+        self.remote_static
+    }
+}
+
+/// The sending half of a session.
+pub struct SessionWriter<W> {
+    frames: FramedWrite<W, LengthDelimitedCodec>,
+    transport: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> SessionWriter<W> {
+    /// Encrypts and writes one frame, within [`WRITE_TIMEOUT`].
+    pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        let n = self.transport.write_message(self.nonce, plaintext, &mut self.buf)?;
+        self.nonce += 1;
+        let frame = Bytes::copy_from_slice(&self.buf[..n]);
+        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(frame)).await {
+            Ok(r) => r.map_err(frame_error),
+            Err(_) => Err(LinkError::WriteTimeout),
+        }
+    }
+
+    /// Encodes and sends one message.
+    pub async fn send_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
+        let bytes = whatsap2p_proto::encode(msg)?;
+        self.send(&bytes).await
+    }
+
+    /// Flushes and shuts the write side down, telling the peer no more frames come.
+    pub async fn close(&mut self) -> Result<(), LinkError> {
+        let closing = async {
+            SinkExt::<Bytes>::flush(&mut self.frames).await?;
+            tokio::io::AsyncWriteExt::shutdown(self.frames.get_mut()).await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, closing).await {
+            Ok(r) => r.map_err(LinkError::Io),
+            Err(_) => Err(LinkError::WriteTimeout),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Messages between a client and the directory server, after the handshake.
+//!
+//! The session's number and identity come from the handshake's [`crate::IdentityProof`], so no
+//! request repeats them. Requests that expect an answer carry a `req` id echoed in the reply, so a
+//! client may keep many in flight on one session.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::WireEnum;
+use crate::{Number, PublicKey};
+
+/// Longest refusal or error text a server sends.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Client → directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClientToServer {
+    /// Go online, reachable for peers at `listen`. An unspecified IP (`0.0.0.0`, `::`) means
+    /// "the address you see me coming from".
+    Register {
+        /// Where this client accepts peer links.
+        listen: SocketAddr,
+    },
+    /// Where is `number`, and which identity key owns it?
+    Lookup {
+        /// Echoed in the answer.
+        req: u32,
+        /// Who to look up.
+        number: Number,
+        /// Why the client asks; only changes what the server logs.
+        intent: LookupIntent,
+    },
+    /// Keeps the session alive; the server answers with [`ServerToClient::HeartbeatAck`].
+    Heartbeat,
+    /// Go offline now; the server closes the session.
+    Logout,
+}
+
+/// Why a client looks a number up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LookupIntent {
+    /// The user asked whether the number is online.
+    Ping,
+    /// The client wants the address to open a link (or to check a connecting peer's key).
+    Address,
+}
+
+impl WireEnum for ClientToServer {
+    const KNOWN_VARIANTS: u32 = 4;
+}
+
+/// Where an online user listens, and since when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// The peer listener's address.
+    pub addr: SocketAddr,
+    /// When the user registered, in milliseconds since the Unix epoch (server clock).
+    pub since_unix_ms: u64,
+}
+
+/// Directory → client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ServerToClient {
+    /// Registration accepted; `listen` is the address peers will be given.
+    Registered {
+        /// The address published for this client.
+        listen: SocketAddr,
+    },
+    /// The session is refused (number bound to another key, bad request); the server closes it.
+    Refused {
+        /// Why, for people.
+        reason: String,
+    },
+    /// Answer to [`ClientToServer::Lookup`].
+    LookupResult {
+        /// The request's id.
+        req: u32,
+        /// Who was looked up.
+        number: Number,
+        /// The identity key bound to the number, if it ever registered.
+        key: Option<PublicKey>,
+        /// Where it listens, if online.
+        online: Option<Location>,
+    },
+    /// Answer to [`ClientToServer::Heartbeat`].
+    HeartbeatAck,
+    /// A request failed; the session stays open.
+    Error {
+        /// The failing request's id, when it had one.
+        req: Option<u32>,
+        /// Why, for people.
+        message: String,
+    },
+}
+
+impl WireEnum for ServerToClient {
+    const KNOWN_VARIANTS: u32 = 5;
+}

@@ -1,0 +1,141 @@
+//! What travels inside the Noise handshake, and the proof that binds an identity to a session.
+//!
+//! Every connection, client to directory and client to client, runs `Noise_XX`:
+//!
+//! ```text
+//! -> e                 payload: Hello (plaintext: version and purpose)
+//! <- e, ee, s, es      payload: ServerHello from the directory, IdentityProof from a peer
+//! -> s, se             payload: IdentityProof of the initiator
+//! ```
+//!
+//! An [`IdentityProof`] is an Ed25519 signature, by the user's identity key, over the Noise
+//! handshake hash *before* the message that carries it, the sender's Noise static key and its
+//! number. The handshake hash includes the other side's fresh ephemeral key, so the signature is a
+//! fresh challenge answered: it cannot be replayed into another session, and it ties the number and
+//! identity to the Noise static key that the rest of the handshake authenticates.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::{Number, PublicKey, SignatureBytes};
+
+/// Noise protocol name used on every connection.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
+/// Prologue mixed into every handshake, so a handshake meant for another protocol cannot complete.
+pub const PROLOGUE: &[u8] = b"whatsap2p";
+
+/// Domain separation for identity proofs.
+const PROOF_CONTEXT: &[u8] = b"whatsap2p/1 identity proof";
+
+/// What the initiator wants from the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Purpose {
+    /// A session with the directory server.
+    Directory,
+    /// A direct link between two clients.
+    Peer,
+}
+
+/// First handshake payload (travels in clear: it carries nothing secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The initiator's [`crate::PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Directory session or peer link.
+    pub purpose: Purpose,
+}
+
+/// The directory's answer in the second handshake message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    /// The server's protocol version.
+    pub version: u16,
+}
+
+/// A signed claim: "the Noise static key of this session belongs to `identity`, which owns `number`".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityProof {
+    /// The number the signer claims.
+    pub number: Number,
+    /// The signer's Ed25519 identity key.
+    pub identity: PublicKey,
+    /// Signature over the context, the handshake hash, the Noise static key and the number.
+    pub signature: SignatureBytes,
+}
+
+/// Why an [`IdentityProof`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// The identity bytes are not a valid Ed25519 point.
+    #[error("identity key is not a valid Ed25519 key")]
+    BadKey,
+    /// The signature does not verify for this session.
+    #[error("identity proof signature does not verify")]
+    BadSignature,
+}
+
+fn signed_bytes(handshake_hash: &[u8], noise_static: &[u8], number: &Number) -> Vec<u8> {
+    let mut m = Vec::with_capacity(PROOF_CONTEXT.len() + handshake_hash.len() + 32 + 16);
+    m.extend_from_slice(PROOF_CONTEXT);
+    m.extend_from_slice(&(handshake_hash.len() as u16).to_be_bytes());
+    m.extend_from_slice(handshake_hash);
+    m.extend_from_slice(noise_static);
+    m.extend_from_slice(number.as_str().as_bytes());
+    m
+}
+
+impl IdentityProof {
+    /// Signs a proof for this session.
+    pub fn sign(key: &SigningKey, number: Number, handshake_hash: &[u8], noise_static: &[u8]) -> Self {
+        let sig = key.sign(&signed_bytes(handshake_hash, noise_static, &number));
+        Self {
+            number,
+            identity: PublicKey(key.verifying_key().to_bytes()),
+            signature: SignatureBytes::from_bytes(sig.to_bytes()),
+        }
+    }
+
+    /// Checks the proof against the handshake hash and the Noise static key this session saw.
+    pub fn verify(&self, handshake_hash: &[u8], noise_static: &[u8]) -> Result<(), ProofError> {
+        let vk = VerifyingKey::from_bytes(&self.identity.0).map_err(|_| ProofError::BadKey)?;
+        let sig = Signature::from_bytes(&self.signature.to_bytes());
+        vk.verify_strict(&signed_bytes(handshake_hash, noise_static, &self.number), &sig)
+            .map_err(|_| ProofError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::generate(&mut rand::rngs::OsRng)
+    }
+
+    #[test]
+    fn given_proof_for_session_then_it_verifies_only_there() {
+        let k = key();
+        let n = Number::new("123").expect("number");
+        let p = IdentityProof::sign(&k, n, b"hash-1", &[7; 32]);
+        assert_eq!(p.verify(b"hash-1", &[7; 32]), Ok(()));
+        assert_eq!(p.verify(b"hash-2", &[7; 32]), Err(ProofError::BadSignature));
+        assert_eq!(p.verify(b"hash-1", &[8; 32]), Err(ProofError::BadSignature));
+    }
+
+    #[test]
+    fn given_proof_with_swapped_number_then_refused() {
+        let k = key();
+        let mut p = IdentityProof::sign(&k, Number::new("123").expect("n"), b"h", &[1; 32]);
+        p.number = Number::new("456").expect("n");
+        assert_eq!(p.verify(b"h", &[1; 32]), Err(ProofError::BadSignature));
+    }
+
+    #[test]
+    fn given_proof_signed_by_other_key_then_refused() {
+        let mut p = IdentityProof::sign(&key(), Number::new("123").expect("n"), b"h", &[1; 32]);
+        p.identity = PublicKey(key().verifying_key().to_bytes());
+        assert_eq!(p.verify(b"h", &[1; 32]), Err(ProofError::BadSignature));
+    }
+}

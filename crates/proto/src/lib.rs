@@ -1,0 +1,41 @@
+//! Wire types of whatsap2p, shared by the directory server and the clients.
+//!
+//! This crate does no I/O and reads no clock: it turns bytes into checked types and back, so every
+//! decoder can be tested and fuzzed on its own.
+//!
+//! # Layout
+//! - [`number`]: [`Number`], the phone-like identifier of a user.
+//! - [`keys`]: public keys and signatures as they travel, with hex display.
+//! - [`handshake`]: the Noise parameters and the payloads carried inside the handshake, including the
+//!   [`IdentityProof`] that binds a number and an Ed25519 identity to one Noise session.
+//! - [`directory`]: messages between a client and the directory server.
+//! - [`peer`]: messages between two clients.
+//! - [`codec`]: postcard encoding with size limits and a distinction between unknown and malformed.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod directory;
+pub mod handshake;
+pub mod keys;
+pub mod number;
+pub mod peer;
+
+pub use codec::{decode, encode, DecodeError};
+pub use handshake::{IdentityProof, ProofError};
+pub use keys::{PublicKey, SignatureBytes};
+pub use number::{Number, NumberError};
+pub use peer::MessageId;
+
+/// Version of the wire protocol, sent in the first handshake message by the initiator.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame on the wire (length prefix excluded). Noise caps a message at 65 535 bytes, and every
+/// frame carries exactly one Noise message.
+pub const MAX_FRAME_LEN: usize = 65_535;
+
+/// Largest plaintext that fits in one encrypted frame (the AEAD tag takes 16 bytes).
+pub const MAX_PLAINTEXT_LEN: usize = MAX_FRAME_LEN - 16;
+
+/// Largest text message, in bytes of UTF-8. Leaves room in one frame for the envelope.
+pub const MAX_TEXT_LEN: usize = 32 * 1024;

@@ -1,0 +1,96 @@
+//! The phone-like number that names a user; it cannot hold anything else.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A phone-like number: an optional leading `+` and 3 to 15 ASCII digits (E.164 allows 15).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Number(String);
+
+/// Why a string is not a [`Number`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    /// Fewer than [`Number::MIN_DIGITS`] or more than [`Number::MAX_DIGITS`] digits.
+    #[error("a number has {min} to {max} digits, got {got}", min = Number::MIN_DIGITS, max = Number::MAX_DIGITS)]
+    Length {
+        /// How many characters were given.
+        got: usize,
+    },
+    /// A character other than a digit (or a leading `+`).
+    #[error("a number holds only digits, with an optional leading '+'")]
+    NotDigits,
+}
+
+impl Number {
+    /// Fewest digits a number may have.
+    pub const MIN_DIGITS: usize = 3;
+    /// Most digits a number may have.
+    pub const MAX_DIGITS: usize = 15;
+
+    /// Checks `s` (surrounding whitespace ignored) and wraps it.
+    pub fn new(s: &str) -> Result<Self, NumberError> {
+        let s = s.trim();
+        let digits = s.strip_prefix('+').unwrap_or(s);
+        if !(Self::MIN_DIGITS..=Self::MAX_DIGITS).contains(&digits.len()) {
+            return Err(NumberError::Length { got: digits.len() });
+        }
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(NumberError::NotDigits);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The number as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Number {
+    type Err = NumberError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_phone_like_input_then_accepted() {
+        for ok in ["123", "+5511987654321", " 456 ", "123456789012345"] {
+            assert!(Number::new(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(Number::new(" 456 ").map(|n| n.to_string()), Ok("456".to_owned()));
+    }
+
+    #[test]
+    fn given_anything_else_then_refused() {
+        for bad in ["", "12", "abc", "12a4", "+", "++123", "1234567890123456", "12 34", "../1"] {
+            assert!(Number::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn given_invalid_number_on_the_wire_then_decoding_fails() {
+        let bytes = postcard::to_allocvec("12x").expect("encode");
+        assert!(postcard::from_bytes::<Number>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Property tests: every wire type survives encode → decode, and no input makes a decoder panic.
+
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+use whatsap2p_proto::codec::decode_struct;
+use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::handshake::Hello;
+use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey};
+
+fn number() -> impl Strategy<Value = Number> {
+    "[0-9]{3,15}".prop_map(|s| Number::new(&s).expect("generated number"))
+}
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+}
+
+fn client_msg() -> impl Strategy<Value = ClientToServer> {
+    prop_oneof![
+        addr().prop_map(|listen| ClientToServer::Register { listen }),
+        (any::<u32>(), number()).prop_map(|(req, number)| ClientToServer::Lookup {
+            req,
+            number,
+            intent: LookupIntent::Ping
+        }),
+        Just(ClientToServer::Heartbeat),
+        Just(ClientToServer::Logout),
+    ]
+}
+
+fn server_msg() -> impl Strategy<Value = ServerToClient> {
+    prop_oneof![
+        addr().prop_map(|listen| ServerToClient::Registered { listen }),
+        ".{0,40}".prop_map(|reason| ServerToClient::Refused { reason }),
+        (
+            any::<u32>(),
+            number(),
+            proptest::option::of(any::<[u8; 32]>()),
+            proptest::option::of((addr(), any::<u64>()))
+        )
+            .prop_map(|(req, number, key, online)| ServerToClient::LookupResult {
+                req,
+                number,
+                key: key.map(PublicKey),
+                online: online.map(|(addr, since_unix_ms)| Location { addr, since_unix_ms }),
+            }),
+        Just(ServerToClient::HeartbeatAck),
+        (proptest::option::of(any::<u32>()), ".{0,40}")
+            .prop_map(|(req, message)| ServerToClient::Error { req, message }),
+    ]
+}
+
+fn peer_msg() -> impl Strategy<Value = PeerMessage> {
+    prop_oneof![
+        (any::<[u8; 16]>(), any::<u64>(), ".{0,200}").prop_map(|(id, sent_at_ms, text)| PeerMessage::Text {
+            id: MessageId(id),
+            sent_at_ms,
+            text
+        }),
+        any::<[u8; 16]>().prop_map(|id| PeerMessage::Ack { id: MessageId(id) }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn client_to_server_round_trips(m in client_msg()) {
+        prop_assert_eq!(decode::<ClientToServer>(&encode(&m).expect("encode")), Ok(m));
+    }
+
+    #[test]
+    fn server_to_client_round_trips(m in server_msg()) {
+        prop_assert_eq!(decode::<ServerToClient>(&encode(&m).expect("encode")), Ok(m));
+    }
+
+    #[test]
+    fn peer_message_round_trips(m in peer_msg()) {
+        prop_assert_eq!(decode::<PeerMessage>(&encode(&m).expect("encode")), Ok(m));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<ClientToServer>(&bytes);
+        let _ = decode::<ServerToClient>(&bytes);
+        let _ = decode::<PeerMessage>(&bytes);
+        let _ = decode_struct::<Hello>(&bytes);
+        let _ = decode_struct::<IdentityProof>(&bytes);
+    }
+}
+
+#[test]
+fn given_unknown_variant_then_reported_as_unknown_not_malformed() {
+    assert_eq!(decode::<PeerMessage>(&[9, 1, 2, 3]), Err(DecodeError::UnknownVariant(9)));
+}
+
+#[test]
+fn given_trailing_bytes_then_refused() {
+    let mut b = encode(&ClientToServer::Heartbeat).expect("encode");
+    b.push(0);
+    assert_eq!(decode::<ClientToServer>(&b), Err(DecodeError::Trailing(1)));
+}
+
+#[test]
+fn given_oversized_text_then_encode_refuses() {
+    let m = PeerMessage::Text { id: MessageId::new(), sent_at_ms: 0, text: "x".repeat(70_000) };
+    assert!(encode(&m).is_err());
+}
