@@ -6,20 +6,21 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use whatsap2p_proto::codec::WireEnum;
 use whatsap2p_proto::{DecodeError, PublicKey, MAX_FRAME_LEN};
 
-use crate::{codec, frame_error, LinkError, WRITE_TIMEOUT};
+use crate::{frame_error, LinkError, WRITE_TIMEOUT};
 
 /// An established session over `S`.
 pub struct Session<S> {
-    reader: SessionReader<ReadHalf<S>>,
-    writer: SessionWriter<WriteHalf<S>>,
+    reader: SessionReader<S>,
+    writer: SessionWriter<S>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
@@ -28,20 +29,13 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         transport: snow::StatelessTransportState,
         remote_static: PublicKey,
     ) -> Self {
-        let parts = framed.into_parts();
-        let (r, w) = tokio::io::split(parts.io);
+        // Splitting the framed stream (not the raw one) keeps any bytes the handshake already
+        // buffered, such as a first message sent right behind the last handshake message.
+        let (sink, stream) = framed.split();
         let transport = Arc::new(transport);
-        let mut read = FramedRead::new(r, codec());
-        // Bytes the handshake reader had already pulled off the stream belong to the session.
-        read.read_buffer_mut().extend_from_slice(&parts.read_buf);
         Self {
-            reader: SessionReader { frames: read, transport: transport.clone(), nonce: 0, remote_static },
-            writer: SessionWriter {
-                frames: FramedWrite::new(w, codec()),
-                transport,
-                nonce: 0,
-                buf: vec![0; MAX_FRAME_LEN],
-            },
+            reader: SessionReader { frames: stream, transport: transport.clone(), nonce: 0, remote_static },
+            writer: SessionWriter { frames: sink, transport, nonce: 0, buf: vec![0; MAX_FRAME_LEN] },
         }
     }
 
@@ -51,20 +45,20 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     }
 
     /// Splits into halves that can be used from different tasks.
-    pub fn split(self) -> (SessionReader<ReadHalf<S>>, SessionWriter<WriteHalf<S>>) {
+    pub fn split(self) -> (SessionReader<S>, SessionWriter<S>) {
         (self.reader, self.writer)
     }
 }
 
 /// The receiving half of a session.
-pub struct SessionReader<R> {
-    frames: FramedRead<R, LengthDelimitedCodec>,
+pub struct SessionReader<S> {
+    frames: SplitStream<Framed<S, LengthDelimitedCodec>>,
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
     remote_static: PublicKey,
 }
 
-impl<R: AsyncRead + Unpin> SessionReader<R> {
+impl<S: AsyncRead + AsyncWrite> SessionReader<S> {
     /// Next decrypted frame, or `None` when the peer closed the stream cleanly.
     ///
     /// Cancel-safe: a `select!` may drop this future without losing a frame.
@@ -101,14 +95,14 @@ impl<R: AsyncRead + Unpin> SessionReader<R> {
 }
 
 /// The sending half of a session.
-pub struct SessionWriter<W> {
-    frames: FramedWrite<W, LengthDelimitedCodec>,
+pub struct SessionWriter<S> {
+    frames: SplitSink<Framed<S, LengthDelimitedCodec>, Bytes>,
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
     buf: Vec<u8>,
 }
 
-impl<W: AsyncWrite + Unpin> SessionWriter<W> {
+impl<S: AsyncRead + AsyncWrite> SessionWriter<S> {
     /// Encrypts and writes one frame, within [`WRITE_TIMEOUT`].
     pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
         let n = self.transport.write_message(self.nonce, plaintext, &mut self.buf)?;
@@ -128,11 +122,7 @@ impl<W: AsyncWrite + Unpin> SessionWriter<W> {
 
     /// Flushes and shuts the write side down, telling the peer no more frames come.
     pub async fn close(&mut self) -> Result<(), LinkError> {
-        let closing = async {
-            SinkExt::<Bytes>::flush(&mut self.frames).await?;
-            tokio::io::AsyncWriteExt::shutdown(self.frames.get_mut()).await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, closing).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.close()).await {
             Ok(r) => r.map_err(LinkError::Io),
             Err(_) => Err(LinkError::WriteTimeout),
         }

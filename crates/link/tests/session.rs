@@ -56,3 +56,24 @@ async fn given_garbage_handshake_then_noise_refuses() {
     let mut hs = Handshake::responder(b, &kb).expect("hs");
     assert!(matches!(hs.recv().await, Err(LinkError::Noise(_))));
 }
+
+#[tokio::test]
+async fn given_frame_right_behind_last_handshake_message_then_session_still_reads_it() {
+    let (a, b) = duplex(1 << 16);
+    let ka = StaticKeypair::generate().expect("key");
+    let kb = StaticKeypair::generate().expect("key");
+    let mut init = Handshake::initiator(a, &ka).expect("hs");
+    let mut resp = Handshake::responder(b, &kb).expect("hs");
+    init.send(b"").await.expect("m1");
+    resp.recv().await.expect("m1");
+    resp.send(b"").await.expect("m2");
+    init.recv().await.expect("m2");
+    init.send(b"").await.expect("m3");
+    let (_r, mut w) = init.finish().expect("finish").split();
+    w.send(b"first").await.expect("send");
+    // Both frames now sit in the pipe; the responder's handshake reader may buffer both.
+    resp.recv().await.expect("m3");
+    let (mut r, _w) = resp.finish().expect("finish").split();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(2), r.recv()).await;
+    assert_eq!(got.expect("not stuck").expect("recv").as_deref(), Some(&b"first"[..]));
+}

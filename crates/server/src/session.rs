@@ -20,8 +20,8 @@ use crate::Directory;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-type Reader = SessionReader<tokio::io::ReadHalf<TcpStream>>;
-type Writer = SessionWriter<tokio::io::WriteHalf<TcpStream>>;
+type Reader = SessionReader<TcpStream>;
+type Writer = SessionWriter<TcpStream>;
 
 /// Why a session ended, for the log line.
 enum End {

@@ -1,0 +1,86 @@
+//! `whatsap2p`: the client. Parses flags, asks for the number if needed, starts the client core and
+//! hands it to the menu or to the JSON-lines front end.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use whatsap2p_cli::{json, menu};
+use whatsap2p_client::profile::default_dir;
+use whatsap2p_client::{Client, ClientConfig, Number};
+
+/// whatsap2p: a peer-to-peer messenger. The server only says who is online and where; messages go
+/// directly, end-to-end encrypted, between clients.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The directory server's IP address.
+    server_ip: IpAddr,
+    /// The directory server's port.
+    server_port: u16,
+    /// Your number (asked for when not given).
+    #[arg(long)]
+    number: Option<Number>,
+    /// Profile folder with your keys and contacts [default: $XDG_DATA_HOME/whatsap2p/NUMBER].
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Where to accept peers [default: 127.0.0.1:0 for a loopback server, else 0.0.0.0:0].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// JSON lines on stdin and stdout, for scripts (see docs/json-lines.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    whatsap2p_cli::logging::init_client();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e),
+    }
+}
+
+async fn run(args: Args) -> Result<(), u8> {
+    let fail = |json_mode: bool, message: String| {
+        if json_mode {
+            json::error(&message);
+        } else {
+            eprintln!("[!] {message}");
+        }
+        1u8
+    };
+    let number = match args.number {
+        Some(n) => n,
+        None if args.json => return Err(fail(true, "--number is required with --json".into())),
+        None => match menu::ask_number().await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Err(1),
+            Err(e) => return Err(fail(false, e.to_string())),
+        },
+    };
+    let server = SocketAddr::new(args.server_ip, args.server_port);
+    let listen = args.listen.unwrap_or_else(|| {
+        let ip = if server.ip().is_loopback() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        SocketAddr::new(ip, 0)
+    });
+    let config = ClientConfig {
+        profile_dir: args.profile.unwrap_or_else(|| default_dir(&number)),
+        number,
+        server,
+        listen,
+        timeouts: Default::default(),
+    };
+    if !args.json {
+        println!("[+] Connecting to server {}/{}...", server.ip(), server.port());
+    }
+    let (client, events) = Client::start(config).await.map_err(|e| fail(args.json, e.to_string()))?;
+    let result = if args.json { json::run(client, events).await } else { menu::run(client, events).await };
+    result.map_err(|e| fail(args.json, e.to_string()))
+}

@@ -1,0 +1,133 @@
+//! JSON-lines mode: one command object per stdin line, one event object per stdout line, nothing
+//! else on stdout. The schema is a public API, documented exactly in `docs/json-lines.md`.
+
+use std::io::Write;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use whatsap2p_client::{Client, ClientError, ContactStatus, Event, Number};
+
+use crate::input::{next_line, Line};
+
+/// A command from stdin.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+enum Command {
+    Ping { number: Number },
+    Send { to: Number, text: String },
+    Contacts,
+    AddContact { number: Number },
+    Logout,
+}
+
+/// Writes one event line and flushes, so a script sees it at once.
+pub fn emit(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// The `error` event.
+pub fn error(message: impl std::fmt::Display) {
+    emit(&json!({"event": "error", "message": message.to_string()}));
+}
+
+fn presence(p: &ContactStatus) -> Value {
+    let mut v = json!({"number": p.number, "online": p.online.is_some()});
+    if let Some(addr) = p.online {
+        v["addr"] = json!(addr.to_string());
+    }
+    if let Some(key) = p.key {
+        v["key"] = json!(key.to_hex());
+    }
+    v
+}
+
+fn event(e: Event) -> Value {
+    match e {
+        Event::Message { id, from, text, sent_at_ms } => {
+            json!({"event": "message", "id": id.to_string(), "from": from, "text": text, "sent_at_ms": sent_at_ms})
+        }
+        Event::Delivered { id, to } => json!({"event": "delivered", "id": id.to_string(), "to": to}),
+        Event::Undelivered { id, to, reason } => {
+            json!({"event": "undelivered", "id": id.to_string(), "to": to, "reason": reason})
+        }
+        Event::Warning { message } => json!({"event": "warning", "message": message}),
+        Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
+        other => json!({"event": "unknown", "debug": format!("{other:?}")}),
+    }
+}
+
+/// Announces the client online.
+pub fn online(client: &Client) {
+    emit(&json!({
+        "event": "online",
+        "number": client.number(),
+        "listen": client.published_addr().to_string(),
+        "key": client.identity_key().to_hex(),
+        "server_key": client.server_key().to_hex(),
+    }));
+}
+
+async fn run_command(client: &Client, cmd: Command) -> Result<Option<Value>, ClientError> {
+    Ok(Some(match cmd {
+        Command::Ping { number } => {
+            let mut v = presence(&client.ping(&number).await?);
+            v["event"] = json!("presence");
+            v
+        }
+        Command::Send { to, text } => {
+            let id = client.send(&to, &text).await?;
+            json!({"event": "sent", "id": id.to_string(), "to": to})
+        }
+        Command::Contacts => {
+            let contacts: Vec<Value> = client.contacts().await?.iter().map(presence).collect();
+            json!({"event": "contacts", "contacts": contacts})
+        }
+        Command::AddContact { number } => {
+            let (new, key) = client.add_contact(&number).await?;
+            json!({"event": "contact_added", "number": number, "new": new, "key": key.map(|k| k.to_hex())})
+        }
+        Command::Logout => return Ok(None),
+    }))
+}
+
+/// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
+pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::Result<()> {
+    online(&client);
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let signal = crate::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some(e) = events.recv() => emit(&event(e)),
+            line = next_line(&mut stdin) => {
+                let line = match line? {
+                    None => break,
+                    Some(Line::Text(l)) if l.trim().is_empty() => continue,
+                    Some(Line::Text(l)) => l,
+                    Some(Line::TooLong(n)) => { error(format!("input line of {n} bytes is over the limit")); continue }
+                    Some(Line::NotUtf8) => { error("input line is not UTF-8"); continue }
+                };
+                let cmd = match serde_json::from_str::<Command>(&line) {
+                    Ok(c) => c,
+                    Err(e) => { error(format!("bad command: {e}")); continue }
+                };
+                match run_command(&client, cmd).await {
+                    Ok(Some(v)) => emit(&v),
+                    Ok(None) => break,
+                    Err(e) => error(e),
+                }
+            }
+        }
+    }
+    client.logout().await;
+    // Events that arrived while logging out still reach the script.
+    while let Ok(e) = events.try_recv() {
+        emit(&event(e));
+    }
+    emit(&json!({"event": "bye"}));
+    Ok(())
+}

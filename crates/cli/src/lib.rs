@@ -1,0 +1,37 @@
+//! Shared pieces of the whatsap2p binaries: logging setup and the two client front ends.
+//!
+//! # Layout
+//! - [`logging`]: the `[+] …` console format of the server and the client's stderr logs.
+//! - [`menu`]: the interactive menu of the original design.
+//! - [`input`]: size-limited reading of stdin lines.
+//! - [`json`]: the JSON-lines interface for scripts (schema in `docs/json-lines.md`).
+
+#![forbid(unsafe_code)]
+
+pub mod input;
+pub mod json;
+pub mod logging;
+pub mod menu;
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,119 @@
+//! Errors of the client core, each saying what a user can act on.
+
+use std::net::SocketAddr;
+
+use whatsap2p_link::LinkError;
+use whatsap2p_proto::{Number, PublicKey};
+
+/// Errors of the client core.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The profile folder is unusable.
+    #[error("profile {path}: {source}")]
+    Profile {
+        /// The path involved.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Another process uses this profile.
+    #[error("profile {0} is in use by another whatsap2p process")]
+    ProfileLocked(std::path::PathBuf),
+    /// The profile database failed.
+    #[error("profile database: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// The identity file is damaged.
+    #[error("identity file {0} is damaged (expected 64 bytes)")]
+    BadIdentity(std::path::PathBuf),
+    /// The directory server presented a key other than the one pinned for it.
+    #[error(
+        "SERVER KEY CHANGED for {server}: pinned {pinned}, presented {presented}. Refusing to connect: \
+         this may be an impostor. If the server really changed its key, remove it from the profile's pins."
+    )]
+    ServerKeyChanged {
+        /// The server address.
+        server: String,
+        /// The pinned key.
+        pinned: PublicKey,
+        /// What it presented.
+        presented: PublicKey,
+    },
+    /// The directory refused this client (for example: the number belongs to another key).
+    #[error("the directory refused us: {0}")]
+    Refused(String),
+    /// The directory session is down.
+    #[error("not connected to the directory")]
+    NotConnected,
+    /// The directory answered with an error.
+    #[error("directory: {0}")]
+    Directory(String),
+    /// The user is not online.
+    #[error("{0} is offline")]
+    Offline(Number),
+    /// Nobody ever registered the number.
+    #[error("{0} is not a whatsap2p user")]
+    UnknownNumber(Number),
+    /// A contact's key differs from the one pinned at first contact.
+    #[error(
+        "KEY CHANGED for {number}: pinned {pinned}, now {presented}. Refusing: this may be an impostor. \
+         If {number} really has a new key, remove and re-add the contact."
+    )]
+    KeyChanged {
+        /// The contact.
+        number: Number,
+        /// Pinned key.
+        pinned: PublicKey,
+        /// Key presented now.
+        presented: PublicKey,
+    },
+    /// A peer did not prove it is who the directory says.
+    #[error("peer at {addr} is not {number}: {reason}")]
+    PeerIdentity {
+        /// Who we expected.
+        number: Number,
+        /// Where we connected.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// The text is too long for one message.
+    #[error("message of {0} bytes is over the {max} byte limit", max = whatsap2p_proto::MAX_TEXT_LEN)]
+    TextTooLong(usize),
+    /// You cannot message yourself.
+    #[error("that is your own number")]
+    OwnNumber,
+    /// An operation did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// The link to a peer or the directory failed.
+    #[error("{context}: {source}")]
+    Link {
+        /// What was being done.
+        context: String,
+        /// The link error.
+        source: LinkError,
+    },
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The client is shutting down.
+    #[error("client is shutting down")]
+    ShuttingDown,
+}
+
+impl ClientError {
+    pub(crate) fn link(context: impl Into<String>) -> impl FnOnce(LinkError) -> Self {
+        let context = context.into();
+        move |source| Self::Link { context, source }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}

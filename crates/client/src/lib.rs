@@ -1,0 +1,27 @@
+//! The whatsap2p client core, shared by every user interface (menu, JSON lines, later a TUI).
+//!
+//! A [`Client`] owns a profile (identity keys, contacts, pinned keys), a session with the directory
+//! server, a listener for peers and the direct links to them. A UI calls its methods and reads its
+//! [`Event`]s; nothing here prints.
+//!
+//! # Layout
+//! - [`profile`]: the profile folder, its lock and the identity keys.
+//! - [`store`]: contacts and pinned keys in SQLite.
+//! - [`directory`]: the session with the directory server (register, lookups, heartbeats).
+//! - [`peer`]: direct links: dialing, accepting, the identity checks on both sides, and the per-link
+//!   task that sends, receives and acknowledges messages.
+//! - [`client`]: [`Client`], which ties them together, and [`Event`].
+//! - [`error`]: the error type, [`ClientError`].
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod directory;
+pub mod error;
+pub mod peer;
+pub mod profile;
+pub mod store;
+
+pub use client::{Client, ClientConfig, ContactStatus, Event, Presence};
+pub use error::ClientError;
+pub use whatsap2p_proto::{MessageId, Number, PublicKey};
