@@ -6,7 +6,7 @@ use std::io::Write;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use whatsap2p_client::{Client, ClientError, ContactStatus, Event, Number};
+use whatsap2p_client::{Client, ContactStatus, Event, Number, SendOutcome, StoredMessage};
 
 use crate::input::{next_line, Line};
 
@@ -18,8 +18,15 @@ enum Command {
     Send { to: Number, text: String },
     Contacts,
     AddContact { number: Number },
+    History { with: Number, limit: Option<usize> },
+    Read { id: String },
     Logout,
 }
+
+/// Most messages one `history` answer carries.
+pub const MAX_HISTORY: usize = 1000;
+/// Messages a `history` answer carries when no limit is given.
+pub const DEFAULT_HISTORY: usize = 50;
 
 /// Writes one event line and flushes, so a script sees it at once.
 pub fn emit(v: &Value) {
@@ -44,15 +51,44 @@ fn presence(p: &ContactStatus) -> Value {
     v
 }
 
+fn stored(m: &StoredMessage) -> Value {
+    let mut v = json!({
+        "id": m.id.to_string(),
+        "direction": if m.outgoing { "out" } else { "in" },
+        "text": m.text,
+        "sent_at_ms": m.sent_at_ms,
+        "state": m.state.as_str(),
+    });
+    if m.outgoing {
+        v["to"] = json!(m.peer);
+    } else {
+        v["from"] = json!(m.peer);
+    }
+    if let Some(at) = m.received_at_ms {
+        v["received_at_ms"] = json!(at);
+    }
+    v
+}
+
 fn event(e: Event) -> Value {
     match e {
         Event::Message { id, from, text, sent_at_ms } => {
             json!({"event": "message", "id": id.to_string(), "from": from, "text": text, "sent_at_ms": sent_at_ms})
         }
         Event::Delivered { id, to } => json!({"event": "delivered", "id": id.to_string(), "to": to}),
-        Event::Undelivered { id, to, reason } => {
-            json!({"event": "undelivered", "id": id.to_string(), "to": to, "reason": reason})
+        Event::Sent { id, to } => json!({"event": "sent", "id": id.to_string(), "to": to}),
+        Event::Read { id, by } => json!({"event": "read", "id": id.to_string(), "by": by}),
+        Event::Failed { id, to, reason } => {
+            json!({"event": "failed", "id": id.to_string(), "to": to, "reason": reason})
         }
+        Event::Presence { number, online } => {
+            let mut v = json!({"event": "presence", "number": number, "online": online.is_some()});
+            if let Some(addr) = online {
+                v["addr"] = json!(addr.to_string());
+            }
+            v
+        }
+        Event::Reconnected => json!({"event": "reconnected"}),
         Event::Warning { message } => json!({"event": "warning", "message": message}),
         Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
         other => json!({"event": "unknown", "debug": format!("{other:?}")}),
@@ -70,16 +106,30 @@ pub fn online(client: &Client) {
     }));
 }
 
-async fn run_command(client: &Client, cmd: Command) -> Result<Option<Value>, ClientError> {
+async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Value>> {
     Ok(Some(match cmd {
         Command::Ping { number } => {
             let mut v = presence(&client.ping(&number).await?);
             v["event"] = json!("presence");
             v
         }
-        Command::Send { to, text } => {
-            let id = client.send(&to, &text).await?;
-            json!({"event": "sent", "id": id.to_string(), "to": to})
+        Command::Send { to, text } => match client.send(&to, &text).await? {
+            (id, SendOutcome::Sent) => json!({"event": "sent", "id": id.to_string(), "to": to}),
+            (id, SendOutcome::Queued { reason }) => {
+                json!({"event": "queued", "id": id.to_string(), "to": to, "reason": reason})
+            }
+        },
+        Command::History { with, limit } => {
+            let limit = limit.unwrap_or(DEFAULT_HISTORY).min(MAX_HISTORY);
+            let messages: Vec<Value> = client.history(&with, limit).await?.iter().map(stored).collect();
+            json!({"event": "history", "with": with, "messages": messages})
+        }
+        Command::Read { id } => {
+            let Ok(parsed) = id.parse() else { anyhow::bail!("'{id}' is not a message id") };
+            if !client.mark_read(parsed).await? {
+                anyhow::bail!("no unread received message has id {id}");
+            }
+            json!({"event": "marked_read", "id": id})
         }
         Command::Contacts => {
             let contacts: Vec<Value> = client.contacts().await?.iter().map(presence).collect();

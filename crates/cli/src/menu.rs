@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use tokio::sync::mpsc;
-use whatsap2p_client::{Client, Event, Number, Presence};
+use whatsap2p_client::{Client, Event, Number, Presence, SendOutcome};
 
 use crate::input::{next_line, Line};
 
@@ -13,9 +13,13 @@ const OPTIONS: &str = "[+] Options:
 2 - Send Message
 3 - View Contacts
 4 - Add New Contact
-5 - Logout";
+5 - Logout
+6 - Conversation history";
 
-const SHORT_OPTIONS: &str = "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout";
+const SHORT_OPTIONS: &str = "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History";
+
+/// Messages option 6 shows.
+const HISTORY_LINES: usize = 20;
 
 /// What the next input line answers.
 #[derive(Clone, Debug)]
@@ -25,6 +29,7 @@ enum Prompt {
     SendNumber,
     SendText(Number),
     AddNumber,
+    HistoryNumber,
 }
 
 impl Prompt {
@@ -35,6 +40,7 @@ impl Prompt {
             Prompt::SendNumber => "Send to number: ",
             Prompt::SendText(_) => "Message: ",
             Prompt::AddNumber => "New contact's number: ",
+            Prompt::HistoryNumber => "Conversation with: ",
         }
     }
 }
@@ -63,15 +69,53 @@ fn describe(p: &Presence) -> String {
     }
 }
 
-fn show_event(e: Event) {
+/// Shows an event; a message shown is a message read, so its sender gets a read receipt.
+async fn show_event(client: &Client, e: Event) {
     match e {
-        Event::Message { from, text, .. } => say(format!("\n> Message from {from}: {text}")),
+        Event::Message { id, from, text, .. } => {
+            say(format!("\n> Message from {from}: {text}"));
+            if let Err(e) = client.mark_read(id).await {
+                say(format!("[!] {e}"));
+            }
+        }
         Event::Delivered { to, .. } => say(format!("\n[+] Delivered to {to}")),
-        Event::Undelivered { to, reason, .. } => say(format!("\n[!] Not confirmed by {to}: {reason}")),
+        Event::Sent { to, .. } => say(format!("\n[+] Queued message sent to {to}")),
+        Event::Read { by, .. } => say(format!("\n[+] Read by {by}")),
+        Event::Failed { to, reason, .. } => say(format!("\n[!] Message to {to} failed: {reason}")),
+        Event::Presence { number, online: Some(addr) } => {
+            say(format!("\n> {number} is online ({})", slash(addr)))
+        }
+        Event::Presence { number, online: None } => say(format!("\n> {number} is offline")),
+        Event::Reconnected => say("\n[+] Reconnected to the directory server"),
         Event::Warning { message } => say(format!("\n[!] WARNING: {message}")),
         Event::DirectoryLost { reason } => say(format!("\n[!] Lost the directory server: {reason}")),
         other => say(format!("\n[+] {other:?}")),
     }
+}
+
+async fn show_history(client: &Client, with: &Number) {
+    match client.history(with, HISTORY_LINES).await {
+        Ok(list) if list.is_empty() => say(format!("[+] No messages with {with} yet")),
+        Ok(list) => {
+            say(format!("[+] Last {} messages with {with}:", list.len()));
+            for m in list {
+                let who = if m.outgoing { "You".to_owned() } else { m.peer.to_string() };
+                let state = if m.outgoing { format!("  [{}]", m.state.as_str()) } else { String::new() };
+                say(format!(
+                    "    {} {who}: {}{state}",
+                    clock(m.received_at_ms.unwrap_or(m.sent_at_ms)),
+                    m.text
+                ));
+            }
+        }
+        Err(e) => say(format!("[!] {e}")),
+    }
+}
+
+/// `HH:MM` (UTC) of a millisecond timestamp.
+fn clock(ms: u64) -> String {
+    let minutes = ms / 60_000;
+    format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60)
 }
 
 /// Asks for our number until a valid one is given; `None` at end of input.
@@ -115,7 +159,7 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
         let line = tokio::select! {
             _ = &mut signal => break,
             Some(e) = events.recv() => {
-                show_event(e);
+                show_event(&client, e).await;
                 prompt(&state);
                 continue;
             }
@@ -155,47 +199,57 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
             }
             (Prompt::Choice, "4") => Prompt::AddNumber,
             (Prompt::Choice, "5") => break,
+            (Prompt::Choice, "6") => Prompt::HistoryNumber,
             (Prompt::Choice, other) => {
                 say(format!("[!] '{other}' is not an option"));
                 say(SHORT_OPTIONS);
                 Prompt::Choice
             }
-            (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber, "") => {
+            (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::HistoryNumber, "") => {
                 say(SHORT_OPTIONS);
                 Prompt::Choice
             }
-            (p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber), text) => {
-                match Number::new(text) {
-                    Err(e) => {
-                        say(format!("[!] {e}"));
-                        p
-                    }
-                    Ok(n) => match p {
-                        Prompt::PingNumber => {
-                            match client.ping(&n).await {
-                                Ok(p) => say(format!("[+] {}", describe(&p))),
-                                Err(e) => say(format!("[!] {e}")),
-                            }
-                            say(SHORT_OPTIONS);
-                            Prompt::Choice
-                        }
-                        Prompt::AddNumber => {
-                            match client.add_contact(&n).await {
-                                Ok((true, Some(k))) => say(format!("[+] Added {n} (key {k})")),
-                                Ok((true, None)) => say(format!("[+] Added {n} (not registered yet)")),
-                                Ok((false, _)) => say(format!("[+] {n} is already a contact")),
-                                Err(e) => say(format!("[!] {e}")),
-                            }
-                            say(SHORT_OPTIONS);
-                            Prompt::Choice
-                        }
-                        _ => Prompt::SendText(n),
-                    },
+            (
+                p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::HistoryNumber),
+                text,
+            ) => match Number::new(text) {
+                Err(e) => {
+                    say(format!("[!] {e}"));
+                    p
                 }
-            }
+                Ok(n) => match p {
+                    Prompt::PingNumber => {
+                        match client.ping(&n).await {
+                            Ok(p) => say(format!("[+] {}", describe(&p))),
+                            Err(e) => say(format!("[!] {e}")),
+                        }
+                        say(SHORT_OPTIONS);
+                        Prompt::Choice
+                    }
+                    Prompt::AddNumber => {
+                        match client.add_contact(&n).await {
+                            Ok((true, Some(k))) => say(format!("[+] Added {n} (key {k})")),
+                            Ok((true, None)) => say(format!("[+] Added {n} (not registered yet)")),
+                            Ok((false, _)) => say(format!("[+] {n} is already a contact")),
+                            Err(e) => say(format!("[!] {e}")),
+                        }
+                        say(SHORT_OPTIONS);
+                        Prompt::Choice
+                    }
+                    Prompt::HistoryNumber => {
+                        show_history(&client, &n).await;
+                        say(SHORT_OPTIONS);
+                        Prompt::Choice
+                    }
+                    _ => Prompt::SendText(n),
+                },
+            },
             (Prompt::SendText(to), _) => {
                 match client.send(&to, &line).await {
-                    Ok(_) => say(format!("[+] Sent to {to}")),
+                    Ok((_, SendOutcome::Sent)) => say(format!("[+] Sent to {to}")),
+                    Ok((_, SendOutcome::Queued { reason })) => {
+                        say(format!("[+] Queued for {to} ({reason}); it goes out as soon as they are online"))
+                    }
                     Err(e) => say(format!("[!] {e}")),
                 }
                 say(SHORT_OPTIONS);
@@ -205,10 +259,10 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
         prompt(&state);
     }
     say("\n[+] Logging out...");
-    client.logout().await;
     while let Ok(e) = events.try_recv() {
-        show_event(e);
+        show_event(&client, e).await;
     }
+    client.logout().await;
     say("[+] Bye!");
     Ok(())
 }

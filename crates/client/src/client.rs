@@ -1,8 +1,9 @@
 //! [`Client`]: what a user interface drives, and the [`Event`]s it shows.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,13 +11,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
-use whatsap2p_proto::directory::LookupIntent;
+use whatsap2p_proto::directory::{Location, LookupIntent};
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
 
-use crate::directory::{self, DirectoryHandle};
+use crate::directory::{self, DirectoryHandle, Note};
+use crate::outbox::Outbox;
 use crate::peer::{self, Links};
 use crate::profile::{Identity, Profile};
-use crate::store::Store;
+use crate::store::{Store, StoredMessage};
 use crate::ClientError;
 
 /// Events waiting for the UI. Peers wait (back-pressure) rather than lose an event.
@@ -86,8 +88,22 @@ pub enum Event {
         /// The recipient.
         to: Number,
     },
-    /// A sent message was never confirmed: the link ended first.
-    Undelivered {
+    /// A queued message was written to the recipient.
+    Sent {
+        /// The message.
+        id: MessageId,
+        /// The recipient.
+        to: Number,
+    },
+    /// The recipient has seen the message.
+    Read {
+        /// The message.
+        id: MessageId,
+        /// Who read it.
+        by: Number,
+    },
+    /// A message will never be delivered (the recipient's key changed, say); it stays in history.
+    Failed {
         /// The message.
         id: MessageId,
         /// The recipient.
@@ -95,14 +111,35 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A watched number (a contact, or someone we wrote to) came online or went offline.
+    Presence {
+        /// Who.
+        number: Number,
+        /// Where it listens, if online.
+        online: Option<SocketAddr>,
+    },
     /// A security-relevant refusal nobody asked about (a peer with the wrong key, say).
     Warning {
         /// What happened.
         message: String,
     },
-    /// The directory session ended unexpectedly.
+    /// The directory session ended unexpectedly; the client reconnects by itself.
     DirectoryLost {
         /// Why.
+        reason: String,
+    },
+    /// The directory session is back.
+    Reconnected,
+}
+
+/// What became of a sent message right away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Written to the recipient; a receipt follows.
+    Sent,
+    /// Kept in the outbox; delivered when the recipient is reachable.
+    Queued {
+        /// Why it could not go now.
         reason: String,
     },
 }
@@ -129,6 +166,9 @@ pub(crate) struct Core {
     pub(crate) directory: DirectoryHandle,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) links: Links,
+    pub(crate) outbox: Outbox,
+    /// The last status the directory pushed for each watched number.
+    pub(crate) presence: Mutex<HashMap<Number, Option<Location>>>,
     pub(crate) config: ClientConfig,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -141,6 +181,59 @@ pub struct Client {
     server_key: PublicKey,
     // Held for its lock on the profile folder.
     _profile: Profile,
+}
+
+impl Core {
+    /// True when the directory told us `number` is offline (and nothing since said otherwise).
+    pub(crate) fn known_offline(&self, number: &Number) -> bool {
+        matches!(self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(number), Some(None))
+    }
+
+    fn presence_of(&self, number: &Number) -> Option<Option<Location>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(number).copied()
+    }
+}
+
+/// Applies what the directory task reports: presence changes (waking couriers), losses and returns.
+async fn route_notes(core: Arc<Core>, mut notes: mpsc::Receiver<Note>) {
+    while let Some(note) = notes.recv().await {
+        match note {
+            Note::Presence { number, online, .. } => {
+                let before =
+                    core.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(number.clone(), online);
+                let changed = before.map(|b| b.map(|l| l.addr)) != Some(online.map(|l| l.addr));
+                if online.is_some() {
+                    crate::outbox::kick(&core, &number);
+                }
+                if changed {
+                    let event = Event::Presence { number, online: online.map(|l| l.addr) };
+                    if core.events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Note::Lost { reason } => {
+                core.presence.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                let _ = core.events.send(Event::DirectoryLost { reason }).await;
+            }
+            Note::Reconnected => {
+                let _ = core.events.send(Event::Reconnected).await;
+                kick_all(&core).await;
+            }
+        }
+    }
+}
+
+/// Wakes the courier of every peer with something to deliver.
+async fn kick_all(core: &Arc<Core>) {
+    match core.store.peers_with_work().await {
+        Ok(peers) => {
+            for p in peers {
+                crate::outbox::kick(core, &p);
+            }
+        }
+        Err(e) => tracing::error!("cannot read the outbox: {e}"),
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -170,9 +263,18 @@ impl Client {
         .await?;
         let (published, server_key) = (session.published, session.server_key);
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (notes_tx, notes) = mpsc::channel(EVENT_QUEUE);
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let directory = directory::spawn(session, &config.timeouts, events.clone(), cancel.clone(), &tracker);
+        let params = directory::Params {
+            server: config.server,
+            number: config.number.clone(),
+            identity: profile.identity.clone(),
+            listen: bound,
+            store: store.clone(),
+            timeouts: config.timeouts.clone(),
+        };
+        let directory = directory::spawn(session, params, notes_tx, cancel.clone(), &tracker);
         let core = Arc::new(Core {
             number: config.number.clone(),
             identity: profile.identity.clone(),
@@ -180,11 +282,18 @@ impl Client {
             directory,
             events,
             links: Links::default(),
+            outbox: Outbox::default(),
+            presence: Mutex::new(HashMap::new()),
             config,
             cancel,
             tracker,
         });
         core.tracker.spawn(peer::accept_loop(core.clone(), listener));
+        core.tracker.spawn(route_notes(core.clone(), notes));
+        let contacts = core.store.contacts().await?;
+        core.directory.watch(contacts.into_iter().map(|c| c.number).collect()).await;
+        // An outbox written before a crash or a restart goes out now.
+        kick_all(&core).await;
         info!("online as {} at {published}", core.number);
         Ok((Self { core, published, server_key, _profile: profile }, events_rx))
     }
@@ -215,18 +324,66 @@ impl Client {
         Ok(Presence { number: a.number, online: a.online.map(|l| l.addr), key: a.key })
     }
 
-    /// Sends `text` to `to` directly. Returns the message id once it is written to the peer;
-    /// [`Event::Delivered`] follows when the peer confirms.
-    pub async fn send(&self, to: &Number, text: &str) -> Result<MessageId, ClientError> {
+    /// Sends `text` to `to`: stores it in the outbox, then writes it to the recipient at once if it
+    /// is reachable. [`Event::Delivered`] follows when the recipient confirms; a queued message goes
+    /// out (with [`Event::Sent`]) as soon as the recipient is online.
+    pub async fn send(&self, to: &Number, text: &str) -> Result<(MessageId, SendOutcome), ClientError> {
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::TextTooLong(text.len()));
         }
         if *to == self.core.number {
             return Err(ClientError::OwnNumber);
         }
+        let core = &self.core;
+        let online = match core.presence_of(to) {
+            Some(status) => status.is_some(),
+            None => match core.directory.lookup(to, LookupIntent::Address).await {
+                Ok(a) if a.key.is_none() => return Err(ClientError::UnknownNumber(to.clone())),
+                Ok(a) => a.online.is_some(),
+                // The directory is away: keep the message; the courier delivers it later.
+                Err(_) => false,
+            },
+        };
+        core.directory.watch(vec![to.clone()]).await;
         let id = MessageId::new();
-        peer::send_text(&self.core, to, id, text.to_owned()).await?;
-        Ok(id)
+        core.store.queue_outgoing(to, id, text, now_ms()).await?;
+        if !online {
+            crate::outbox::kick(core, to);
+            return Ok((id, SendOutcome::Queued { reason: format!("{to} is offline") }));
+        }
+        match crate::outbox::flush(core, to).await {
+            Ok(sent) => {
+                for other in sent.into_iter().filter(|s| *s != id) {
+                    let _ = core.events.send(Event::Sent { id: other, to: to.clone() }).await;
+                }
+                Ok((id, SendOutcome::Sent))
+            }
+            Err(e @ (ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. })) => {
+                crate::outbox::fail_all(core, to, &e.to_string()).await;
+                Err(e)
+            }
+            Err(e) => {
+                crate::outbox::kick(core, to);
+                Ok((id, SendOutcome::Queued { reason: e.to_string() }))
+            }
+        }
+    }
+
+    /// Marks a received message as read and sends the sender a read receipt (through the outbox).
+    /// Returns false if no unread received message has this id.
+    pub async fn mark_read(&self, id: MessageId) -> Result<bool, ClientError> {
+        match self.core.store.mark_read(id).await? {
+            Some(sender) => {
+                crate::outbox::kick(&self.core, &sender);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The last `limit` messages with `peer`, oldest first.
+    pub async fn history(&self, peer: &Number, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
+        self.core.store.history(peer, limit).await
     }
 
     /// Adds a contact, pinning its key if the directory knows it. Returns whether it was new and the
@@ -236,6 +393,7 @@ impl Client {
             return Err(ClientError::OwnNumber);
         }
         let new = self.core.store.add_contact(number).await?;
+        self.core.directory.watch(vec![number.clone()]).await;
         if let Ok(answer) = self.core.directory.lookup(number, LookupIntent::Ping).await {
             if let Some(key) = answer.key {
                 peer::check_pin(&self.core, number, key).await?;
@@ -245,19 +403,21 @@ impl Client {
         Ok((new, key))
     }
 
-    /// Every contact with its status; the lookups run concurrently on the one directory session.
+    /// Every contact with its status, from the presence the directory pushes (no round trip per
+    /// contact; a contact not heard of yet is looked up).
     pub async fn contacts(&self) -> Result<Vec<ContactStatus>, ClientError> {
         let contacts = self.core.store.contacts().await?;
-        let lookups = contacts.iter().map(|c| self.core.directory.lookup(&c.number, LookupIntent::Ping));
-        let answers = futures::future::join_all(lookups).await;
-        contacts
-            .into_iter()
-            .zip(answers)
-            .map(|(c, a)| {
-                let a = a?;
-                Ok(Presence { number: c.number, online: a.online.map(|l| l.addr), key: c.key.or(a.key) })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(contacts.len());
+        for c in contacts {
+            let online = match self.core.presence_of(&c.number) {
+                Some(status) => status.map(|l| l.addr),
+                None => {
+                    self.core.directory.lookup(&c.number, LookupIntent::Ping).await?.online.map(|l| l.addr)
+                }
+            };
+            out.push(Presence { number: c.number, online, key: c.key });
+        }
+        Ok(out)
     }
 
     /// Tells the directory we leave, closes every link and waits for the tasks to end.

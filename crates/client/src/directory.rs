@@ -2,24 +2,25 @@
 //!
 //! [`connect`] dials, runs the initiator side of the handshake (pinning the server's key on first use
 //! and refusing a changed one), proves our identity and registers. A task then owns the session: it
-//! sends the heartbeats, matches answers to requests by id, and reports when the session is lost.
-//! Callers talk to it through a cloneable [`DirectoryHandle`].
+//! sends the heartbeats, matches answers to requests by id, forwards presence pushes, and when the
+//! session is lost reconnects with backoff, re-registers and re-watches by itself. Callers talk to it
+//! through a cloneable [`DirectoryHandle`], which stays valid across reconnections.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
-use whatsap2p_link::{Handshake, SessionReader, SessionWriter};
+use tracing::{debug, info, warn};
+use whatsap2p_link::{Handshake, LinkError, SessionReader, SessionWriter};
 use whatsap2p_proto::codec::decode_struct;
-use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient, MAX_WATCH_BATCH};
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
 use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
 
-use crate::client::{Event, Timeouts};
+use crate::client::Timeouts;
 use crate::profile::Identity;
 use crate::store::Store;
 use crate::ClientError;
@@ -40,6 +41,7 @@ pub struct LookupAnswer {
 
 enum Request {
     Lookup { number: Number, intent: LookupIntent, reply: oneshot::Sender<Result<LookupAnswer, ClientError>> },
+    Watch { numbers: Vec<Number> },
     Logout { done: oneshot::Sender<()> },
 }
 
@@ -63,6 +65,11 @@ impl DirectoryHandle {
         }
     }
 
+    /// Asks for presence pushes about `numbers` (kept across reconnections).
+    pub async fn watch(&self, numbers: Vec<Number>) {
+        let _ = self.tx.send(Request::Watch { numbers }).await;
+    }
+
     /// Tells the server we leave, and waits (briefly) until it is written.
     pub async fn logout(&self) {
         let (done, rx) = oneshot::channel();
@@ -79,8 +86,10 @@ pub struct Registered {
     /// The server's key (pinned).
     pub server_key: PublicKey,
     reader: SessionReader<TcpStream>,
-    writer: SessionWriter<TcpStream>,
+    writer: Writer,
 }
+
+type Writer = SessionWriter<TcpStream>;
 
 /// Dials the directory, authenticates both ways and registers `listen`.
 pub async fn connect(
@@ -153,92 +162,188 @@ async fn check_server_pin(store: &Store, server: &str, presented: PublicKey) -> 
     }
 }
 
-/// Spawns the session task and returns its handle. When the session is lost, `events` gets
-/// [`Event::DirectoryLost`].
-pub fn spawn(
-    session: Registered,
-    timeouts: &Timeouts,
-    events: mpsc::Sender<Event>,
+/// What the session task tells the rest of the client.
+#[derive(Debug)]
+pub(crate) enum Note {
+    /// A watched number's status (at watch time and on every change).
+    Presence { number: Number, online: Option<Location> },
+    /// The session ended unexpectedly; the task is reconnecting.
+    Lost { reason: String },
+    /// The session is back: registered and watching again.
+    Reconnected,
+}
+
+/// What the session task needs to reconnect on its own.
+pub(crate) struct Params {
+    pub(crate) server: SocketAddr,
+    pub(crate) number: Number,
+    pub(crate) identity: Identity,
+    pub(crate) listen: SocketAddr,
+    pub(crate) store: Store,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// First and longest pause between reconnection attempts.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Spawns the session task and returns its handle. The task reconnects (with backoff) whenever the
+/// session is lost, re-registers and re-watches, and reports through `notes`.
+pub(crate) fn spawn(
+    first: Registered,
+    params: Params,
+    notes: mpsc::Sender<Note>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> DirectoryHandle {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-    let heartbeat = timeouts.heartbeat;
-    tracker.spawn(async move {
-        let reason = run(session, rx, heartbeat, cancel).await;
-        if let Some(reason) = reason {
-            warn!("directory session lost: {reason}");
-            let _ = events.send(Event::DirectoryLost { reason }).await;
+    let handle = DirectoryHandle { tx, request_timeout: params.timeouts.request };
+    tracker.spawn(supervise(first, params, rx, notes, cancel));
+    handle
+}
+
+async fn supervise(
+    first: Registered,
+    params: Params,
+    mut rx: mpsc::Receiver<Request>,
+    notes: mpsc::Sender<Note>,
+    cancel: CancellationToken,
+) {
+    let mut watched: HashSet<Number> = HashSet::new();
+    let mut session = Some(first);
+    loop {
+        if let Some(s) = session.take() {
+            match run(s, &mut rx, &mut watched, &params, &notes, &cancel).await {
+                None => return,
+                Some(reason) => {
+                    warn!("directory session lost: {reason}; reconnecting");
+                    let _ = notes.send(Note::Lost { reason }).await;
+                }
+            }
         }
-    });
-    DirectoryHandle { tx, request_timeout: timeouts.request }
+        let mut backoff = RECONNECT_MIN;
+        while session.is_none() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                req = rx.recv() => match req {
+                    None => return,
+                    Some(Request::Logout { done }) => { let _ = done.send(()); return; }
+                    Some(Request::Lookup { reply, .. }) => { let _ = reply.send(Err(ClientError::NotConnected)); }
+                    Some(Request::Watch { numbers }) => watched.extend(numbers),
+                },
+                _ = tokio::time::sleep(backoff) => {
+                    let p = &params;
+                    match connect(p.server, &p.number, &p.identity, p.listen, &p.store, &p.timeouts).await {
+                        Ok(s) => {
+                            info!("directory session restored");
+                            let _ = notes.send(Note::Reconnected).await;
+                            session = Some(s);
+                        }
+                        Err(e) => {
+                            debug!("reconnecting to the directory failed: {e}");
+                            backoff = (backoff * 2).min(RECONNECT_MAX);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 type Pending = HashMap<u32, oneshot::Sender<Result<LookupAnswer, ClientError>>>;
 
-/// Drives the session; returns why it was lost, or `None` after logout or shutdown.
+async fn send_watch(writer: &mut Writer, numbers: Vec<Number>) -> Result<(), LinkError> {
+    for chunk in numbers.chunks(MAX_WATCH_BATCH) {
+        writer.send_msg(&ClientToServer::Watch { numbers: chunk.to_vec() }).await?;
+    }
+    Ok(())
+}
+
+/// Drives one session; returns why it was lost, or `None` after logout or shutdown.
 async fn run(
     session: Registered,
-    mut rx: mpsc::Receiver<Request>,
-    heartbeat: Duration,
-    cancel: CancellationToken,
+    rx: &mut mpsc::Receiver<Request>,
+    watched: &mut HashSet<Number>,
+    params: &Params,
+    notes: &mpsc::Sender<Note>,
+    cancel: &CancellationToken,
 ) -> Option<String> {
     let Registered { mut reader, mut writer, .. } = session;
+    let heartbeat = params.timeouts.heartbeat;
     let mut pending: Pending = HashMap::new();
     let mut next_req: u32 = 0;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut last_heard = tokio::time::Instant::now();
-    let lost = loop {
-        tokio::select! {
-            _ = cancel.cancelled() => {
-                let _ = writer.close().await;
-                return None;
+    let lost = 'session: {
+        if !watched.is_empty() {
+            if let Err(e) = send_watch(&mut writer, watched.iter().cloned().collect()).await {
+                break 'session e.to_string();
             }
-            req = rx.recv() => match req {
-                None => return None,
-                Some(Request::Logout { done }) => {
-                    let _ = writer.send_msg(&ClientToServer::Logout).await;
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
                     let _ = writer.close().await;
-                    let _ = done.send(());
                     return None;
                 }
-                Some(Request::Lookup { number, intent, reply }) => {
-                    next_req = next_req.wrapping_add(1);
-                    pending.insert(next_req, reply);
-                    if let Err(e) = writer.send_msg(&ClientToServer::Lookup { req: next_req, number, intent }).await {
+                req = rx.recv() => match req {
+                    None => return None,
+                    Some(Request::Logout { done }) => {
+                        let _ = writer.send_msg(&ClientToServer::Logout).await;
+                        let _ = writer.close().await;
+                        let _ = done.send(());
+                        return None;
+                    }
+                    Some(Request::Lookup { number, intent, reply }) => {
+                        next_req = next_req.wrapping_add(1);
+                        pending.insert(next_req, reply);
+                        let lookup = ClientToServer::Lookup { req: next_req, number, intent };
+                        if let Err(e) = writer.send_msg(&lookup).await {
+                            break e.to_string();
+                        }
+                    }
+                    Some(Request::Watch { numbers }) => {
+                        let new: Vec<Number> = numbers.into_iter().filter(|n| watched.insert(n.clone())).collect();
+                        if !new.is_empty() {
+                            if let Err(e) = send_watch(&mut writer, new).await {
+                                break e.to_string();
+                            }
+                        }
+                    }
+                },
+                msg = reader.recv_msg::<ServerToClient>() => {
+                    last_heard = tokio::time::Instant::now();
+                    match msg {
+                        Ok(Some(ServerToClient::LookupResult { req, number, key, online })) => {
+                            if let Some(reply) = pending.remove(&req) {
+                                let _ = reply.send(Ok(LookupAnswer { number, key, online }));
+                            }
+                        }
+                        Ok(Some(ServerToClient::Presence { number, online, .. })) => {
+                            let _ = notes.send(Note::Presence { number, online }).await;
+                        }
+                        Ok(Some(ServerToClient::Error { req: Some(req), message })) => {
+                            if let Some(reply) = pending.remove(&req) {
+                                let _ = reply.send(Err(ClientError::Directory(message)));
+                            }
+                        }
+                        Ok(Some(ServerToClient::Refused { reason })) => break format!("refused: {reason}"),
+                        Ok(Some(other)) => debug!("directory says {other:?}"),
+                        Ok(None) => break "the server closed the connection".to_owned(),
+                        Err(e) => break e.to_string(),
+                    }
+                }
+                _ = ticker.tick() => {
+                    // Three silent heartbeats: the server or the path is gone even if TCP has not noticed.
+                    if last_heard.elapsed() > heartbeat * 3 {
+                        break format!("no answer from the server for {:?}", last_heard.elapsed());
+                    }
+                    pending.retain(|_, reply| !reply.is_closed());
+                    if let Err(e) = writer.send_msg(&ClientToServer::Heartbeat).await {
                         break e.to_string();
                     }
-                }
-            },
-            msg = reader.recv_msg::<ServerToClient>() => {
-                last_heard = tokio::time::Instant::now();
-                match msg {
-                    Ok(Some(ServerToClient::LookupResult { req, number, key, online })) => {
-                        if let Some(reply) = pending.remove(&req) {
-                            let _ = reply.send(Ok(LookupAnswer { number, key, online }));
-                        }
-                    }
-                    Ok(Some(ServerToClient::Error { req: Some(req), message })) => {
-                        if let Some(reply) = pending.remove(&req) {
-                            let _ = reply.send(Err(ClientError::Directory(message)));
-                        }
-                    }
-                    Ok(Some(ServerToClient::Refused { reason })) => break format!("refused: {reason}"),
-                    Ok(Some(other)) => debug!("directory says {other:?}"),
-                    Ok(None) => break "the server closed the connection".to_owned(),
-                    Err(e) => break e.to_string(),
-                }
-            }
-            _ = ticker.tick() => {
-                // Three silent heartbeats: the server or the path is gone even if TCP has not noticed.
-                if last_heard.elapsed() > heartbeat * 3 {
-                    break format!("no answer from the server for {:?}", last_heard.elapsed());
-                }
-                pending.retain(|_, reply| !reply.is_closed());
-                if let Err(e) = writer.send_msg(&ClientToServer::Heartbeat).await {
-                    break e.to_string();
                 }
             }
         }

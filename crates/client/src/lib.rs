@@ -6,10 +6,11 @@
 //!
 //! # Layout
 //! - [`profile`]: the profile folder, its lock and the identity keys.
-//! - [`store`]: contacts and pinned keys in SQLite.
+//! - [`store`]: contacts, pinned keys and message history (with the outbox) in SQLite.
 //! - [`directory`]: the session with the directory server (register, lookups, heartbeats).
 //! - [`peer`]: direct links: dialing, accepting, the identity checks on both sides, and the per-link
 //!   task that sends, receives and acknowledges messages.
+//! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
 //! - [`client`]: [`Client`], which ties them together, and [`Event`].
 //! - [`error`]: the error type, [`ClientError`].
 
@@ -18,10 +19,12 @@
 pub mod client;
 pub mod directory;
 pub mod error;
+pub mod outbox;
 pub mod peer;
 pub mod profile;
 pub mod store;
 
-pub use client::{Client, ClientConfig, ContactStatus, Event, Presence};
+pub use client::{Client, ClientConfig, ContactStatus, Event, Presence, SendOutcome};
 pub use error::ClientError;
+pub use store::{MessageState, StoredMessage};
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};

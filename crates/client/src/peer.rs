@@ -5,34 +5,34 @@
 //! initiator's proof, then ask the directory whether that key owns the number it claims, and check
 //! the pin. A link is kept and reused for later messages in both directions.
 //!
-//! Each link runs two tasks: a writer fed by a bounded queue, and a reader that shows messages,
-//! acknowledges them and matches acknowledgements to what we sent. Reading and writing never wait
-//! on each other.
+//! Each link runs two tasks: a writer fed by a bounded queue, and a reader that stores and shows
+//! messages, acknowledges them once stored, and records receipts for what we sent. Reading and
+//! writing never wait on each other. What to send, and when, is the outbox's business.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
-use whatsap2p_link::{Handshake, LinkError, SessionReader, SessionWriter};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+use whatsap2p_link::{Handshake, SessionReader, SessionWriter};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::handshake::{Hello, Purpose};
 use whatsap2p_proto::peer::PeerMessage;
-use whatsap2p_proto::{IdentityProof, MessageId, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION};
+use whatsap2p_proto::{IdentityProof, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION};
 
 use crate::client::{Core, Event};
+use crate::store::MessageState;
 use crate::ClientError;
 
 /// Frames waiting to be written on one link.
 const LINK_QUEUE: usize = 64;
 /// Most peer connections handled at once (handshaking or linked).
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
-/// How many received ids a link remembers to drop duplicates.
-const SEEN_IDS: usize = 4096;
 
 type Reader = SessionReader<TcpStream>;
 type Writer = SessionWriter<TcpStream>;
@@ -43,13 +43,15 @@ pub(crate) struct Outgoing {
     written: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
 /// A live link to one peer. Clones share the link.
 #[derive(Clone)]
 pub(crate) struct LinkHandle {
     tx: mpsc::Sender<Outgoing>,
-    /// Messages written but not yet acknowledged, shared with the reader that clears them.
-    pending: Arc<Mutex<HashSet<MessageId>>>,
     closed: CancellationToken,
+    /// Unique per link, so the outbox knows what it already wrote on this one.
+    pub(crate) epoch: u64,
 }
 
 impl LinkHandle {
@@ -57,19 +59,13 @@ impl LinkHandle {
         !self.closed.is_cancelled()
     }
 
-    /// Writes a text message; returns once it is on the wire.
-    async fn send_text(&self, id: MessageId, text: String, sent_at_ms: u64) -> Result<(), String> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    /// Writes `msg`; returns once it is on the wire.
+    pub(crate) async fn write(&self, msg: PeerMessage) -> Result<(), String> {
         let (written, rx) = oneshot::channel();
-        let out = Outgoing { msg: PeerMessage::Text { id, sent_at_ms, text }, written: Some(written) };
-        let result = match self.tx.send(out).await {
+        match self.tx.send(Outgoing { msg, written: Some(written) }).await {
             Err(_) => Err("link closed".to_owned()),
             Ok(()) => rx.await.unwrap_or_else(|_| Err("link closed".to_owned())),
-        };
-        if result.is_err() {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         }
-        result
     }
 }
 
@@ -97,32 +93,8 @@ impl Links {
     }
 }
 
-/// Sends a text to `to`, reusing a live link or dialing one. Returns when the text is written.
-pub(crate) async fn send_text(
-    core: &Arc<Core>,
-    to: &Number,
-    id: MessageId,
-    text: String,
-) -> Result<(), ClientError> {
-    let sent_at_ms = crate::client::now_ms();
-    // A cached link may have died since it was last used; then dial once more.
-    for attempt in 0..2 {
-        let link = link_to(core, to).await?;
-        match link.send_text(id, text.clone(), sent_at_ms).await {
-            Ok(()) => return Ok(()),
-            Err(reason) if attempt == 0 => debug!("link to {to} failed ({reason}), redialing"),
-            Err(reason) => {
-                return Err(ClientError::Link {
-                    context: format!("sending to {to}"),
-                    source: LinkError::Io(std::io::Error::other(reason)),
-                })
-            }
-        }
-    }
-    Err(ClientError::ShuttingDown)
-}
-
-async fn link_to(core: &Arc<Core>, to: &Number) -> Result<LinkHandle, ClientError> {
+/// A live link to `to`: the one in use, or a new one dialed now.
+pub(crate) async fn link_to(core: &Arc<Core>, to: &Number) -> Result<LinkHandle, ClientError> {
     let slot = core.links.slot(to);
     let mut slot = slot.lock().await;
     if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
@@ -297,7 +269,7 @@ fn spawn_link(
 ) -> LinkHandle {
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let closed = core.cancel.child_token();
-    let link = LinkHandle { tx, pending: Arc::default(), closed: closed.clone() };
+    let link = LinkHandle { tx, closed: closed.clone(), epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed) };
     let span = info_span!("link", peer = %peer, %addr);
     core.tracker.spawn(write_loop(writer, rx, closed.clone()).instrument(span.clone()));
     core.tracker.spawn(read_loop(core.clone(), peer, reader, link.clone()).instrument(span));
@@ -324,55 +296,87 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Outgoing>, closed
 }
 
 async fn read_loop(core: Arc<Core>, peer: Number, mut reader: Reader, link: LinkHandle) {
-    let mut seen: HashSet<MessageId> = HashSet::new();
-    let reason = loop {
+    let store = &core.store;
+    loop {
         let msg = tokio::select! {
-            _ = link.closed.cancelled() => break "link closed".to_owned(),
+            _ = link.closed.cancelled() => break,
             m = tokio::time::timeout(core.config.timeouts.link_idle, reader.recv_msg::<PeerMessage>()) => m,
         };
-        match msg {
-            Err(_) => break "idle".to_owned(),
-            Ok(Ok(None)) => break "peer closed the link".to_owned(),
+        let reply = match msg {
+            Err(_) => break,
+            Ok(Ok(None)) => {
+                debug!("{peer} closed the link");
+                break;
+            }
             Ok(Err(e)) => {
                 warn!("dropping link with {peer}: {e}");
-                break e.to_string();
+                break;
             }
             Ok(Ok(Some(PeerMessage::Text { id, sent_at_ms, text }))) => {
                 if text.len() > MAX_TEXT_LEN {
                     warn!("dropping link with {peer}: message of {} bytes", text.len());
-                    break "oversized message".to_owned();
+                    break;
                 }
-                if seen.len() >= SEEN_IDS {
-                    seen.clear();
-                }
-                if seen.insert(id) {
-                    let event = Event::Message { id, from: peer.clone(), text, sent_at_ms };
-                    if core.events.send(event).await.is_err() {
-                        break "client stopped".to_owned();
+                // Acknowledge only what is safely stored: if the disk refuses, the sender keeps it.
+                match store.store_incoming(&peer, id, &text, sent_at_ms).await {
+                    Ok(true) => {
+                        if core
+                            .events
+                            .send(Event::Message { id, from: peer.clone(), text, sent_at_ms })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        Some(PeerMessage::Ack { id })
+                    }
+                    Ok(false) => {
+                        debug!("{peer} resent {id}; already stored");
+                        Some(PeerMessage::Ack { id })
+                    }
+                    Err(e) => {
+                        error!("cannot store message {id} from {peer}, not acknowledging it: {e}");
+                        None
                     }
                 }
-                let _ = link.tx.send(Outgoing { msg: PeerMessage::Ack { id }, written: None }).await;
             }
             Ok(Ok(Some(PeerMessage::Ack { id }))) => {
-                let known = link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                if known {
-                    let _ = core.events.send(Event::Delivered { id, to: peer.clone() }).await;
-                } else {
-                    debug!("{peer} acknowledged unknown message {id}");
+                match store.advance_outgoing(&peer, id, MessageState::Delivered).await {
+                    Ok(true) => {
+                        let _ = core.events.send(Event::Delivered { id, to: peer.clone() }).await;
+                    }
+                    Ok(false) => {
+                        if !store.receipt_delivered(&peer, id).await.unwrap_or(false) {
+                            debug!("{peer} acknowledged {id}, which we did not send it");
+                        }
+                    }
+                    Err(e) => error!("cannot record receipt of {id}: {e}"),
+                }
+                None
+            }
+            Ok(Ok(Some(PeerMessage::Read { id }))) => {
+                match store.advance_outgoing(&peer, id, MessageState::Read).await {
+                    Ok(true) => {
+                        let _ = core.events.send(Event::Read { id, by: peer.clone() }).await;
+                        Some(PeerMessage::Ack { id })
+                    }
+                    Ok(false) => Some(PeerMessage::Ack { id }),
+                    Err(e) => {
+                        error!("cannot record read receipt of {id}: {e}");
+                        None
+                    }
                 }
             }
-            Ok(Ok(Some(other))) => debug!("ignoring {other:?} from {peer}"),
-        }
-    };
-    link.closed.cancel();
-    let unconfirmed: Vec<MessageId> =
-        link.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-    for id in unconfirmed {
-        let event = Event::Undelivered {
-            id,
-            to: peer.clone(),
-            reason: format!("no receipt before the link ended ({reason})"),
+            Ok(Ok(Some(other))) => {
+                debug!("ignoring {other:?} from {peer}");
+                None
+            }
         };
-        let _ = core.events.send(event).await;
+        if let Some(reply) = reply {
+            let _ = link.tx.send(Outgoing { msg: reply, written: None }).await;
+        }
     }
+    link.closed.cancel();
+    // Whatever this link left unconfirmed goes out again on the next one.
+    crate::outbox::kick(&core, &peer);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, OptionalExtension};
-use whatsap2p_proto::{Number, PublicKey};
+use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::ClientError;
 
@@ -35,7 +35,82 @@ CREATE TABLE IF NOT EXISTS server_pins (
     server TEXT PRIMARY KEY,
     key BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS messages (
+    peer TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER,
+    state TEXT NOT NULL,
+    receipt_pending INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (peer, outgoing, id)
+);
+CREATE INDEX IF NOT EXISTS messages_unfinished ON messages(state) WHERE state IN ('queued', 'sent');
+CREATE INDEX IF NOT EXISTS messages_receipts ON messages(receipt_pending) WHERE receipt_pending = 1;
 ";
+
+/// Where a message stands. Outgoing: queued → sent → delivered → read (or failed). Incoming:
+/// received → read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageState {
+    /// Stored in the outbox, not yet written to the recipient.
+    Queued,
+    /// Written to the recipient, no receipt yet.
+    Sent,
+    /// The recipient has it.
+    Delivered,
+    /// The recipient (or, for incoming, we) saw it.
+    Read,
+    /// Given up on: the recipient's key no longer matches.
+    Failed,
+    /// Incoming, not yet shown as read.
+    Received,
+}
+
+impl MessageState {
+    /// The stored (and JSON) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+            Self::Received => "received",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "read" => Self::Read,
+            "failed" => Self::Failed,
+            _ => Self::Received,
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// The other side of the conversation.
+    pub peer: Number,
+    /// Sent by us.
+    pub outgoing: bool,
+    /// The text.
+    pub text: String,
+    /// The sender's clock when written.
+    pub sent_at_ms: u64,
+    /// Our clock when received (incoming only).
+    pub received_at_ms: Option<u64>,
+    /// Where it stands.
+    pub state: MessageState,
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -149,5 +224,221 @@ impl Store {
             .map(|_| ())
         })
         .await
+    }
+
+    /// Puts a message in the outbox.
+    pub async fn queue_outgoing(
+        &self,
+        to: &Number,
+        id: MessageId,
+        text: &str,
+        sent_at_ms: u64,
+    ) -> Result<(), ClientError> {
+        let (to, id, text) = (to.to_string(), id.to_string(), text.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state) VALUES (?1, 1, ?2, ?3, ?4, 'queued')",
+                params![to, id, text, sent_at_ms as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Stores a received message; false if this sender's id was already stored (a retry).
+    pub async fn store_incoming(
+        &self,
+        from: &Number,
+        id: MessageId,
+        text: &str,
+        sent_at_ms: u64,
+    ) -> Result<bool, ClientError> {
+        let (from, id, text) = (from.to_string(), id.to_string(), text.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, 'received')",
+                params![from, id, text, sent_at_ms as i64, now_ms()],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    /// Moves an outgoing message to `state` if that is forward from where it is; returns whether it moved.
+    pub async fn advance_outgoing(
+        &self,
+        to: &Number,
+        id: MessageId,
+        state: MessageState,
+    ) -> Result<bool, ClientError> {
+        let from_states = match state {
+            MessageState::Sent => "('queued')",
+            MessageState::Delivered => "('queued', 'sent')",
+            MessageState::Read => "('queued', 'sent', 'delivered')",
+            MessageState::Failed => "('queued', 'sent')",
+            MessageState::Queued | MessageState::Received => return Ok(false),
+        };
+        let (to, id) = (to.to_string(), id.to_string());
+        let sql = format!(
+            "UPDATE messages SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state IN {from_states}"
+        );
+        self.with(move |c| c.execute(&sql, params![to, id, state.as_str()]).map(|n| n == 1)).await
+    }
+
+    /// The outbox for one peer: messages not yet confirmed, oldest first.
+    pub async fn unconfirmed(&self, to: &Number) -> Result<Vec<StoredMessage>, ClientError> {
+        let to = to.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state FROM messages
+                 WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![to], row_to_message)?;
+            rows.filter_map(|r| r.transpose()).collect()
+        })
+        .await
+    }
+
+    /// Peers with something to deliver: unconfirmed messages or read receipts.
+    pub async fn peers_with_work(&self) -> Result<Vec<Number>, ClientError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT DISTINCT peer FROM messages
+                 WHERE (outgoing = 1 AND state IN ('queued', 'sent')) OR receipt_pending = 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Ok(n) = Number::new(&r?) {
+                    out.push(n);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Marks an incoming message read and schedules its receipt; returns its sender, or `None` if no
+    /// unread incoming message has that id.
+    pub async fn mark_read(&self, id: MessageId) -> Result<Option<Number>, ClientError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let peer: Option<String> = c
+                .query_row(
+                    "UPDATE messages SET state = 'read', receipt_pending = 1
+                     WHERE outgoing = 0 AND id = ?1 AND state = 'received' RETURNING peer",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(peer.and_then(|p| Number::new(&p).ok()))
+        })
+        .await
+    }
+
+    /// Read receipts waiting to go to `peer`.
+    pub async fn pending_receipts(&self, peer: &Number) -> Result<Vec<MessageId>, ClientError> {
+        let peer = peer.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND receipt_pending = 1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![peer], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Ok(id) = r?.parse() {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The peer acknowledged our read receipt for its message `id`; returns whether one was pending.
+    pub async fn receipt_delivered(&self, peer: &Number, id: MessageId) -> Result<bool, ClientError> {
+        let (peer, id) = (peer.to_string(), id.to_string());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE messages SET receipt_pending = 0 WHERE peer = ?1 AND outgoing = 0 AND id = ?2 AND receipt_pending = 1",
+                params![peer, id],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    /// The last `limit` messages with `peer`, oldest first.
+    pub async fn history(&self, peer: &Number, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
+        let peer = peer.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM (SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state FROM messages
+                 WHERE peer = ?1 ORDER BY COALESCE(received_at_ms, sent_at_ms) DESC, id DESC LIMIT ?2)
+                 ORDER BY COALESCE(received_at_ms, sent_at_ms), id",
+            )?;
+            let rows = stmt.query_map(params![peer, limit as i64], row_to_message)?;
+            rows.filter_map(|r| r.transpose()).collect()
+        })
+        .await
+    }
+}
+
+/// Reads a row; `None` for a row that no longer parses (edited by hand), which is skipped.
+fn row_to_message(r: &rusqlite::Row<'_>) -> Result<Option<StoredMessage>, rusqlite::Error> {
+    let peer: String = r.get(0)?;
+    let id: String = r.get(2)?;
+    let state: String = r.get(6)?;
+    let (Ok(peer), Ok(id)) = (Number::new(&peer), id.parse::<MessageId>()) else { return Ok(None) };
+    Ok(Some(StoredMessage {
+        id,
+        peer,
+        outgoing: r.get::<_, i64>(1)? == 1,
+        text: r.get(3)?,
+        sent_at_ms: r.get::<_, i64>(4)? as u64,
+        received_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        state: MessageState::parse(&state),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Number {
+        Number::new(s).expect("number")
+    }
+
+    #[tokio::test]
+    async fn given_outbox_then_states_only_move_forward_and_acks_are_scoped_to_the_peer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("p.sqlite")).expect("open");
+        let (a, b) = (MessageId::new(), MessageId::new());
+        store.queue_outgoing(&n("456"), a, "one", 1).await.expect("queue");
+        store.queue_outgoing(&n("456"), b, "two", 2).await.expect("queue");
+        let ids: Vec<_> = store.unconfirmed(&n("456")).await.expect("outbox").iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![a, b]);
+        // Another peer acknowledging our id changes nothing.
+        assert!(!store.advance_outgoing(&n("789"), a, MessageState::Delivered).await.expect("ack"));
+        assert!(store.advance_outgoing(&n("456"), a, MessageState::Delivered).await.expect("ack"));
+        assert!(!store.advance_outgoing(&n("456"), a, MessageState::Sent).await.expect("back"));
+        assert_eq!(store.unconfirmed(&n("456")).await.expect("outbox").len(), 1);
+        assert_eq!(store.peers_with_work().await.expect("work"), vec![n("456")]);
+    }
+
+    #[tokio::test]
+    async fn given_same_incoming_id_twice_then_stored_once_and_read_receipt_scheduled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("p.sqlite")).expect("open");
+        let id = MessageId::new();
+        assert!(store.store_incoming(&n("123"), id, "hi", 5).await.expect("store"));
+        assert!(!store.store_incoming(&n("123"), id, "hi", 5).await.expect("store"));
+        assert_eq!(store.history(&n("123"), 10).await.expect("history").len(), 1);
+        assert_eq!(store.mark_read(id).await.expect("read"), Some(n("123")));
+        assert_eq!(store.mark_read(id).await.expect("read"), None);
+        assert_eq!(store.pending_receipts(&n("123")).await.expect("receipts"), vec![id]);
+        assert!(store.receipt_delivered(&n("123"), id).await.expect("ack"));
+        assert!(store.pending_receipts(&n("123")).await.expect("receipts").is_empty());
     }
 }

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 use crate::codec::WireEnum;
 use crate::{Number, PublicKey};
 
+/// Most numbers in one [`ClientToServer::Watch`].
+pub const MAX_WATCH_BATCH: usize = 1024;
+
+/// Most numbers one session may watch.
+pub const MAX_WATCHED: usize = 10_000;
+
 /// Longest refusal or error text a server sends.
 pub const MAX_REASON_LEN: usize = 256;
 
@@ -37,6 +43,12 @@ pub enum ClientToServer {
     Heartbeat,
     /// Go offline now; the server closes the session.
     Logout,
+    /// Push presence changes of these numbers to this session (added to what it already watches).
+    /// The server answers with one [`ServerToClient::Presence`] per number, then pushes changes.
+    Watch {
+        /// At most [`MAX_WATCH_BATCH`] numbers.
+        numbers: Vec<Number>,
+    },
 }
 
 /// Why a client looks a number up.
@@ -50,7 +62,7 @@ pub enum LookupIntent {
 }
 
 impl WireEnum for ClientToServer {
-    const KNOWN_VARIANTS: u32 = 4;
+    const KNOWN_VARIANTS: u32 = 5;
 }
 
 /// Where an online user listens, and since when.
@@ -96,8 +108,17 @@ pub enum ServerToClient {
         /// Why, for people.
         message: String,
     },
+    /// A watched number's status: sent when the watch starts and whenever it changes.
+    Presence {
+        /// Who.
+        number: Number,
+        /// The identity key bound to it, if it ever registered.
+        key: Option<PublicKey>,
+        /// Where it listens, if online.
+        online: Option<Location>,
+    },
 }
 
 impl WireEnum for ServerToClient {
-    const KNOWN_VARIANTS: u32 = 5;
+    const KNOWN_VARIANTS: u32 = 6;
 }

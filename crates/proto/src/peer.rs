@@ -56,13 +56,19 @@ pub enum PeerMessage {
         /// At most [`crate::MAX_TEXT_LEN`] bytes.
         text: String,
     },
-    /// The receiver has the message with this id.
+    /// The receiver has the message with this id (or, answering [`PeerMessage::Read`], the read
+    /// receipt for it).
     Ack {
         /// The acknowledged message.
+        id: MessageId,
+    },
+    /// The user has seen the message with this id. Answered with [`PeerMessage::Ack`].
+    Read {
+        /// The message that was read.
         id: MessageId,
     },
 }
 
 impl WireEnum for PeerMessage {
-    const KNOWN_VARIANTS: u32 = 2;
+    const KNOWN_VARIANTS: u32 = 3;
 }

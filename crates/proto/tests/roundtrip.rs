@@ -27,6 +27,7 @@ fn client_msg() -> impl Strategy<Value = ClientToServer> {
         }),
         Just(ClientToServer::Heartbeat),
         Just(ClientToServer::Logout),
+        proptest::collection::vec(number(), 0..5).prop_map(|numbers| ClientToServer::Watch { numbers }),
     ]
 }
 
@@ -49,6 +50,12 @@ fn server_msg() -> impl Strategy<Value = ServerToClient> {
         Just(ServerToClient::HeartbeatAck),
         (proptest::option::of(any::<u32>()), ".{0,40}")
             .prop_map(|(req, message)| ServerToClient::Error { req, message }),
+        (number(), proptest::option::of(any::<[u8; 32]>()), proptest::option::of((addr(), any::<u64>())))
+            .prop_map(|(number, key, online)| ServerToClient::Presence {
+                number,
+                key: key.map(PublicKey),
+                online: online.map(|(addr, since_unix_ms)| Location { addr, since_unix_ms }),
+            }),
     ]
 }
 
@@ -60,6 +67,7 @@ fn peer_msg() -> impl Strategy<Value = PeerMessage> {
             text
         }),
         any::<[u8; 16]>().prop_map(|id| PeerMessage::Ack { id: MessageId(id) }),
+        any::<[u8; 16]>().prop_map(|id| PeerMessage::Read { id: MessageId(id) }),
     ]
 }
 

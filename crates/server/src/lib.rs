@@ -11,6 +11,7 @@
 //!   implementation.
 //! - [`server_key`]: the server's Noise static key, kept under the data dir so clients can pin it.
 //! - [`session`]: one client's session, from handshake to logout.
+//! - [`watchers`]: presence subscriptions and pushes.
 //! - [`run`] (here): the accept loop and graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod identities;
 pub mod presence;
 pub mod server_key;
 pub mod session;
+pub mod watchers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,6 +69,20 @@ pub struct Directory {
     pub key: StaticKeypair,
     /// Limits and timeouts.
     pub config: Config,
+    /// Presence subscriptions of this process's sessions.
+    pub watchers: watchers::Watchers,
+}
+
+impl Directory {
+    /// A directory over these stores.
+    pub fn new(
+        presence: Arc<dyn PresenceStore>,
+        identities: Arc<dyn IdentityStore>,
+        key: StaticKeypair,
+        config: Config,
+    ) -> Self {
+        Self { presence, identities, key, config, watchers: Default::default() }
+    }
 }
 
 /// Serves clients on `listener` until `shutdown` completes, then closes every session and returns.

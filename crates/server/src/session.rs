@@ -5,17 +5,23 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::HashSet;
+
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 use whatsap2p_link::{Handshake, LinkError, SessionReader, SessionWriter};
 use whatsap2p_proto::codec::decode_struct;
-use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient, MAX_REASON_LEN};
+use whatsap2p_proto::directory::{
+    ClientToServer, Location, LookupIntent, ServerToClient, MAX_REASON_LEN, MAX_WATCHED, MAX_WATCH_BATCH,
+};
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
 use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
 
 use crate::identities::Binding;
 use crate::presence::{PresenceEntry, SessionId};
+use crate::watchers::PUSH_QUEUE;
 use crate::Directory;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -128,9 +134,17 @@ async fn run_session(
     }
     info!("Connected: {number}");
     let mut registered = false;
-    let end = loop {
+    let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
+    let mut watched: HashSet<Number> = HashSet::new();
+    let end = 'session: loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break End::Shutdown,
+            Some(push) = push_rx.recv() => {
+                if let Err(e) = writer.send_msg(&push).await {
+                    break End::Failed(e.to_string());
+                }
+                continue;
+            }
             r = tokio::time::timeout(dir.config.heartbeat_timeout, reader.recv_msg::<ClientToServer>()) => r,
         };
         let msg = match msg {
@@ -148,6 +162,14 @@ async fn run_session(
                 };
                 let location = Location { addr: listen, since_unix_ms: now_ms() };
                 dir.presence.set_online(&number, PresenceEntry { key, location, session }).await;
+                dir.watchers.notify(
+                    &number,
+                    &ServerToClient::Presence {
+                        number: number.clone(),
+                        key: Some(key),
+                        online: Some(location),
+                    },
+                );
                 registered = true;
                 info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
                 Some(ServerToClient::Registered { listen })
@@ -173,6 +195,34 @@ async fn run_session(
                     Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
                 })
             }
+            ClientToServer::Watch { numbers } => {
+                if numbers.len() > MAX_WATCH_BATCH || watched.len() + numbers.len() > MAX_WATCHED {
+                    Some(ServerToClient::Error {
+                        req: None,
+                        message: format!("watch at most {MAX_WATCHED} numbers, {MAX_WATCH_BATCH} at a time"),
+                    })
+                } else {
+                    info!("{number} watches {} numbers", numbers.len());
+                    for n in numbers {
+                        dir.watchers.watch(&n, session, &push_tx);
+                        let online = dir.presence.get(&n).await;
+                        let key = match &online {
+                            Some(e) => Some(e.key),
+                            None => dir.identities.key_of(&n).await.ok().flatten(),
+                        };
+                        let status = ServerToClient::Presence {
+                            number: n.clone(),
+                            key,
+                            online: online.map(|e| e.location),
+                        };
+                        watched.insert(n);
+                        if let Err(e) = writer.send_msg(&status).await {
+                            break 'session End::Failed(e.to_string());
+                        }
+                    }
+                    None
+                }
+            }
             ClientToServer::Heartbeat => Some(ServerToClient::HeartbeatAck),
             ClientToServer::Logout => break End::Logout,
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
@@ -183,8 +233,12 @@ async fn run_session(
             }
         }
     };
-    if registered {
-        dir.presence.set_offline(&number, session).await;
+    dir.watchers.unwatch(session, &watched);
+    if registered && dir.presence.set_offline(&number, session).await {
+        dir.watchers.notify(
+            &number,
+            &ServerToClient::Presence { number: number.clone(), key: Some(key), online: None },
+        );
     }
     match end {
         End::Logout => info!("Disconnecting {number}"),

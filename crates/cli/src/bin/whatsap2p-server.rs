@@ -76,12 +76,7 @@ async fn main() -> anyhow::Result<()> {
     info!("Data dir: {}", data_dir.display());
     info!("Listening on {local}");
     info!("Server online");
-    let directory = Directory {
-        presence: Arc::new(MemoryPresence::new()),
-        identities: Arc::new(identities),
-        key,
-        config,
-    };
+    let directory = Directory::new(Arc::new(MemoryPresence::new()), Arc::new(identities), key, config);
     whatsap2p_server::run(listener, directory, whatsap2p_cli::shutdown_signal()).await?;
     info!("Server stopped");
     Ok(())

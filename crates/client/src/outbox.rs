@@ -1,0 +1,158 @@
+//! The outbox: messages (and read receipts) wait in the profile database until the recipient
+//! confirms them, and a courier per peer delivers them, oldest first, whenever it can.
+//!
+//! A courier wakes when something is queued for its peer, when the directory says the peer came
+//! online, when a link to the peer ends with messages unconfirmed, and on a retry timer with backoff.
+//! Only one delivery per peer runs at a time (the courier's lock), which keeps messages in order; the
+//! receiver drops a message it already stored, so a resend after a lost acknowledgement is harmless.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{debug, info, info_span, Instrument};
+use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::{MessageId, Number};
+
+use crate::client::{Core, Event};
+use crate::store::MessageState;
+use crate::{peer, ClientError};
+
+/// First pause before retrying a failed delivery; doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest pause between retries while the peer seems online.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Safety net while idle or waiting for a peer to come online (a missed presence push).
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
+
+/// What was written on the current link, so one link never carries the same thing twice.
+#[derive(Default)]
+struct Written {
+    epoch: u64,
+    texts: HashSet<MessageId>,
+    receipts: HashSet<MessageId>,
+}
+
+struct Courier {
+    wake: Notify,
+    written: tokio::sync::Mutex<Written>,
+}
+
+/// The couriers, one per peer that ever had something to deliver.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    couriers: Mutex<HashMap<Number, Arc<Courier>>>,
+}
+
+fn courier(core: &Arc<Core>, peer: &Number) -> Arc<Courier> {
+    let mut map = core.outbox.couriers.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get(peer) {
+        return c.clone();
+    }
+    let c = Arc::new(Courier { wake: Notify::new(), written: Default::default() });
+    map.insert(peer.clone(), c.clone());
+    let span = info_span!("courier", peer = %peer);
+    core.tracker.spawn(run(core.clone(), peer.clone(), c.clone()).instrument(span));
+    c
+}
+
+/// Wakes `peer`'s courier (creating it): there may be something to deliver.
+pub(crate) fn kick(core: &Arc<Core>, peer: &Number) {
+    if core.cancel.is_cancelled() {
+        return;
+    }
+    courier(core, peer).wake.notify_one();
+}
+
+/// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.
+/// Returns the ids of messages that went from queued to sent.
+pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<Vec<MessageId>, ClientError> {
+    let courier = courier(core, peer);
+    let mut written = courier.written.lock().await;
+    let texts = core.store.unconfirmed(peer).await?;
+    let receipts = core.store.pending_receipts(peer).await?;
+    if texts.is_empty() && receipts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let link = peer::link_to(core, peer).await?;
+    if written.epoch != link.epoch {
+        *written = Written { epoch: link.epoch, ..Default::default() };
+    }
+    let lost = |reason: String| ClientError::Link {
+        context: format!("sending to {peer}"),
+        source: whatsap2p_link::LinkError::Io(std::io::Error::other(reason)),
+    };
+    let mut now_sent = Vec::new();
+    for m in texts {
+        if written.texts.contains(&m.id) {
+            continue;
+        }
+        let msg = PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text };
+        link.write(msg).await.map_err(lost)?;
+        written.texts.insert(m.id);
+        if core.store.advance_outgoing(peer, m.id, MessageState::Sent).await? {
+            now_sent.push(m.id);
+        }
+    }
+    for id in receipts {
+        if written.receipts.insert(id) {
+            link.write(PeerMessage::Read { id }).await.map_err(lost)?;
+        }
+    }
+    Ok(now_sent)
+}
+
+/// Errors after which retrying cannot help until a person acts.
+fn is_permanent(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. } | ClientError::UnknownNumber(_)
+    )
+}
+
+/// Gives up on every unconfirmed message to `peer`, telling the user why.
+pub(crate) async fn fail_all(core: &Arc<Core>, peer: &Number, reason: &str) {
+    let Ok(texts) = core.store.unconfirmed(peer).await else { return };
+    for m in texts {
+        if core.store.advance_outgoing(peer, m.id, MessageState::Failed).await.unwrap_or(false) {
+            let event = Event::Failed { id: m.id, to: peer.clone(), reason: reason.to_owned() };
+            let _ = core.events.send(event).await;
+        }
+    }
+}
+
+async fn run(core: Arc<Core>, peer: Number, courier: Arc<Courier>) {
+    let mut retry = IDLE_RECHECK;
+    let mut backoff = RETRY_MIN;
+    loop {
+        tokio::select! {
+            _ = core.cancel.cancelled() => return,
+            _ = courier.wake.notified() => {}
+            _ = tokio::time::sleep(retry) => {}
+        }
+        if core.known_offline(&peer) {
+            retry = IDLE_RECHECK;
+            continue;
+        }
+        match flush(&core, &peer).await {
+            Ok(sent) => {
+                backoff = RETRY_MIN;
+                retry = IDLE_RECHECK;
+                for id in sent {
+                    let _ = core.events.send(Event::Sent { id, to: peer.clone() }).await;
+                }
+            }
+            Err(e) if is_permanent(&e) => {
+                info!("giving up on messages to {peer}: {e}");
+                fail_all(&core, &peer, &e.to_string()).await;
+                retry = IDLE_RECHECK;
+            }
+            Err(e) => {
+                debug!("delivery to {peer} failed, retrying in {backoff:?}: {e}");
+                retry = backoff;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

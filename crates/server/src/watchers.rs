@@ -1,0 +1,61 @@
+//! Presence subscriptions: which sessions want to hear when a number comes online or goes offline.
+//!
+//! Pushes go through each session's bounded queue with `try_send`: a session that does not keep up
+//! loses pushes (counted and logged) instead of slowing the session that changed state. A client that
+//! misses one still has `Lookup` to ask.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+use whatsap2p_proto::directory::ServerToClient;
+use whatsap2p_proto::Number;
+
+use crate::presence::SessionId;
+
+/// Pushes waiting to be written to one session.
+pub const PUSH_QUEUE: usize = 1024;
+
+/// The subscriptions of every session in this process.
+#[derive(Default)]
+pub struct Watchers {
+    by_number: Mutex<HashMap<Number, HashMap<SessionId, mpsc::Sender<ServerToClient>>>>,
+    dropped: AtomicU64,
+}
+
+impl Watchers {
+    /// `session` wants pushes about `number`.
+    pub fn watch(&self, number: &Number, session: SessionId, tx: &mpsc::Sender<ServerToClient>) {
+        let mut map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(number.clone()).or_default().insert(session, tx.clone());
+    }
+
+    /// Forgets `session`'s subscriptions to `numbers` (when it ends).
+    pub fn unwatch<'a>(&self, session: SessionId, numbers: impl IntoIterator<Item = &'a Number>) {
+        let mut map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
+        for n in numbers {
+            if let Some(watchers) = map.get_mut(n) {
+                watchers.remove(&session);
+                if watchers.is_empty() {
+                    map.remove(n);
+                }
+            }
+        }
+    }
+
+    /// Queues `msg` for every session watching `number`.
+    pub fn notify(&self, number: &Number, msg: &ServerToClient) {
+        let targets: Vec<mpsc::Sender<ServerToClient>> = {
+            let map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(number).map(|w| w.values().cloned().collect()).unwrap_or_default()
+        };
+        for tx in targets {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                warn!("a watcher of {number} is not keeping up: presence push dropped ({n} so far)");
+            }
+        }
+    }
+}
