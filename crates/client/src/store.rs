@@ -292,7 +292,7 @@ impl Store {
         self.with(move |c| {
             let mut stmt = c.prepare(
                 "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state FROM messages
-                 WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY id",
+                 WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY rowid",
             )?;
             let rows = stmt.query_map(params![to], row_to_message)?;
             rows.filter_map(|r| r.transpose()).collect()

@@ -11,10 +11,17 @@ use crate::codec::WireEnum;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId(pub [u8; 16]);
 
+/// Monotonic within this process: two ids made in the same millisecond still sort in creation order.
+static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+
 impl MessageId {
-    /// A fresh id for a message created now.
+    /// A fresh id for a message created now, greater than every id this process made before.
     pub fn new() -> Self {
-        Self(ulid::Ulid::new().to_bytes())
+        let mut guard = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+        let generator = guard.get_or_insert_with(ulid::Generator::new);
+        // The generator fails only after 2^80 ids in one millisecond.
+        let ulid = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
+        Self(ulid.to_bytes())
     }
 }
 
@@ -67,6 +74,19 @@ pub enum PeerMessage {
         /// The message that was read.
         id: MessageId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_ids_made_in_a_burst_then_they_sort_in_creation_order() {
+        let ids: Vec<MessageId> = (0..1000).map(|_| MessageId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let text = ids[0].to_string();
+        assert_eq!(text.parse::<MessageId>().ok(), Some(ids[0]));
+    }
 }
 
 impl WireEnum for PeerMessage {
