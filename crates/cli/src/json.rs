@@ -20,6 +20,7 @@ enum Command {
     AddContact { number: Number },
     History { with: Number, limit: Option<usize> },
     Read { id: String },
+    SendFile { to: Number, path: std::path::PathBuf },
     Logout,
 }
 
@@ -49,6 +50,10 @@ fn presence(p: &ContactStatus) -> Value {
         v["key"] = json!(key.to_hex());
     }
     v
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn stored(m: &StoredMessage) -> Value {
@@ -89,6 +94,37 @@ fn event(e: Event) -> Value {
             v
         }
         Event::Reconnected => json!({"event": "reconnected"}),
+        Event::Progress { id, bytes, total } => {
+            json!({"event": "progress", "id": id.to_string(), "bytes": bytes, "total": total})
+        }
+        Event::FileSent { id, to, resumed_from } => {
+            json!({"event": "file_sent", "id": id.to_string(), "to": to, "resumed_from": resumed_from})
+        }
+        Event::FileReceived { id, from, name, path, size, blake3, media_type, dimensions, resumed_from } => {
+            let mut v = json!({
+                "event": "file_received",
+                "id": id.to_string(),
+                "from": from,
+                "name": name,
+                "path": path.to_string_lossy(),
+                "size": size,
+                "blake3": hex(&blake3),
+                "media_type": media_type,
+                "resumed_from": resumed_from,
+            });
+            if let Some((w, h)) = dimensions {
+                v["width"] = json!(w);
+                v["height"] = json!(h);
+            }
+            v
+        }
+        Event::FileFailed { id, peer, outgoing, reason } => json!({
+            "event": "file_failed",
+            "id": id.to_string(),
+            "peer": peer,
+            "direction": if outgoing { "out" } else { "in" },
+            "reason": reason,
+        }),
         Event::Warning { message } => json!({"event": "warning", "message": message}),
         Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
         other => json!({"event": "unknown", "debug": format!("{other:?}")}),
@@ -138,6 +174,18 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Val
         Command::AddContact { number } => {
             let (new, key) = client.add_contact(&number).await?;
             json!({"event": "contact_added", "number": number, "new": new, "key": key.map(|k| k.to_hex())})
+        }
+        Command::SendFile { to, path } => {
+            let f = client.send_file(&to, &path).await?;
+            json!({
+                "event": "file_queued",
+                "id": f.id.to_string(),
+                "to": to,
+                "name": f.name,
+                "size": f.size,
+                "media_type": f.media_type,
+                "blake3": hex(&f.blake3),
+            })
         }
         Command::Logout => return Ok(None),
     }))

@@ -3,8 +3,11 @@
 
 use std::io::Write;
 
+use std::collections::HashMap;
 use tokio::sync::mpsc;
-use whatsap2p_client::{Client, Event, Number, Presence, SendOutcome};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use whatsap2p_client::{Client, Event, MessageId, Number, Presence, SendOutcome};
 
 use crate::input::{next_line, Line};
 
@@ -14,9 +17,11 @@ const OPTIONS: &str = "[+] Options:
 3 - View Contacts
 4 - Add New Contact
 5 - Logout
-6 - Conversation history";
+6 - Conversation history
+7 - Send Photo (or any file)";
 
-const SHORT_OPTIONS: &str = "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History";
+const SHORT_OPTIONS: &str =
+    "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo";
 
 /// Messages option 6 shows.
 const HISTORY_LINES: usize = 20;
@@ -30,6 +35,8 @@ enum Prompt {
     SendText(Number),
     AddNumber,
     HistoryNumber,
+    FileNumber,
+    FilePath(Number),
 }
 
 impl Prompt {
@@ -41,6 +48,8 @@ impl Prompt {
             Prompt::SendText(_) => "Message: ",
             Prompt::AddNumber => "New contact's number: ",
             Prompt::HistoryNumber => "Conversation with: ",
+            Prompt::FileNumber => "Send photo to number: ",
+            Prompt::FilePath(_) => "Path of the photo or file: ",
         }
     }
 }
@@ -69,9 +78,79 @@ fn describe(p: &Presence) -> String {
     }
 }
 
+/// Progress bars of the files being sent.
+#[derive(Default)]
+struct Bars {
+    bars: HashMap<MessageId, ProgressBar>,
+}
+
+impl Bars {
+    fn start(&mut self, id: MessageId, total: u64) {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
+            bar.set_style(style);
+        }
+        self.bars.insert(id, bar);
+    }
+
+    fn set(&mut self, id: MessageId, bytes: u64) {
+        if let Some(bar) = self.bars.get(&id) {
+            bar.set_position(bytes);
+        }
+    }
+
+    fn finish(&mut self, id: MessageId) {
+        if let Some(bar) = self.bars.remove(&id) {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Prints above the bars so a redraw does not overwrite the line.
+    fn say(&self, line: String) {
+        match self.bars.values().next() {
+            Some(bar) => bar.suspend(|| say(&line)),
+            None => say(line),
+        }
+    }
+}
+
+/// `412 KiB`, `1.5 MiB`.
+fn size(bytes: u64) -> String {
+    const K: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < K {
+        format!("{bytes} B")
+    } else if b < K * K {
+        format!("{:.0} KiB", b / K)
+    } else if b < K * K * K {
+        format!("{:.1} MiB", b / K / K)
+    } else {
+        format!("{:.2} GiB", b / K / K / K)
+    }
+}
+
 /// Shows an event; a message shown is a message read, so its sender gets a read receipt.
-async fn show_event(client: &Client, e: Event) {
+async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
     match e {
+        Event::Progress { id, bytes, .. } => bars.set(id, bytes),
+        Event::FileSent { id, to, .. } => {
+            bars.finish(id);
+            bars.say(format!("\n[+] File delivered to {to}"));
+        }
+        Event::FileFailed { id, peer, reason, .. } => {
+            bars.finish(id);
+            bars.say(format!("\n[!] File transfer with {peer} failed: {reason}"));
+        }
+        Event::FileReceived { from, name, path, size: bytes, dimensions, .. } => {
+            let kind = if dimensions.is_some() { "Photo" } else { "File" };
+            let details = match dimensions {
+                Some((w, h)) => format!("{w}x{h}, {}", size(bytes)),
+                None => size(bytes),
+            };
+            bars.say(format!("\n> {kind} from {from}: {name} ({details}) saved to {}", path.display()));
+        }
         Event::Message { id, from, text, .. } => {
             say(format!("\n> Message from {from}: {text}"));
             if let Err(e) = client.mark_read(id).await {
@@ -152,6 +231,7 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
     say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut state = Prompt::Choice;
+    let mut bars = Bars::default();
     prompt(&state);
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
@@ -159,7 +239,11 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
         let line = tokio::select! {
             _ = &mut signal => break,
             Some(e) = events.recv() => {
-                show_event(&client, e).await;
+                let quiet = matches!(e, Event::Progress { .. });
+                show_event(&client, &mut bars, e).await;
+                if quiet {
+                    continue;
+                }
                 prompt(&state);
                 continue;
             }
@@ -200,17 +284,29 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
             (Prompt::Choice, "4") => Prompt::AddNumber,
             (Prompt::Choice, "5") => break,
             (Prompt::Choice, "6") => Prompt::HistoryNumber,
+            (Prompt::Choice, "7") => Prompt::FileNumber,
             (Prompt::Choice, other) => {
                 say(format!("[!] '{other}' is not an option"));
                 say(SHORT_OPTIONS);
                 Prompt::Choice
             }
-            (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::HistoryNumber, "") => {
+            (
+                Prompt::PingNumber
+                | Prompt::SendNumber
+                | Prompt::AddNumber
+                | Prompt::HistoryNumber
+                | Prompt::FileNumber,
+                "",
+            ) => {
                 say(SHORT_OPTIONS);
                 Prompt::Choice
             }
             (
-                p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::HistoryNumber),
+                p @ (Prompt::PingNumber
+                | Prompt::SendNumber
+                | Prompt::AddNumber
+                | Prompt::HistoryNumber
+                | Prompt::FileNumber),
                 text,
             ) => match Number::new(text) {
                 Err(e) => {
@@ -241,9 +337,25 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
                         say(SHORT_OPTIONS);
                         Prompt::Choice
                     }
+                    Prompt::FileNumber => Prompt::FilePath(n),
                     _ => Prompt::SendText(n),
                 },
             },
+            (Prompt::FilePath(_), "") => {
+                say(SHORT_OPTIONS);
+                Prompt::Choice
+            }
+            (Prompt::FilePath(to), path) => {
+                match client.send_file(&to, std::path::Path::new(path)).await {
+                    Ok(f) => {
+                        say(format!("[+] Sending {} ({}) to {to}", f.name, size(f.size)));
+                        bars.start(f.id, f.size);
+                    }
+                    Err(e) => say(format!("[!] {e}")),
+                }
+                say(SHORT_OPTIONS);
+                Prompt::Choice
+            }
             (Prompt::SendText(to), _) => {
                 match client.send(&to, &line).await {
                     Ok((_, SendOutcome::Sent)) => say(format!("[+] Sent to {to}")),
@@ -260,7 +372,7 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
     }
     say("\n[+] Logging out...");
     while let Ok(e) = events.try_recv() {
-        show_event(&client, e).await;
+        show_event(&client, &mut bars, e).await;
     }
     client.logout().await;
     say("[+] Bye!");

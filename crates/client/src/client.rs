@@ -18,7 +18,7 @@ use crate::directory::{self, DirectoryHandle, Note};
 use crate::outbox::Outbox;
 use crate::peer::{self, Links};
 use crate::profile::{Identity, Profile};
-use crate::store::{Store, StoredMessage};
+use crate::store::{FileRecord, Store, StoredMessage};
 use crate::ClientError;
 
 /// Events waiting for the UI. Peers wait (back-pressure) rather than lose an event.
@@ -64,6 +64,15 @@ pub struct ClientConfig {
     pub listen: SocketAddr,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Where received files are saved.
+    pub downloads: PathBuf,
+    /// Largest file accepted automatically from a contact.
+    pub max_file_size: u64,
+}
+
+impl ClientConfig {
+    /// Default for [`ClientConfig::max_file_size`]: 2 GiB.
+    pub const DEFAULT_MAX_FILE_SIZE: u64 = 2 * 1024 * 1024 * 1024;
 }
 
 /// Something the user should see.
@@ -130,6 +139,56 @@ pub enum Event {
     },
     /// The directory session is back.
     Reconnected,
+    /// Bytes of an outgoing file the receiver has written (at most a few per second).
+    Progress {
+        /// The transfer.
+        id: MessageId,
+        /// Bytes confirmed so far.
+        bytes: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// The receiver verified and kept a file we sent.
+    FileSent {
+        /// The transfer.
+        id: MessageId,
+        /// The receiver.
+        to: Number,
+        /// Where the last attempt started (non-zero when it resumed).
+        resumed_from: u64,
+    },
+    /// A file arrived, verified, and was saved.
+    FileReceived {
+        /// The transfer.
+        id: MessageId,
+        /// The sender.
+        from: Number,
+        /// The (safe) name it was saved under.
+        name: String,
+        /// Where it was saved.
+        path: PathBuf,
+        /// Size in bytes.
+        size: u64,
+        /// BLAKE3 of the content (verified).
+        blake3: [u8; 32],
+        /// Media type the sender announced.
+        media_type: String,
+        /// Width and height, when the content is an image.
+        dimensions: Option<(u32, u32)>,
+        /// Where the last attempt started (non-zero when it resumed).
+        resumed_from: u64,
+    },
+    /// A file transfer failed for good (refused, wrong hash, …), or an incoming attempt failed.
+    FileFailed {
+        /// The transfer.
+        id: MessageId,
+        /// The other side.
+        peer: Number,
+        /// True when we were sending.
+        outgoing: bool,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What became of a sent message right away.
@@ -292,8 +351,11 @@ impl Client {
         core.tracker.spawn(route_notes(core.clone(), notes));
         let contacts = core.store.contacts().await?;
         core.directory.watch(contacts.into_iter().map(|c| c.number).collect()).await;
-        // An outbox written before a crash or a restart goes out now.
+        // An outbox written before a crash or a restart goes out now, files included.
         kick_all(&core).await;
+        for file in core.store.pending_files().await? {
+            crate::transfer::spawn_sender(&core, file);
+        }
         info!("online as {} at {published}", core.number);
         Ok((Self { core, published, server_key, _profile: profile }, events_rx))
     }
@@ -367,6 +429,41 @@ impl Client {
                 Ok((id, SendOutcome::Queued { reason: e.to_string() }))
             }
         }
+    }
+
+    /// Sends a file (a photo, or anything) directly to `to`: hashes it, records it, and delivers it in
+    /// the background, resuming where a previous attempt stopped. [`Event::Progress`] reports the
+    /// bytes confirmed, then [`Event::FileSent`] or [`Event::FileFailed`].
+    pub async fn send_file(&self, to: &Number, path: &std::path::Path) -> Result<FileRecord, ClientError> {
+        if *to == self.core.number {
+            return Err(ClientError::OwnNumber);
+        }
+        if self.core.presence_of(to).is_none() {
+            if let Ok(a) = self.core.directory.lookup(to, LookupIntent::Address).await {
+                if a.key.is_none() {
+                    return Err(ClientError::UnknownNumber(to.clone()));
+                }
+            }
+        }
+        self.core.directory.watch(vec![to.clone()]).await;
+        let path =
+            std::path::absolute(path).map_err(ClientError::io(format!("reading {}", path.display())))?;
+        let (size, blake3, media_type) = crate::transfer::describe(&path).await?;
+        let name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let file = FileRecord {
+            id: MessageId::new(),
+            peer: to.clone(),
+            outgoing: true,
+            path,
+            name,
+            size,
+            media_type,
+            blake3,
+        };
+        self.core.store.insert_file(&file, "pending").await?;
+        crate::transfer::spawn_sender(&self.core, file.clone());
+        Ok(file)
     }
 
     /// Marks a received message as read and sends the sender a read receipt (through the outbox).

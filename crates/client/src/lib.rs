@@ -11,6 +11,8 @@
 //! - [`peer`]: direct links: dialing, accepting, the identity checks on both sides, and the per-link
 //!   task that sends, receives and acknowledges messages.
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
+//! - [`transfer`]: files over the peer link: offer, accept, chunks under flow control, verify, resume.
+//! - [`safe_name`]: file names from peers made safe for the downloads folder.
 //! - [`client`]: [`Client`], which ties them together, and [`Event`].
 //! - [`error`]: the error type, [`ClientError`].
 
@@ -22,9 +24,11 @@ pub mod error;
 pub mod outbox;
 pub mod peer;
 pub mod profile;
+pub mod safe_name;
 pub mod store;
+pub mod transfer;
 
 pub use client::{Client, ClientConfig, ContactStatus, Event, Presence, SendOutcome};
 pub use error::ClientError;
-pub use store::{MessageState, StoredMessage};
+pub use store::{FileRecord, MessageState, StoredMessage};
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};

@@ -36,6 +36,8 @@ struct Written {
 
 struct Courier {
     wake: Notify,
+    /// File transfers waiting to retry listen here (all of them wake at once).
+    files: Arc<Notify>,
     written: tokio::sync::Mutex<Written>,
 }
 
@@ -50,7 +52,11 @@ fn courier(core: &Arc<Core>, peer: &Number) -> Arc<Courier> {
     if let Some(c) = map.get(peer) {
         return c.clone();
     }
-    let c = Arc::new(Courier { wake: Notify::new(), written: Default::default() });
+    let c = Arc::new(Courier {
+        wake: Notify::new(),
+        files: Arc::new(Notify::new()),
+        written: Default::default(),
+    });
     map.insert(peer.clone(), c.clone());
     let span = info_span!("courier", peer = %peer);
     core.tracker.spawn(run(core.clone(), peer.clone(), c.clone()).instrument(span));
@@ -62,7 +68,14 @@ pub(crate) fn kick(core: &Arc<Core>, peer: &Number) {
     if core.cancel.is_cancelled() {
         return;
     }
-    courier(core, peer).wake.notify_one();
+    let c = courier(core, peer);
+    c.wake.notify_one();
+    c.files.notify_waiters();
+}
+
+/// What file transfers to `peer` wait on between attempts: woken by [`kick`].
+pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
+    courier(core, peer).files.clone()
 }
 
 /// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.

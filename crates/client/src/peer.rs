@@ -23,14 +23,16 @@ use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::handshake::{Hello, Purpose};
 use whatsap2p_proto::peer::PeerMessage;
-use whatsap2p_proto::{IdentityProof, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION};
+use whatsap2p_proto::{IdentityProof, MessageId, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION};
 
 use crate::client::{Core, Event};
 use crate::store::MessageState;
 use crate::ClientError;
 
-/// Frames waiting to be written on one link.
+/// Chat and control frames waiting to be written on one link.
 const LINK_QUEUE: usize = 64;
+/// File chunks waiting to be written on one link (about 1 MiB).
+const BULK_QUEUE: usize = 16;
 /// Most peer connections handled at once (handshaking or linked).
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
 
@@ -45,10 +47,17 @@ pub(crate) struct Outgoing {
 
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
+/// Where a file transfer's messages arriving on a link go, by transfer id.
+pub(crate) type Routes = Arc<Mutex<HashMap<MessageId, mpsc::Sender<PeerMessage>>>>;
+
 /// A live link to one peer. Clones share the link.
 #[derive(Clone)]
 pub(crate) struct LinkHandle {
     tx: mpsc::Sender<Outgoing>,
+    /// File chunks: written only when no chat message or control frame waits, so a large
+    /// transfer never holds a message back by more than one chunk.
+    bulk: mpsc::Sender<PeerMessage>,
+    pub(crate) routes: Routes,
     closed: CancellationToken,
     /// Unique per link, so the outbox knows what it already wrote on this one.
     pub(crate) epoch: u64,
@@ -57,6 +66,11 @@ pub(crate) struct LinkHandle {
 impl LinkHandle {
     fn is_alive(&self) -> bool {
         !self.closed.is_cancelled()
+    }
+
+    /// Queues a file chunk behind every chat and control frame; waits only when the bulk queue is full.
+    pub(crate) async fn write_bulk(&self, msg: PeerMessage) -> Result<(), String> {
+        self.bulk.send(msg).await.map_err(|_| "link closed".to_owned())
     }
 
     /// Writes `msg`; returns once it is on the wire.
@@ -268,19 +282,33 @@ fn spawn_link(
     writer: Writer,
 ) -> LinkHandle {
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
     let closed = core.cancel.child_token();
-    let link = LinkHandle { tx, closed: closed.clone(), epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed) };
+    let link = LinkHandle {
+        tx,
+        bulk,
+        routes: Routes::default(),
+        closed: closed.clone(),
+        epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+    };
     let span = info_span!("link", peer = %peer, %addr);
-    core.tracker.spawn(write_loop(writer, rx, closed.clone()).instrument(span.clone()));
+    core.tracker.spawn(write_loop(writer, rx, bulk_rx, closed.clone()).instrument(span.clone()));
     core.tracker.spawn(read_loop(core.clone(), peer, reader, link.clone()).instrument(span));
     link
 }
 
-async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Outgoing>, closed: CancellationToken) {
+async fn write_loop(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut bulk: mpsc::Receiver<PeerMessage>,
+    closed: CancellationToken,
+) {
     loop {
         let out = tokio::select! {
+            biased;
             _ = closed.cancelled() => break,
             out = rx.recv() => match out { Some(o) => o, None => break },
+            Some(chunk) = bulk.recv() => Outgoing { msg: chunk, written: None },
         };
         let result = writer.send_msg(&out.msg).await.map_err(|e| e.to_string());
         let failed = result.is_err();
@@ -367,6 +395,18 @@ async fn read_loop(core: Arc<Core>, peer: Number, mut reader: Reader, link: Link
                     }
                 }
             }
+            Ok(Ok(Some(PeerMessage::FileOffer { id, name, size, media_type, blake3 }))) => {
+                let offer = crate::transfer::Offer { id, name, size, media_type, blake3 };
+                crate::transfer::on_offer(&core, &peer, &link, offer).await
+            }
+            Ok(Ok(Some(
+                msg @ (PeerMessage::FileChunk { .. }
+                | PeerMessage::FileAccept { .. }
+                | PeerMessage::FileRefuse { .. }
+                | PeerMessage::FileProgress { .. }
+                | PeerMessage::FileReceived { .. }
+                | PeerMessage::FileFailed { .. }),
+            ))) => crate::transfer::route(&peer, &link, msg),
             Ok(Ok(Some(other))) => {
                 debug!("ignoring {other:?} from {peer}");
                 None

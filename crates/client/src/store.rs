@@ -46,9 +46,42 @@ CREATE TABLE IF NOT EXISTS messages (
     receipt_pending INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (peer, outgoing, id)
 );
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    peer TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    blake3 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS messages_unfinished ON messages(state) WHERE state IN ('queued', 'sent');
 CREATE INDEX IF NOT EXISTS messages_receipts ON messages(receipt_pending) WHERE receipt_pending = 1;
 ";
+
+/// A file sent or received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRecord {
+    /// The transfer's id.
+    pub id: MessageId,
+    /// The other side.
+    pub peer: Number,
+    /// Sent by us.
+    pub outgoing: bool,
+    /// Sender: the file to send. Receiver: where it was saved.
+    pub path: std::path::PathBuf,
+    /// The name offered (sender) or given (receiver).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type, e.g. `image/png`.
+    pub media_type: String,
+    /// BLAKE3 of the content.
+    pub blake3: [u8; 32],
+}
 
 /// Where a message stands. Outgoing: queued → sent → delivered → read (or failed). Incoming:
 /// received → read.
@@ -380,6 +413,97 @@ impl Store {
             )?;
             let rows = stmt.query_map(params![peer, limit as i64], row_to_message)?;
             rows.filter_map(|r| r.transpose()).collect()
+        })
+        .await
+    }
+
+    /// Records a file (`pending` for one to send, `received` for one saved).
+    pub async fn insert_file(&self, f: &FileRecord, state: &'static str) -> Result<(), ClientError> {
+        let f = f.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO files (id, peer, outgoing, path, name, size, media_type, blake3, state, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    f.id.to_string(),
+                    f.peer.as_str(),
+                    f.outgoing,
+                    f.path.to_string_lossy(),
+                    f.name,
+                    f.size as i64,
+                    f.media_type,
+                    hex::encode(f.blake3),
+                    state,
+                    now_ms()
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Sets a file's state (`sent`, `failed`).
+    pub async fn set_file_state(&self, id: MessageId, state: &'static str) -> Result<(), ClientError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute("UPDATE files SET state = ?2 WHERE id = ?1", params![id, state]).map(|_| ())
+        })
+        .await
+    }
+
+    /// True if we already saved the file `id` from `peer` (a retry of a finished transfer).
+    pub async fn has_received_file(&self, peer: &Number, id: MessageId) -> Result<bool, ClientError> {
+        let (peer, id) = (peer.to_string(), id.to_string());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT 1 FROM files WHERE id = ?1 AND peer = ?2 AND outgoing = 0 AND state = 'received'",
+                params![id, peer],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+        })
+        .await
+    }
+
+    /// Outgoing files not yet received, oldest first: what to resume after a restart.
+    pub async fn pending_files(&self) -> Result<Vec<FileRecord>, ClientError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, peer, path, name, size, media_type, blake3 FROM files
+                 WHERE outgoing = 1 AND state = 'pending' ORDER BY created_at_ms, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, peer, path, name, size, media_type, hash) = row?;
+                let mut blake3 = [0u8; 32];
+                let parsed =
+                    (id.parse::<MessageId>(), Number::new(&peer), hex::decode_to_slice(&hash, &mut blake3));
+                if let (Ok(id), Ok(peer), Ok(())) = parsed {
+                    out.push(FileRecord {
+                        id,
+                        peer,
+                        outgoing: true,
+                        path: path.into(),
+                        name,
+                        size: size as u64,
+                        media_type,
+                        blake3,
+                    });
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -74,6 +74,78 @@ pub enum PeerMessage {
         /// The message that was read.
         id: MessageId,
     },
+    /// The sender proposes a file. Answered with [`PeerMessage::FileAccept`] or
+    /// [`PeerMessage::FileRefuse`].
+    FileOffer {
+        /// The transfer's id.
+        id: MessageId,
+        /// The file's name as the sender has it (the receiver makes it safe).
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Media type the sender detected, e.g. `image/jpeg`.
+        media_type: String,
+        /// BLAKE3 hash of the whole file.
+        blake3: [u8; 32],
+    },
+    /// Send from `offset` (what the receiver already holds from an earlier attempt).
+    FileAccept {
+        /// The transfer.
+        id: MessageId,
+        /// First byte wanted.
+        offset: u64,
+    },
+    /// The receiver does not want the file.
+    FileRefuse {
+        /// The transfer.
+        id: MessageId,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Bytes `offset..offset + data.len()` of the file. Chunks come in order.
+    FileChunk {
+        /// The transfer.
+        id: MessageId,
+        /// Where `data` starts.
+        offset: u64,
+        /// At most [`FILE_CHUNK_LEN`] bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Flow control: the receiver has written this many bytes; the sender may run [`FILE_WINDOW`]
+    /// bytes ahead of it.
+    FileProgress {
+        /// The transfer.
+        id: MessageId,
+        /// Bytes safely written so far.
+        received: u64,
+    },
+    /// The receiver verified the hash and kept the file.
+    FileReceived {
+        /// The transfer.
+        id: MessageId,
+    },
+    /// The transfer failed on the side that sends this; the partial file is kept for a resume only
+    /// when the bytes so far can still be right.
+    FileFailed {
+        /// The transfer.
+        id: MessageId,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// Largest file chunk: one chunk and its envelope fit in one frame.
+pub const FILE_CHUNK_LEN: usize = 64 * 1024 - 1024;
+
+/// How far (bytes) a sender may run ahead of what the receiver confirmed.
+pub const FILE_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Longest file name a sender may offer, in bytes.
+pub const MAX_FILE_NAME_LEN: usize = 4096;
+
+impl WireEnum for PeerMessage {
+    const KNOWN_VARIANTS: u32 = 10;
 }
 
 #[cfg(test)]
@@ -87,8 +159,4 @@ mod tests {
         let text = ids[0].to_string();
         assert_eq!(text.parse::<MessageId>().ok(), Some(ids[0]));
     }
-}
-
-impl WireEnum for PeerMessage {
-    const KNOWN_VARIANTS: u32 = 3;
 }

@@ -68,6 +68,26 @@ fn peer_msg() -> impl Strategy<Value = PeerMessage> {
         }),
         any::<[u8; 16]>().prop_map(|id| PeerMessage::Ack { id: MessageId(id) }),
         any::<[u8; 16]>().prop_map(|id| PeerMessage::Read { id: MessageId(id) }),
+        (any::<[u8; 16]>(), ".{0,64}", any::<u64>(), "[a-z/]{0,20}", any::<[u8; 32]>()).prop_map(
+            |(id, name, size, media_type, blake3)| PeerMessage::FileOffer {
+                id: MessageId(id),
+                name,
+                size,
+                media_type,
+                blake3
+            }
+        ),
+        (any::<[u8; 16]>(), any::<u64>())
+            .prop_map(|(id, offset)| PeerMessage::FileAccept { id: MessageId(id), offset }),
+        (any::<[u8; 16]>(), ".{0,40}")
+            .prop_map(|(id, reason)| PeerMessage::FileRefuse { id: MessageId(id), reason }),
+        (any::<[u8; 16]>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..2000))
+            .prop_map(|(id, offset, data)| PeerMessage::FileChunk { id: MessageId(id), offset, data }),
+        (any::<[u8; 16]>(), any::<u64>())
+            .prop_map(|(id, received)| PeerMessage::FileProgress { id: MessageId(id), received }),
+        any::<[u8; 16]>().prop_map(|id| PeerMessage::FileReceived { id: MessageId(id) }),
+        (any::<[u8; 16]>(), ".{0,40}")
+            .prop_map(|(id, reason)| PeerMessage::FileFailed { id: MessageId(id), reason }),
     ]
 }
 
@@ -99,7 +119,7 @@ proptest! {
 
 #[test]
 fn given_unknown_variant_then_reported_as_unknown_not_malformed() {
-    assert_eq!(decode::<PeerMessage>(&[9, 1, 2, 3]), Err(DecodeError::UnknownVariant(9)));
+    assert_eq!(decode::<PeerMessage>(&[99, 1, 2, 3]), Err(DecodeError::UnknownVariant(99)));
 }
 
 #[test]
@@ -107,6 +127,16 @@ fn given_trailing_bytes_then_refused() {
     let mut b = encode(&ClientToServer::Heartbeat).expect("encode");
     b.push(0);
     assert_eq!(decode::<ClientToServer>(&b), Err(DecodeError::Trailing(1)));
+}
+
+#[test]
+fn given_full_file_chunk_then_it_fits_in_one_frame() {
+    let m = PeerMessage::FileChunk {
+        id: MessageId::new(),
+        offset: u64::MAX,
+        data: vec![0xff; whatsap2p_proto::peer::FILE_CHUNK_LEN],
+    };
+    assert!(encode(&m).is_ok());
 }
 
 #[test]

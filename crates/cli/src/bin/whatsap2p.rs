@@ -31,6 +31,12 @@ struct Args {
     /// JSON lines on stdin and stdout, for scripts (see docs/json-lines.md).
     #[arg(long)]
     json: bool,
+    /// Where received files are saved [default: PROFILE/downloads].
+    #[arg(long)]
+    downloads: Option<PathBuf>,
+    /// Largest file accepted automatically from a contact, in bytes.
+    #[arg(long, default_value_t = ClientConfig::DEFAULT_MAX_FILE_SIZE)]
+    max_file_size: u64,
 }
 
 #[tokio::main]
@@ -70,12 +76,21 @@ async fn run(args: Args) -> Result<(), u8> {
         };
         SocketAddr::new(ip, 0)
     });
+    let profile_dir = args.profile.unwrap_or_else(|| default_dir(&number));
+    let downloads = args.downloads.unwrap_or_else(|| profile_dir.join("downloads"));
+    // Absolute, so the paths reported for received files mean the same thing to any script.
+    let downloads = match std::fs::create_dir_all(&downloads).and_then(|()| std::path::absolute(&downloads)) {
+        Ok(d) => d,
+        Err(e) => return Err(fail(args.json, format!("downloads folder {}: {e}", downloads.display()))),
+    };
     let config = ClientConfig {
-        profile_dir: args.profile.unwrap_or_else(|| default_dir(&number)),
+        profile_dir,
         number,
         server,
         listen,
         timeouts: Default::default(),
+        downloads,
+        max_file_size: args.max_file_size,
     };
     if !args.json {
         println!("[+] Connecting to server {}/{}...", server.ip(), server.port());

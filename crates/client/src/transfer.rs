@@ -1,0 +1,499 @@
+//! Files (photos first) sent directly over the encrypted peer link: offer → accept → chunks → verify.
+//!
+//! The sender offers name, size, media type and the BLAKE3 hash of the whole file. The receiver
+//! accepts automatically from a contact up to a size limit, answering with the offset it already holds
+//! from an earlier attempt, so a transfer resumes instead of restarting (after a dropped link, or
+//! either side restarting: the partial file is named after the sender and the hash). Chunks stream in
+//! order under a credit window ([`FILE_WINDOW`]) that the receiver opens as it writes, so memory stays
+//! bounded whatever the file size; they travel in the link's bulk queue, behind chat messages. The
+//! receiver writes into a partial file, checks the hash, and only then moves the file, under a name of
+//! its own choosing that never overwrites anything, into the downloads folder.
+//!
+//! A pending outgoing file is kept in the profile database and retried, like a message, until it is
+//! received or refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+use whatsap2p_proto::peer::{PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW, MAX_FILE_NAME_LEN};
+use whatsap2p_proto::{MessageId, Number};
+
+use crate::client::{Core, Event};
+use crate::peer::{self, LinkHandle};
+use crate::safe_name::{numbered, safe_name};
+use crate::store::FileRecord;
+use crate::ClientError;
+
+/// How long either side waits for the other's next step before calling the transfer stalled.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the receiver opens the window (bytes written between credits).
+const CREDIT_EVERY: u64 = 1024 * 1024;
+/// Progress events, at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Messages buffered for one transfer: a full window of chunks and a few control frames.
+const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
+/// Folder inside the downloads folder where partial files wait to be resumed.
+const PARTIAL_DIR: &str = ".whatsap2p-partial";
+/// First and longest pause between attempts to send a pending file.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A file offer as the receiver sees it.
+pub(crate) struct Offer {
+    pub(crate) id: MessageId,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) media_type: String,
+    pub(crate) blake3: [u8; 32],
+}
+
+/// How an attempt to send a file ended.
+enum Attempt {
+    Received {
+        resumed_from: u64,
+    },
+    /// The receiver refused, or the file cannot be right: retrying cannot help.
+    Refused(String),
+    /// The link failed or stalled: try again later, from where the receiver got to.
+    Retry(String),
+}
+
+/// Hashes a file and sniffs its media type, on a blocking thread.
+pub(crate) async fn describe(path: &Path) -> Result<(u64, [u8; 32], String), ClientError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let ctx = format!("reading {}", path.display());
+        let file = std::fs::File::open(&path).map_err(ClientError::io(ctx.clone()))?;
+        let meta = file.metadata().map_err(ClientError::io(ctx.clone()))?;
+        if !meta.is_file() {
+            return Err(ClientError::Io {
+                context: ctx,
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(&file).map_err(ClientError::io(ctx.clone()))?;
+        let mut head = [0u8; 64];
+        let n = std::io::Read::read(
+            &mut std::fs::File::open(&path).map_err(ClientError::io(ctx.clone()))?,
+            &mut head,
+        )
+        .map_err(ClientError::io(ctx))?;
+        let media_type = image::guess_format(&head[..n])
+            .map(|f| f.to_mime_type().to_owned())
+            .unwrap_or_else(|_| "application/octet-stream".to_owned());
+        Ok((meta.len(), *hasher.finalize().as_bytes(), media_type))
+    })
+    .await
+    .map_err(|_| ClientError::ShuttingDown)?
+}
+
+/// Starts (or resumes after a restart) delivering a pending outgoing file.
+pub(crate) fn spawn_sender(core: &Arc<Core>, file: FileRecord) {
+    let span = info_span!("file", id = %file.id, to = %file.peer);
+    core.tracker.spawn(send_until_done(core.clone(), file).instrument(span));
+}
+
+async fn send_until_done(core: Arc<Core>, file: FileRecord) {
+    let mut backoff = RETRY_MIN;
+    loop {
+        if core.cancel.is_cancelled() {
+            return;
+        }
+        let outcome = if core.known_offline(&file.peer) {
+            Attempt::Retry(format!("{} is offline", file.peer))
+        } else {
+            attempt(&core, &file).await
+        };
+        match outcome {
+            Attempt::Received { resumed_from } => {
+                let _ = core.store.set_file_state(file.id, "sent").await;
+                info!("{} received {}", file.peer, file.name);
+                let _ = core
+                    .events
+                    .send(Event::FileSent { id: file.id, to: file.peer.clone(), resumed_from })
+                    .await;
+                return;
+            }
+            Attempt::Refused(reason) => {
+                warn!("{} refused {}: {reason}", file.peer, file.name);
+                let _ = core.store.set_file_state(file.id, "failed").await;
+                let event =
+                    Event::FileFailed { id: file.id, peer: file.peer.clone(), outgoing: true, reason };
+                let _ = core.events.send(event).await;
+                return;
+            }
+            Attempt::Retry(reason) => {
+                debug!("sending {} to {} will be retried: {reason}", file.name, file.peer);
+                let wake = crate::outbox::file_wake(&core, &file.peer);
+                tokio::select! {
+                    _ = core.cancel.cancelled() => return,
+                    _ = wake.notified() => backoff = RETRY_MIN,
+                    _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(RETRY_MAX),
+                }
+            }
+        }
+    }
+}
+
+/// Removes the transfer's route from the link when the attempt ends, however it ends.
+struct RouteGuard<'a>(&'a LinkHandle, MessageId);
+
+impl Drop for RouteGuard<'_> {
+    fn drop(&mut self) {
+        self.0.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
+async fn attempt(core: &Arc<Core>, file: &FileRecord) -> Attempt {
+    let link = match peer::link_to(core, &file.peer).await {
+        Ok(l) => l,
+        Err(e @ (ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. })) => {
+            return Attempt::Refused(e.to_string())
+        }
+        Err(e) => return Attempt::Retry(e.to_string()),
+    };
+    let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+    link.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.id, tx);
+    let _guard = RouteGuard(&link, file.id);
+    let offer = PeerMessage::FileOffer {
+        id: file.id,
+        name: file.name.clone(),
+        size: file.size,
+        media_type: file.media_type.clone(),
+        blake3: file.blake3,
+    };
+    if let Err(e) = link.write(offer).await {
+        return Attempt::Retry(e);
+    }
+    let offset = match tokio::time::timeout(STALL_TIMEOUT, rx.recv()).await {
+        Err(_) => return Attempt::Retry("no answer to the offer".into()),
+        Ok(None) => return Attempt::Retry("link closed".into()),
+        Ok(Some(PeerMessage::FileAccept { offset, .. })) if offset <= file.size => offset,
+        Ok(Some(PeerMessage::FileAccept { offset, .. })) => {
+            return Attempt::Refused(format!("receiver asked for offset {offset} past the end"))
+        }
+        Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::Refused(reason),
+        Ok(Some(PeerMessage::FileReceived { .. })) => return Attempt::Received { resumed_from: file.size },
+        Ok(Some(other)) => return Attempt::Retry(format!("unexpected answer to the offer: {other:?}")),
+    };
+    match stream(core, file, &link, &mut rx, offset).await {
+        Ok(()) => Attempt::Received { resumed_from: offset },
+        Err(a) => a,
+    }
+}
+
+/// Streams from `offset` and waits for the receiver's verdict.
+async fn stream(
+    core: &Arc<Core>,
+    file: &FileRecord,
+    link: &LinkHandle,
+    rx: &mut mpsc::Receiver<PeerMessage>,
+    offset: u64,
+) -> Result<(), Attempt> {
+    let mut source = tokio::fs::File::open(&file.path)
+        .await
+        .map_err(|e| Attempt::Refused(format!("cannot read {}: {e}", file.path.display())))?;
+    source.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Attempt::Refused(e.to_string()))?;
+    let (mut sent, mut acked) = (offset, offset);
+    let mut last_event = Instant::now() - PROGRESS_EVERY;
+    let progress = |bytes: u64| Event::Progress { id: file.id, bytes, total: file.size };
+    let mut buf = vec![0u8; FILE_CHUNK_LEN];
+    loop {
+        // Take in whatever the receiver said, waiting only when the window is full or all is sent.
+        let must_wait = sent - acked >= FILE_WINDOW || sent == file.size;
+        let msg = if must_wait {
+            match tokio::time::timeout(STALL_TIMEOUT, rx.recv()).await {
+                Err(_) => return Err(Attempt::Retry("receiver stalled".into())),
+                Ok(None) => return Err(Attempt::Retry("link closed".into())),
+                Ok(Some(m)) => Some(m),
+            }
+        } else {
+            rx.try_recv().ok()
+        };
+        match msg {
+            Some(PeerMessage::FileProgress { received, .. }) => {
+                acked = acked.max(received.min(sent));
+                if last_event.elapsed() >= PROGRESS_EVERY || acked == file.size {
+                    last_event = Instant::now();
+                    let _ = core.events.send(progress(acked)).await;
+                }
+                continue;
+            }
+            Some(PeerMessage::FileReceived { .. }) if sent == file.size => return Ok(()),
+            Some(PeerMessage::FileFailed { reason, .. }) => {
+                // A hash mismatch cannot get better by retrying; anything else (stall, disk) can.
+                return Err(if reason.contains("hash") {
+                    Attempt::Refused(reason)
+                } else {
+                    Attempt::Retry(reason)
+                });
+            }
+            Some(other) => {
+                debug!("ignoring {other:?} during transfer");
+                continue;
+            }
+            None if sent == file.size => continue,
+            None => {}
+        }
+        let want = (file.size - sent).min(FILE_CHUNK_LEN as u64) as usize;
+        source
+            .read_exact(&mut buf[..want])
+            .await
+            .map_err(|e| Attempt::Refused(format!("{} changed while sending: {e}", file.path.display())))?;
+        let chunk = PeerMessage::FileChunk { id: file.id, offset: sent, data: buf[..want].to_vec() };
+        link.write_bulk(chunk).await.map_err(Attempt::Retry)?;
+        sent += want as u64;
+    }
+}
+
+/// Routes a transfer message arriving on `link` to its transfer; returns nothing to write back.
+pub(crate) fn route(peer: &Number, link: &LinkHandle, msg: PeerMessage) -> Option<PeerMessage> {
+    let id = match &msg {
+        PeerMessage::FileChunk { id, .. }
+        | PeerMessage::FileAccept { id, .. }
+        | PeerMessage::FileRefuse { id, .. }
+        | PeerMessage::FileProgress { id, .. }
+        | PeerMessage::FileReceived { id }
+        | PeerMessage::FileFailed { id, .. } => *id,
+        _ => return None,
+    };
+    let tx = link.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+    let Some(tx) = tx else {
+        debug!("{peer} sent a message for transfer {id}, which is not running here");
+        return None;
+    };
+    match tx.try_send(msg) {
+        Ok(()) => None,
+        // A full queue means the sender ignored the window: stop the transfer rather than buffer.
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            Some(PeerMessage::FileFailed { id, reason: "sender ignored flow control".into() })
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => None,
+    }
+}
+
+/// Decides on an offer; when accepted, starts the receiving task. Returns the answer to write.
+pub(crate) async fn on_offer(
+    core: &Arc<Core>,
+    peer: &Number,
+    link: &LinkHandle,
+    offer: Offer,
+) -> Option<PeerMessage> {
+    let id = offer.id;
+    let refuse = |reason: String| {
+        info!("refusing file {id} from {peer}: {reason}");
+        Some(PeerMessage::FileRefuse { id, reason })
+    };
+    // The sender may not have heard our confirmation (it crashed, the link dropped): confirm again.
+    if core.store.has_received_file(peer, id).await.unwrap_or(false) {
+        return Some(PeerMessage::FileReceived { id });
+    }
+    if offer.name.len() > MAX_FILE_NAME_LEN {
+        return refuse(format!("file name over {MAX_FILE_NAME_LEN} bytes"));
+    }
+    match core.store.contact(peer).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return refuse(format!("{peer} is not a contact of {}", core.number)),
+        Err(e) => return refuse(format!("receiver cannot check its contacts: {e}")),
+    }
+    let max = core.config.max_file_size;
+    if offer.size > max {
+        return refuse(format!("file of {} bytes is over the receiver's limit of {max} bytes", offer.size));
+    }
+    let partial_dir = core.config.downloads.join(PARTIAL_DIR);
+    if let Err(e) = tokio::fs::create_dir_all(&partial_dir).await {
+        return refuse(format!("receiver cannot write its downloads folder: {e}"));
+    }
+    let partial = partial_dir.join(format!("{peer}-{}-{}.part", hex::encode(offer.blake3), offer.size));
+    let held = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
+    let offset = if held <= offer.size { held } else { 0 };
+    let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
+    {
+        let mut routes = link.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if routes.contains_key(&id) {
+            return refuse("transfer already running".into());
+        }
+        routes.insert(id, tx);
+    }
+    let task = receive(core.clone(), peer.clone(), link.clone(), offer, partial, offset, rx);
+    core.tracker.spawn(task.instrument(info_span!("file", %id, from = %peer)));
+    Some(PeerMessage::FileAccept { id, offset })
+}
+
+async fn receive(
+    core: Arc<Core>,
+    peer: Number,
+    link: LinkHandle,
+    offer: Offer,
+    partial: PathBuf,
+    offset: u64,
+    rx: mpsc::Receiver<PeerMessage>,
+) {
+    let id = offer.id;
+    let result = receive_inner(&core, &peer, &link, &offer, &partial, offset, rx).await;
+    link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    match result {
+        Ok(event) => {
+            let _ = link.write(PeerMessage::FileReceived { id }).await;
+            let _ = core.events.send(event).await;
+        }
+        Err(Failure { reason, keep_partial }) => {
+            warn!("receiving {} from {peer} failed: {reason}", offer.name);
+            if !keep_partial {
+                let _ = tokio::fs::remove_file(&partial).await;
+            }
+            let _ = link.write(PeerMessage::FileFailed { id, reason: reason.clone() }).await;
+            let _ = core.events.send(Event::FileFailed { id, peer, outgoing: false, reason }).await;
+        }
+    }
+}
+
+struct Failure {
+    reason: String,
+    /// The bytes so far are what the sender offered: keep them for a resume.
+    keep_partial: bool,
+}
+
+fn fail(reason: impl Into<String>, keep_partial: bool) -> Failure {
+    Failure { reason: reason.into(), keep_partial }
+}
+
+async fn receive_inner(
+    core: &Arc<Core>,
+    peer: &Number,
+    link: &LinkHandle,
+    offer: &Offer,
+    partial: &Path,
+    offset: u64,
+    mut rx: mpsc::Receiver<PeerMessage>,
+) -> Result<Event, Failure> {
+    let mut out = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(partial)
+        .await
+        .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
+    out.set_len(offset).await.map_err(|e| fail(format!("cannot write the partial file: {e}"), true))?;
+    out.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| fail(e.to_string(), true))?;
+    let mut received = offset;
+    let mut credited = offset;
+    while received < offer.size {
+        let msg = match tokio::time::timeout(STALL_TIMEOUT, rx.recv()).await {
+            Err(_) => {
+                return Err(fail(format!("sender stalled at {received} of {} bytes", offer.size), true))
+            }
+            Ok(None) => return Err(fail(format!("link closed at {received} of {} bytes", offer.size), true)),
+            Ok(Some(m)) => m,
+        };
+        match msg {
+            PeerMessage::FileChunk { offset: at, data, .. } => {
+                if at != received {
+                    return Err(fail(format!("chunk at {at} while expecting {received}"), true));
+                }
+                if received + data.len() as u64 > offer.size {
+                    return Err(fail(format!("more bytes than the {} offered", offer.size), false));
+                }
+                // A full disk fails here: the partial keeps what was written, the sender retries later.
+                out.write_all(&data).await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
+                received += data.len() as u64;
+                if received - credited >= CREDIT_EVERY || received == offer.size {
+                    out.flush().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
+                    credited = received;
+                    if link.write(PeerMessage::FileProgress { id: offer.id, received }).await.is_err() {
+                        return Err(fail("link closed", true));
+                    }
+                }
+            }
+            PeerMessage::FileFailed { reason, .. } => {
+                return Err(fail(format!("sender gave up: {reason}"), true))
+            }
+            other => debug!("ignoring {other:?} during transfer"),
+        }
+    }
+    out.sync_all().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
+    drop(out);
+    let hash = hash_file(partial).await.map_err(|e| fail(format!("cannot read back: {e}"), true))?;
+    if hash != offer.blake3 {
+        return Err(fail("hash mismatch: the bytes received are not the file offered", false));
+    }
+    let name = safe_name(&offer.name);
+    let path = place(partial, &core.config.downloads, &name)
+        .await
+        .map_err(|e| fail(format!("cannot save into the downloads folder: {e}"), true))?;
+    let dimensions = image_dimensions(&path).await;
+    let record = FileRecord {
+        id: offer.id,
+        peer: peer.clone(),
+        outgoing: false,
+        path: path.clone(),
+        name: name.clone(),
+        size: offer.size,
+        media_type: offer.media_type.clone(),
+        blake3: offer.blake3,
+    };
+    if let Err(e) = core.store.insert_file(&record, "received").await {
+        warn!("file {} saved but not recorded in history: {e}", path.display());
+    }
+    Ok(Event::FileReceived {
+        id: offer.id,
+        from: peer.clone(),
+        name,
+        path,
+        size: offer.size,
+        blake3: offer.blake3,
+        media_type: offer.media_type.clone(),
+        dimensions,
+        resumed_from: offset,
+    })
+}
+
+async fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        Ok(*hasher.finalize().as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Moves the verified partial file to `downloads/name`, or `name (1)`, … : never over an existing file.
+async fn place(partial: &Path, downloads: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let (partial, downloads, name) = (partial.to_path_buf(), downloads.to_path_buf(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        for n in 0..10_000 {
+            let candidate = downloads.join(numbered(&name, n));
+            // A hard link fails if the name exists, where a rename would replace it.
+            match std::fs::hard_link(&partial, &candidate) {
+                Ok(()) => {
+                    std::fs::remove_file(&partial)?;
+                    return Ok(candidate);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("too many files with that name"))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Width and height when the file's own bytes say it is an image (the extension is not trusted).
+async fn image_dimensions(path: &Path) -> Option<(u32, u32)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        image::ImageReader::open(&path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
