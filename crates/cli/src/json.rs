@@ -6,7 +6,9 @@ use std::io::Write;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use whatsap2p_client::{Client, ContactStatus, Event, Number, SendOutcome, StoredMessage};
+use whatsap2p_client::{
+    Change, Client, ContactStatus, Event, Group, GroupId, Number, SendOutcome, StoredMessage,
+};
 
 use crate::input::{next_line, Line};
 
@@ -15,12 +17,18 @@ use crate::input::{next_line, Line};
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 enum Command {
     Ping { number: Number },
-    Send { to: Number, text: String },
+    Send { to: Option<Number>, group: Option<String>, text: String },
     Contacts,
     AddContact { number: Number },
-    History { with: Number, limit: Option<usize> },
+    History { with: Option<Number>, group: Option<String>, limit: Option<usize> },
     Read { id: String },
     SendFile { to: Number, path: std::path::PathBuf },
+    GroupCreate { name: String, members: Vec<Number> },
+    GroupAdd { id: String, number: Number },
+    GroupRemove { id: String, number: Number },
+    GroupAdmin { id: String, number: Number },
+    GroupLeave { id: String },
+    Groups,
     Logout,
 }
 
@@ -52,6 +60,23 @@ fn presence(p: &ContactStatus) -> Value {
     v
 }
 
+fn group_id(s: &str) -> anyhow::Result<GroupId> {
+    s.parse().map_err(|_| anyhow::anyhow!("'{s}' is not a group id (32 hex digits)"))
+}
+
+fn group_event(g: &Group) -> Value {
+    json!({
+        "event": "group",
+        "id": g.state.id.to_string(),
+        "name": g.state.name,
+        "members": g.state.members,
+        "admins": g.state.admins,
+        "version": g.state.version,
+        "by": g.changed_by,
+        "left": g.left,
+    })
+}
+
 fn hex(bytes: &[u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -64,10 +89,13 @@ fn stored(m: &StoredMessage) -> Value {
         "sent_at_ms": m.sent_at_ms,
         "state": m.state.as_str(),
     });
-    if m.outgoing {
-        v["to"] = json!(m.peer);
-    } else {
+    if let Some(g) = m.group {
+        v["group"] = json!(g.to_string());
+    }
+    if !m.outgoing {
         v["from"] = json!(m.peer);
+    } else if m.group.is_none() {
+        v["to"] = json!(m.peer);
     }
     if let Some(at) = m.received_at_ms {
         v["received_at_ms"] = json!(at);
@@ -77,9 +105,14 @@ fn stored(m: &StoredMessage) -> Value {
 
 fn event(e: Event) -> Value {
     match e {
-        Event::Message { id, from, text, sent_at_ms } => {
-            json!({"event": "message", "id": id.to_string(), "from": from, "text": text, "sent_at_ms": sent_at_ms})
+        Event::Message { id, from, text, sent_at_ms, group } => {
+            let mut v = json!({"event": "message", "id": id.to_string(), "from": from, "text": text, "sent_at_ms": sent_at_ms});
+            if let Some(g) = group {
+                v["group"] = json!(g.to_string());
+            }
+            v
         }
+        Event::Group(g) => group_event(&g),
         Event::Delivered { id, to } => json!({"event": "delivered", "id": id.to_string(), "to": to}),
         Event::Sent { id, to } => json!({"event": "sent", "id": id.to_string(), "to": to}),
         Event::Read { id, by } => json!({"event": "read", "id": id.to_string(), "by": by}),
@@ -149,16 +182,75 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Val
             v["event"] = json!("presence");
             v
         }
-        Command::Send { to, text } => match client.send(&to, &text).await? {
+        Command::Send { to: Some(to), group: None, text } => match client.send(&to, &text).await? {
             (id, SendOutcome::Sent) => json!({"event": "sent", "id": id.to_string(), "to": to}),
             (id, SendOutcome::Queued { reason }) => {
                 json!({"event": "queued", "id": id.to_string(), "to": to, "reason": reason})
             }
         },
-        Command::History { with, limit } => {
+        Command::Send { to: None, group: Some(group), text } => {
+            let group = group_id(&group)?;
+            let (id, members) = client.send_group(group, &text).await?;
+            json!({"event": "sent", "id": id.to_string(), "group": group.to_string(), "members": members})
+        }
+        Command::Send { .. } => anyhow::bail!("send needs exactly one of \"to\" and \"group\""),
+        Command::GroupCreate { name, members } => group_event(&client.group_create(&name, &members).await?),
+        Command::GroupAdd { id, number } => {
+            group_event(&client.group_change(group_id(&id)?, &number, Change::Add).await?)
+        }
+        Command::GroupRemove { id, number } => {
+            group_event(&client.group_change(group_id(&id)?, &number, Change::Remove).await?)
+        }
+        Command::GroupAdmin { id, number } => {
+            group_event(&client.group_change(group_id(&id)?, &number, Change::MakeAdmin).await?)
+        }
+        Command::GroupLeave { id } => group_event(&client.group_leave(group_id(&id)?).await?),
+        Command::Groups => {
+            let groups: Vec<Value> = client
+                .groups()
+                .await?
+                .iter()
+                .map(|g| {
+                    let mut v = group_event(g);
+                    v.as_object_mut().map(|o| o.remove("event"));
+                    v["members"] = json!(g
+                        .state
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let online = if m == client.number() {
+                                Some(client.published_addr())
+                            } else {
+                                client.presence_of(m).flatten()
+                            };
+                            let mut e = json!({"number": m, "admin": g.state.admins.contains(m), "online": online.is_some()});
+                            if let Some(addr) = online {
+                                e["addr"] = json!(addr.to_string());
+                            }
+                            e
+                        })
+                        .collect::<Vec<_>>());
+                    v
+                })
+                .collect();
+            json!({"event": "groups", "groups": groups})
+        }
+        Command::History { with, group, limit } => {
             let limit = limit.unwrap_or(DEFAULT_HISTORY).min(MAX_HISTORY);
-            let messages: Vec<Value> = client.history(&with, limit).await?.iter().map(stored).collect();
-            json!({"event": "history", "with": with, "messages": messages})
+            match (with, group) {
+                (Some(with), None) => {
+                    let messages: Vec<Value> =
+                        client.history(&with, limit).await?.iter().map(stored).collect();
+                    json!({"event": "history", "with": with, "messages": messages})
+                }
+                (None, Some(group)) => {
+                    let group = group_id(&group)?;
+                    let messages: Vec<Value> =
+                        client.group_history(group, limit).await?.iter().map(stored).collect();
+                    json!({"event": "history", "group": group.to_string(), "messages": messages})
+                }
+                _ => anyhow::bail!("history needs exactly one of \"with\" and \"group\""),
+            }
         }
         Command::Read { id } => {
             let Ok(parsed) = id.parse() else { anyhow::bail!("'{id}' is not a message id") };

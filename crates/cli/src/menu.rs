@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tokio::sync::mpsc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use whatsap2p_client::{Client, Event, MessageId, Number, Presence, SendOutcome};
+use whatsap2p_client::{Change, Client, Event, GroupId, MessageId, Number, Presence, SendOutcome};
 
 use crate::input::{next_line, Line};
 
@@ -18,10 +18,13 @@ const OPTIONS: &str = "[+] Options:
 4 - Add New Contact
 5 - Logout
 6 - Conversation history
-7 - Send Photo (or any file)";
+7 - Send Photo (or any file)
+8 - Groups";
 
 const SHORT_OPTIONS: &str =
-    "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo";
+    "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo · 8 Groups";
+
+const GROUP_HELP: &str = "[+] Group commands: new NAME NUMBER… | send ID TEXT | add ID NUMBER | remove ID NUMBER | admin ID NUMBER | leave ID (empty line: back)";
 
 /// Messages option 6 shows.
 const HISTORY_LINES: usize = 20;
@@ -37,6 +40,7 @@ enum Prompt {
     HistoryNumber,
     FileNumber,
     FilePath(Number),
+    GroupCommand,
 }
 
 impl Prompt {
@@ -50,6 +54,7 @@ impl Prompt {
             Prompt::HistoryNumber => "Conversation with: ",
             Prompt::FileNumber => "Send photo to number: ",
             Prompt::FilePath(_) => "Path of the photo or file: ",
+            Prompt::GroupCommand => "Group command: ",
         }
     }
 }
@@ -151,8 +156,14 @@ async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
             };
             bars.say(format!("\n> {kind} from {from}: {name} ({details}) saved to {}", path.display()));
         }
-        Event::Message { id, from, text, .. } => {
-            say(format!("\n> Message from {from}: {text}"));
+        Event::Message { id, from, text, group, .. } => {
+            match group {
+                Some(g) => {
+                    let name = group_name(client, g).await;
+                    say(format!("\n> [{name}] Message from {from}: {text}"));
+                }
+                None => say(format!("\n> Message from {from}: {text}")),
+            }
             if let Err(e) = client.mark_read(id).await {
                 say(format!("[!] {e}"));
             }
@@ -166,9 +177,104 @@ async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
         }
         Event::Presence { number, online: None } => say(format!("\n> {number} is offline")),
         Event::Reconnected => say("\n[+] Reconnected to the directory server"),
+        Event::Group(g) if g.left => bars.say(format!("\n[+] You are no longer in group {}", g.state.name)),
+        Event::Group(g) => {
+            let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
+            bars.say(format!(
+                "\n[+] Group {} ({}) by {}: {}",
+                g.state.name,
+                g.state.id,
+                g.changed_by,
+                members.join(", ")
+            ))
+        }
         Event::Warning { message } => say(format!("\n[!] WARNING: {message}")),
         Event::DirectoryLost { reason } => say(format!("\n[!] Lost the directory server: {reason}")),
         other => say(format!("\n[+] {other:?}")),
+    }
+}
+
+async fn show_groups(client: &Client) {
+    match client.groups().await {
+        Ok(groups) if groups.is_empty() => say("[+] No groups yet"),
+        Ok(groups) => {
+            for g in groups.iter().filter(|g| !g.left) {
+                say(format!("[+] {} ({})", g.state.name, g.state.id));
+                for m in &g.state.members {
+                    let admin = if g.state.admins.contains(m) { " (admin)" } else { "" };
+                    let status = if m == client.number() {
+                        "you".to_owned()
+                    } else {
+                        match client.presence_of(m) {
+                            Some(Some(addr)) => format!("Online ({})", slash(addr)),
+                            Some(None) => "Offline".to_owned(),
+                            None => "?".to_owned(),
+                        }
+                    };
+                    say(format!("    {m}{admin} - {status}"));
+                }
+            }
+        }
+        Err(e) => say(format!("[!] {e}")),
+    }
+}
+
+/// Runs one line of the group sub-menu; returns what to tell the user.
+async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
+    let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    let id_and = |rest: &str| -> anyhow::Result<(GroupId, String)> {
+        let (id, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        let id = id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not a group id"))?;
+        Ok((id, arg.trim().to_owned()))
+    };
+    let describe = |g: whatsap2p_client::Group| {
+        let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
+        format!("{} ({}): {}", g.state.name, g.state.id, members.join(", "))
+    };
+    Ok(match verb {
+        "new" => {
+            let mut words: Vec<&str> = rest.split_whitespace().collect();
+            let first_number = words.iter().position(|w| Number::new(w).is_ok()).unwrap_or(words.len());
+            let members = words
+                .split_off(first_number)
+                .iter()
+                .map(|w| Number::new(w))
+                .collect::<Result<Vec<_>, _>>()?;
+            let name = words.join(" ");
+            describe(client.group_create(&name, &members).await?)
+        }
+        "send" => {
+            let (id, text) = id_and(rest)?;
+            let (_, n) = client.send_group(id, &text).await?;
+            format!("Sent to {n} members")
+        }
+        "add" | "remove" | "admin" => {
+            let (id, number) = id_and(rest)?;
+            let change = match verb {
+                "add" => Change::Add,
+                "remove" => Change::Remove,
+                _ => Change::MakeAdmin,
+            };
+            describe(client.group_change(id, &Number::new(&number)?, change).await?)
+        }
+        "leave" => {
+            let (id, _) = id_and(rest)?;
+            let g = client.group_leave(id).await?;
+            format!("You left {}", g.state.name)
+        }
+        _ => anyhow::bail!("unknown group command '{verb}'"),
+    })
+}
+
+async fn group_name(client: &Client, id: GroupId) -> String {
+    match client.groups().await {
+        Ok(groups) => groups
+            .into_iter()
+            .find(|g| g.state.id == id)
+            .map(|g| g.state.name)
+            .unwrap_or_else(|| id.to_string()),
+        Err(_) => id.to_string(),
     }
 }
 
@@ -285,6 +391,22 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
             (Prompt::Choice, "5") => break,
             (Prompt::Choice, "6") => Prompt::HistoryNumber,
             (Prompt::Choice, "7") => Prompt::FileNumber,
+            (Prompt::Choice, "8") => {
+                show_groups(&client).await;
+                say(GROUP_HELP);
+                Prompt::GroupCommand
+            }
+            (Prompt::GroupCommand, "") => {
+                say(SHORT_OPTIONS);
+                Prompt::Choice
+            }
+            (Prompt::GroupCommand, command) => {
+                match group_command(&client, command).await {
+                    Ok(done) => say(format!("[+] {done}")),
+                    Err(e) => say(format!("[!] {e}")),
+                }
+                Prompt::GroupCommand
+            }
             (Prompt::Choice, other) => {
                 say(format!("[!] '{other}' is not an option"));
                 say(SHORT_OPTIONS);

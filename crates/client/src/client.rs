@@ -12,9 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 use whatsap2p_proto::directory::{Location, LookupIntent};
+use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
 
 use crate::directory::{self, DirectoryHandle, Note};
+use crate::groups::{Change, Group};
 use crate::outbox::Outbox;
 use crate::peer::{self, Links};
 use crate::profile::{Identity, Profile};
@@ -89,7 +91,11 @@ pub enum Event {
         text: String,
         /// The sender's clock at sending.
         sent_at_ms: u64,
+        /// The group it was sent to, if any.
+        group: Option<GroupId>,
     },
+    /// A group was created with us in it, or changed (we may have been removed: `left`).
+    Group(Group),
     /// The recipient confirmed it has the message.
     Delivered {
         /// The message.
@@ -408,7 +414,7 @@ impl Client {
         };
         core.directory.watch(vec![to.clone()]).await;
         let id = MessageId::new();
-        core.store.queue_outgoing(to, id, text, now_ms()).await?;
+        core.store.queue_outgoing(to, id, text, now_ms(), None).await?;
         if !online {
             crate::outbox::kick(core, to);
             return Ok((id, SendOutcome::Queued { reason: format!("{to} is offline") }));
@@ -464,6 +470,46 @@ impl Client {
         self.core.store.insert_file(&file, "pending").await?;
         crate::transfer::spawn_sender(&self.core, file.clone());
         Ok(file)
+    }
+
+    /// Creates a group of contacts; we are its first admin.
+    pub async fn group_create(&self, name: &str, members: &[Number]) -> Result<Group, ClientError> {
+        crate::groups::create(&self.core, name, members).await
+    }
+
+    /// Adds, removes or promotes a member (admins only).
+    pub async fn group_change(
+        &self,
+        id: GroupId,
+        who: &Number,
+        change: Change,
+    ) -> Result<Group, ClientError> {
+        crate::groups::change(&self.core, id, who, change).await
+    }
+
+    /// Leaves a group.
+    pub async fn group_leave(&self, id: GroupId) -> Result<Group, ClientError> {
+        crate::groups::leave(&self.core, id).await
+    }
+
+    /// Every group we know.
+    pub async fn groups(&self) -> Result<Vec<Group>, ClientError> {
+        crate::groups::list(&self.core).await
+    }
+
+    /// Sends a text to every other member of a group; returns its id and how many members it goes to.
+    pub async fn send_group(&self, id: GroupId, text: &str) -> Result<(MessageId, usize), ClientError> {
+        crate::groups::send(&self.core, id, text).await
+    }
+
+    /// The last `limit` messages of a group, oldest first.
+    pub async fn group_history(&self, id: GroupId, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
+        self.core.store.group_history(id, limit).await
+    }
+
+    /// Whether the directory last said `number` is online (None: not watched yet).
+    pub fn presence_of(&self, number: &Number) -> Option<Option<SocketAddr>> {
+        self.core.presence_of(number).map(|o| o.map(|l| l.addr))
     }
 
     /// Marks a received message as read and sends the sender a read receipt (through the outbox).

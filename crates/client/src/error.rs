@@ -101,6 +101,9 @@ pub enum ClientError {
         /// The error.
         source: std::io::Error,
     },
+    /// A group operation is not possible.
+    #[error("{0}")]
+    Group(String),
     /// The client is shutting down.
     #[error("client is shutting down")]
     ShuttingDown,

@@ -13,6 +13,7 @@
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
 //! - [`transfer`]: files over the peer link: offer, accept, chunks under flow control, verify, resume.
 //! - [`safe_name`]: file names from peers made safe for the downloads folder.
+//! - [`groups`]: group conversations: signed membership, fan-out through the outbox.
 //! - [`client`]: [`Client`], which ties them together, and [`Event`].
 //! - [`error`]: the error type, [`ClientError`].
 
@@ -21,6 +22,7 @@
 pub mod client;
 pub mod directory;
 pub mod error;
+pub mod groups;
 pub mod outbox;
 pub mod peer;
 pub mod profile;
@@ -30,5 +32,7 @@ pub mod transfer;
 
 pub use client::{Client, ClientConfig, ContactStatus, Event, Presence, SendOutcome};
 pub use error::ClientError;
+pub use groups::{Change, Group};
 pub use store::{FileRecord, MessageState, StoredMessage};
+pub use whatsap2p_proto::group::{GroupId, GroupState};
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};

@@ -101,7 +101,20 @@ pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<Vec<Message
         if written.texts.contains(&m.id) {
             continue;
         }
-        let msg = PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text };
+        let msg = match (m.group, m.update) {
+            (_, Some(body)) => match postcard::from_bytes(&body) {
+                Ok(update) => PeerMessage::GroupUpdate { id: m.id, update },
+                Err(e) => {
+                    tracing::error!("dropping undecodable group change {} from the outbox: {e}", m.id);
+                    core.store.advance_outgoing(peer, m.id, MessageState::Failed).await?;
+                    continue;
+                }
+            },
+            (Some(group), None) => {
+                PeerMessage::GroupText { group, id: m.id, sent_at_ms: m.sent_at_ms, text: m.text }
+            }
+            (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
+        };
         link.write(msg).await.map_err(lost)?;
         written.texts.insert(m.id);
         if core.store.advance_outgoing(peer, m.id, MessageState::Sent).await? {

@@ -21,6 +21,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use whatsap2p_link::{Handshake, SessionReader, SessionWriter};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::LookupIntent;
+use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::handshake::{Hello, Purpose};
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{IdentityProof, MessageId, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION};
@@ -149,7 +150,7 @@ async fn dial(core: &Arc<Core>, to: &Number) -> Result<LinkHandle, ClientError> 
         .await
         .map_err(|_| ClientError::Timeout("peer handshake"))??;
     info!("linked to {to} at {addr}");
-    Ok(spawn_link(core, to.clone(), addr, reader, writer))
+    Ok(spawn_link(core, to.clone(), key, addr, reader, writer))
 }
 
 /// Initiator side: the responder must prove `expected` owns `to` in this very session.
@@ -219,9 +220,9 @@ pub(crate) async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
                             let _ = task_core.events.send(Event::Warning { message: e.to_string() }).await;
                         }
                     }
-                    Ok(Ok((number, reader, writer))) => {
+                    Ok(Ok((number, key, reader, writer))) => {
                         info!("{number} linked from {addr}");
-                        let link = spawn_link(&task_core, number.clone(), addr, reader, writer);
+                        let link = spawn_link(&task_core, number.clone(), key, addr, reader, writer);
                         let slot = task_core.links.slot(&number);
                         let mut slot = slot.lock().await;
                         if !slot.as_ref().is_some_and(|l| l.is_alive()) {
@@ -244,7 +245,7 @@ async fn accept_handshake(
     core: &Core,
     stream: TcpStream,
     addr: SocketAddr,
-) -> Result<(Number, Reader, Writer), ClientError> {
+) -> Result<(Number, PublicKey, Reader, Writer), ClientError> {
     let link_err = || ClientError::link(format!("handshake with peer {addr}"));
     let id = &core.identity;
     let mut hs = Handshake::responder(stream, &id.noise).map_err(link_err())?;
@@ -271,12 +272,13 @@ async fn accept_handshake(
     }
     check_pin(core, &claimed, proof.identity).await?;
     let (reader, writer) = hs.finish().map_err(link_err())?.split();
-    Ok((claimed, reader, writer))
+    Ok((claimed, proof.identity, reader, writer))
 }
 
 fn spawn_link(
     core: &Arc<Core>,
     peer: Number,
+    peer_key: PublicKey,
     addr: SocketAddr,
     reader: Reader,
     writer: Writer,
@@ -293,7 +295,7 @@ fn spawn_link(
     };
     let span = info_span!("link", peer = %peer, %addr);
     core.tracker.spawn(write_loop(writer, rx, bulk_rx, closed.clone()).instrument(span.clone()));
-    core.tracker.spawn(read_loop(core.clone(), peer, reader, link.clone()).instrument(span));
+    core.tracker.spawn(read_loop(core.clone(), peer, peer_key, reader, link.clone()).instrument(span));
     link
 }
 
@@ -323,7 +325,34 @@ async fn write_loop(
     let _ = writer.close().await;
 }
 
-async fn read_loop(core: Arc<Core>, peer: Number, mut reader: Reader, link: LinkHandle) {
+/// Stores a received text and shows it (once), then answers with the acknowledgement. Only what is
+/// safely stored is acknowledged: if the disk refuses, the sender keeps the message and retries.
+pub(crate) async fn store_text(
+    core: &Core,
+    peer: &Number,
+    id: MessageId,
+    sent_at_ms: u64,
+    text: String,
+    group: Option<GroupId>,
+) -> Option<PeerMessage> {
+    match core.store.store_incoming(peer, id, &text, sent_at_ms, group).await {
+        Ok(true) => {
+            let event = Event::Message { id, from: peer.clone(), text, sent_at_ms, group };
+            core.events.send(event).await.ok()?;
+            Some(PeerMessage::Ack { id })
+        }
+        Ok(false) => {
+            debug!("{peer} resent {id}; already stored");
+            Some(PeerMessage::Ack { id })
+        }
+        Err(e) => {
+            error!("cannot store message {id} from {peer}, not acknowledging it: {e}");
+            None
+        }
+    }
+}
+
+async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reader: Reader, link: LinkHandle) {
     let store = &core.store;
     loop {
         let msg = tokio::select! {
@@ -345,27 +374,10 @@ async fn read_loop(core: Arc<Core>, peer: Number, mut reader: Reader, link: Link
                     warn!("dropping link with {peer}: message of {} bytes", text.len());
                     break;
                 }
-                // Acknowledge only what is safely stored: if the disk refuses, the sender keeps it.
-                match store.store_incoming(&peer, id, &text, sent_at_ms).await {
-                    Ok(true) => {
-                        if core
-                            .events
-                            .send(Event::Message { id, from: peer.clone(), text, sent_at_ms })
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                        Some(PeerMessage::Ack { id })
-                    }
-                    Ok(false) => {
-                        debug!("{peer} resent {id}; already stored");
-                        Some(PeerMessage::Ack { id })
-                    }
-                    Err(e) => {
-                        error!("cannot store message {id} from {peer}, not acknowledging it: {e}");
-                        None
-                    }
+                match store_text(&core, &peer, id, sent_at_ms, text, None).await {
+                    Some(reply) => Some(reply),
+                    None if core.events.is_closed() => break,
+                    None => None,
                 }
             }
             Ok(Ok(Some(PeerMessage::Ack { id }))) => {
@@ -394,6 +406,17 @@ async fn read_loop(core: Arc<Core>, peer: Number, mut reader: Reader, link: Link
                         None
                     }
                 }
+            }
+            Ok(Ok(Some(PeerMessage::GroupText { group, id, sent_at_ms, text }))) => {
+                if text.len() > MAX_TEXT_LEN {
+                    warn!("dropping link with {peer}: message of {} bytes", text.len());
+                    break;
+                }
+                crate::groups::on_text(&core, &peer, group, id, sent_at_ms, text).await
+            }
+            Ok(Ok(Some(PeerMessage::GroupUpdate { id, update }))) => {
+                crate::groups::on_update(&core, &peer, &peer_key, update).await;
+                Some(PeerMessage::Ack { id })
             }
             Ok(Ok(Some(PeerMessage::FileOffer { id, name, size, media_type, blake3 }))) => {
                 let offer = crate::transfer::Offer { id, name, size, media_type, blake3 };

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, OptionalExtension};
+use whatsap2p_proto::group::{GroupId, SignedGroupState};
 use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::ClientError;
@@ -44,7 +45,15 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at_ms INTEGER,
     state TEXT NOT NULL,
     receipt_pending INTEGER NOT NULL DEFAULT 0,
+    group_id TEXT,
+    update_body BLOB,
     PRIMARY KEY (peer, outgoing, id)
+);
+CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, id) WHERE group_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS groups (
+    id TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    left_group INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
@@ -143,6 +152,10 @@ pub struct StoredMessage {
     pub received_at_ms: Option<u64>,
     /// Where it stands.
     pub state: MessageState,
+    /// The group it was sent to, if any.
+    pub group: Option<GroupId>,
+    /// For a group membership change waiting in the outbox: the encoded signed state.
+    pub update: Option<Vec<u8>>,
 }
 
 fn now_ms() -> i64 {
@@ -266,14 +279,100 @@ impl Store {
         id: MessageId,
         text: &str,
         sent_at_ms: u64,
+        group: Option<GroupId>,
     ) -> Result<(), ClientError> {
-        let (to, id, text) = (to.to_string(), id.to_string(), text.to_owned());
+        let (to, id, text, group) =
+            (to.to_string(), id.to_string(), text.to_owned(), group.map(|g| g.to_string()));
         self.with(move |c| {
             c.execute(
-                "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state) VALUES (?1, 1, ?2, ?3, ?4, 'queued')",
-                params![to, id, text, sent_at_ms as i64],
+                "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state, group_id)
+                 VALUES (?1, 1, ?2, ?3, ?4, 'queued', ?5)",
+                params![to, id, text, sent_at_ms as i64, group],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    /// Puts a group membership change for `to` in the outbox (not part of any history).
+    pub async fn queue_group_update(
+        &self,
+        to: &Number,
+        id: MessageId,
+        update: &SignedGroupState,
+    ) -> Result<(), ClientError> {
+        let body = postcard::to_allocvec(update).map_err(|e| ClientError::Group(e.to_string()))?;
+        let (to, id, group) = (to.to_string(), id.to_string(), update.state.id.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state, group_id, update_body)
+                 VALUES (?1, 1, ?2, '', ?3, 'queued', ?4, ?5)",
+                params![to, id, now_ms(), group, body],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Saves a group's state (and whether we are out of it).
+    pub async fn save_group(&self, update: &SignedGroupState, left: bool) -> Result<(), ClientError> {
+        let body = postcard::to_allocvec(update).map_err(|e| ClientError::Group(e.to_string()))?;
+        let id = update.state.id.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO groups (id, state, left_group) VALUES (?1, ?2, ?3)",
+                params![id, body, left],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// A group's latest signed state and whether we are out of it.
+    pub async fn group(&self, id: GroupId) -> Result<Option<(SignedGroupState, bool)>, ClientError> {
+        let id = id.to_string();
+        let row: Option<(Vec<u8>, bool)> = self
+            .with(move |c| {
+                c.query_row("SELECT state, left_group FROM groups WHERE id = ?1", params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .await?;
+        Ok(row.and_then(|(body, left)| postcard::from_bytes(&body).ok().map(|s| (s, left))))
+    }
+
+    /// Every group we know, with whether we are out of it.
+    pub async fn groups(&self) -> Result<Vec<(SignedGroupState, bool)>, ClientError> {
+        let rows: Vec<(Vec<u8>, bool)> = self
+            .with(|c| {
+                let mut stmt = c.prepare("SELECT state, left_group FROM groups ORDER BY rowid")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(b, left)| postcard::from_bytes(&b).ok().map(|s| (s, left)))
+            .collect())
+    }
+
+    /// The last `limit` messages of a group, oldest first (each message once, whatever its fan-out).
+    pub async fn group_history(
+        &self,
+        group: GroupId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        let group = group.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM (SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body
+                 FROM messages WHERE group_id = ?1 AND update_body IS NULL GROUP BY outgoing, id
+                 ORDER BY COALESCE(received_at_ms, sent_at_ms) DESC, id DESC LIMIT ?2)
+                 ORDER BY COALESCE(received_at_ms, sent_at_ms), id",
+            )?;
+            let rows = stmt.query_map(params![group, limit as i64], row_to_message)?;
+            rows.filter_map(|r| r.transpose()).collect()
         })
         .await
     }
@@ -285,20 +384,23 @@ impl Store {
         id: MessageId,
         text: &str,
         sent_at_ms: u64,
+        group: Option<GroupId>,
     ) -> Result<bool, ClientError> {
-        let (from, id, text) = (from.to_string(), id.to_string(), text.to_owned());
+        let (from, id, text, group) =
+            (from.to_string(), id.to_string(), text.to_owned(), group.map(|g| g.to_string()));
         self.with(move |c| {
             c.execute(
-                "INSERT OR IGNORE INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state)
-                 VALUES (?1, 0, ?2, ?3, ?4, ?5, 'received')",
-                params![from, id, text, sent_at_ms as i64, now_ms()],
+                "INSERT OR IGNORE INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, 'received', ?6)",
+                params![from, id, text, sent_at_ms as i64, now_ms(), group],
             )
             .map(|n| n == 1)
         })
         .await
     }
 
-    /// Moves an outgoing message to `state` if that is forward from where it is; returns whether it moved.
+    /// Moves an outgoing message to `state` if that is forward from where it is; returns whether a
+    /// message (not a group change riding the outbox) moved.
     pub async fn advance_outgoing(
         &self,
         to: &Number,
@@ -314,9 +416,16 @@ impl Store {
         };
         let (to, id) = (to.to_string(), id.to_string());
         let sql = format!(
-            "UPDATE messages SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state IN {from_states}"
+            "UPDATE messages SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state IN {from_states}
+             RETURNING update_body IS NULL"
         );
-        self.with(move |c| c.execute(&sql, params![to, id, state.as_str()]).map(|n| n == 1)).await
+        // Group membership changes move too, but only messages a person wrote count as moved.
+        self.with(move |c| {
+            c.query_row(&sql, params![to, id, state.as_str()], |r| r.get::<_, bool>(0))
+                .optional()
+                .map(|v| v == Some(true))
+        })
+        .await
     }
 
     /// The outbox for one peer: messages not yet confirmed, oldest first.
@@ -324,7 +433,7 @@ impl Store {
         let to = to.to_string();
         self.with(move |c| {
             let mut stmt = c.prepare(
-                "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state FROM messages
+                "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body FROM messages
                  WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY rowid",
             )?;
             let rows = stmt.query_map(params![to], row_to_message)?;
@@ -407,8 +516,8 @@ impl Store {
         let peer = peer.to_string();
         self.with(move |c| {
             let mut stmt = c.prepare(
-                "SELECT * FROM (SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state FROM messages
-                 WHERE peer = ?1 ORDER BY COALESCE(received_at_ms, sent_at_ms) DESC, id DESC LIMIT ?2)
+                "SELECT * FROM (SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body
+                 FROM messages WHERE peer = ?1 AND group_id IS NULL ORDER BY COALESCE(received_at_ms, sent_at_ms) DESC, id DESC LIMIT ?2)
                  ORDER BY COALESCE(received_at_ms, sent_at_ms), id",
             )?;
             let rows = stmt.query_map(params![peer, limit as i64], row_to_message)?;
@@ -523,6 +632,8 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> Result<Option<StoredMessage>, rusqli
         sent_at_ms: r.get::<_, i64>(4)? as u64,
         received_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
         state: MessageState::parse(&state),
+        group: r.get::<_, Option<String>>(7)?.and_then(|g| g.parse().ok()),
+        update: r.get(8)?,
     }))
 }
 
@@ -539,8 +650,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("p.sqlite")).expect("open");
         let (a, b) = (MessageId::new(), MessageId::new());
-        store.queue_outgoing(&n("456"), a, "one", 1).await.expect("queue");
-        store.queue_outgoing(&n("456"), b, "two", 2).await.expect("queue");
+        store.queue_outgoing(&n("456"), a, "one", 1, None).await.expect("queue");
+        store.queue_outgoing(&n("456"), b, "two", 2, None).await.expect("queue");
         let ids: Vec<_> = store.unconfirmed(&n("456")).await.expect("outbox").iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![a, b]);
         // Another peer acknowledging our id changes nothing.
@@ -556,8 +667,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("p.sqlite")).expect("open");
         let id = MessageId::new();
-        assert!(store.store_incoming(&n("123"), id, "hi", 5).await.expect("store"));
-        assert!(!store.store_incoming(&n("123"), id, "hi", 5).await.expect("store"));
+        assert!(store.store_incoming(&n("123"), id, "hi", 5, None).await.expect("store"));
+        assert!(!store.store_incoming(&n("123"), id, "hi", 5, None).await.expect("store"));
         assert_eq!(store.history(&n("123"), 10).await.expect("history").len(), 1);
         assert_eq!(store.mark_read(id).await.expect("read"), Some(n("123")));
         assert_eq!(store.mark_read(id).await.expect("read"), None);

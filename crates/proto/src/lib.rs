@@ -10,12 +10,14 @@
 //!   [`IdentityProof`] that binds a number and an Ed25519 identity to one Noise session.
 //! - [`directory`]: messages between a client and the directory server.
 //! - [`peer`]: messages between two clients.
+//! - [`group`]: group state, signed changes and the rule for accepting them.
 //! - [`codec`]: postcard encoding with size limits and a distinction between unknown and malformed.
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod directory;
+pub mod group;
 pub mod handshake;
 pub mod keys;
 pub mod number;

@@ -133,6 +133,24 @@ pub enum PeerMessage {
         /// Why, for people.
         reason: String,
     },
+    /// A text to a group, sent by a member to each other member.
+    GroupText {
+        /// The group.
+        group: crate::group::GroupId,
+        /// Unique id, chosen by the sender (the same for every member).
+        id: MessageId,
+        /// Sender's clock, milliseconds since the Unix epoch.
+        sent_at_ms: u64,
+        /// At most [`crate::MAX_TEXT_LEN`] bytes.
+        text: String,
+    },
+    /// A group's new membership, signed by whoever changed it. Answered with [`PeerMessage::Ack`].
+    GroupUpdate {
+        /// This delivery's id (for the acknowledgement).
+        id: MessageId,
+        /// The signed state.
+        update: crate::group::SignedGroupState,
+    },
 }
 
 /// Largest file chunk: one chunk and its envelope fit in one frame.
@@ -145,7 +163,7 @@ pub const FILE_WINDOW: u64 = 8 * 1024 * 1024;
 pub const MAX_FILE_NAME_LEN: usize = 4096;
 
 impl WireEnum for PeerMessage {
-    const KNOWN_VARIANTS: u32 = 10;
+    const KNOWN_VARIANTS: u32 = 12;
 }
 
 #[cfg(test)]

@@ -1,0 +1,251 @@
+//! Group conversations, delivered peer to peer.
+//!
+//! Every member keeps the group's signed state (see [`whatsap2p_proto::group`]). A change is signed by
+//! the admin who makes it and sent to every member, old and new, through the outbox; each member checks
+//! it before taking it. A group message goes from the sender straight to each other member through
+//! that member's own outbox courier, so members are served in parallel and an offline or slow member
+//! delays nobody; the offline ones get everything, in order, when they come back.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+use whatsap2p_proto::group::{GroupId, GroupState, SignedGroupState};
+use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
+
+use crate::client::{now_ms, Core, Event};
+use crate::ClientError;
+
+/// A group as a member sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The latest accepted state.
+    pub state: GroupState,
+    /// Who made the latest change.
+    pub changed_by: Number,
+    /// We left or were removed: nothing more is sent or accepted.
+    pub left: bool,
+}
+
+fn group_error(message: String) -> ClientError {
+    ClientError::Group(message)
+}
+
+async fn load(core: &Core, id: GroupId) -> Result<(SignedGroupState, bool), ClientError> {
+    core.store.group(id).await?.ok_or_else(|| group_error(format!("no group {id}")))
+}
+
+/// Signs `state` as ours, keeps it, and sends it to `recipients` (ourselves excluded).
+async fn publish(
+    core: &Arc<Core>,
+    state: GroupState,
+    recipients: impl IntoIterator<Item = Number>,
+    left: bool,
+) -> Result<Group, ClientError> {
+    state.check().map_err(|e| group_error(e.to_string()))?;
+    let signed = state.sign(core.number.clone(), &core.identity.signing);
+    core.store.save_group(&signed, left).await?;
+    for to in recipients.into_iter().filter(|n| *n != core.number).collect::<BTreeSet<_>>() {
+        core.store.queue_group_update(&to, MessageId::new(), &signed).await?;
+        core.directory.watch(vec![to.clone()]).await;
+        crate::outbox::kick(core, &to);
+    }
+    Ok(Group { state: signed.state, changed_by: core.number.clone(), left })
+}
+
+async fn require_contacts(core: &Core, numbers: &[Number]) -> Result<(), ClientError> {
+    for n in numbers {
+        if *n == core.number {
+            continue;
+        }
+        if core.store.contact(n).await?.is_none() {
+            return Err(group_error(format!("{n} is not a contact: add it first")));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a group of our contacts, with us as its first admin.
+pub(crate) async fn create(core: &Arc<Core>, name: &str, members: &[Number]) -> Result<Group, ClientError> {
+    require_contacts(core, members).await?;
+    let mut all: BTreeSet<Number> = members.iter().cloned().collect();
+    all.insert(core.number.clone());
+    let state = GroupState {
+        id: GroupId::random(),
+        name: name.trim().to_owned(),
+        members: all.clone(),
+        admins: [core.number.clone()].into(),
+        version: 1,
+    };
+    publish(core, state, all, false).await
+}
+
+/// What an admin can do to a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Add a contact.
+    Add,
+    /// Remove a member (not ourselves: leave instead).
+    Remove,
+    /// Make a member an admin.
+    MakeAdmin,
+}
+
+/// Applies an admin's change and sends the new state to everyone concerned (a removed member learns
+/// it was removed, and gets nothing after).
+pub(crate) async fn change(
+    core: &Arc<Core>,
+    id: GroupId,
+    who: &Number,
+    change: Change,
+) -> Result<Group, ClientError> {
+    let (held, left) = load(core, id).await?;
+    let mut state = held.state;
+    if left {
+        return Err(group_error(format!("you are no longer in {}", state.name)));
+    }
+    if !state.admins.contains(&core.number) {
+        return Err(group_error(format!("you are not an admin of {}", state.name)));
+    }
+    let mut recipients = state.members.clone();
+    match change {
+        Change::Add => {
+            require_contacts(core, std::slice::from_ref(who)).await?;
+            if !state.members.insert(who.clone()) {
+                return Err(group_error(format!("{who} is already in {}", state.name)));
+            }
+            recipients.insert(who.clone());
+        }
+        Change::Remove => {
+            if *who == core.number {
+                return Err(group_error("to leave a group, use leave".into()));
+            }
+            if !state.members.remove(who) {
+                return Err(group_error(format!("{who} is not in {}", state.name)));
+            }
+            state.admins.remove(who);
+        }
+        Change::MakeAdmin => {
+            if !state.members.contains(who) {
+                return Err(group_error(format!("{who} is not in {}", state.name)));
+            }
+            state.admins.insert(who.clone());
+        }
+    }
+    state.version += 1;
+    publish(core, state, recipients, false).await
+}
+
+/// Leaves a group: tells the others, then ignores it.
+pub(crate) async fn leave(core: &Arc<Core>, id: GroupId) -> Result<Group, ClientError> {
+    let (held, left) = load(core, id).await?;
+    let mut state = held.state;
+    if left {
+        return Err(group_error(format!("you already left {}", state.name)));
+    }
+    state.members.remove(&core.number);
+    state.admins.remove(&core.number);
+    state.version += 1;
+    let recipients = state.members.clone();
+    publish(core, state, recipients, true).await
+}
+
+/// Every group we know.
+pub(crate) async fn list(core: &Core) -> Result<Vec<Group>, ClientError> {
+    Ok(core
+        .store
+        .groups()
+        .await?
+        .into_iter()
+        .map(|(s, left)| Group { state: s.state, changed_by: s.signer, left })
+        .collect())
+}
+
+/// Queues `text` for every other member; each member's courier delivers it on its own.
+pub(crate) async fn send(
+    core: &Arc<Core>,
+    id: GroupId,
+    text: &str,
+) -> Result<(MessageId, usize), ClientError> {
+    if text.len() > MAX_TEXT_LEN {
+        return Err(ClientError::TextTooLong(text.len()));
+    }
+    let (held, left) = load(core, id).await?;
+    if left || !held.state.members.contains(&core.number) {
+        return Err(group_error(format!("you are not in {}", held.state.name)));
+    }
+    let msg = MessageId::new();
+    let sent_at = now_ms();
+    let others: Vec<Number> = held.state.members.iter().filter(|m| **m != core.number).cloned().collect();
+    for to in &others {
+        core.store.queue_outgoing(to, msg, text, sent_at, Some(id)).await?;
+    }
+    for to in &others {
+        crate::outbox::kick(core, to);
+    }
+    Ok((msg, others.len()))
+}
+
+/// A group text arrived: shown only when both the sender and we are members of a group we know.
+pub(crate) async fn on_text(
+    core: &Arc<Core>,
+    from: &Number,
+    group: GroupId,
+    id: MessageId,
+    sent_at_ms: u64,
+    text: String,
+) -> Option<PeerMessage> {
+    match core.store.group(group).await {
+        Ok(Some((held, false)))
+            if held.state.members.contains(from) && held.state.members.contains(&core.number) =>
+        {
+            crate::peer::store_text(core, from, id, sent_at_ms, text, Some(group)).await
+        }
+        Ok(_) => {
+            warn!("dropped a message from {from} to group {group}: not a member (or not ours)");
+            // Acknowledged all the same, so the sender stops retrying something we will never take.
+            Some(PeerMessage::Ack { id })
+        }
+        Err(e) => {
+            warn!("cannot read group {group}: {e}");
+            None
+        }
+    }
+}
+
+/// A membership change arrived from `from`: taken only if it passes the group rules.
+pub(crate) async fn on_update(
+    core: &Arc<Core>,
+    from: &Number,
+    from_key: &PublicKey,
+    update: SignedGroupState,
+) {
+    let id = update.state.id;
+    let held = match core.store.group(id).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!("cannot read group {id}: {e}");
+            return;
+        }
+    };
+    if let Some((_, true)) = held {
+        info!("ignoring a change to group {id}, which we left");
+        return;
+    }
+    if let Err(e) = update.accept(held.as_ref().map(|(s, _)| &s.state), from, from_key, &core.number) {
+        warn!("refused a change to group {id} from {from}: {e}");
+        let message = format!("refused a change to group {id} from {from}: {e}");
+        let _ = core.events.send(Event::Warning { message }).await;
+        return;
+    }
+    let removed = !update.state.members.contains(&core.number);
+    if let Err(e) = core.store.save_group(&update, removed).await {
+        warn!("cannot save group {id}: {e}");
+        return;
+    }
+    let watch: Vec<Number> = update.state.members.iter().filter(|m| **m != core.number).cloned().collect();
+    core.directory.watch(watch).await;
+    let group = Group { state: update.state, changed_by: update.signer, left: removed };
+    let _ = core.events.send(Event::Group(group)).await;
+}
