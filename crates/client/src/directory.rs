@@ -85,6 +85,8 @@ pub struct Registered {
     pub published: SocketAddr,
     /// The server's key (pinned).
     pub server_key: PublicKey,
+    /// How often to send heartbeats: a third of the server's timeout, at most the configured interval.
+    heartbeat: Duration,
     reader: SessionReader<TcpStream>,
     writer: Writer,
 }
@@ -129,9 +131,11 @@ pub async fn connect(
             .await
             .map_err(link_err())?;
         let (reader, writer) = hs.finish().map_err(link_err())?.split();
-        Ok::<_, ClientError>((server_key, reader, writer))
+        let heartbeat = (Duration::from_millis(server_hello.heartbeat_timeout_ms) / 3)
+            .clamp(Duration::from_millis(100), timeouts.heartbeat);
+        Ok::<_, ClientError>((server_key, heartbeat, reader, writer))
     };
-    let (server_key, mut reader, mut writer) = tokio::time::timeout(timeouts.handshake, handshake)
+    let (server_key, heartbeat, mut reader, mut writer) = tokio::time::timeout(timeouts.handshake, handshake)
         .await
         .map_err(|_| ClientError::Timeout("directory handshake"))??;
     writer
@@ -144,7 +148,7 @@ pub async fn connect(
         .map_err(ClientError::link(format!("registering with {what}")))?;
     match answer {
         Some(ServerToClient::Registered { listen }) => {
-            Ok(Registered { published: listen, server_key, reader, writer })
+            Ok(Registered { published: listen, server_key, heartbeat, reader, writer })
         }
         Some(ServerToClient::Refused { reason }) => Err(ClientError::Refused(reason)),
         Some(other) => Err(ClientError::Directory(format!("unexpected answer to registration: {other:?}"))),
@@ -213,7 +217,7 @@ async fn supervise(
     let mut session = Some(first);
     loop {
         if let Some(s) = session.take() {
-            match run(s, &mut rx, &mut watched, &params, &notes, &cancel).await {
+            match run(s, &mut rx, &mut watched, &notes, &cancel).await {
                 None => return,
                 Some(reason) => {
                     warn!("directory session lost: {reason}; reconnecting");
@@ -264,12 +268,10 @@ async fn run(
     session: Registered,
     rx: &mut mpsc::Receiver<Request>,
     watched: &mut HashSet<Number>,
-    params: &Params,
     notes: &mpsc::Sender<Note>,
     cancel: &CancellationToken,
 ) -> Option<String> {
-    let Registered { mut reader, mut writer, .. } = session;
-    let heartbeat = params.timeouts.heartbeat;
+    let Registered { mut reader, mut writer, heartbeat, .. } = session;
     let mut pending: Pending = HashMap::new();
     let mut next_req: u32 = 0;
     let mut ticker = tokio::time::interval(heartbeat);

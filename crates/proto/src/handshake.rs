@@ -52,6 +52,8 @@ pub struct Hello {
 pub struct ServerHello {
     /// The server's protocol version.
     pub version: u16,
+    /// A session silent for this long is dropped; clients send heartbeats well within it.
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// A signed claim: "the Noise static key of this session belongs to `identity`, which owns `number`".

@@ -79,7 +79,11 @@ async fn handshake(stream: TcpStream, dir: &Directory) -> Result<(IdentityProof,
             hello.version, hello.purpose
         ))));
     }
-    hs.send(&whatsap2p_proto::encode(&ServerHello { version: PROTOCOL_VERSION })?).await?;
+    let hello = ServerHello {
+        version: PROTOCOL_VERSION,
+        heartbeat_timeout_ms: dir.config.heartbeat_timeout.as_millis() as u64,
+    };
+    hs.send(&whatsap2p_proto::encode(&hello)?).await?;
     let hash = hs.hash();
     let proof: IdentityProof = decode_struct(&hs.recv().await?)?;
     let remote = hs.remote_static().ok_or(LinkError::ClosedDuringHandshake)?;
