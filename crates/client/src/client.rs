@@ -554,9 +554,11 @@ impl Client {
         for c in contacts {
             let online = match self.core.presence_of(&c.number) {
                 Some(status) => status.map(|l| l.addr),
-                None => {
-                    self.core.directory.lookup(&c.number, LookupIntent::Ping).await?.online.map(|l| l.addr)
-                }
+                // Not pushed yet (or the directory is away): ask, and show offline if we cannot.
+                None => match self.core.directory.lookup(&c.number, LookupIntent::Ping).await {
+                    Ok(a) => a.online.map(|l| l.addr),
+                    Err(_) => None,
+                },
             };
             out.push(Presence { number: c.number, online, key: c.key });
         }
