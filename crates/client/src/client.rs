@@ -281,6 +281,9 @@ async fn route_notes(core: Arc<Core>, mut notes: mpsc::Receiver<Note>) {
                 core.presence.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 let _ = core.events.send(Event::DirectoryLost { reason }).await;
             }
+            Note::Refused { reason } => {
+                let _ = core.events.send(Event::Warning { message: reason }).await;
+            }
             Note::Reconnected => {
                 let _ = core.events.send(Event::Reconnected).await;
                 kick_all(&core).await;
@@ -414,27 +417,8 @@ impl Client {
         };
         core.directory.watch(vec![to.clone()]).await;
         let id = MessageId::new();
-        core.store.queue_outgoing(to, id, text, now_ms(), None).await?;
-        if !online {
-            crate::outbox::kick(core, to);
-            return Ok((id, SendOutcome::Queued { reason: format!("{to} is offline") }));
-        }
-        match crate::outbox::flush(core, to).await {
-            Ok(sent) => {
-                for other in sent.into_iter().filter(|s| *s != id) {
-                    let _ = core.events.send(Event::Sent { id: other, to: to.clone() }).await;
-                }
-                Ok((id, SendOutcome::Sent))
-            }
-            Err(e @ (ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. })) => {
-                crate::outbox::fail_all(core, to, &e.to_string()).await;
-                Err(e)
-            }
-            Err(e) => {
-                crate::outbox::kick(core, to);
-                Ok((id, SendOutcome::Queued { reason: e.to_string() }))
-            }
-        }
+        let outcome = crate::outbox::send_now(core, to, id, text, online).await?;
+        Ok((id, outcome))
     }
 
     /// Sends a file (a photo, or anything) directly to `to`: hashes it, records it, and delivers it in

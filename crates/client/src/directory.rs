@@ -175,6 +175,9 @@ pub(crate) enum Note {
     Lost { reason: String },
     /// The session is back: registered and watching again.
     Reconnected,
+    /// Reconnecting fails for a reason a person must know (the server's key changed, the number
+    /// is refused); said once per reason.
+    Refused { reason: String },
 }
 
 /// What the session task needs to reconnect on its own.
@@ -226,6 +229,7 @@ async fn supervise(
             }
         }
         let mut backoff = RECONNECT_MIN;
+        let mut told: Option<String> = None;
         while session.is_none() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -245,6 +249,14 @@ async fn supervise(
                         }
                         Err(e) => {
                             debug!("reconnecting to the directory failed: {e}");
+                            if matches!(e, ClientError::ServerKeyChanged { .. } | ClientError::Refused(_)) {
+                                let reason = e.to_string();
+                                if told.as_ref() != Some(&reason) {
+                                    warn!("{reason}");
+                                    let _ = notes.send(Note::Refused { reason: reason.clone() }).await;
+                                    told = Some(reason);
+                                }
+                            }
                             backoff = (backoff * 2).min(RECONNECT_MAX);
                         }
                     }

@@ -15,7 +15,7 @@ use tracing::{debug, info, info_span, Instrument};
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{MessageId, Number};
 
-use crate::client::{Core, Event};
+use crate::client::{Core, Event, SendOutcome};
 use crate::store::MessageState;
 use crate::{peer, ClientError};
 
@@ -83,6 +83,51 @@ pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
 pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<Vec<MessageId>, ClientError> {
     let courier = courier(core, peer);
     let mut written = courier.written.lock().await;
+    flush_locked(core, peer, &mut written).await
+}
+
+/// Queues a text for `to` and, if `to` is online, writes it at once. The courier's lock is held from
+/// queueing to writing, so the courier cannot take the message in between and answer for it.
+pub(crate) async fn send_now(
+    core: &Arc<Core>,
+    to: &Number,
+    id: MessageId,
+    text: &str,
+    online: bool,
+) -> Result<SendOutcome, ClientError> {
+    let courier = courier(core, to);
+    let mut written = courier.written.lock().await;
+    core.store.queue_outgoing(to, id, text, crate::client::now_ms(), None).await?;
+    if !online {
+        drop(written);
+        kick(core, to);
+        return Ok(SendOutcome::Queued { reason: format!("{to} is offline") });
+    }
+    let result = flush_locked(core, to, &mut written).await;
+    drop(written);
+    match result {
+        Ok(sent) => {
+            for other in sent.into_iter().filter(|s| *s != id) {
+                let _ = core.events.send(Event::Sent { id: other, to: to.clone() }).await;
+            }
+            Ok(SendOutcome::Sent)
+        }
+        Err(e) if is_permanent(&e) => {
+            fail_all(core, to, &e.to_string()).await;
+            Err(e)
+        }
+        Err(e) => {
+            kick(core, to);
+            Ok(SendOutcome::Queued { reason: e.to_string() })
+        }
+    }
+}
+
+async fn flush_locked(
+    core: &Arc<Core>,
+    peer: &Number,
+    written: &mut Written,
+) -> Result<Vec<MessageId>, ClientError> {
     let texts = core.store.unconfirmed(peer).await?;
     let receipts = core.store.pending_receipts(peer).await?;
     if texts.is_empty() && receipts.is_empty() {
