@@ -49,5 +49,10 @@ pub fn init_server() {
 
 /// The client's logs go to stderr (stdout belongs to the menu or the JSON events); quiet by default.
 pub fn init_client() {
-    tracing_subscriber::fmt().with_env_filter(filter("error")).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter("error"))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
