@@ -267,6 +267,22 @@ async fn given_history_then_it_survives_a_restart_of_both_sides() {
     assert_eq!(h["messages"][0]["id"], two.as_str(), "{h}");
 }
 
+/// Copies `from` to `to` until either ends, appending every byte to `record`.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    record: &std::sync::Mutex<Vec<u8>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        record.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+    }
+    let _ = to.shutdown().await;
+}
+
 /// A TCP relay to the server that counts every byte and keeps a copy of the client → server stream.
 async fn counting_proxy(upstream: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -278,29 +294,9 @@ async fn counting_proxy(upstream: u16) -> (u16, std::sync::Arc<std::sync::Mutex<
             let record = record.clone();
             tokio::spawn(async move {
                 let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
-                let (mut cr, mut cw) = client.split();
-                let (mut sr, mut sw) = server.split();
-                let up = async {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = cr.read(&mut buf).await {
-                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        record.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
-                    }
-                    let _ = sw.shutdown().await;
-                };
-                let down = async {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = sr.read(&mut buf).await {
-                        if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        record.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
-                    }
-                    let _ = cw.shutdown().await;
-                };
-                tokio::join!(up, down);
+                let (cr, cw) = client.split();
+                let (sr, sw) = server.split();
+                tokio::join!(pump(cr, sw, &record), pump(sr, cw, &record));
             });
         }
     });
