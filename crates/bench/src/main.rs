@@ -1,6 +1,218 @@
 //! `whatsap2p-bench`: starts its own server and clients, measures each figure beside a baseline taken
 //! in the same run, prints a table and writes `docs/benchmarks.md`.
+//!
+//! `cargo run --release --bin whatsap2p-bench -- [--quick] [--only GROUP,...]`. Every figure is the
+//! median of several timed runs after a warm-up, with their min and max; `--quick` runs each at a
+//! small scale (for CI, well under two minutes). The report goes between markers in
+//! `docs/benchmarks.md`, one block for full runs and one for quick runs, so the analysis written
+//! around them stays; `--only` prints without writing.
+//!
+//! # Layout
+//! - [`directory_load`]: lookups/s (beside redis-benchmark, see [`redis_baseline`]) and registrations/s.
+//! - [`capacity`]: online clients one server holds and its memory per client; the `hold` children.
+//! - [`peers`]: message latency, first message, file throughput and client start, through the real
+//!   client core.
+//! - [`lean_session`]: the lean directory client the load generators use.
+//! - [`server_proc`]: the server under test in a child process (the `serve` subcommand).
+//! - [`report`], [`stats`], [`machine`]: the table, medians and percentiles, and what /proc says.
 
-fn main() {
-    println!("whatsap2p-bench: not written yet");
+#![forbid(unsafe_code)]
+
+mod capacity;
+mod directory_load;
+mod lean_session;
+mod machine;
+mod peers;
+mod redis_baseline;
+mod report;
+mod server_proc;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+/// Every group of figures, in the order they run.
+const GROUPS: [&str; 6] = ["lookups", "registrations", "capacity", "latency", "file", "start"];
+
+/// Benchmarks of whatsap2p against baselines measured in the same run.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Small scale, for CI: every figure, well under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, start);
+    /// the report is printed but not written.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the report.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md"))]
+    out: PathBuf,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// Roles of the child processes the bench starts itself.
+#[derive(Subcommand)]
+enum Role {
+    /// Runs the directory server on 127.0.0.1:0 until stdin closes.
+    #[command(hide = true)]
+    Serve {
+        /// The server's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Registers and holds clients until stdin closes.
+    #[command(hide = true)]
+    Hold {
+        /// The server.
+        #[arg(long)]
+        server: SocketAddr,
+        /// How many clients.
+        #[arg(long)]
+        count: usize,
+        /// Index of the first client's number.
+        #[arg(long)]
+        first: usize,
+    },
+}
+
+/// How big each figure's measurement is.
+pub struct Scale {
+    /// Timed runs per figure.
+    pub runs: usize,
+    /// Warm-up before timed lookup windows.
+    pub warmup: Duration,
+    /// One timed lookup window (and about one redis-benchmark run).
+    pub window: Duration,
+    /// Registrations per timed run.
+    pub registrations_per_run: usize,
+    /// Clients to hold in the capacity figure.
+    pub capacity_clients: usize,
+    /// Runs of the capacity figure.
+    pub capacity_runs: usize,
+    /// Child processes holding those clients.
+    pub hold_processes: usize,
+    /// Messages per latency run.
+    pub messages_per_run: usize,
+    /// Samples of the first message to a new contact.
+    pub first_message_samples: usize,
+    /// Size of the file sent.
+    pub file_size: u64,
+    /// Timed file transfers.
+    pub file_runs: usize,
+    /// Samples of client start.
+    pub start_samples: usize,
+}
+
+impl Scale {
+    fn quick() -> Self {
+        Self {
+            runs: 3,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            registrations_per_run: 300,
+            capacity_clients: 1_000,
+            capacity_runs: 3,
+            hold_processes: 1,
+            messages_per_run: 200,
+            first_message_samples: 5,
+            file_size: 32 << 20,
+            file_runs: 3,
+            start_samples: 5,
+        }
+    }
+
+    fn full() -> Self {
+        Self {
+            runs: 5,
+            warmup: Duration::from_secs(1),
+            window: Duration::from_secs(4),
+            registrations_per_run: 2_000,
+            capacity_clients: whatsap2p_server::Config::DEFAULT_MAX_CONNECTIONS,
+            capacity_runs: 3,
+            hold_processes: 4,
+            messages_per_run: 1_000,
+            first_message_samples: 20,
+            file_size: 256 << 20,
+            file_runs: 3,
+            start_samples: 20,
+        }
+    }
+}
+
+async fn run_group(group: &str, scale: &Scale) -> report::Section {
+    match group {
+        "lookups" => directory_load::lookups(scale).await,
+        "registrations" => directory_load::registrations(scale).await,
+        "capacity" => capacity::capacity(scale).await,
+        "latency" => peers::latency(scale).await,
+        "file" => peers::file(scale).await,
+        _ => peers::client_start(scale).await,
+    }
+}
+
+const TEMPLATE: &str = "# Benchmarks\n\n## Full run\n\n<!-- whatsap2p-bench:full:begin -->\n\
+    <!-- whatsap2p-bench:full:end -->\n\n## Quick run\n\n<!-- whatsap2p-bench:quick:begin -->\n\
+    <!-- whatsap2p-bench:quick:end -->\n";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let nofile = machine::raise_nofile()?;
+    match args.role {
+        Some(Role::Serve { data_dir }) => return server_proc::serve_main(&data_dir).await,
+        Some(Role::Hold { server, count, first }) => return capacity::hold_main(server, count, first).await,
+        None => {}
+    }
+    if let Some(unknown) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        anyhow::bail!("unknown group {unknown:?}; the groups are {}", GROUPS.join(", "));
+    }
+    let scale = if args.quick { Scale::quick() } else { Scale::full() };
+    let machine = machine::Machine::detect();
+    println!(
+        "whatsap2p-bench{}: {} CPUs ({}), descriptor limit {nofile}",
+        if args.quick { " --quick" } else { "" },
+        machine.cpus,
+        machine.cpu_model
+    );
+    let t0 = Instant::now();
+    let mut sections = Vec::new();
+    for group in GROUPS.iter().filter(|g| args.only.is_empty() || args.only.iter().any(|o| o == *g)) {
+        let started = Instant::now();
+        eprintln!("[{:>5.1}s] {group} …", t0.elapsed().as_secs_f64());
+        sections.push(run_group(group, &scale).await);
+        eprintln!(
+            "[{:>5.1}s] {group} done in {:.1}s",
+            t0.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!();
+    report::print_table(&sections);
+    for s in &sections {
+        for d in &s.details {
+            println!("\n[{}] {d}", s.group);
+        }
+    }
+    let info = report::RunInfo {
+        quick: args.quick,
+        date: machine::utc_now(),
+        machine: &machine,
+        command: format!(
+            "cargo run --release --bin whatsap2p-bench{}",
+            if args.quick { " -- --quick" } else { "" }
+        ),
+        elapsed_secs: t0.elapsed().as_secs_f64(),
+    };
+    if args.only.is_empty() {
+        let block = report::markdown(&info, &sections);
+        report::write_block(&args.out, &block, args.quick, TEMPLATE)?;
+        println!("\nwrote {}", args.out.display());
+    }
+    println!("total {:.1}s", t0.elapsed().as_secs_f64());
+    Ok(())
 }

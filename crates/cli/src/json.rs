@@ -120,7 +120,8 @@ fn event(e: Event) -> Value {
             json!({"event": "failed", "id": id.to_string(), "to": to, "reason": reason})
         }
         Event::Presence { number, online } => {
-            let mut v = json!({"event": "presence", "number": number, "online": online.is_some(), "pushed": true});
+            let mut v =
+                json!({"event": "presence", "number": number, "online": online.is_some(), "pushed": true});
             if let Some(addr) = online {
                 v["addr"] = json!(addr.to_string());
             }

@@ -202,7 +202,23 @@ pub(crate) async fn on_text(
         {
             crate::peer::store_text(core, from, id, sent_at_ms, text, Some(group)).await
         }
-        Ok(_) => {
+        // Another member's message can overtake the invitation (each sender delivers on its own):
+        // keep it, acknowledged, until the group arrives.
+        Ok(None) => match core.store.hold_group_text(from, group, id, &text, sent_at_ms).await {
+            Ok(true) => {
+                info!("holding a message from {from} to group {group} until the group itself arrives");
+                Some(PeerMessage::Ack { id })
+            }
+            Ok(false) => {
+                warn!("dropped a message from {from} to unknown group {group}: too many held");
+                Some(PeerMessage::Ack { id })
+            }
+            Err(e) => {
+                warn!("cannot hold a message for group {group}: {e}");
+                None
+            }
+        },
+        Ok(Some(_)) => {
             warn!("dropped a message from {from} to group {group}: not a member (or not ours)");
             // Acknowledged all the same, so the sender stops retrying something we will never take.
             Some(PeerMessage::Ack { id })
@@ -246,6 +262,20 @@ pub(crate) async fn on_update(
     }
     let watch: Vec<Number> = update.state.members.iter().filter(|m| **m != core.number).cloned().collect();
     core.directory.watch(watch).await;
+    let members = update.state.members.clone();
     let group = Group { state: update.state, changed_by: update.signer, left: removed };
     let _ = core.events.send(Event::Group(group)).await;
+    // Messages that overtook the invitation are shown now, if their senders are members.
+    match core.store.take_held_group_texts(id).await {
+        Ok(held) => {
+            for (from, msg, text, sent_at_ms) in held {
+                if !removed && members.contains(&from) {
+                    crate::peer::store_text(core, &from, msg, sent_at_ms, text, Some(id)).await;
+                } else {
+                    warn!("dropped a held message from {from} to group {id}: not a member");
+                }
+            }
+        }
+        Err(e) => warn!("cannot read messages held for group {id}: {e}"),
+    }
 }

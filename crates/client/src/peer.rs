@@ -449,6 +449,8 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
         }
     }
     link.closed.cancel();
+    // Transfers waiting on this link learn at once that it is gone, instead of after a stall timeout.
+    link.routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
     // Whatever this link left unconfirmed goes out again on the next one.
     crate::outbox::kick(&core, &peer);
 }

@@ -11,6 +11,9 @@ use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::ClientError;
 
+/// Most messages held for one group whose invitation has not arrived yet.
+const MAX_HELD_PER_GROUP: i64 = 1000;
+
 /// A saved contact.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contact {
@@ -50,6 +53,14 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (peer, outgoing, id)
 );
 CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, id) WHERE group_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS held_group_texts (
+    peer TEXT NOT NULL,
+    id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (peer, id)
+);
 CREATE TABLE IF NOT EXISTS groups (
     id TEXT PRIMARY KEY,
     state BLOB NOT NULL,
@@ -355,6 +366,63 @@ impl Store {
             .into_iter()
             .filter_map(|(b, left)| postcard::from_bytes(&b).ok().map(|s| (s, left)))
             .collect())
+    }
+
+    /// Keeps a message to a group we do not know yet (its invitation is still on its way from another
+    /// member). Returns false when too many are held for that group already.
+    pub async fn hold_group_text(
+        &self,
+        from: &Number,
+        group: GroupId,
+        id: MessageId,
+        text: &str,
+        sent_at_ms: u64,
+    ) -> Result<bool, ClientError> {
+        let (from, group, id, text) = (from.to_string(), group.to_string(), id.to_string(), text.to_owned());
+        self.with(move |c| {
+            let held: i64 =
+                c.query_row("SELECT COUNT(*) FROM held_group_texts WHERE group_id = ?1", params![group], |r| r.get(0))?;
+            if held >= MAX_HELD_PER_GROUP {
+                return Ok(false);
+            }
+            c.execute(
+                "INSERT OR IGNORE INTO held_group_texts (peer, id, group_id, text, sent_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![from, id, group, text, sent_at_ms as i64],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Takes the messages held for `group`, oldest first.
+    pub async fn take_held_group_texts(
+        &self,
+        group: GroupId,
+    ) -> Result<Vec<(Number, MessageId, String, u64)>, ClientError> {
+        let group = group.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT peer, id, text, sent_at_ms FROM held_group_texts WHERE group_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![group], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (peer, id, text, at) = row?;
+                if let (Ok(peer), Ok(id)) = (Number::new(&peer), id.parse()) {
+                    out.push((peer, id, text, at as u64));
+                }
+            }
+            c.execute("DELETE FROM held_group_texts WHERE group_id = ?1", params![group])?;
+            Ok(out)
+        })
+        .await
     }
 
     /// The last `limit` messages of a group, oldest first (each message once, whatever its fan-out).

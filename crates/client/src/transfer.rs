@@ -241,10 +241,12 @@ async fn stream(
             None => {}
         }
         let want = (file.size - sent).min(FILE_CHUNK_LEN as u64) as usize;
-        source
-            .read_exact(&mut buf[..want])
-            .await
-            .map_err(|e| Attempt::Refused(format!("{} changed while sending: {e}", file.path.display())))?;
+        if let Err(e) = source.read_exact(&mut buf[..want]).await {
+            let reason = format!("{} changed while sending: {e}", file.path.display());
+            // Tell the receiver, so it does not wait for bytes that will never come.
+            let _ = link.write(PeerMessage::FileFailed { id: file.id, reason: reason.clone() }).await;
+            return Err(Attempt::Refused(reason));
+        }
         let chunk = PeerMessage::FileChunk { id: file.id, offset: sent, data: buf[..want].to_vec() };
         link.write_bulk(chunk).await.map_err(Attempt::Retry)?;
         sent += want as u64;
@@ -423,10 +425,11 @@ async fn receive_inner(
     if hash != offer.blake3 {
         return Err(fail("hash mismatch: the bytes received are not the file offered", false));
     }
-    let name = safe_name(&offer.name);
-    let path = place(partial, &core.config.downloads, &name)
+    let path = place(partial, &core.config.downloads, &safe_name(&offer.name))
         .await
         .map_err(|e| fail(format!("cannot save into the downloads folder: {e}"), true))?;
+    // The name it was saved under, numbered if the safe name was taken.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dimensions = image_dimensions(&path).await;
     let record = FileRecord {
         id: offer.id,

@@ -1,0 +1,264 @@
+//! How many online clients one server holds, and the server's memory per client.
+//!
+//! The clients live in child processes (`whatsap2p-bench hold`), a few thousand each, because every
+//! process here may hold at most 20 000 descriptors and the server alone may use up to its
+//! `Config::max_connections` (19 000 by default). Each child registers its share over real Noise
+//! sessions, reports `ready`, heartbeats every 10 s and answers `status` on stdin with how many of its
+//! sessions are still open; it exits when stdin closes. Memory per client is the server's RSS after
+//! all registered minus its RSS after a warm-up, divided by the clients still online.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::lean_session::{number, Account, LeanSession};
+use crate::report::{Baseline, Row, Section, Target, Unit};
+use crate::server_proc::ServerProcess;
+use crate::stats::Summary;
+use crate::Scale;
+
+/// Registrations in flight per child while filling.
+const FILL_CONCURRENCY: usize = 32;
+/// Heartbeat period of held sessions (the server drops a session silent for 30 s).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a child may take to register its share.
+const FILL_TIMEOUT: Duration = Duration::from_secs(240);
+/// Numbers of held clients start with this prefix.
+const PREFIX: u16 = 8;
+
+/// The `hold` subcommand: registers `count` clients numbered from `first`, holds them until stdin
+/// closes. Prints `ready <ok> <failed> <rss bytes>`, then `alive <n>` for every `status` line read.
+pub async fn hold_main(server: SocketAddr, count: usize, first: usize) -> anyhow::Result<()> {
+    let accounts = (first..first + count)
+        .map(|i| Account::generate(number(PREFIX, i)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let alive = Arc::new(AtomicUsize::new(0));
+    let mut failed = 0usize;
+    let mut first_error = None;
+    let mut registrations = futures::stream::iter(accounts.iter().map(|a| LeanSession::register(server, a)))
+        .buffer_unordered(FILL_CONCURRENCY);
+    while let Some(r) = registrations.next().await {
+        match r {
+            Ok(session) => {
+                alive.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(hold(session, alive.clone()));
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    drop(registrations);
+    if let Some(e) = first_error {
+        eprintln!("hold: {failed} registrations failed, the first with: {e}");
+    }
+    let rss = crate::machine::rss_bytes(std::process::id()).unwrap_or(0);
+    println!("ready {} {failed} {rss}", alive.load(Ordering::Relaxed));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "status" {
+            println!("alive {}", alive.load(Ordering::Relaxed));
+        }
+    }
+    Ok(())
+}
+
+async fn hold(mut session: LeanSession, alive: Arc<AtomicUsize>) {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => if session.heartbeat().await.is_err() { break },
+            msg = session.next() => if msg.is_err() { break },
+        }
+    }
+    alive.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A `hold` child.
+struct Holder {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Holder {
+    fn spawn(server: SocketAddr, count: usize, first: usize) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the bench binary")?;
+        let mut child = Command::new(exe)
+            .args(["hold", "--server", &server.to_string(), "--count", &count.to_string()])
+            .args(["--first", &first.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a hold child")?;
+        let stdin = child.stdin.take().context("hold child has no stdin")?;
+        let stdout = child.stdout.take().context("hold child has no stdout")?;
+        Ok(Self { _child: child, stdin, lines: BufReader::new(stdout).lines() })
+    }
+
+    async fn line(&mut self, timeout: Duration) -> anyhow::Result<Vec<u64>> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .context("a hold child did not answer in time")?
+            .context("reading a hold child")?
+            .context("a hold child exited")?;
+        line.split_whitespace()
+            .skip(1)
+            .map(|w| w.parse().with_context(|| format!("hold child said {line:?}")))
+            .collect()
+    }
+
+    async fn alive(&mut self) -> anyhow::Result<u64> {
+        self.stdin.write_all(b"status\n").await.context("asking a hold child")?;
+        self.stdin.flush().await.context("asking a hold child")?;
+        self.line(Duration::from_secs(10)).await?.first().copied().context("empty status")
+    }
+}
+
+/// One run's result.
+struct Run {
+    online: u64,
+    server_bytes_per_client: f64,
+    fill_rate: f64,
+    load_bytes_per_client: f64,
+}
+
+async fn one_run(target: usize, processes: usize) -> anyhow::Result<Run> {
+    let server = ServerProcess::start().await?;
+    // Warm-up: the runtime, the allocator's arenas and SQLite see some traffic before the baseline.
+    let warm: Vec<Account> =
+        (0..200).map(|i| Account::generate(number(PREFIX + 1, i)?)).collect::<anyhow::Result<_>>()?;
+    for chunk in warm.chunks(50) {
+        let sessions =
+            futures::future::try_join_all(chunk.iter().map(|a| LeanSession::register(server.addr, a)))
+                .await?;
+        for s in sessions {
+            s.logout().await?;
+        }
+    }
+    // The probe that spot-checks presence at the end is online from here on and counts as one of
+    // the clients: the server refuses a session over its cap, so it cannot come in last.
+    let checker = Account::generate(number(PREFIX + 2, 0)?)?;
+    let mut probe = LeanSession::register(server.addr, &checker).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss()?;
+    let t0 = Instant::now();
+    let held = target - 1;
+    let share = held.div_ceil(processes);
+    let mut holders = Vec::new();
+    for p in 0..processes {
+        let count = share.min(held - p * share);
+        holders.push(Holder::spawn(server.addr, count, p * share)?);
+    }
+    let (mut registered, mut load_rss) = (0u64, 0u64);
+    for h in &mut holders {
+        let ready = h.line(FILL_TIMEOUT).await?;
+        let [ok, _failed, rss] = ready[..] else { bail!("hold child said {ready:?}") };
+        registered += ok;
+        load_rss += rss;
+    }
+    let fill = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut alive = 0;
+    for h in &mut holders {
+        alive += h.alive().await?;
+    }
+    let after = server.rss()?;
+    // Spot check through the directory itself: the first and last client of every child are online.
+    for p in 0..processes {
+        let count = share.min(held - p * share);
+        for i in [p * share, p * share + count - 1] {
+            if !probe.is_online(&number(PREFIX, i)?).await? {
+                bail!("client {i} registered but the directory says it is offline");
+            }
+        }
+    }
+    probe.logout().await?;
+    drop(holders);
+    server.stop().await?;
+    if alive == 0 {
+        bail!("no client stayed online");
+    }
+    Ok(Run {
+        online: alive + 1,
+        server_bytes_per_client: after.saturating_sub(before) as f64 / alive as f64,
+        fill_rate: registered as f64 / fill.as_secs_f64(),
+        load_bytes_per_client: load_rss as f64 / registered.max(1) as f64,
+    })
+}
+
+/// The capacity and memory figures.
+pub async fn capacity(scale: &Scale) -> Section {
+    let target = scale.capacity_clients;
+    let mut runs = Vec::new();
+    let mut error = None;
+    for _ in 0..scale.capacity_runs {
+        match one_run(target, scale.hold_processes).await {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                error = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    let pick = |f: fn(&Run) -> f64| -> Result<Summary, String> {
+        match (&error, Summary::of(&runs.iter().map(f).collect::<Vec<_>>())) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(s)) => Ok(s),
+            (None, None) => Err("no run".into()),
+        }
+    };
+    let fill = pick(|r| r.fill_rate);
+    let load = pick(|r| r.load_bytes_per_client / 1024.0);
+    let mut details = vec![format!(
+        "{target} clients asked for, registered by {} `whatsap2p-bench hold` child process(es) ({FILL_CONCURRENCY} \
+         registrations in flight each), held with a heartbeat every {} s; a fresh server per run ({} runs), warmed \
+         with 200 registrations; memory is `VmRSS` from /proc/<server pid>/status (kernel socket buffers are not in it). \
+         The server's own cap is `Config::DEFAULT_MAX_CONNECTIONS` = {}.",
+        scale.hold_processes,
+        HEARTBEAT.as_secs(),
+        scale.capacity_runs,
+        whatsap2p_server::Config::DEFAULT_MAX_CONNECTIONS
+    )];
+    if let (Ok(fill), Ok(load)) = (&fill, &load) {
+        details.push(format!(
+            "While filling: {} registrations (median, min–max; key generation in the children included); the load \
+             processes used {} of RSS per client.",
+            Unit::PerSec.show_summary(fill),
+            Unit::Kib.show_summary(load)
+        ));
+    }
+    Section {
+        group: "capacity",
+        rows: vec![
+            Row {
+                group: "capacity",
+                figure: "concurrent online clients held by one server".into(),
+                unit: Unit::Clients,
+                ours: pick(|r| r.online as f64),
+                baseline: Baseline::None,
+                target: Target::AtLeast(target as f64),
+            },
+            Row {
+                group: "capacity",
+                figure: "server memory per online client (RSS delta ÷ clients)".into(),
+                unit: Unit::Kib,
+                ours: pick(|r| r.server_bytes_per_client / 1024.0),
+                baseline: Baseline::None,
+                target: Target::AtMost(4.0),
+            },
+        ],
+        details,
+    }
+}
