@@ -34,6 +34,8 @@ use crate::ClientError;
 const LINK_QUEUE: usize = 64;
 /// File chunks waiting to be written on one link (about 1 MiB).
 const BULK_QUEUE: usize = 16;
+/// Most frames written together in one flush.
+const WRITE_BATCH: usize = 32;
 /// Most peer connections handled at once (handshaking or linked).
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
 
@@ -314,17 +316,40 @@ async fn write_loop(
     mut bulk: mpsc::Receiver<PeerMessage>,
     closed: CancellationToken,
 ) {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let out = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = closed.cancelled() => break,
             out = rx.recv() => match out { Some(o) => o, None => break },
             Some(chunk) = bulk.recv() => Outgoing { msg: chunk, written: None },
         };
-        let result = writer.send_msg(&out.msg).await.map_err(|e| e.to_string());
+        // Whatever else is already waiting leaves in the same write, chat before file chunks.
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => match bulk.try_recv() {
+                    Ok(chunk) => batch.push(Outgoing { msg: chunk, written: None }),
+                    Err(_) => break,
+                },
+            }
+        }
+        let mut result = Ok(());
+        for out in &batch {
+            if let Err(e) = writer.feed_msg(&out.msg).await {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = writer.flush().await.map_err(|e| e.to_string());
+        }
         let failed = result.is_err();
-        if let Some(written) = out.written {
-            let _ = written.send(result);
+        for out in batch.drain(..) {
+            if let Some(written) = out.written {
+                let _ = written.send(result.clone());
+            }
         }
         if failed {
             break;

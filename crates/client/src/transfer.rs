@@ -36,6 +36,8 @@ const CREDIT_EVERY: u64 = 1024 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Messages buffered for one transfer: a full window of chunks and a few control frames.
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
+/// File reads and writes go through buffers of this size.
+const IO_BUFFER: usize = 1024 * 1024;
 /// Folder inside the downloads folder where partial files wait to be resumed.
 const PARTIAL_DIR: &str = ".whatsap2p-partial";
 /// First and longest pause between attempts to send a pending file.
@@ -199,6 +201,8 @@ async fn stream(
         .await
         .map_err(|e| Attempt::Refused(format!("cannot read {}: {e}", file.path.display())))?;
     source.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Attempt::Refused(e.to_string()))?;
+    // Large reads: one trip to the blocking pool per MiB rather than per chunk.
+    let mut source = tokio::io::BufReader::with_capacity(IO_BUFFER, source);
     let (mut sent, mut acked) = (offset, offset);
     let mut last_event = Instant::now() - PROGRESS_EVERY;
     let progress = |bytes: u64| Event::Progress { id: file.id, bytes, total: file.size };
@@ -384,6 +388,7 @@ async fn receive_inner(
         .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
     out.set_len(offset).await.map_err(|e| fail(format!("cannot write the partial file: {e}"), true))?;
     out.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| fail(e.to_string(), true))?;
+    let mut out = tokio::io::BufWriter::with_capacity(IO_BUFFER, out);
     let mut received = offset;
     let mut credited = offset;
     while received < offer.size {
@@ -419,7 +424,8 @@ async fn receive_inner(
             other => debug!("ignoring {other:?} during transfer"),
         }
     }
-    out.sync_all().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
+    out.flush().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
+    out.get_ref().sync_all().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
     drop(out);
     let hash = hash_file(partial).await.map_err(|e| fail(format!("cannot read back: {e}"), true))?;
     if hash != offer.blake3 {

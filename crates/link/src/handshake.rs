@@ -10,9 +10,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 use tokio_util::codec::LengthDelimitedCodec;
 use whatsap2p_proto::handshake::{NOISE_PARAMS, PROLOGUE};
-use whatsap2p_proto::{PublicKey, MAX_FRAME_LEN};
+use whatsap2p_proto::PublicKey;
 
 use crate::{codec, frame_error, LinkError, Session, StaticKeypair};
+
+/// Largest handshake message: keys, tags and a payload (hello, identity proof) of a few hundred bytes.
+/// Anything bigger is refused by Noise before it costs more.
+const MAX_HANDSHAKE_LEN: usize = 4096;
 
 /// A handshake in progress over the byte stream `S`.
 pub struct Handshake<S> {
@@ -36,7 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         let builder =
             snow::Builder::new(NOISE_PARAMS.parse()?).local_private_key(keys.private()).prologue(PROLOGUE);
         let state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
-        Ok(Self { framed: Framed::new(stream, codec()), state, buf: vec![0; MAX_FRAME_LEN] })
+        Ok(Self { framed: Framed::new(stream, codec()), state, buf: vec![0; MAX_HANDSHAKE_LEN] })
     }
 
     /// The handshake hash so far: what an identity proof signs.

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use whatsap2p_proto::codec::WireEnum;
-use whatsap2p_proto::{DecodeError, PublicKey, MAX_FRAME_LEN};
+use whatsap2p_proto::{DecodeError, PublicKey};
 
 use crate::{frame_error, LinkError, WRITE_TIMEOUT};
 
@@ -35,7 +35,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let transport = Arc::new(transport);
         Self {
             reader: SessionReader { frames: stream, transport: transport.clone(), nonce: 0, remote_static },
-            writer: SessionWriter { frames: sink, transport, nonce: 0, buf: vec![0; MAX_FRAME_LEN] },
+            writer: SessionWriter { frames: sink, transport, nonce: 0 },
         }
     }
 
@@ -99,16 +99,43 @@ pub struct SessionWriter<S> {
     frames: SplitSink<Framed<S, LengthDelimitedCodec>, Bytes>,
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
-    buf: Vec<u8>,
 }
 
+/// Bytes the AEAD adds to every frame.
+const TAG_LEN: usize = 16;
+
 impl<S: AsyncRead + AsyncWrite> SessionWriter<S> {
+    /// Encrypts one frame into a buffer of its own size (no per-session 64 KiB buffer, no copy).
+    fn seal(&mut self, plaintext: &[u8]) -> Result<Bytes, LinkError> {
+        let mut frame = vec![0u8; plaintext.len() + TAG_LEN];
+        let n = self.transport.write_message(self.nonce, plaintext, &mut frame)?;
+        self.nonce += 1;
+        frame.truncate(n);
+        Ok(Bytes::from(frame))
+    }
+
     /// Encrypts and writes one frame, within [`WRITE_TIMEOUT`].
     pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
-        let n = self.transport.write_message(self.nonce, plaintext, &mut self.buf)?;
-        self.nonce += 1;
-        let frame = Bytes::copy_from_slice(&self.buf[..n]);
+        let frame = self.seal(plaintext)?;
         match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(frame)).await {
+            Ok(r) => r.map_err(frame_error),
+            Err(_) => Err(LinkError::WriteTimeout),
+        }
+    }
+
+    /// Encrypts one frame and buffers it without writing: call [`SessionWriter::flush`] after a
+    /// batch, so many small frames leave in one write.
+    pub async fn feed_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
+        let frame = self.seal(&whatsap2p_proto::encode(msg)?)?;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.feed(frame)).await {
+            Ok(r) => r.map_err(frame_error),
+            Err(_) => Err(LinkError::WriteTimeout),
+        }
+    }
+
+    /// Writes out every buffered frame.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.flush()).await {
             Ok(r) => r.map_err(frame_error),
             Err(_) => Err(LinkError::WriteTimeout),
         }
