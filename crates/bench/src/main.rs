@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 /// Every group of figures, in the order they run.
-const GROUPS: [&str; 6] = ["lookups", "registrations", "capacity", "latency", "file", "start"];
+const GROUPS: [&str; 7] = ["lookups", "registrations", "capacity", "latency", "file", "group", "start"];
 
 /// Benchmarks of whatsap2p against baselines measured in the same run.
 #[derive(Parser)]
@@ -44,7 +44,7 @@ struct Args {
     /// Small scale, for CI: every figure, well under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, start);
+    /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, group, start);
     /// the report is printed but not written.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -106,6 +106,8 @@ pub struct Scale {
     pub file_runs: usize,
     /// Samples of client start.
     pub start_samples: usize,
+    /// Members of the group in the fan-out figure.
+    pub group_members: usize,
 }
 
 impl Scale {
@@ -123,6 +125,7 @@ impl Scale {
             file_size: 32 << 20,
             file_runs: 3,
             start_samples: 5,
+            group_members: 10,
         }
     }
 
@@ -140,6 +143,7 @@ impl Scale {
             file_size: 256 << 20,
             file_runs: 3,
             start_samples: 20,
+            group_members: 50,
         }
     }
 }
@@ -151,6 +155,7 @@ async fn run_group(group: &str, scale: &Scale) -> report::Section {
         "capacity" => capacity::capacity(scale).await,
         "latency" => peers::latency(scale).await,
         "file" => peers::file(scale).await,
+        "group" => peers::group(scale).await,
         _ => peers::client_start(scale).await,
     }
 }

@@ -670,3 +670,99 @@ pub async fn client_start(scale: &Scale) -> Section {
         )],
     }
 }
+
+/// One sender's message to every member: through a group, and as one-to-one sends in the same run.
+async fn fanout(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (sender, _) = start(config(server, number(55, 0)?, root)).await?;
+    let mut members = Vec::with_capacity(scale.group_members);
+    for i in 1..=scale.group_members {
+        members.push(start(config(server, number(55, i)?, root)).await?.0);
+    }
+    let numbers: Vec<Number> = members.iter().map(Party::number).collect();
+    for n in &numbers {
+        sender.client.add_contact(n).await.context("adding a member as a contact")?;
+    }
+    let group = sender.client.group_create("Bench", &numbers).await.context("creating the group")?.state.id;
+    let last_arrival = |id: MessageId, t0: Instant| {
+        let members = &members;
+        async move {
+            let mut last = Duration::ZERO;
+            for m in members {
+                let (_, seen) = m.inbox.wait(&[Kind::Message], id).await?;
+                last = last.max(seen.at - t0);
+            }
+            Ok::<_, anyhow::Error>(last)
+        }
+    };
+    // Warm-up: every member learns the group and every link is up, both ways of sending.
+    for _ in 0..2 {
+        let (id, _) = sender.client.send_group(group, &text()).await?;
+        last_arrival(id, Instant::now()).await?;
+        for n in &numbers {
+            let (id, _) = sender.client.send(n, &text()).await?;
+            let m = members.iter().find(|m| m.number() == *n).context("member")?;
+            m.inbox.wait(&[Kind::Message], id).await?;
+        }
+    }
+    let (mut grouped, mut one_to_one) = (Vec::new(), Vec::new());
+    for _ in 0..scale.runs {
+        let t0 = Instant::now();
+        let (id, _) = sender.client.send_group(group, &text()).await?;
+        grouped.push(millis(last_arrival(id, t0).await?));
+
+        let t0 = Instant::now();
+        let mut ids = Vec::with_capacity(numbers.len());
+        for n in &numbers {
+            ids.push(sender.client.send(n, &text()).await?.0);
+        }
+        let mut last = Duration::ZERO;
+        for (m, id) in members.iter().zip(ids) {
+            let (_, seen) = m.inbox.wait(&[Kind::Message], id).await?;
+            last = last.max(seen.at - t0);
+        }
+        one_to_one.push(millis(last));
+    }
+    sender.stop().await;
+    for m in members {
+        m.stop().await;
+    }
+    Ok((grouped, one_to_one))
+}
+
+/// The group fan-out figure.
+pub async fn group(scale: &Scale) -> Section {
+    let result = async {
+        let root = tempfile::Builder::new().prefix("whatsap2p-bench-group").tempdir()?;
+        let server = ServerProcess::start().await?;
+        let r = fanout(server.addr, root.path(), scale).await;
+        server.stop().await?;
+        r
+    }
+    .await;
+    let (ours, baseline) = match result {
+        Ok((g, o)) => (
+            Summary::of(&g).ok_or_else(|| "no run".to_owned()),
+            Summary::of(&o).map(Baseline::Measured).unwrap_or(Baseline::Unavailable("no run".into())),
+        ),
+        Err(e) => (Err(format!("{e:#}")), Baseline::Unavailable("not run: our side failed".into())),
+    };
+    let n = scale.group_members;
+    Section {
+        group: "group",
+        rows: vec![Row {
+            group: "group",
+            figure: format!("group message to {n} online members, until the last has it (baseline: {n} one-to-one sends)"),
+            unit: Unit::Millis,
+            ours,
+            baseline,
+            target: Target::ReportRatio,
+        }],
+        details: vec![format!(
+            "One sender and {n} members, each a real `Client` with its own profile in one process, all online and \
+             linked (two warm-up rounds). Clock: from `Client::send_group` until the last member's `Event::Message`; \
+             baseline in the same run: `Client::send` to each member in turn (each answered once written), until the \
+             last member's `Event::Message`. {} runs of each.",
+            scale.runs
+        )],
+    }
+}
