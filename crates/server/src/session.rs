@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::HashSet;
 
+use futures::FutureExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,9 @@ use crate::watchers::PUSH_QUEUE;
 use crate::Directory;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Most answers buffered before a write, when requests arrive pipelined.
+const MAX_UNFLUSHED: usize = 64;
 
 type Reader = SessionReader<TcpStream>;
 type Writer = SessionWriter<TcpStream>;
@@ -140,8 +144,14 @@ async fn run_session(
     let mut registered = false;
     let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
     let mut watched: HashSet<Number> = HashSet::new();
+    // A request already read while answering the previous one (see the end of the loop).
+    let mut ready: Option<Result<Option<ClientToServer>, LinkError>> = None;
+    let mut unflushed = 0usize;
     let end = 'session: loop {
-        let msg = tokio::select! {
+        let msg = if let Some(m) = ready.take() {
+            Ok(m)
+        } else {
+            tokio::select! {
             _ = cancel.cancelled() => break End::Shutdown,
             Some(push) = push_rx.recv() => {
                 if let Err(e) = writer.send_msg(&push).await {
@@ -150,6 +160,7 @@ async fn run_session(
                 continue;
             }
             r = tokio::time::timeout(dir.config.heartbeat_timeout, reader.recv_msg::<ClientToServer>()) => r,
+            }
         };
         let msg = match msg {
             Err(_) => break End::Silent,
@@ -232,9 +243,24 @@ async fn run_session(
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
         if let Some(reply) = reply {
-            if let Err(e) = writer.send_msg(&reply).await {
+            if let Err(e) = writer.feed_msg(&reply).await {
                 break End::Failed(e.to_string());
             }
+            unflushed += 1;
+        }
+        // Pipelined requests already here are answered in the same write; the read is cancel-safe,
+        // so polling it once loses nothing when no request is waiting.
+        if unflushed < MAX_UNFLUSHED {
+            if let Some(next) = reader.recv_msg::<ClientToServer>().now_or_never() {
+                ready = Some(next);
+                continue;
+            }
+        }
+        if unflushed > 0 {
+            if let Err(e) = writer.flush().await {
+                break End::Failed(e.to_string());
+            }
+            unflushed = 0;
         }
     };
     dir.watchers.unwatch(session, &watched);
