@@ -114,7 +114,13 @@ fn event(e: Event) -> Value {
         }
         Event::Group(g) => group_event(&g),
         Event::Delivered { id, to } => json!({"event": "delivered", "id": id.to_string(), "to": to}),
-        Event::Sent { id, to } => json!({"event": "sent", "id": id.to_string(), "to": to}),
+        Event::Sent { id, to, group } => {
+            let mut v = json!({"event": "sent", "id": id.to_string(), "to": to});
+            if let Some(g) = group {
+                v["group"] = json!(g.to_string());
+            }
+            v
+        }
         Event::Read { id, by } => json!({"event": "read", "id": id.to_string(), "by": by}),
         Event::Failed { id, to, reason } => {
             json!({"event": "failed", "id": id.to_string(), "to": to, "reason": reason})
@@ -306,10 +312,21 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
                     Ok(c) => c,
                     Err(e) => { error(format!("bad command: {e}")); continue }
                 };
-                match run_command(&client, cmd).await {
-                    Ok(Some(v)) => emit(&v),
-                    Ok(None) => break,
-                    Err(e) => error(e),
+                // Commands run one at a time, but events keep flowing (and a signal still stops us)
+                // while one runs: a command that waits on a peer never blocks the client.
+                let command = run_command(&client, cmd);
+                tokio::pin!(command);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut command => break Some(r),
+                        Some(e) = events.recv() => emit(&event(e)),
+                        _ = &mut signal => break None,
+                    }
+                };
+                match result {
+                    None | Some(Ok(None)) => break,
+                    Some(Ok(Some(v))) => emit(&v),
+                    Some(Err(e)) => error(e),
                 }
             }
         }

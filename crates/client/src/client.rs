@@ -103,12 +103,14 @@ pub enum Event {
         /// The recipient.
         to: Number,
     },
-    /// A queued message was written to the recipient.
+    /// A queued message (or one member's copy of a group message) is being written to the recipient.
     Sent {
         /// The message.
         id: MessageId,
         /// The recipient.
         to: Number,
+        /// The group, for a group message.
+        group: Option<GroupId>,
     },
     /// The recipient has seen the message.
     Read {
@@ -358,8 +360,10 @@ impl Client {
         });
         core.tracker.spawn(peer::accept_loop(core.clone(), listener));
         core.tracker.spawn(route_notes(core.clone(), notes));
-        let contacts = core.store.contacts().await?;
-        core.directory.watch(contacts.into_iter().map(|c| c.number).collect()).await;
+        // Contacts, and whoever the outbox still owes something, so a push wakes their courier.
+        let mut watched: Vec<Number> = core.store.contacts().await?.into_iter().map(|c| c.number).collect();
+        watched.extend(core.store.peers_with_work().await?);
+        core.directory.watch(watched).await;
         // An outbox written before a crash or a restart goes out now, files included.
         kick_all(&core).await;
         for file in core.store.pending_files().await? {

@@ -133,7 +133,8 @@ pub(crate) async fn change(
             state.admins.insert(who.clone());
         }
     }
-    state.version += 1;
+    state.version =
+        state.version.checked_add(1).ok_or_else(|| group_error("group version exhausted".into()))?;
     publish(core, state, recipients, false).await
 }
 
@@ -146,7 +147,8 @@ pub(crate) async fn leave(core: &Arc<Core>, id: GroupId) -> Result<Group, Client
     }
     state.members.remove(&core.number);
     state.admins.remove(&core.number);
-    state.version += 1;
+    state.version =
+        state.version.checked_add(1).ok_or_else(|| group_error("group version exhausted".into()))?;
     let recipients = state.members.clone();
     publish(core, state, recipients, true).await
 }
@@ -202,24 +204,26 @@ pub(crate) async fn on_text(
         {
             crate::peer::store_text(core, from, id, sent_at_ms, text, Some(group)).await
         }
-        // Another member's message can overtake the invitation (each sender delivers on its own):
-        // keep it, acknowledged, until the group arrives.
-        Ok(None) => match core.store.hold_group_text(from, group, id, &text, sent_at_ms).await {
-            Ok(true) => {
-                info!("holding a message from {from} to group {group} until the group itself arrives");
-                Some(PeerMessage::Ack { id })
+        // Another member's message can overtake the invitation, or the change that added its sender
+        // (each sender delivers on its own): keep it, acknowledged, until the group catches up.
+        Ok(None) | Ok(Some((_, false))) => {
+            match core.store.hold_group_text(from, group, id, &text, sent_at_ms).await {
+                Ok(true) => {
+                    info!("holding a message from {from} to group {group} until its membership arrives");
+                    Some(PeerMessage::Ack { id })
+                }
+                Ok(false) => {
+                    warn!("dropped a message from {from} to group {group}: too many held");
+                    Some(PeerMessage::Ack { id })
+                }
+                Err(e) => {
+                    warn!("cannot hold a message for group {group}: {e}");
+                    None
+                }
             }
-            Ok(false) => {
-                warn!("dropped a message from {from} to unknown group {group}: too many held");
-                Some(PeerMessage::Ack { id })
-            }
-            Err(e) => {
-                warn!("cannot hold a message for group {group}: {e}");
-                None
-            }
-        },
-        Ok(Some(_)) => {
-            warn!("dropped a message from {from} to group {group}: not a member (or not ours)");
+        }
+        Ok(Some((_, true))) => {
+            warn!("dropped a message from {from} to group {group}, which we left");
             // Acknowledged all the same, so the sender stops retrying something we will never take.
             Some(PeerMessage::Ack { id })
         }
@@ -236,46 +240,59 @@ pub(crate) async fn on_update(
     from: &Number,
     from_key: &PublicKey,
     update: SignedGroupState,
-) {
+) -> bool {
     let id = update.state.id;
     let held = match core.store.group(id).await {
         Ok(h) => h,
         Err(e) => {
             warn!("cannot read group {id}: {e}");
-            return;
+            return false;
         }
     };
     if let Some((_, true)) = held {
         info!("ignoring a change to group {id}, which we left");
-        return;
+        return true;
     }
-    if let Err(e) = update.accept(held.as_ref().map(|(s, _)| &s.state), from, from_key, &core.number) {
-        warn!("refused a change to group {id} from {from}: {e}");
-        let message = format!("refused a change to group {id} from {from}: {e}");
-        let _ = core.events.send(Event::Warning { message }).await;
-        return;
+    let refused = if held.is_none() && !matches!(core.store.contact(from).await, Ok(Some(_))) {
+        // Invitations only from contacts: otherwise anyone who learned a group's id could be first
+        // to "invite" a new member into a group of its own making.
+        Some(format!("an invitation to group {id} from {from}, who is not a contact"))
+    } else {
+        update
+            .accept(held.as_ref().map(|(s, _)| &s.state), from, from_key, &core.number)
+            .err()
+            .map(|e| format!("a change to group {id} from {from}: {e}"))
+    };
+    if let Some(why) = refused {
+        warn!("refused {why}");
+        let _ = core.events.send(Event::Warning { message: format!("refused {why}") }).await;
+        return true;
     }
     let removed = !update.state.members.contains(&core.number);
     if let Err(e) = core.store.save_group(&update, removed).await {
         warn!("cannot save group {id}: {e}");
-        return;
+        return false;
     }
     let watch: Vec<Number> = update.state.members.iter().filter(|m| **m != core.number).cloned().collect();
     core.directory.watch(watch).await;
     let members = update.state.members.clone();
     let group = Group { state: update.state, changed_by: update.signer, left: removed };
     let _ = core.events.send(Event::Group(group)).await;
-    // Messages that overtook the invitation are shown now, if their senders are members.
+    // Messages that overtook this change are shown now if their senders are members; the others
+    // wait for a later change (unless we are out of the group).
     match core.store.take_held_group_texts(id).await {
         Ok(held) => {
             for (from, msg, text, sent_at_ms) in held {
-                if !removed && members.contains(&from) {
+                if removed {
+                    warn!("dropped a held message from {from} to group {id}: we are out of it");
+                } else if members.contains(&from) {
                     crate::peer::store_text(core, &from, msg, sent_at_ms, text, Some(id)).await;
-                } else {
-                    warn!("dropped a held message from {from} to group {id}: not a member");
+                } else if let Err(e) = core.store.hold_group_text(&from, id, msg, &text, sent_at_ms).await {
+                    warn!("cannot keep holding a message for group {id}: {e}");
                 }
             }
         }
         Err(e) => warn!("cannot read messages held for group {id}: {e}"),
     }
+    true
 }

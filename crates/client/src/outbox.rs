@@ -80,10 +80,10 @@ pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
 
 /// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.
 /// Returns the ids of messages that went from queued to sent.
-pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<Vec<MessageId>, ClientError> {
+pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<(), ClientError> {
     let courier = courier(core, peer);
     let mut written = courier.written.lock().await;
-    flush_locked(core, peer, &mut written).await
+    flush_locked(core, peer, &mut written, None).await
 }
 
 /// Queues a text for `to` and, if `to` is online, writes it at once. The courier's lock is held from
@@ -103,15 +103,10 @@ pub(crate) async fn send_now(
         kick(core, to);
         return Ok(SendOutcome::Queued { reason: format!("{to} is offline") });
     }
-    let result = flush_locked(core, to, &mut written).await;
+    let result = flush_locked(core, to, &mut written, Some(id)).await;
     drop(written);
     match result {
-        Ok(sent) => {
-            for other in sent.into_iter().filter(|s| *s != id) {
-                let _ = core.events.send(Event::Sent { id: other, to: to.clone() }).await;
-            }
-            Ok(SendOutcome::Sent)
-        }
+        Ok(()) => Ok(SendOutcome::Sent),
         Err(e) if is_permanent(&e) => {
             fail_all(core, to, &e.to_string()).await;
             Err(e)
@@ -123,15 +118,19 @@ pub(crate) async fn send_now(
     }
 }
 
+/// Writes everything unconfirmed for `peer`, oldest first. A queued message becomes `sent` (and
+/// [`Event::Sent`] goes out, except for `answered`, whose sender is told directly) just before it is
+/// written, so `sent` always comes before the `delivered` its write can bring back.
 async fn flush_locked(
     core: &Arc<Core>,
     peer: &Number,
     written: &mut Written,
-) -> Result<Vec<MessageId>, ClientError> {
+    answered: Option<MessageId>,
+) -> Result<(), ClientError> {
     let texts = core.store.unconfirmed(peer).await?;
     let receipts = core.store.pending_receipts(peer).await?;
     if texts.is_empty() && receipts.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let link = peer::link_to(core, peer).await?;
     if written.epoch != link.epoch {
@@ -141,7 +140,6 @@ async fn flush_locked(
         context: format!("sending to {peer}"),
         source: whatsap2p_link::LinkError::Io(std::io::Error::other(reason)),
     };
-    let mut now_sent = Vec::new();
     for m in texts {
         if written.texts.contains(&m.id) {
             continue;
@@ -160,18 +158,18 @@ async fn flush_locked(
             }
             (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
         };
+        if core.store.advance_outgoing(peer, m.id, MessageState::Sent).await? && answered != Some(m.id) {
+            let _ = core.events.send(Event::Sent { id: m.id, to: peer.clone(), group: m.group }).await;
+        }
         link.write(msg).await.map_err(lost)?;
         written.texts.insert(m.id);
-        if core.store.advance_outgoing(peer, m.id, MessageState::Sent).await? {
-            now_sent.push(m.id);
-        }
     }
     for id in receipts {
         if written.receipts.insert(id) {
             link.write(PeerMessage::Read { id }).await.map_err(lost)?;
         }
     }
-    Ok(now_sent)
+    Ok(())
 }
 
 /// Errors after which retrying cannot help until a person acts.
@@ -207,12 +205,9 @@ async fn run(core: Arc<Core>, peer: Number, courier: Arc<Courier>) {
             continue;
         }
         match flush(&core, &peer).await {
-            Ok(sent) => {
+            Ok(()) => {
                 backoff = RETRY_MIN;
                 retry = IDLE_RECHECK;
-                for id in sent {
-                    let _ = core.events.send(Event::Sent { id, to: peer.clone() }).await;
-                }
             }
             Err(e) if is_permanent(&e) => {
                 info!("giving up on messages to {peer}: {e}");

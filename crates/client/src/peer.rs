@@ -449,8 +449,9 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
                 crate::groups::on_text(&core, &peer, group, id, sent_at_ms, text).await
             }
             Ok(Ok(Some(PeerMessage::GroupUpdate { id, update }))) => {
-                crate::groups::on_update(&core, &peer, &peer_key, update).await;
-                Some(PeerMessage::Ack { id })
+                crate::groups::on_update(&core, &peer, &peer_key, update)
+                    .await
+                    .then_some(PeerMessage::Ack { id })
             }
             Ok(Ok(Some(PeerMessage::FileOffer { id, name, size, media_type, blake3 }))) => {
                 let offer = crate::transfer::Offer { id, name, size, media_type, blake3 };

@@ -147,6 +147,7 @@ async fn run_session(
     // A request already read while answering the previous one (see the end of the loop).
     let mut ready: Option<Result<Option<ClientToServer>, LinkError>> = None;
     let mut unflushed = 0usize;
+    let mut last_frame = tokio::time::Instant::now();
     let end = 'session: loop {
         let msg = if let Some(m) = ready.take() {
             Ok(m)
@@ -159,7 +160,8 @@ async fn run_session(
                 }
                 continue;
             }
-            r = tokio::time::timeout(dir.config.heartbeat_timeout, reader.recv_msg::<ClientToServer>()) => r,
+            // The deadline counts from the client's last frame: pushes we send do not keep it alive.
+            r = tokio::time::timeout_at(last_frame + dir.config.heartbeat_timeout, reader.recv_msg::<ClientToServer>()) => r,
             }
         };
         let msg = match msg {
@@ -168,6 +170,7 @@ async fn run_session(
             Ok(Err(e)) => break End::Failed(e.to_string()),
             Ok(Ok(Some(m))) => m,
         };
+        last_frame = tokio::time::Instant::now();
         let reply = match msg {
             ClientToServer::Register { listen } => {
                 let listen = if listen.ip().is_unspecified() {

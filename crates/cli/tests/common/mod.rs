@@ -539,7 +539,7 @@ impl Client {
     async fn send_answer(&mut self, to: &str, text: &str) -> Value {
         self.send(json!({"cmd": "send", "to": to, "text": text})).await;
         self.reply(&format!("answer to send to {to}"), |v| {
-            (is(v, "sent") || is(v, "queued")) && v["to"] == to
+            (is(v, "sent") || is(v, "queued")) && v["to"] == to && v.get("group").is_none()
         })
         .await
     }
