@@ -11,7 +11,7 @@ use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::ClientError;
 
-/// Most messages held for one group whose invitation has not arrived yet.
+/// Most messages held for one group (and from one sender) until the group's membership arrives.
 const MAX_HELD_PER_GROUP: i64 = 1000;
 
 /// A saved contact.
@@ -383,9 +383,14 @@ impl Store {
     ) -> Result<bool, ClientError> {
         let (from, group, id, text) = (from.to_string(), group.to_string(), id.to_string(), text.to_owned());
         self.with(move |c| {
-            let held: i64 =
-                c.query_row("SELECT COUNT(*) FROM held_group_texts WHERE group_id = ?1", params![group], |r| r.get(0))?;
-            if held >= MAX_HELD_PER_GROUP {
+            // Bounded per group and per sender: random group ids cannot fill the disk either.
+            let (per_group, per_sender): (i64, i64) = c.query_row(
+                "SELECT (SELECT COUNT(*) FROM held_group_texts WHERE group_id = ?1),
+                        (SELECT COUNT(*) FROM held_group_texts WHERE peer = ?2)",
+                params![group, from],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if per_group >= MAX_HELD_PER_GROUP || per_sender >= MAX_HELD_PER_GROUP {
                 return Ok(false);
             }
             c.execute(

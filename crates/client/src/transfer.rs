@@ -36,6 +36,8 @@ const CREDIT_EVERY: u64 = 1024 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Messages buffered for one transfer: a full window of chunks and a few control frames.
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
+/// Most transfers running at once on one link (both directions).
+const MAX_TRANSFERS_PER_LINK: usize = 4;
 /// File reads and writes go through buffers of this size.
 const IO_BUFFER: usize = 1024 * 1024;
 /// Folder inside the downloads folder where partial files wait to be resumed.
@@ -324,6 +326,10 @@ pub(crate) async fn on_offer(
         let mut routes = link.routes.lock().unwrap_or_else(|p| p.into_inner());
         if routes.contains_key(&id) {
             return refuse("transfer already running".into());
+        }
+        // Each transfer holds a file, a buffer and a window of chunks: a peer gets a few at a time.
+        if routes.len() >= MAX_TRANSFERS_PER_LINK {
+            return refuse(format!("{MAX_TRANSFERS_PER_LINK} transfers already running; try again later"));
         }
         routes.insert(id, tx);
     }
