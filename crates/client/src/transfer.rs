@@ -37,7 +37,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Messages buffered for one transfer: a full window of chunks and a few control frames.
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
 /// Most transfers running at once on one link (both directions).
-const MAX_TRANSFERS_PER_LINK: usize = 4;
+const MAX_TRANSFERS_PER_LINK: usize = 8;
 /// File reads and writes go through buffers of this size.
 const IO_BUFFER: usize = 1024 * 1024;
 /// Folder inside the downloads folder where partial files wait to be resumed.
@@ -183,6 +183,7 @@ async fn attempt(core: &Arc<Core>, file: &FileRecord) -> Attempt {
         }
         Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::Refused(reason),
         Ok(Some(PeerMessage::FileReceived { .. })) => return Attempt::Received { resumed_from: file.size },
+        Ok(Some(PeerMessage::FileFailed { reason, .. })) => return Attempt::Retry(reason),
         Ok(Some(other)) => return Attempt::Retry(format!("unexpected answer to the offer: {other:?}")),
     };
     match stream(core, file, &link, &mut rx, offset).await {
@@ -329,7 +330,9 @@ pub(crate) async fn on_offer(
         }
         // Each transfer holds a file, a buffer and a window of chunks: a peer gets a few at a time.
         if routes.len() >= MAX_TRANSFERS_PER_LINK {
-            return refuse(format!("{MAX_TRANSFERS_PER_LINK} transfers already running; try again later"));
+            // Not a refusal: the sender tries again later.
+            let reason = format!("{MAX_TRANSFERS_PER_LINK} transfers already running; try again later");
+            return Some(PeerMessage::FileFailed { id, reason });
         }
         routes.insert(id, tx);
     }
