@@ -679,8 +679,10 @@ async fn fanout(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Resul
         members.push(start(config(server, number(55, i)?, root)).await?.0);
     }
     let numbers: Vec<Number> = members.iter().map(Party::number).collect();
-    for n in &numbers {
+    // Contacts both ways: members accept invitations only from contacts.
+    for (n, m) in numbers.iter().zip(&members) {
         sender.client.add_contact(n).await.context("adding a member as a contact")?;
+        m.client.add_contact(&sender.number()).await.context("adding the sender as a contact")?;
     }
     let group = sender.client.group_create("Bench", &numbers).await.context("creating the group")?.state.id;
     let last_arrival = |id: MessageId, t0: Instant| {
