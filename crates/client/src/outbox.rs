@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tracing::{debug, info, info_span, Instrument};
@@ -25,12 +26,16 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Safety net while idle or waiting for a peer to come online (a missed presence push).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
+/// A text written but not acknowledged for this long is written again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What was written on the current link, so one link never carries the same thing twice.
 #[derive(Default)]
 struct Written {
     epoch: u64,
-    texts: HashSet<MessageId>,
+    /// When each text was written on this link: one not acknowledged within [`ACK_TIMEOUT`] is
+    /// written again (the receiver may have failed to store it; it drops duplicates).
+    texts: HashMap<MessageId, Instant>,
     receipts: HashSet<MessageId>,
 }
 
@@ -80,7 +85,7 @@ pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
 
 /// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.
 /// Returns the ids of messages that went from queued to sent.
-pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<(), ClientError> {
+pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<bool, ClientError> {
     let courier = courier(core, peer);
     let mut written = courier.written.lock().await;
     flush_locked(core, peer, &mut written, None).await
@@ -106,7 +111,7 @@ pub(crate) async fn send_now(
     let result = flush_locked(core, to, &mut written, Some(id)).await;
     drop(written);
     match result {
-        Ok(()) => Ok(SendOutcome::Sent),
+        Ok(_) => Ok(SendOutcome::Sent),
         Err(e) if is_permanent(&e) => {
             fail_all(core, to, &e.to_string()).await;
             Err(e)
@@ -126,12 +131,13 @@ async fn flush_locked(
     peer: &Number,
     written: &mut Written,
     answered: Option<MessageId>,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     let texts = core.store.unconfirmed(peer).await?;
     let receipts = core.store.pending_receipts(peer).await?;
     if texts.is_empty() && receipts.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let awaiting = !texts.is_empty();
     let link = peer::link_to(core, peer).await?;
     if written.epoch != link.epoch {
         *written = Written { epoch: link.epoch, ..Default::default() };
@@ -141,7 +147,7 @@ async fn flush_locked(
         source: whatsap2p_link::LinkError::Io(std::io::Error::other(reason)),
     };
     for m in texts {
-        if written.texts.contains(&m.id) {
+        if written.texts.get(&m.id).is_some_and(|at| at.elapsed() < ACK_TIMEOUT) {
             continue;
         }
         let msg = match (m.group, m.update) {
@@ -162,14 +168,14 @@ async fn flush_locked(
             let _ = core.events.send(Event::Sent { id: m.id, to: peer.clone(), group: m.group }).await;
         }
         link.write(msg).await.map_err(lost)?;
-        written.texts.insert(m.id);
+        written.texts.insert(m.id, Instant::now());
     }
     for id in receipts {
         if written.receipts.insert(id) {
             link.write(PeerMessage::Read { id }).await.map_err(lost)?;
         }
     }
-    Ok(())
+    Ok(awaiting)
 }
 
 /// Errors after which retrying cannot help until a person acts.
@@ -205,9 +211,10 @@ async fn run(core: Arc<Core>, peer: Number, courier: Arc<Courier>) {
             continue;
         }
         match flush(&core, &peer).await {
-            Ok(()) => {
+            Ok(awaiting) => {
                 backoff = RETRY_MIN;
-                retry = IDLE_RECHECK;
+                // Acknowledgements still due: look again when the first may be overdue.
+                retry = if awaiting { ACK_TIMEOUT } else { IDLE_RECHECK };
             }
             Err(e) if is_permanent(&e) => {
                 info!("giving up on messages to {peer}: {e}");
