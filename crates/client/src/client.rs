@@ -234,6 +234,9 @@ pub(crate) struct Core {
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) links: Links,
     pub(crate) outbox: Outbox,
+    /// Serializes group changes and group texts, so a member never shows a group's message before
+    /// the group itself (or takes a text against a state that is being replaced).
+    pub(crate) groups_lock: tokio::sync::Mutex<()>,
     /// The last status the directory pushed for each watched number.
     pub(crate) presence: Mutex<HashMap<Number, Option<Location>>>,
     pub(crate) config: ClientConfig,
@@ -353,6 +356,7 @@ impl Client {
             events,
             links: Links::default(),
             outbox: Outbox::default(),
+            groups_lock: tokio::sync::Mutex::new(()),
             presence: Mutex::new(HashMap::new()),
             config,
             cancel,

@@ -198,6 +198,7 @@ pub(crate) async fn on_text(
     sent_at_ms: u64,
     text: String,
 ) -> Option<PeerMessage> {
+    let _serial = core.groups_lock.lock().await;
     match core.store.group(group).await {
         Ok(Some((held, false)))
             if held.state.members.contains(from) && held.state.members.contains(&core.number) =>
@@ -241,6 +242,7 @@ pub(crate) async fn on_update(
     from_key: &PublicKey,
     update: SignedGroupState,
 ) -> bool {
+    let _serial = core.groups_lock.lock().await;
     let id = update.state.id;
     let held = match core.store.group(id).await {
         Ok(h) => h,

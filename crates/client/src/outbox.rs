@@ -132,8 +132,7 @@ async fn flush_locked(
     written: &mut Written,
     answered: Option<MessageId>,
 ) -> Result<bool, ClientError> {
-    let texts = core.store.unconfirmed(peer).await?;
-    let receipts = core.store.pending_receipts(peer).await?;
+    let (texts, receipts) = core.store.owed(peer).await?;
     if texts.is_empty() && receipts.is_empty() {
         return Ok(false);
     }
@@ -146,6 +145,7 @@ async fn flush_locked(
         context: format!("sending to {peer}"),
         source: whatsap2p_link::LinkError::Io(std::io::Error::other(reason)),
     };
+    let mut batch = Vec::new();
     for m in texts {
         if written.texts.get(&m.id).is_some_and(|at| at.elapsed() < ACK_TIMEOUT) {
             continue;
@@ -164,11 +164,17 @@ async fn flush_locked(
             }
             (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
         };
-        if core.store.advance_outgoing(peer, m.id, MessageState::Sent).await? && answered != Some(m.id) {
-            let _ = core.events.send(Event::Sent { id: m.id, to: peer.clone(), group: m.group }).await;
-        }
+        batch.push((m.id, m.group, msg));
+    }
+    // Mark them sent (one transaction) before writing, so `sent` precedes any `delivered`.
+    let moved: HashSet<MessageId> =
+        core.store.mark_sent(peer, batch.iter().map(|(id, _, _)| *id).collect()).await?.into_iter().collect();
+    for (id, group, _) in batch.iter().filter(|(id, _, _)| moved.contains(id) && answered != Some(*id)) {
+        let _ = core.events.send(Event::Sent { id: *id, to: peer.clone(), group: *group }).await;
+    }
+    for (id, _, msg) in batch {
         link.write(msg).await.map_err(lost)?;
-        written.texts.insert(m.id, Instant::now());
+        written.texts.insert(id, Instant::now());
     }
     for id in receipts {
         if written.receipts.insert(id) {

@@ -507,13 +507,37 @@ impl Store {
     /// The outbox for one peer: messages not yet confirmed, oldest first.
     pub async fn unconfirmed(&self, to: &Number) -> Result<Vec<StoredMessage>, ClientError> {
         let to = to.to_string();
+        self.with(move |c| unconfirmed(c, &to)).await
+    }
+
+    /// Everything owed to `peer` in one trip to the database: unconfirmed messages (oldest first)
+    /// and read receipts.
+    pub async fn owed(&self, peer: &Number) -> Result<(Vec<StoredMessage>, Vec<MessageId>), ClientError> {
+        let peer = peer.to_string();
+        self.with(move |c| Ok((unconfirmed(c, &peer)?, pending_receipts(c, &peer)?))).await
+    }
+
+    /// Marks these outgoing messages `sent` (those still `queued`), in one transaction; returns the
+    /// ones that moved (group changes riding the outbox excluded).
+    pub async fn mark_sent(&self, to: &Number, ids: Vec<MessageId>) -> Result<Vec<MessageId>, ClientError> {
+        let to = to.to_string();
         self.with(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body FROM messages
-                 WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY rowid",
-            )?;
-            let rows = stmt.query_map(params![to], row_to_message)?;
-            rows.filter_map(|r| r.transpose()).collect()
+            let tx = c.unchecked_transaction()?;
+            let mut moved = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state = 'queued'
+                     RETURNING update_body IS NULL",
+                )?;
+                for id in ids {
+                    let visible: Option<bool> = stmt.query_row(params![to, id.to_string()], |r| r.get(0)).optional()?;
+                    if visible == Some(true) {
+                        moved.push(id);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(moved)
         })
         .await
     }
@@ -558,20 +582,7 @@ impl Store {
     /// Read receipts waiting to go to `peer`.
     pub async fn pending_receipts(&self, peer: &Number) -> Result<Vec<MessageId>, ClientError> {
         let peer = peer.to_string();
-        self.with(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND receipt_pending = 1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![peer], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for r in rows {
-                if let Ok(id) = r?.parse() {
-                    out.push(id);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.with(move |c| pending_receipts(c, &peer)).await
     }
 
     /// The peer acknowledged our read receipt for its message `id`; returns whether one was pending.
@@ -692,6 +703,29 @@ impl Store {
         })
         .await
     }
+}
+
+fn unconfirmed(c: &rusqlite::Connection, to: &str) -> Result<Vec<StoredMessage>, rusqlite::Error> {
+    let mut stmt = c.prepare_cached(
+        "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body FROM messages
+         WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map(params![to], row_to_message)?;
+    rows.filter_map(|r| r.transpose()).collect()
+}
+
+fn pending_receipts(c: &rusqlite::Connection, peer: &str) -> Result<Vec<MessageId>, rusqlite::Error> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND receipt_pending = 1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![peer], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        if let Ok(id) = r?.parse() {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 /// Reads a row; `None` for a row that no longer parses (edited by hand), which is skipped.
