@@ -312,21 +312,29 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
                     Ok(c) => c,
                     Err(e) => { error(format!("bad command: {e}")); continue }
                 };
-                // Commands run one at a time, but events keep flowing (and a signal still stops us)
-                // while one runs: a command that waits on a peer never blocks the client.
+                // Commands run one at a time. Events keep being taken off the queue while one runs (so
+                // the client never stalls on a full queue, and a signal still stops it), but they are
+                // printed after the command's answer: `sent` always comes before its `delivered`.
                 let command = run_command(&client, cmd);
                 tokio::pin!(command);
+                let mut held = Vec::new();
                 let result = loop {
                     tokio::select! {
                         r = &mut command => break Some(r),
-                        Some(e) = events.recv() => emit(&event(e)),
+                        Some(e) = events.recv() => held.push(e),
                         _ = &mut signal => break None,
                     }
                 };
-                match result {
-                    None | Some(Ok(None)) => break,
-                    Some(Ok(Some(v))) => emit(&v),
+                match &result {
+                    Some(Ok(Some(v))) => emit(v),
                     Some(Err(e)) => error(e),
+                    None | Some(Ok(None)) => {}
+                }
+                for e in held {
+                    emit(&event(e));
+                }
+                if matches!(result, None | Some(Ok(None))) {
+                    break;
                 }
             }
         }
