@@ -27,10 +27,14 @@ async fn delivered(c: &mut Client, id: &str, to: &str) {
 /// Makes `a` and `b` contacts of each other (both online).
 async fn befriend(a: &mut Client, b: &mut Client) {
     let (na, nb) = (a.number.clone(), b.number.clone());
-    a.send(json!({"cmd": "add_contact", "number": nb})).await;
-    a.reply("contact_added", |v| is(v, "contact_added")).await;
-    b.send(json!({"cmd": "add_contact", "number": na})).await;
-    b.reply("contact_added", |v| is(v, "contact_added")).await;
+    add_contact(a, &nb).await;
+    add_contact(b, &na).await;
+}
+
+/// `add_contact`, waiting for its answer.
+async fn add_contact(c: &mut Client, number: &str) {
+    c.send(json!({"cmd": "add_contact", "number": number})).await;
+    c.reply("contact_added", |v| is(v, "contact_added")).await;
 }
 
 #[tokio::test]
@@ -39,8 +43,7 @@ async fn given_offline_contact_then_messages_are_queued_and_arrive_in_order_once
     let bob_profile = tempdir();
     register_then_leave(server.port, "456", bob_profile.path()).await;
     let mut alice = Client::start(server.port, "123").await;
-    alice.send(json!({"cmd": "add_contact", "number": "456"})).await;
-    alice.reply("contact_added", |v| is(v, "contact_added")).await;
+    add_contact(&mut alice, "456").await;
 
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -134,8 +137,7 @@ async fn given_watched_contact_then_its_presence_is_pushed_within_100ms() {
     let bob_profile = tempdir();
     register_then_leave(server.port, "456", bob_profile.path()).await;
     let mut alice = Client::start(server.port, "123").await;
-    alice.send(json!({"cmd": "add_contact", "number": "456"})).await;
-    alice.reply("contact_added", |v| is(v, "contact_added")).await;
+    add_contact(&mut alice, "456").await;
     // The first status may come before or after the answer to add_contact.
     alice
         .seen_or_expect("first status", |v| is(v, "presence") && v["number"] == "456" && v["online"] == false)

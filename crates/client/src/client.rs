@@ -414,16 +414,20 @@ impl Client {
             return Err(ClientError::OwnNumber);
         }
         let core = &self.core;
+        // A status in the cache means the number is watched already; otherwise ask, and watch it.
         let online = match core.presence_of(to) {
             Some(status) => status.is_some(),
-            None => match core.directory.lookup(to, LookupIntent::Address).await {
-                Ok(a) if a.key.is_none() => return Err(ClientError::UnknownNumber(to.clone())),
-                Ok(a) => a.online.is_some(),
-                // The directory is away: keep the message; the courier delivers it later.
-                Err(_) => false,
-            },
+            None => {
+                let online = match core.directory.lookup(to, LookupIntent::Address).await {
+                    Ok(a) if a.key.is_none() => return Err(ClientError::UnknownNumber(to.clone())),
+                    Ok(a) => a.online.is_some(),
+                    // The directory is away: keep the message; the courier delivers it later.
+                    Err(_) => false,
+                };
+                core.directory.watch(vec![to.clone()]).await;
+                online
+            }
         };
-        core.directory.watch(vec![to.clone()]).await;
         let id = MessageId::new();
         let outcome = crate::outbox::send_now(core, to, id, text, online).await?;
         Ok((id, outcome))

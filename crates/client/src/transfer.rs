@@ -79,14 +79,12 @@ pub(crate) async fn describe(path: &Path) -> Result<(u64, [u8; 32], String), Cli
                 source: std::io::Error::other("not a regular file"),
             });
         }
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(&file).map_err(ClientError::io(ctx.clone()))?;
+        // One pass: the first bytes (to sniff the media type) go into the hash, then the rest.
         let mut head = [0u8; 64];
-        let n = std::io::Read::read(
-            &mut std::fs::File::open(&path).map_err(ClientError::io(ctx.clone()))?,
-            &mut head,
-        )
-        .map_err(ClientError::io(ctx))?;
+        let n = std::io::Read::read(&mut &file, &mut head).map_err(ClientError::io(ctx.clone()))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&head[..n]);
+        hasher.update_reader(&file).map_err(ClientError::io(ctx))?;
         let media_type = image::guess_format(&head[..n])
             .map(|f| f.to_mime_type().to_owned())
             .unwrap_or_else(|_| "application/octet-stream".to_owned());
