@@ -15,6 +15,7 @@ use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
 
 use crate::client::{now_ms, Core, Event};
+use crate::store::OutgoingText;
 use crate::ClientError;
 
 /// A group as a member sees it.
@@ -180,9 +181,8 @@ pub(crate) async fn send(
     let msg = MessageId::new();
     let sent_at = now_ms();
     let others: Vec<Number> = held.state.members.iter().filter(|m| **m != core.number).cloned().collect();
-    for to in &others {
-        core.store.queue_outgoing(to, msg, text, sent_at, Some(id)).await?;
-    }
+    let text = OutgoingText { id: msg, text: text.to_owned(), sent_at_ms: sent_at, group: Some(id) };
+    core.store.queue_outgoing_to_all(&others, text).await?;
     for to in &others {
         crate::outbox::kick(core, to);
     }

@@ -17,7 +17,7 @@ use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{MessageId, Number};
 
 use crate::client::{Core, Event, SendOutcome};
-use crate::store::MessageState;
+use crate::store::{MessageState, OutgoingText};
 use crate::{peer, ClientError};
 
 /// First pause before retrying a failed delivery; doubles up to [`RETRY_MAX`].
@@ -84,11 +84,16 @@ pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
 }
 
 /// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.
-/// Returns the ids of messages that went from queued to sent.
+/// Returns whether messages still wait for an acknowledgement.
 pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<bool, ClientError> {
     let courier = courier(core, peer);
     let mut written = courier.written.lock().await;
-    flush_locked(core, peer, &mut written, None).await
+    // Dial only when something is owed: a peer coming online with nothing for it costs no link.
+    if !core.store.has_owed(peer).await? {
+        return Ok(false);
+    }
+    let link = peer::link_to(core, peer).await?;
+    write_owed(core, peer, &mut written, &link, None).await
 }
 
 /// Queues a text for `to` and, if `to` is online, writes it at once. The courier's lock is held from
@@ -102,13 +107,22 @@ pub(crate) async fn send_now(
 ) -> Result<SendOutcome, ClientError> {
     let courier = courier(core, to);
     let mut written = courier.written.lock().await;
-    core.store.queue_outgoing(to, id, text, crate::client::now_ms(), None).await?;
-    if !online {
-        drop(written);
-        kick(core, to);
-        return Ok(SendOutcome::Queued { reason: format!("{to} is offline") });
-    }
-    let result = flush_locked(core, to, &mut written, Some(id)).await;
+    let new = OutgoingText { id, text: text.to_owned(), sent_at_ms: crate::client::now_ms(), group: None };
+    let link = if online { Some(peer::link_to(core, to).await) } else { None };
+    let result = match link {
+        // Queued, marked sent and read in one trip to the database.
+        Some(Ok(link)) => write_owed(core, to, &mut written, &link, Some(new)).await,
+        Some(Err(e)) => {
+            core.store.queue_outgoing(to, new).await?;
+            Err(e)
+        }
+        None => {
+            core.store.queue_outgoing(to, new).await?;
+            drop(written);
+            kick(core, to);
+            return Ok(SendOutcome::Queued { reason: format!("{to} is offline") });
+        }
+    };
     drop(written);
     match result {
         Ok(_) => Ok(SendOutcome::Sent),
@@ -123,33 +137,35 @@ pub(crate) async fn send_now(
     }
 }
 
-/// Writes everything unconfirmed for `peer`, oldest first. A queued message becomes `sent` (and
-/// [`Event::Sent`] goes out, except for `answered`, whose sender is told directly) just before it is
-/// written, so `sent` always comes before the `delivered` its write can bring back.
-async fn flush_locked(
+/// Writes everything unconfirmed for `peer` on `link` (after queueing `new`), oldest first. A
+/// queued message becomes `sent` (and [`Event::Sent`] goes out, except for `new`, whose sender is
+/// told directly) just before it is written, so `sent` always comes before the `delivered` its
+/// write can bring back. Returns whether messages still wait for an acknowledgement.
+async fn write_owed(
     core: &Arc<Core>,
     peer: &Number,
     written: &mut Written,
-    answered: Option<MessageId>,
+    link: &peer::LinkHandle,
+    new: Option<OutgoingText>,
 ) -> Result<bool, ClientError> {
-    let (texts, receipts) = core.store.owed(peer).await?;
-    if texts.is_empty() && receipts.is_empty() {
-        return Ok(false);
-    }
-    let awaiting = !texts.is_empty();
-    let link = peer::link_to(core, peer).await?;
     if written.epoch != link.epoch {
         *written = Written { epoch: link.epoch, ..Default::default() };
+    }
+    let answered = new.as_ref().map(|m| m.id);
+    let in_flight =
+        written.texts.iter().filter(|(_, at)| at.elapsed() < ACK_TIMEOUT).map(|(id, _)| *id).collect();
+    let owed = core.store.take_owed(peer, new, in_flight).await?;
+    // Forget what was confirmed meanwhile, so a long-lived link does not remember every message.
+    written.texts.retain(|id, _| owed.in_flight.contains(id));
+    written.receipts.retain(|id| owed.receipts.contains(id));
+    for (id, group) in owed.newly_sent.into_iter().filter(|(id, _)| answered != Some(*id)) {
+        let _ = core.events.send(Event::Sent { id, to: peer.clone(), group }).await;
     }
     let lost = |reason: String| ClientError::Link {
         context: format!("sending to {peer}"),
         source: whatsap2p_link::LinkError::Io(std::io::Error::other(reason)),
     };
-    let mut batch = Vec::new();
-    for m in texts {
-        if written.texts.get(&m.id).is_some_and(|at| at.elapsed() < ACK_TIMEOUT) {
-            continue;
-        }
+    for m in owed.texts {
         let msg = match (m.group, m.update) {
             (_, Some(body)) => match postcard::from_bytes(&body) {
                 Ok(update) => PeerMessage::GroupUpdate { id: m.id, update },
@@ -164,24 +180,15 @@ async fn flush_locked(
             }
             (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
         };
-        batch.push((m.id, m.group, msg));
-    }
-    // Mark them sent (one transaction) before writing, so `sent` precedes any `delivered`.
-    let moved: HashSet<MessageId> =
-        core.store.mark_sent(peer, batch.iter().map(|(id, _, _)| *id).collect()).await?.into_iter().collect();
-    for (id, group, _) in batch.iter().filter(|(id, _, _)| moved.contains(id) && answered != Some(*id)) {
-        let _ = core.events.send(Event::Sent { id: *id, to: peer.clone(), group: *group }).await;
-    }
-    for (id, _, msg) in batch {
         link.write(msg).await.map_err(lost)?;
-        written.texts.insert(id, Instant::now());
+        written.texts.insert(m.id, Instant::now());
     }
-    for id in receipts {
+    for id in owed.receipts {
         if written.receipts.insert(id) {
             link.write(PeerMessage::Read { id }).await.map_err(lost)?;
         }
     }
-    Ok(awaiting)
+    Ok(owed.awaiting)
 }
 
 /// Errors after which retrying cannot help until a person acts.

@@ -2,6 +2,7 @@
 //!
 //! SQLite in WAL mode; every call runs on a blocking thread so the async tasks never wait on disk.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -78,8 +79,12 @@ CREATE TABLE IF NOT EXISTS files (
     state TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_unfinished ON messages(state) WHERE state IN ('queued', 'sent');
-CREATE INDEX IF NOT EXISTS messages_receipts ON messages(receipt_pending) WHERE receipt_pending = 1;
+-- What a courier reads on every send: without these it walks the peer's whole history. (They
+-- replace two earlier indexes by state alone; every index is one more page written per message.)
+DROP INDEX IF EXISTS messages_unfinished;
+DROP INDEX IF EXISTS messages_receipts;
+CREATE INDEX IF NOT EXISTS messages_outbox ON messages(peer) WHERE outgoing = 1 AND state IN ('queued', 'sent');
+CREATE INDEX IF NOT EXISTS messages_receipts_due ON messages(peer) WHERE outgoing = 0 AND receipt_pending = 1;
 ";
 
 /// A file sent or received.
@@ -169,6 +174,34 @@ pub struct StoredMessage {
     pub update: Option<Vec<u8>>,
 }
 
+/// A text entering the outbox.
+#[derive(Clone, Debug)]
+pub struct OutgoingText {
+    /// Its id.
+    pub id: MessageId,
+    /// The text.
+    pub text: String,
+    /// Our clock when written.
+    pub sent_at_ms: u64,
+    /// The group it goes to, if any.
+    pub group: Option<GroupId>,
+}
+
+/// What a courier writes next (see [`Store::take_owed`]).
+#[derive(Default)]
+pub(crate) struct Owed {
+    /// Texts and group changes to write now, oldest first, all marked `sent`.
+    pub texts: Vec<StoredMessage>,
+    /// The texts among them (and their groups) that were `queued` until now: each is reported as sent.
+    pub newly_sent: Vec<(MessageId, Option<GroupId>)>,
+    /// The texts left out as in flight that are still unconfirmed.
+    pub in_flight: Vec<MessageId>,
+    /// Read receipts to write.
+    pub receipts: Vec<MessageId>,
+    /// Whether any message still waits for an acknowledgement.
+    pub awaiting: bool,
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -202,6 +235,20 @@ impl Store {
             .await
             .map_err(|_| ClientError::ShuttingDown)?
             .map_err(ClientError::Store)
+    }
+
+    /// Runs a short statement on the calling task when the connection is free: a message's path is
+    /// a few such statements, and a round trip through the blocking pool costs two thread switches
+    /// each, more than the statement itself (WAL, no fsync). Waits on a blocking thread when another
+    /// call holds the connection, so a long query never stalls the async task.
+    async fn quick<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, ClientError> {
+        if let Ok(conn) = self.conn.try_lock() {
+            return f(&conn).map_err(ClientError::Store);
+        }
+        self.with(f).await
     }
 
     /// Adds a contact; returns false if it was already there.
@@ -287,23 +334,67 @@ impl Store {
     }
 
     /// Puts a message in the outbox.
-    pub async fn queue_outgoing(
+    pub async fn queue_outgoing(&self, to: &Number, text: OutgoingText) -> Result<(), ClientError> {
+        let to = to.to_string();
+        self.quick(move |c| insert_outgoing(c, &to, &text)).await
+    }
+
+    /// Puts one message in the outbox of each of `members`, in one transaction (a group message).
+    pub async fn queue_outgoing_to_all(
         &self,
-        to: &Number,
-        id: MessageId,
-        text: &str,
-        sent_at_ms: u64,
-        group: Option<GroupId>,
+        members: &[Number],
+        text: OutgoingText,
     ) -> Result<(), ClientError> {
-        let (to, id, text, group) =
-            (to.to_string(), id.to_string(), text.to_owned(), group.map(|g| g.to_string()));
+        let members: Vec<String> = members.iter().map(Number::to_string).collect();
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state, group_id)
-                 VALUES (?1, 1, ?2, ?3, ?4, 'queued', ?5)",
-                params![to, id, text, sent_at_ms as i64, group],
-            )
-            .map(|_| ())
+            let tx = c.unchecked_transaction()?;
+            for to in &members {
+                insert_outgoing(&tx, to, &text)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// One trip for a courier about to write to `peer`: queues `new` (if any), then reads what is
+    /// owed, leaves out the texts in `in_flight` (written on this link and not overdue), and marks
+    /// the rest `sent`, all in one transaction.
+    pub(crate) async fn take_owed(
+        &self,
+        peer: &Number,
+        new: Option<OutgoingText>,
+        in_flight: HashSet<MessageId>,
+    ) -> Result<Owed, ClientError> {
+        let peer = peer.to_string();
+        self.quick(move |c| {
+            let tx = c.unchecked_transaction()?;
+            if let Some(new) = &new {
+                insert_outgoing(&tx, &peer, new)?;
+            }
+            let unconfirmed = unconfirmed(&tx, &peer)?;
+            let awaiting = !unconfirmed.is_empty();
+            let mut owed = Owed { awaiting, ..Owed::default() };
+            {
+                let mut mark = tx.prepare_cached(
+                    "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state = 'queued'",
+                )?;
+                for m in unconfirmed {
+                    if in_flight.contains(&m.id) {
+                        owed.in_flight.push(m.id);
+                        continue;
+                    }
+                    if m.state == MessageState::Queued {
+                        mark.execute(params![peer, m.id.to_string()])?;
+                        if m.update.is_none() {
+                            owed.newly_sent.push((m.id, m.group));
+                        }
+                    }
+                    owed.texts.push(m);
+                }
+            }
+            owed.receipts = pending_receipts(&tx, &peer)?;
+            tx.commit()?;
+            Ok(owed)
         })
         .await
     }
@@ -464,12 +555,12 @@ impl Store {
     ) -> Result<bool, ClientError> {
         let (from, id, text, group) =
             (from.to_string(), id.to_string(), text.to_owned(), group.map(|g| g.to_string()));
-        self.with(move |c| {
-            c.execute(
+        self.quick(move |c| {
+            c.prepare_cached(
                 "INSERT OR IGNORE INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id)
                  VALUES (?1, 0, ?2, ?3, ?4, ?5, 'received', ?6)",
-                params![from, id, text, sent_at_ms as i64, now_ms(), group],
-            )
+            )?
+            .execute(params![from, id, text, sent_at_ms as i64, now_ms(), group])
             .map(|n| n == 1)
         })
         .await
@@ -496,8 +587,9 @@ impl Store {
              RETURNING update_body IS NULL"
         );
         // Group membership changes move too, but only messages a person wrote count as moved.
-        self.with(move |c| {
-            c.query_row(&sql, params![to, id, state.as_str()], |r| r.get::<_, bool>(0))
+        self.quick(move |c| {
+            c.prepare_cached(&sql)?
+                .query_row(params![to, id, state.as_str()], |r| r.get::<_, bool>(0))
                 .optional()
                 .map(|v| v == Some(true))
         })
@@ -510,34 +602,17 @@ impl Store {
         self.with(move |c| unconfirmed(c, &to)).await
     }
 
-    /// Everything owed to `peer` in one trip to the database: unconfirmed messages (oldest first)
-    /// and read receipts.
-    pub async fn owed(&self, peer: &Number) -> Result<(Vec<StoredMessage>, Vec<MessageId>), ClientError> {
+    /// Whether anything waits to go to `peer`: unconfirmed messages or read receipts.
+    pub async fn has_owed(&self, peer: &Number) -> Result<bool, ClientError> {
         let peer = peer.to_string();
-        self.with(move |c| Ok((unconfirmed(c, &peer)?, pending_receipts(c, &peer)?))).await
-    }
-
-    /// Marks these outgoing messages `sent` (those still `queued`), in one transaction; returns the
-    /// ones that moved (group changes riding the outbox excluded).
-    pub async fn mark_sent(&self, to: &Number, ids: Vec<MessageId>) -> Result<Vec<MessageId>, ClientError> {
-        let to = to.to_string();
-        self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
-            let mut moved = Vec::new();
-            {
-                let mut stmt = tx.prepare(
-                    "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state = 'queued'
-                     RETURNING update_body IS NULL",
-                )?;
-                for id in ids {
-                    let visible: Option<bool> = stmt.query_row(params![to, id.to_string()], |r| r.get(0)).optional()?;
-                    if visible == Some(true) {
-                        moved.push(id);
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(moved)
+        self.quick(move |c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM messages INDEXED BY messages_outbox
+                               WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent'))
+                     OR EXISTS (SELECT 1 FROM messages INDEXED BY messages_receipts_due
+                               WHERE peer = ?1 AND outgoing = 0 AND receipt_pending = 1)",
+            )?
+            .query_row(params![peer], |r| r.get(0))
         })
         .await
     }
@@ -546,8 +621,9 @@ impl Store {
     pub async fn peers_with_work(&self) -> Result<Vec<Number>, ClientError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT DISTINCT peer FROM messages
-                 WHERE (outgoing = 1 AND state IN ('queued', 'sent')) OR receipt_pending = 1",
+                "SELECT peer FROM messages INDEXED BY messages_outbox WHERE outgoing = 1 AND state IN ('queued', 'sent')
+                 UNION
+                 SELECT peer FROM messages INDEXED BY messages_receipts_due WHERE outgoing = 0 AND receipt_pending = 1",
             )?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
@@ -705,9 +781,19 @@ impl Store {
     }
 }
 
+fn insert_outgoing(c: &rusqlite::Connection, to: &str, m: &OutgoingText) -> Result<(), rusqlite::Error> {
+    c.prepare_cached(
+        "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state, group_id)
+         VALUES (?1, 1, ?2, ?3, ?4, 'queued', ?5)",
+    )?
+    .execute(params![to, m.id.to_string(), m.text, m.sent_at_ms as i64, m.group.map(|g| g.to_string())])
+    .map(|_| ())
+}
+
 fn unconfirmed(c: &rusqlite::Connection, to: &str) -> Result<Vec<StoredMessage>, rusqlite::Error> {
     let mut stmt = c.prepare_cached(
-        "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body FROM messages
+        "SELECT peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, update_body
+         FROM messages INDEXED BY messages_outbox
          WHERE peer = ?1 AND outgoing = 1 AND state IN ('queued', 'sent') ORDER BY rowid",
     )?;
     let rows = stmt.query_map(params![to], row_to_message)?;
@@ -716,7 +802,8 @@ fn unconfirmed(c: &rusqlite::Connection, to: &str) -> Result<Vec<StoredMessage>,
 
 fn pending_receipts(c: &rusqlite::Connection, peer: &str) -> Result<Vec<MessageId>, rusqlite::Error> {
     let mut stmt = c.prepare_cached(
-        "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND receipt_pending = 1 ORDER BY id",
+        "SELECT id FROM messages INDEXED BY messages_receipts_due
+         WHERE peer = ?1 AND outgoing = 0 AND receipt_pending = 1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![peer], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
@@ -760,8 +847,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("p.sqlite")).expect("open");
         let (a, b) = (MessageId::new(), MessageId::new());
-        store.queue_outgoing(&n("456"), a, "one", 1, None).await.expect("queue");
-        store.queue_outgoing(&n("456"), b, "two", 2, None).await.expect("queue");
+        store.queue_outgoing(&n("456"), text(a, "one")).await.expect("queue");
+        store.queue_outgoing(&n("456"), text(b, "two")).await.expect("queue");
         let ids: Vec<_> = store.unconfirmed(&n("456")).await.expect("outbox").iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![a, b]);
         // Another peer acknowledging our id changes nothing.
@@ -770,6 +857,39 @@ mod tests {
         assert!(!store.advance_outgoing(&n("456"), a, MessageState::Sent).await.expect("back"));
         assert_eq!(store.unconfirmed(&n("456")).await.expect("outbox").len(), 1);
         assert_eq!(store.peers_with_work().await.expect("work"), vec![n("456")]);
+    }
+
+    fn text(id: MessageId, text: &str) -> OutgoingText {
+        OutgoingText { id, text: text.into(), sent_at_ms: 1, group: None }
+    }
+
+    #[tokio::test]
+    async fn given_texts_in_flight_then_take_owed_marks_only_the_rest_sent_and_forgets_confirmed_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("p.sqlite")).expect("open");
+        let peer = n("456");
+        assert!(!store.has_owed(&peer).await.expect("owed"));
+        let (a, b) = (MessageId::new(), MessageId::new());
+        let owed = store.take_owed(&peer, Some(text(a, "one")), HashSet::new()).await.expect("take");
+        assert_eq!(owed.texts.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a]);
+        assert_eq!(owed.newly_sent, vec![(a, None)]);
+        assert!(owed.awaiting && owed.in_flight.is_empty());
+        // `a` is on the wire: the next send writes only `b`, and says `a` is still in flight.
+        let owed = store.take_owed(&peer, Some(text(b, "two")), HashSet::from([a])).await.expect("take");
+        assert_eq!(owed.texts.iter().map(|m| m.id).collect::<Vec<_>>(), vec![b]);
+        assert_eq!(owed.newly_sent, vec![(b, None)]);
+        assert_eq!(owed.in_flight, vec![a]);
+        // Sent but unacknowledged texts are still owed (a new link writes them again).
+        assert!(store.has_owed(&peer).await.expect("owed"));
+        let owed = store.take_owed(&peer, None, HashSet::new()).await.expect("take");
+        assert_eq!(owed.texts.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a, b]);
+        assert!(owed.newly_sent.is_empty(), "already sent: not reported again");
+        for id in [a, b] {
+            assert!(store.advance_outgoing(&peer, id, MessageState::Delivered).await.expect("ack"));
+        }
+        let owed = store.take_owed(&peer, None, HashSet::from([a, b])).await.expect("take");
+        assert!(!owed.awaiting && owed.in_flight.is_empty() && owed.texts.is_empty());
+        assert!(!store.has_owed(&peer).await.expect("owed"));
     }
 
     #[tokio::test]
@@ -783,6 +903,8 @@ mod tests {
         assert_eq!(store.mark_read(id).await.expect("read"), Some(n("123")));
         assert_eq!(store.mark_read(id).await.expect("read"), None);
         assert_eq!(store.pending_receipts(&n("123")).await.expect("receipts"), vec![id]);
+        assert_eq!(store.peers_with_work().await.expect("work"), vec![n("123")]);
+        assert!(store.has_owed(&n("123")).await.expect("owed"));
         assert!(store.receipt_delivered(&n("123"), id).await.expect("ack"));
         assert!(store.pending_receipts(&n("123")).await.expect("receipts").is_empty());
     }
