@@ -504,7 +504,8 @@ fn hash_time(path: &Path) -> anyhow::Result<Duration> {
     Ok(t0.elapsed())
 }
 
-fn mib_per_s(bytes: u64, took: Duration) -> f64 {
+/// `bytes` moved in `took`, in MiB/s.
+pub fn mib_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / took.as_secs_f64()
 }
 
@@ -532,23 +533,58 @@ struct Files {
     hash: Vec<f64>,
 }
 
-async fn files(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Files> {
-    let (a, _) = start(config(server, number(53, 0)?, root)).await?;
-    let (b, _) = start(config(server, number(53, 1)?, root)).await?;
-    b.client.add_contact(&a.number()).await.context("adding the sender as a contact")?;
-    let size = scale.file_size;
+/// Size of the warm-up file sent before timed transfers.
+pub const WARM_FILE_BYTES: u64 = 4 << 20;
+
+/// Writes the test files into `root`: the payload of `size` bytes and the warm-up file, in that order.
+pub async fn test_files(root: &Path, size: u64) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (big, warm) = (root.join("payload.bin"), root.join("warm.bin"));
     let (big2, warm2) = (big.clone(), warm.clone());
     tokio::task::spawn_blocking(move || {
-        make_file(&warm2, 4 << 20)?;
+        make_file(&warm2, WARM_FILE_BYTES)?;
         make_file(&big2, size)
     })
     .await
     .context("making the test files")??;
-    transfer(&a, &b, &warm).await.context("warm-up transfer")?;
+    Ok((big, warm))
+}
+
+/// Two clients set up for file transfers: the receiver has the sender as a contact. The `file`
+/// figure and the magic-wormhole comparison time their transfers through this same pair.
+pub struct FilePeers {
+    sender: Party,
+    receiver: Party,
+}
+
+impl FilePeers {
+    /// Starts both clients against `server`, with their profiles under `root`.
+    pub async fn start(server: SocketAddr, root: &Path) -> anyhow::Result<Self> {
+        let (sender, _) = start(config(server, number(53, 0)?, root)).await?;
+        let (receiver, _) = start(config(server, number(53, 1)?, root)).await?;
+        receiver.client.add_contact(&sender.number()).await.context("adding the sender as a contact")?;
+        Ok(Self { sender, receiver })
+    }
+
+    /// Sends `path`; returns the time from `send_file` to the receiver's `FileReceived`.
+    pub async fn transfer(&self, path: &Path) -> anyhow::Result<Duration> {
+        transfer(&self.sender, &self.receiver, path).await
+    }
+
+    /// Logs both clients out.
+    pub async fn stop(self) {
+        self.sender.stop().await;
+        self.receiver.stop().await;
+    }
+}
+
+async fn files(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Files> {
+    let peers = FilePeers::start(server, root).await?;
+    let size = scale.file_size;
+    let (big, warm) = test_files(root, size).await?;
+    peers.transfer(&warm).await.context("warm-up transfer")?;
     let mut out = Files::default();
     for _ in 0..scale.file_runs {
-        let took = transfer(&a, &b, &big).await?;
+        let took = peers.transfer(&big).await?;
         out.ours.push(mib_per_s(size, took));
         let (src, dst) = (big.clone(), root.join("raw-copy.bin"));
         let took = tokio::task::spawn_blocking(move || {
@@ -564,8 +600,7 @@ async fn files(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result
         let took = tokio::task::spawn_blocking(move || hash_time(&src)).await.context("hash task")??;
         out.hash.push(mib_per_s(size, took));
     }
-    a.stop().await;
-    b.stop().await;
+    peers.stop().await;
     Ok(out)
 }
 
