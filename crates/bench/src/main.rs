@@ -12,6 +12,8 @@
 //! - [`capacity`]: online clients one server holds and its memory per client; the `hold` children.
 //! - [`peers`]: message latency, first message, file throughput and client start, through the real
 //!   client core.
+//! - [`wormhole`]: the same file transfer beside magic-wormhole, with its servers in network
+//!   namespaces of the bench's own.
 //! - [`lean_session`]: the lean directory client the load generators use.
 //! - [`server_proc`]: the server under test in a child process (the `serve` subcommand).
 //! - [`report`], [`stats`], [`machine`]: the table, medians and percentiles, and what /proc says.
@@ -27,6 +29,7 @@ mod redis_baseline;
 mod report;
 mod server_proc;
 mod stats;
+mod wormhole;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +38,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 /// Every group of figures, in the order they run.
-const GROUPS: [&str; 7] = ["lookups", "registrations", "capacity", "latency", "file", "group", "start"];
+const GROUPS: [&str; 8] =
+    ["lookups", "registrations", "capacity", "latency", "file", "wormhole", "group", "start"];
 
 /// Benchmarks of whatsap2p against baselines measured in the same run.
 #[derive(Parser)]
@@ -44,8 +48,8 @@ struct Args {
     /// Small scale, for CI: every figure, well under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, group, start);
-    /// the report is printed but not written.
+    /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, wormhole, group,
+    /// start); the report is printed but not written.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -155,6 +159,7 @@ async fn run_group(group: &str, scale: &Scale) -> report::Section {
         "capacity" => capacity::capacity(scale).await,
         "latency" => peers::latency(scale).await,
         "file" => peers::file(scale).await,
+        "wormhole" => wormhole::wormhole(scale).await,
         "group" => peers::group(scale).await,
         _ => peers::client_start(scale).await,
     }
