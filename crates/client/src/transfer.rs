@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::io::{Read, Seek, Write};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 use whatsap2p_proto::peer::{PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW, MAX_FILE_NAME_LEN};
@@ -38,8 +38,12 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
 /// Most transfers running at once on one link (both directions).
 const MAX_TRANSFERS_PER_LINK: usize = 8;
-/// File reads and writes go through buffers of this size.
-const IO_BUFFER: usize = 1024 * 1024;
+/// Chunks read ahead of the link by the sender's file reader.
+const READ_AHEAD: usize = 16;
+/// The receiver starts writeback each time this much more is written.
+const SYNC_EVERY: u64 = 16 * 1024 * 1024;
+/// Chunks waiting for the receiver's disk writer.
+const WRITE_AHEAD: usize = 16;
 /// Folder inside the downloads folder where partial files wait to be resumed.
 const PARTIAL_DIR: &str = ".whatsap2p-partial";
 /// First and longest pause between attempts to send a pending file.
@@ -198,16 +202,10 @@ async fn stream(
     rx: &mut mpsc::Receiver<PeerMessage>,
     offset: u64,
 ) -> Result<(), Attempt> {
-    let mut source = tokio::fs::File::open(&file.path)
-        .await
-        .map_err(|e| Attempt::Refused(format!("cannot read {}: {e}", file.path.display())))?;
-    source.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Attempt::Refused(e.to_string()))?;
-    // Large reads: one trip to the blocking pool per MiB rather than per chunk.
-    let mut source = tokio::io::BufReader::with_capacity(IO_BUFFER, source);
+    let mut source = read_chunks(file.path.clone(), offset, file.size);
     let (mut sent, mut acked) = (offset, offset);
     let mut last_event = Instant::now() - PROGRESS_EVERY;
     let progress = |bytes: u64| Event::Progress { id: file.id, bytes, total: file.size };
-    let mut buf = vec![0u8; FILE_CHUNK_LEN];
     loop {
         // Take in whatever the receiver said, waiting only when the window is full or all is sent.
         let must_wait = sent - acked >= FILE_WINDOW || sent == file.size;
@@ -245,17 +243,61 @@ async fn stream(
             None if sent == file.size => continue,
             None => {}
         }
-        let want = (file.size - sent).min(FILE_CHUNK_LEN as u64) as usize;
-        if let Err(e) = source.read_exact(&mut buf[..want]).await {
-            let reason = format!("{} changed while sending: {e}", file.path.display());
-            // Tell the receiver, so it does not wait for bytes that will never come.
-            let _ = link.write(PeerMessage::FileFailed { id: file.id, reason: reason.clone() }).await;
-            return Err(Attempt::Refused(reason));
-        }
-        let chunk = PeerMessage::FileChunk { id: file.id, offset: sent, data: buf[..want].to_vec() };
-        link.write_bulk(chunk).await.map_err(Attempt::Retry)?;
-        sent += want as u64;
+        let data = match source.recv().await {
+            Some(Ok(data)) => data,
+            Some(Err(e)) => {
+                let reason = format!("{} changed while sending: {e}", file.path.display());
+                // Tell the receiver, so it does not wait for bytes that will never come.
+                let _ = link.write(PeerMessage::FileFailed { id: file.id, reason: reason.clone() }).await;
+                return Err(Attempt::Refused(reason));
+            }
+            None => return Err(Attempt::Retry("the file reader stopped".into())),
+        };
+        let len = data.len() as u64;
+        link.write_bulk(PeerMessage::FileChunk { id: file.id, offset: sent, data })
+            .await
+            .map_err(Attempt::Retry)?;
+        sent += len;
     }
+}
+
+/// Reads `path` from `offset` to `size` in chunks on a blocking thread, a few chunks ahead of the
+/// link: each chunk is read straight into the buffer the link will send, with no copy. A file that
+/// ends early (it changed since it was hashed) is an error. Stops when the receiver is dropped.
+fn read_chunks(path: PathBuf, offset: u64, size: u64) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let opened = std::fs::File::open(&path).and_then(|mut f| {
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            Ok(f)
+        });
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut at = offset;
+        while at < size {
+            let want = (size - at).min(FILE_CHUNK_LEN as u64);
+            let mut data = Vec::with_capacity(want as usize);
+            let chunk = match (&mut file).take(want).read_to_end(&mut data) {
+                Ok(n) if n as u64 == want => Ok(data),
+                Ok(n) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("it is shorter than when it was offered ({} bytes)", at + n as u64),
+                )),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+            at += want;
+        }
+    });
+    rx
 }
 
 /// Routes a transfer message arriving on `link` to its transfer; returns nothing to write back.
@@ -386,57 +428,70 @@ async fn receive_inner(
     offset: u64,
     mut rx: mpsc::Receiver<PeerMessage>,
 ) -> Result<Event, Failure> {
-    let mut out = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(partial)
-        .await
-        .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
-    out.set_len(offset).await.map_err(|e| fail(format!("cannot write the partial file: {e}"), true))?;
-    out.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| fail(e.to_string(), true))?;
-    let mut out = tokio::io::BufWriter::with_capacity(IO_BUFFER, out);
+    let mut disk = DiskWriter::start(partial.to_path_buf(), offset);
     let mut received = offset;
     let mut credited = offset;
-    while received < offer.size {
-        let msg = match tokio::time::timeout(STALL_TIMEOUT, rx.recv()).await {
-            Err(_) => {
-                return Err(fail(format!("sender stalled at {received} of {} bytes", offer.size), true))
+    // Nothing left to receive (an empty file, or all of it held from before): straight to the check.
+    while received < offer.size || *disk.written.borrow() < offer.size {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(STALL_TIMEOUT, rx.recv()), if received < offer.size => m,
+            // Credit only what is on disk: the sender's progress is what a resume would keep.
+            w = disk.written.changed() => {
+                let written = *disk.written.borrow_and_update();
+                if w.is_err() || written == offer.size {
+                    break;
+                }
+                if written - credited >= CREDIT_EVERY {
+                    credited = written;
+                    if link.write(PeerMessage::FileProgress { id: offer.id, received: written }).await.is_err() {
+                        disk.abandon().await;
+                        return Err(fail("link closed", true));
+                    }
+                }
+                continue;
             }
-            Ok(None) => return Err(fail(format!("link closed at {received} of {} bytes", offer.size), true)),
+        };
+        let msg = match msg {
+            Err(_) => {
+                disk.abandon().await;
+                return Err(fail(format!("sender stalled at {received} of {} bytes", offer.size), true));
+            }
+            Ok(None) => {
+                disk.abandon().await;
+                return Err(fail(format!("link closed at {received} of {} bytes", offer.size), true));
+            }
             Ok(Some(m)) => m,
         };
         match msg {
             PeerMessage::FileChunk { offset: at, data, .. } => {
                 if at != received {
+                    disk.abandon().await;
                     return Err(fail(format!("chunk at {at} while expecting {received}"), true));
                 }
                 if received + data.len() as u64 > offer.size {
+                    disk.abandon().await;
                     return Err(fail(format!("more bytes than the {} offered", offer.size), false));
                 }
-                // A full disk fails here: the partial keeps what was written, the sender retries later.
-                out.write_all(&data).await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
                 received += data.len() as u64;
-                if received - credited >= CREDIT_EVERY || received == offer.size {
-                    out.flush().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
-                    credited = received;
-                    if link.write(PeerMessage::FileProgress { id: offer.id, received }).await.is_err() {
-                        return Err(fail("link closed", true));
-                    }
+                // A full disk fails here: the partial keeps what was written, the sender retries later.
+                if !disk.write(data).await {
+                    break;
                 }
             }
             PeerMessage::FileFailed { reason, .. } => {
-                return Err(fail(format!("sender gave up: {reason}"), true))
+                disk.abandon().await;
+                return Err(fail(format!("sender gave up: {reason}"), true));
             }
             other => debug!("ignoring {other:?} during transfer"),
         }
     }
-    out.flush().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
-    out.get_ref().sync_all().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
-    drop(out);
-    let hash = hash_file(partial).await.map_err(|e| fail(format!("cannot read back: {e}"), true))?;
+    // Synced, and hashed as it was written (the bytes before `offset` read back from the partial).
+    let hash = disk.finish().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
     if hash != offer.blake3 {
         return Err(fail("hash mismatch: the bytes received are not the file offered", false));
+    }
+    if link.write(PeerMessage::FileProgress { id: offer.id, received: offer.size }).await.is_err() {
+        return Err(fail("link closed", true));
     }
     let path = place(partial, &core.config.downloads, &safe_name(&offer.name))
         .await
@@ -470,15 +525,82 @@ async fn receive_inner(
     })
 }
 
-async fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(path)?)?;
-        Ok(*hasher.finalize().as_bytes())
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// Writes a transfer into its partial file on a blocking thread, straight from the chunks the
+/// link decoded (no buffer copies), hashing the bytes as they go so the file is not read again
+/// after it is complete. The channel is short: the credit window, not this, bounds what waits.
+struct DiskWriter {
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    /// Length of the partial file so far; closed when the writer stops.
+    written: tokio::sync::watch::Receiver<u64>,
+    done: tokio::task::JoinHandle<std::io::Result<[u8; 32]>>,
+}
+
+impl DiskWriter {
+    /// Opens `partial`, cuts it to `offset` and hashes those bytes, then appends what comes.
+    fn start(partial: PathBuf, offset: u64) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_AHEAD);
+        let (written_tx, written) = tokio::sync::watch::channel(offset);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(false)
+                .open(&partial)?;
+            file.set_len(offset)?;
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(&mut file)?;
+            file.seek(std::io::SeekFrom::Start(offset))?;
+            // Writeback starts while the transfer runs, on a thread of its own, so the sync at the
+            // end waits for the last stretch only, not for the whole file to reach the disk.
+            let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let syncing = file.try_clone()?;
+            let syncer = std::thread::Builder::new().name("file-sync".into()).spawn(move || {
+                while sync_rx.recv().is_ok() {
+                    syncing.sync_data()?;
+                }
+                Ok::<_, std::io::Error>(())
+            })?;
+            let (mut at, mut unsynced) = (offset, 0);
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+                hasher.update(&chunk);
+                at += chunk.len() as u64;
+                unsynced += chunk.len() as u64;
+                if unsynced >= SYNC_EVERY {
+                    // A sync still running takes this stretch along when it ends: no need to queue.
+                    let _ = sync_tx.try_send(());
+                    unsynced = 0;
+                }
+                written_tx.send_replace(at);
+            }
+            drop(sync_tx);
+            syncer.join().map_err(|_| std::io::Error::other("the file sync thread panicked"))??;
+            file.sync_all()?;
+            Ok(*hasher.finalize().as_bytes())
+        });
+        Self { chunks: Some(tx), written, done }
+    }
+
+    /// Hands a chunk to the writer; false if the writer stopped (see [`DiskWriter::finish`]).
+    async fn write(&mut self, chunk: Vec<u8>) -> bool {
+        match &self.chunks {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits until everything is written and synced; the hash of the whole partial file.
+    async fn finish(mut self) -> std::io::Result<[u8; 32]> {
+        self.chunks = None;
+        (&mut self.done).await.map_err(std::io::Error::other)?
+    }
+
+    /// Stops after what was handed over is written, keeping the partial file for a resume. Waits, so
+    /// a retry of the same transfer never finds this one still writing.
+    async fn abandon(self) {
+        let _ = self.finish().await;
+    }
 }
 
 /// Moves the verified partial file to `downloads/name`, or `name (1)`, … : never over an existing file.
