@@ -5,14 +5,15 @@
 //! [`Handshake::remote_static`] to sign or check identity proofs. The caller also bounds the whole
 //! handshake with a timeout: a peer that never finishes must not hold a connection.
 
-use futures::{SinkExt, StreamExt};
+use std::future::poll_fn;
+use std::pin::Pin;
+
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::Framed;
-use tokio_util::codec::LengthDelimitedCodec;
 use whatsap2p_proto::handshake::{NOISE_PARAMS, PROLOGUE};
 use whatsap2p_proto::PublicKey;
 
-use crate::{codec, frame_error, LinkError, Session, StaticKeypair};
+use crate::frames::{FrameReader, FrameWriter};
+use crate::{LinkError, Session, StaticKeypair};
 
 /// Largest handshake message: keys, tags and a payload (hello, identity proof) of a few hundred bytes.
 /// Anything bigger is refused by Noise before it costs more.
@@ -20,9 +21,10 @@ const MAX_HANDSHAKE_LEN: usize = 4096;
 
 /// A handshake in progress over the byte stream `S`.
 pub struct Handshake<S> {
-    framed: Framed<S, LengthDelimitedCodec>,
+    stream: S,
+    reader: FrameReader,
+    writer: FrameWriter,
     state: snow::HandshakeState,
-    buf: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
@@ -40,7 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         let builder =
             snow::Builder::new(NOISE_PARAMS.parse()?).local_private_key(keys.private()).prologue(PROLOGUE);
         let state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
-        Ok(Self { framed: Framed::new(stream, codec()), state, buf: vec![0; MAX_HANDSHAKE_LEN] })
+        Ok(Self { stream, reader: FrameReader::default(), writer: FrameWriter::default(), state })
     }
 
     /// The handshake hash so far: what an identity proof signs.
@@ -55,18 +57,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
 
     /// Writes the next handshake message with `payload`.
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), LinkError> {
-        let n = self.state.write_message(payload, &mut self.buf)?;
-        self.framed.send(bytes::Bytes::copy_from_slice(&self.buf[..n])).await.map_err(frame_error)
+        let state = &mut self.state;
+        self.writer.push_with(MAX_HANDSHAKE_LEN, |out| Ok(state.write_message(payload, out)?))?;
+        poll_fn(|cx| self.writer.poll_flush(Pin::new(&mut self.stream), cx)).await?;
+        Ok(())
     }
 
     /// Reads the next handshake message and returns its payload.
     pub async fn recv(&mut self) -> Result<Vec<u8>, LinkError> {
-        let frame = match self.framed.next().await {
-            Some(frame) => frame.map_err(frame_error)?,
-            None => return Err(LinkError::ClosedDuringHandshake),
-        };
-        let n = self.state.read_message(&frame, &mut self.buf)?;
-        Ok(self.buf[..n].to_vec())
+        let state = &mut self.state;
+        let opened = poll_fn(|cx| {
+            self.reader.poll_frame(Pin::new(&mut self.stream), cx, |frame| {
+                // A payload is never longer than its message; past MAX_HANDSHAKE_LEN Noise refuses.
+                let mut payload = vec![0; frame.len().min(MAX_HANDSHAKE_LEN)];
+                let n = state.read_message(frame, &mut payload)?;
+                payload.truncate(n);
+                Ok::<_, LinkError>(payload)
+            })
+        })
+        .await?;
+        opened.ok_or(LinkError::ClosedDuringHandshake)?
     }
 
     /// Ends the handshake; fails if the pattern is not complete.
@@ -75,6 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
             .remote_static()
             .ok_or(LinkError::Noise(snow::Error::State(snow::error::StateProblem::HandshakeNotFinished)))?;
         let transport = self.state.into_stateless_transport_mode()?;
-        Ok(Session::new(self.framed, transport, remote))
+        // The reader's state goes along: it may hold a frame sent right behind the last handshake message.
+        Ok(Session::new(self.stream, self.reader, transport, remote))
     }
 }

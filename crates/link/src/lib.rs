@@ -11,9 +11,11 @@
 //! - [`keys`]: Noise static keypairs.
 //! - [`handshake`]: the step-by-step handshake.
 //! - [`session`]: encrypted, framed reading and writing.
+//! - `frames` (private): the length-prefixed framing, holding no buffer between frames.
 
 #![forbid(unsafe_code)]
 
+mod frames;
 pub mod handshake;
 pub mod keys;
 pub mod session;
@@ -55,21 +57,4 @@ pub enum LinkError {
     /// A write did not finish within [`WRITE_TIMEOUT`].
     #[error("write timed out")]
     WriteTimeout,
-}
-
-/// The frame codec shared by handshake and session: 4-byte length, at most [`MAX_FRAME_LEN`].
-fn codec() -> tokio_util::codec::LengthDelimitedCodec {
-    tokio_util::codec::LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(MAX_FRAME_LEN)
-        .new_codec()
-}
-
-/// Maps the codec's "frame too big" (an `InvalidData` I/O error) to its own variant.
-fn frame_error(e: std::io::Error) -> LinkError {
-    if e.kind() == std::io::ErrorKind::InvalidData {
-        LinkError::FrameTooLarge
-    } else {
-        LinkError::Io(e)
-    }
 }

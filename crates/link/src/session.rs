@@ -1,21 +1,23 @@
 //! An established Noise session: encrypted frames in both directions.
 //!
 //! The session uses snow's stateless transport with one nonce counter per direction, so the reader
-//! and the writer can be moved into different tasks without a lock around the cipher.
+//! and the writer can be moved into different tasks without a lock around the cipher. Neither half
+//! keeps a buffer while it waits (see [`crate::frames`]): a directory server holds thousands of
+//! sessions that are idle nearly all the time.
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use whatsap2p_proto::codec::WireEnum;
 use whatsap2p_proto::{DecodeError, PublicKey};
 
-use crate::{frame_error, LinkError, WRITE_TIMEOUT};
+use crate::frames::{FrameReader, FrameWriter};
+use crate::{LinkError, WRITE_TIMEOUT};
 
 /// An established session over `S`.
 pub struct Session<S> {
@@ -25,17 +27,16 @@ pub struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
     pub(crate) fn new(
-        framed: Framed<S, LengthDelimitedCodec>,
+        stream: S,
+        frames: FrameReader,
         transport: snow::StatelessTransportState,
         remote_static: PublicKey,
     ) -> Self {
-        // Splitting the framed stream (not the raw one) keeps any bytes the handshake already
-        // buffered, such as a first message sent right behind the last handshake message.
-        let (sink, stream) = framed.split();
+        let (read, write) = tokio::io::split(stream);
         let transport = Arc::new(transport);
         Self {
-            reader: SessionReader { frames: stream, transport: transport.clone(), nonce: 0, remote_static },
-            writer: SessionWriter { frames: sink, transport, nonce: 0 },
+            reader: SessionReader { io: read, frames, transport: transport.clone(), nonce: 0, remote_static },
+            writer: SessionWriter { io: write, frames: FrameWriter::default(), transport, nonce: 0 },
         }
     }
 
@@ -52,26 +53,32 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
 
 /// The receiving half of a session.
 pub struct SessionReader<S> {
-    frames: SplitStream<Framed<S, LengthDelimitedCodec>>,
+    io: ReadHalf<S>,
+    frames: FrameReader,
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
     remote_static: PublicKey,
 }
 
-impl<S: AsyncRead + AsyncWrite> SessionReader<S> {
+impl<S: AsyncRead> SessionReader<S> {
     /// Next decrypted frame, or `None` when the peer closed the stream cleanly.
     ///
     /// Cancel-safe: a `select!` may drop this future without losing a frame.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        let frame = match self.frames.next().await {
-            Some(frame) => frame.map_err(frame_error)?,
-            None => return Ok(None),
-        };
-        let mut out = vec![0u8; frame.len()];
-        let n = self.transport.read_message(self.nonce, &frame, &mut out)?;
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, LinkError>> {
+        let (transport, nonce) = (&self.transport, self.nonce);
+        let opened = ready!(self.frames.poll_frame(Pin::new(&mut self.io), cx, |frame| {
+            let mut out = vec![0u8; frame.len()];
+            let n = transport.read_message(nonce, frame, &mut out)?;
+            out.truncate(n);
+            Ok::<_, LinkError>(out)
+        }))?;
+        let Some(plaintext) = opened.transpose()? else { return Poll::Ready(Ok(None)) };
         self.nonce += 1;
-        out.truncate(n);
-        Ok(Some(out))
+        Poll::Ready(Ok(Some(plaintext)))
     }
 
     /// Next message of type `T`, skipping (and logging) kinds from a newer protocol version.
@@ -96,7 +103,8 @@ impl<S: AsyncRead + AsyncWrite> SessionReader<S> {
 
 /// The sending half of a session.
 pub struct SessionWriter<S> {
-    frames: SplitSink<Framed<S, LengthDelimitedCodec>, Bytes>,
+    io: WriteHalf<S>,
+    frames: FrameWriter,
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
 }
@@ -104,39 +112,38 @@ pub struct SessionWriter<S> {
 /// Bytes the AEAD adds to every frame.
 const TAG_LEN: usize = 16;
 
-impl<S: AsyncRead + AsyncWrite> SessionWriter<S> {
-    /// Encrypts one frame into a buffer of its own size (no per-session 64 KiB buffer, no copy).
-    fn seal(&mut self, plaintext: &[u8]) -> Result<Bytes, LinkError> {
-        let mut frame = vec![0u8; plaintext.len() + TAG_LEN];
-        let n = self.transport.write_message(self.nonce, plaintext, &mut frame)?;
+impl<S: AsyncWrite> SessionWriter<S> {
+    /// Encrypts one frame straight into the queue of frames to write.
+    fn seal(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        let (transport, nonce) = (&self.transport, self.nonce);
+        self.frames.push_with(plaintext.len() + TAG_LEN, |out| {
+            Ok(transport.write_message(nonce, plaintext, out)?)
+        })?;
         self.nonce += 1;
-        frame.truncate(n);
-        Ok(Bytes::from(frame))
+        Ok(())
     }
 
-    /// Encrypts and writes one frame, within [`WRITE_TIMEOUT`].
+    /// Encrypts and writes one frame (and any fed before it), within [`WRITE_TIMEOUT`].
     pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
-        let frame = self.seal(plaintext)?;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(frame)).await {
-            Ok(r) => r.map_err(frame_error),
-            Err(_) => Err(LinkError::WriteTimeout),
-        }
+        self.seal(plaintext)?;
+        self.flush().await
     }
 
     /// Encrypts one frame and buffers it without writing: call [`SessionWriter::flush`] after a
-    /// batch, so many small frames leave in one write.
+    /// batch, so many small frames leave in one write. A long batch is written out as it goes.
     pub async fn feed_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
-        let frame = self.seal(&whatsap2p_proto::encode(msg)?)?;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.feed(frame)).await {
-            Ok(r) => r.map_err(frame_error),
-            Err(_) => Err(LinkError::WriteTimeout),
+        let bytes = whatsap2p_proto::encode(msg)?;
+        if self.frames.is_full() {
+            self.flush().await?;
         }
+        self.seal(&bytes)
     }
 
-    /// Writes out every buffered frame.
+    /// Writes out every buffered frame, within [`WRITE_TIMEOUT`].
     pub async fn flush(&mut self) -> Result<(), LinkError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.flush()).await {
-            Ok(r) => r.map_err(frame_error),
+        let flush = poll_fn(|cx| self.frames.poll_flush(Pin::new(&mut self.io), cx));
+        match tokio::time::timeout(WRITE_TIMEOUT, flush).await {
+            Ok(r) => Ok(r?),
             Err(_) => Err(LinkError::WriteTimeout),
         }
     }
@@ -149,7 +156,8 @@ impl<S: AsyncRead + AsyncWrite> SessionWriter<S> {
 
     /// Flushes and shuts the write side down, telling the peer no more frames come.
     pub async fn close(&mut self) -> Result<(), LinkError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.frames.close()).await {
+        let close = poll_fn(|cx| self.frames.poll_close(Pin::new(&mut self.io), cx));
+        match tokio::time::timeout(WRITE_TIMEOUT, close).await {
             Ok(r) => r.map_err(LinkError::Io),
             Err(_) => Err(LinkError::WriteTimeout),
         }
