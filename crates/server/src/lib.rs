@@ -115,12 +115,7 @@ pub async fn run(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let directory = directory.clone();
-                let cancel = cancel.child_token();
-                sessions.spawn(async move {
-                    session::serve(stream, addr, &directory, cancel).await;
-                    drop(permit);
-                });
+                sessions.spawn(session::serve(stream, addr, directory.clone(), cancel.child_token(), permit));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }

@@ -1,15 +1,23 @@
 //! One client's directory session: handshake, identity check, then requests until logout, silence
 //! or disconnect. Every exit path takes the user offline.
-
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+//!
+//! A server holds tens of thousands of sessions, nearly all idle, so what an idle session keeps is
+//! what counts (at most 4 KiB each, issue 6). An async fn keeps room for its largest state for as
+//! long as it runs, so each phase other than the wait for the next frame (the handshake, the
+//! identity claim, answering a request, the goodbye) runs in a boxed future of its own, freed when
+//! it ends. Between requests a session holds its [`Online`] state, in one allocation of its size,
+//! the wait itself, and the link's reader and writer, which keep no buffer while idle.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 use whatsap2p_link::{Handshake, LinkError, SessionReader, SessionWriter};
@@ -22,7 +30,7 @@ use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
 
 use crate::identities::Binding;
 use crate::presence::{PresenceEntry, SessionId};
-use crate::watchers::PUSH_QUEUE;
+use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -33,6 +41,9 @@ const MAX_UNFLUSHED: usize = 64;
 type Reader = SessionReader<TcpStream>;
 type Writer = SessionWriter<TcpStream>;
 
+/// A request as read: `None` when the client closed the connection.
+type Received = Result<Option<ClientToServer>, LinkError>;
+
 /// Why a session ended, for the log line.
 enum End {
     Logout,
@@ -42,12 +53,35 @@ enum End {
     Failed(String),
 }
 
-/// Serves one connection to the end. Never panics on what the client sends.
-pub async fn serve(stream: TcpStream, addr: SocketAddr, dir: &Directory, cancel: CancellationToken) {
+impl From<LinkError> for End {
+    fn from(e: LinkError) -> Self {
+        End::Failed(e.to_string())
+    }
+}
+
+/// Serves one connection to the end, then gives back its `permit`. Never panics on what the
+/// client sends.
+///
+/// What this returns is the whole task of a session, kept for as long as the client is online, so
+/// it is built to hold each thing once: the handshake is boxed here, before the async block, which
+/// then keeps a pointer rather than the stream, and this is not an `async fn` around the block
+/// (that would keep a second copy of the arguments).
+pub fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    dir: Arc<Directory>,
+    cancel: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let span = info_span!("conn", addr = %addr);
+    // Boxed so the handshake's state (snow's HandshakeState alone is 856 bytes) is freed when it
+    // ends instead of sizing the future that every held session keeps.
+    let handshake = Box::pin(handshake(stream, dir.clone()));
     async move {
+        let _permit = permit;
+        let dir = &*dir;
         info!("Got a new connection from {}/{}", addr.ip(), addr.port());
-        let handshake = tokio::time::timeout(dir.config.handshake_timeout, handshake(stream, dir));
+        let handshake = tokio::time::timeout(dir.config.handshake_timeout, handshake);
         let (proof, reader, writer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = handshake => match r {
@@ -62,19 +96,17 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, dir: &Directory, cancel:
                 Ok(Ok(ok)) => ok,
             },
         };
-        let number = proof.number.clone();
-        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("user", number = %number);
-        run_session(number, proof.identity, session, addr, reader, writer, dir, cancel)
-            .instrument(span)
-            .await;
+        let span = info_span!("user", number = %proof.number);
+        Online::new(dir, proof, addr, reader, writer).run(cancel).instrument(span).await;
     }
     .instrument(span)
-    .await
 }
 
 /// Responder side of `XX` for a directory session: returns the client's verified proof.
-async fn handshake(stream: TcpStream, dir: &Directory) -> Result<(IdentityProof, Reader, Writer), LinkError> {
+async fn handshake(
+    stream: TcpStream,
+    dir: Arc<Directory>,
+) -> Result<(IdentityProof, Reader, Writer), LinkError> {
     let mut hs = Handshake::responder(stream, &dir.key)?;
     let hello: Hello = decode_struct(&hs.recv().await?)?;
     if hello.version != PROTOCOL_VERSION || hello.purpose != Purpose::Directory {
@@ -109,68 +141,141 @@ fn short(reason: String) -> String {
     reason.chars().take(MAX_REASON_LEN).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_session(
+/// The next presence push; pending forever while the session watches nothing.
+async fn next_push(push: &mut Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>) -> Option<Push> {
+    match push {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a session keeps while its user is online.
+struct Online<'d> {
+    dir: &'d Directory,
     number: Number,
     key: PublicKey,
     session: SessionId,
     addr: SocketAddr,
-    mut reader: Reader,
-    mut writer: Writer,
-    dir: &Directory,
-    cancel: CancellationToken,
-) {
-    match dir.identities.claim(&number, &key).await {
-        Ok(Binding::New) => info!("Bound {number} to key {key}"),
-        Ok(Binding::Matches) => {}
-        Ok(Binding::Conflict { owner }) => {
-            warn!(
-                "Refused {number} from {}/{}: number is bound to key {owner}, not {key}",
-                addr.ip(),
-                addr.port()
-            );
-            let reason = format!("number {number} is registered to another key");
-            let _ = writer.send_msg(&ServerToClient::Refused { reason }).await;
-            let _ = writer.close().await;
+    reader: Reader,
+    writer: Writer,
+    /// This session's bounded queue of presence pushes, made at its first `Watch`: a session that
+    /// watches nothing pays nothing for it.
+    push: Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>,
+    watched: HashSet<Number>,
+    registered: bool,
+    /// Answers fed to the writer and not written yet.
+    unflushed: usize,
+}
+
+impl<'d> Online<'d> {
+    /// The state of a session whose handshake just proved `proof`; it takes all of `proof` so the
+    /// rest of it (the signature) is not kept beside it.
+    fn new(
+        dir: &'d Directory,
+        proof: IdentityProof,
+        addr: SocketAddr,
+        reader: Reader,
+        writer: Writer,
+    ) -> Box<Self> {
+        Box::new(Self {
+            dir,
+            number: proof.number,
+            key: proof.identity,
+            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            addr,
+            reader,
+            writer,
+            push: None,
+            watched: HashSet::new(),
+            registered: false,
+            unflushed: 0,
+        })
+    }
+
+    async fn run(mut self: Box<Self>, cancel: CancellationToken) {
+        if !Box::pin(self.claim()).await {
             return;
         }
-        Err(e) => {
-            warn!("Refused {number}: {e}");
-            let _ = writer.send_msg(&ServerToClient::Refused { reason: "server error".into() }).await;
-            return;
+        info!("Connected: {}", self.number);
+        let end = self.requests(&cancel).await;
+        Box::pin(self.close(end)).await;
+    }
+
+    /// Binds the number to the session's key, or checks that it is. Refuses the session (telling
+    /// the client why) when the number belongs to another key or the store fails.
+    async fn claim(&mut self) -> bool {
+        let (number, key, addr) = (&self.number, self.key, self.addr);
+        match self.dir.identities.claim(number, &key).await {
+            Ok(Binding::New) => {
+                info!("Bound {number} to key {key}");
+                true
+            }
+            Ok(Binding::Matches) => true,
+            Ok(Binding::Conflict { owner }) => {
+                warn!(
+                    "Refused {number} from {}/{}: number is bound to key {owner}, not {key}",
+                    addr.ip(),
+                    addr.port()
+                );
+                let reason = format!("number {number} is registered to another key");
+                let _ = self.writer.send_msg(&ServerToClient::Refused { reason }).await;
+                let _ = self.writer.close().await;
+                false
+            }
+            Err(e) => {
+                warn!("Refused {number}: {e}");
+                let _ =
+                    self.writer.send_msg(&ServerToClient::Refused { reason: "server error".into() }).await;
+                false
+            }
         }
     }
-    info!("Connected: {number}");
-    let mut registered = false;
-    let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
-    let mut watched: HashSet<Number> = HashSet::new();
-    // A request already read while answering the previous one (see the end of the loop).
-    let mut ready: Option<Result<Option<ClientToServer>, LinkError>> = None;
-    let mut unflushed = 0usize;
-    let mut last_frame = tokio::time::Instant::now();
-    let end = 'session: loop {
-        let msg = if let Some(m) = ready.take() {
-            Ok(m)
-        } else {
-            tokio::select! {
-            _ = cancel.cancelled() => break End::Shutdown,
-            Some(push) = push_rx.recv() => {
-                if let Err(e) = writer.send_msg(&push).await {
-                    break End::Failed(e.to_string());
-                }
-                continue;
+
+    /// Requests until the session ends. This wait is the state a held session keeps: anything
+    /// bigger runs boxed.
+    async fn requests(&mut self, cancel: &CancellationToken) -> End {
+        // A request already read while answering the previous one (see `answer`).
+        let mut ready: Option<Received> = None;
+        let mut last_frame = tokio::time::Instant::now();
+        loop {
+            // Into `ready` rather than a local of its own: the future keeps one slot for it, not two.
+            if ready.is_none() {
+                ready = Some(tokio::select! {
+                    _ = cancel.cancelled() => return End::Shutdown,
+                    Some(push) = next_push(&mut self.push) => {
+                        if let Err(e) = Box::pin(self.writer.send_msg(&*push)).await {
+                            return e.into();
+                        }
+                        continue;
+                    }
+                    // The deadline counts from the client's last frame: pushes we send do not keep it alive.
+                    r = tokio::time::timeout_at(
+                        last_frame + self.dir.config.heartbeat_timeout,
+                        self.reader.recv_msg::<ClientToServer>(),
+                    ) => match r {
+                        Err(_) => return End::Silent,
+                        Ok(r) => r,
+                    },
+                });
             }
-            // The deadline counts from the client's last frame: pushes we send do not keep it alive.
-            r = tokio::time::timeout_at(last_frame + dir.config.heartbeat_timeout, reader.recv_msg::<ClientToServer>()) => r,
+            let Some(msg) = ready.take() else { continue };
+            let msg = match msg {
+                Ok(None) => return End::Closed,
+                Err(e) => return e.into(),
+                Ok(Some(m)) => m,
+            };
+            last_frame = tokio::time::Instant::now();
+            match Box::pin(self.answer(msg)).await {
+                Ok(next) => ready = next,
+                Err(end) => return end,
             }
-        };
-        let msg = match msg {
-            Err(_) => break End::Silent,
-            Ok(Ok(None)) => break End::Closed,
-            Ok(Err(e)) => break End::Failed(e.to_string()),
-            Ok(Ok(Some(m))) => m,
-        };
-        last_frame = tokio::time::Instant::now();
+        }
+    }
+
+    /// Answers one request. Pipelined requests already here are answered in the same write: returns
+    /// the next one if it was already read, else writes out the answers fed so far.
+    async fn answer(&mut self, msg: ClientToServer) -> Result<Option<Received>, End> {
+        let (dir, number, key, addr) = (self.dir, &self.number, self.key, self.addr);
         let reply = match msg {
             ClientToServer::Register { listen } => {
                 let listen = if listen.ip().is_unspecified() {
@@ -179,16 +284,16 @@ async fn run_session(
                     listen
                 };
                 let location = Location { addr: listen, since_unix_ms: now_ms() };
-                dir.presence.set_online(&number, PresenceEntry { key, location, session }).await;
+                dir.presence.set_online(number, PresenceEntry { key, location, session: self.session }).await;
                 dir.watchers.notify(
-                    &number,
-                    &ServerToClient::Presence {
+                    number,
+                    ServerToClient::Presence {
                         number: number.clone(),
                         key: Some(key),
                         online: Some(location),
                     },
                 );
-                registered = true;
+                self.registered = true;
                 info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
                 Some(ServerToClient::Registered { listen })
             }
@@ -214,15 +319,16 @@ async fn run_session(
                 })
             }
             ClientToServer::Watch { numbers } => {
-                if numbers.len() > MAX_WATCH_BATCH || watched.len() + numbers.len() > MAX_WATCHED {
+                if numbers.len() > MAX_WATCH_BATCH || self.watched.len() + numbers.len() > MAX_WATCHED {
                     Some(ServerToClient::Error {
                         req: None,
                         message: format!("watch at most {MAX_WATCHED} numbers, {MAX_WATCH_BATCH} at a time"),
                     })
                 } else {
                     info!("{number} watches {} numbers", numbers.len());
+                    let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
                     for n in numbers {
-                        dir.watchers.watch(&n, session, &push_tx);
+                        dir.watchers.watch(&n, self.session, &push);
                         let online = dir.presence.get(&n).await;
                         let key = match &online {
                             Some(e) => Some(e.key),
@@ -233,52 +339,79 @@ async fn run_session(
                             key,
                             online: online.map(|e| e.location),
                         };
-                        watched.insert(n);
-                        if let Err(e) = writer.send_msg(&status).await {
-                            break 'session End::Failed(e.to_string());
-                        }
+                        self.watched.insert(n);
+                        self.writer.send_msg(&status).await?;
                     }
                     None
                 }
             }
             ClientToServer::Heartbeat => Some(ServerToClient::HeartbeatAck),
-            ClientToServer::Logout => break End::Logout,
+            ClientToServer::Logout => return Err(End::Logout),
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
         if let Some(reply) = reply {
-            if let Err(e) = writer.feed_msg(&reply).await {
-                break End::Failed(e.to_string());
-            }
-            unflushed += 1;
+            self.writer.feed_msg(&reply).await?;
+            self.unflushed += 1;
         }
-        // Pipelined requests already here are answered in the same write; the read is cancel-safe,
-        // so polling it once loses nothing when no request is waiting.
-        if unflushed < MAX_UNFLUSHED {
-            if let Some(next) = reader.recv_msg::<ClientToServer>().now_or_never() {
-                ready = Some(next);
-                continue;
+        // The read is cancel-safe, so polling it once loses nothing when no request is waiting.
+        if self.unflushed < MAX_UNFLUSHED {
+            if let Some(next) = self.reader.recv_msg::<ClientToServer>().now_or_never() {
+                return Ok(Some(next));
             }
         }
-        if unflushed > 0 {
-            if let Err(e) = writer.flush().await {
-                break End::Failed(e.to_string());
-            }
-            unflushed = 0;
+        if self.unflushed > 0 {
+            self.writer.flush().await?;
+            self.unflushed = 0;
         }
-    };
-    dir.watchers.unwatch(session, &watched);
-    if registered && dir.presence.set_offline(&number, session).await {
-        dir.watchers.notify(
-            &number,
-            &ServerToClient::Presence { number: number.clone(), key: Some(key), online: None },
-        );
+        Ok(None)
     }
-    match end {
-        End::Logout => info!("Disconnecting {number}"),
-        End::Silent => warn!("Disconnecting {number}: no heartbeat for {:?}", dir.config.heartbeat_timeout),
-        End::Closed => info!("Disconnecting {number}: connection closed"),
-        End::Shutdown => info!("Disconnecting {number}: server shutting down"),
-        End::Failed(e) => warn!("Disconnecting {number}: {e}"),
+
+    /// Takes the user offline (if this session still owns its presence), tells watchers, logs why
+    /// and closes the connection.
+    async fn close(&mut self, end: End) {
+        let (dir, number) = (self.dir, &self.number);
+        dir.watchers.unwatch(self.session, &self.watched);
+        if self.registered && dir.presence.set_offline(number, self.session).await {
+            dir.watchers.notify(
+                number,
+                ServerToClient::Presence { number: number.clone(), key: Some(self.key), online: None },
+            );
+        }
+        match end {
+            End::Logout => info!("Disconnecting {number}"),
+            End::Silent => {
+                warn!("Disconnecting {number}: no heartbeat for {:?}", dir.config.heartbeat_timeout)
+            }
+            End::Closed => info!("Disconnecting {number}: connection closed"),
+            End::Shutdown => info!("Disconnecting {number}: server shutting down"),
+            End::Failed(e) => warn!("Disconnecting {number}: {e}"),
+        }
+        let _ = self.writer.close().await;
     }
-    let _ = writer.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identities::SqliteIdentities;
+    use crate::presence::MemoryPresence;
+
+    /// Most of what a held client costs the server is this future, kept for the whole session
+    /// (issue 6: at most 4 KiB per client in all); a growing state machine shows up here first.
+    #[tokio::test]
+    async fn given_a_connection_then_its_session_task_stays_under_1_kib() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let ids = SqliteIdentities::open(&data.path().join("ids.sqlite")).expect("db");
+        let key = whatsap2p_link::StaticKeypair::generate().expect("key");
+        let dir =
+            Arc::new(Directory::new(Arc::new(MemoryPresence::new()), Arc::new(ids), key, Default::default()));
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let task = serve(stream, peer, dir, CancellationToken::new(), permit);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "a session's task is {size} bytes");
+    }
 }

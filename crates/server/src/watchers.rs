@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -18,16 +18,19 @@ use crate::presence::SessionId;
 /// Pushes waiting to be written to one session.
 pub const PUSH_QUEUE: usize = 1024;
 
+/// One presence push, shared by every session it goes to: a queue slot is a pointer, not a copy.
+pub type Push = Arc<ServerToClient>;
+
 /// The subscriptions of every session in this process.
 #[derive(Default)]
 pub struct Watchers {
-    by_number: Mutex<HashMap<Number, HashMap<SessionId, mpsc::Sender<ServerToClient>>>>,
+    by_number: Mutex<HashMap<Number, HashMap<SessionId, mpsc::Sender<Push>>>>,
     dropped: AtomicU64,
 }
 
 impl Watchers {
     /// `session` wants pushes about `number`.
-    pub fn watch(&self, number: &Number, session: SessionId, tx: &mpsc::Sender<ServerToClient>) {
+    pub fn watch(&self, number: &Number, session: SessionId, tx: &mpsc::Sender<Push>) {
         let mut map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(number.clone()).or_default().insert(session, tx.clone());
     }
@@ -46,11 +49,15 @@ impl Watchers {
     }
 
     /// Queues `msg` for every session watching `number`.
-    pub fn notify(&self, number: &Number, msg: &ServerToClient) {
-        let targets: Vec<mpsc::Sender<ServerToClient>> = {
+    pub fn notify(&self, number: &Number, msg: ServerToClient) {
+        let targets: Vec<mpsc::Sender<Push>> = {
             let map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
             map.get(number).map(|w| w.values().cloned().collect()).unwrap_or_default()
         };
+        if targets.is_empty() {
+            return;
+        }
+        let msg = Arc::new(msg);
         for tx in targets {
             if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
