@@ -13,7 +13,7 @@ use whatsap2p_proto::handshake::{NOISE_PARAMS, PROLOGUE};
 use whatsap2p_proto::PublicKey;
 
 use crate::frames::{FrameReader, FrameWriter};
-use crate::{cipher, LinkError, Session, StaticKeypair};
+use crate::{LinkError, Session, StaticKeypair};
 
 /// Largest handshake message: keys, tags and a payload (hello, identity proof) of a few hundred bytes.
 /// Anything bigger is refused by Noise before it costs more.
@@ -39,9 +39,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 
     fn new(stream: S, keys: &StaticKeypair, initiator: bool) -> Result<Self, LinkError> {
-        let builder = snow::Builder::with_resolver(NOISE_PARAMS.parse()?, cipher::resolver())
-            .local_private_key(keys.private())
-            .prologue(PROLOGUE);
+        let builder =
+            snow::Builder::new(NOISE_PARAMS.parse()?).local_private_key(keys.private()).prologue(PROLOGUE);
         let state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
         Ok(Self { stream, reader: FrameReader::default(), writer: FrameWriter::default(), state })
     }

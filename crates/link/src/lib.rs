@@ -12,11 +12,9 @@
 //! - [`handshake`]: the step-by-step handshake.
 //! - [`session`]: encrypted, framed reading and writing.
 //! - `frames` (private): the length-prefixed framing, holding no buffer between frames.
-//! - `cipher` (private): ChaCha20-Poly1305 for snow that keeps only its key between messages.
 
 #![forbid(unsafe_code)]
 
-mod cipher;
 mod frames;
 pub mod handshake;
 pub mod keys;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Number, PublicKey, SignatureBytes};
 
 /// Noise protocol name used on every connection.
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 
 /// Prologue mixed into every handshake, so a handshake meant for another protocol cannot complete.
 pub const PROLOGUE: &[u8] = b"whatsap2p";

@@ -30,7 +30,7 @@ pub use number::{Number, NumberError};
 pub use peer::MessageId;
 
 /// Version of the wire protocol, sent in the first handshake message by the initiator.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame on the wire (length prefix excluded). Noise caps a message at 65 535 bytes, and every
 /// frame carries exactly one Noise message.
