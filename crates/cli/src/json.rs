@@ -10,7 +10,7 @@ use whatsap2p_client::{
     Change, Client, ContactStatus, Event, Group, GroupId, Number, SendOutcome, StoredMessage,
 };
 
-use crate::input::{next_line, Line};
+use crate::input::{self, Line};
 
 /// A command from stdin.
 #[derive(Debug, Deserialize)]
@@ -291,16 +291,20 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Val
 }
 
 /// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
-pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    mut events: mpsc::Receiver<Event>,
+    mut stdin: input::Stdin,
+) -> anyhow::Result<()> {
     online(&client);
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = &mut signal => break,
             Some(e) = events.recv() => emit(&event(e)),
-            line = next_line(&mut stdin) => {
+            // Cancel safe: a line partly read when an event wins is finished on the next turn.
+            line = stdin.next_line() => {
                 let line = match line? {
                     None => break,
                     Some(Line::Text(l)) if l.trim().is_empty() => continue,

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`logging`]: the `[+] …` console format of the server and the client's stderr logs.
 //! - [`menu`]: the interactive menu of the original design.
-//! - [`input`]: size-limited reading of stdin lines.
+//! - [`input`]: size-limited, cancel-safe reading of stdin lines, shared by both front ends.
 //! - [`json`]: the JSON-lines interface for scripts (schema in `docs/json-lines.md`).
 
 #![forbid(unsafe_code)]

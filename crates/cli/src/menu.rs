@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use whatsap2p_client::{Change, Client, Event, GroupId, MessageId, Number, Presence, SendOutcome};
 
-use crate::input::{next_line, Line};
+use crate::input::{self, Line};
 
 const OPTIONS: &str = "[+] Options:
 1 - Ping user
@@ -304,15 +304,14 @@ fn clock(ms: u64) -> String {
 }
 
 /// Asks for our number until a valid one is given; `None` at end of input.
-pub async fn ask_number() -> anyhow::Result<Option<Number>> {
+pub async fn ask_number(stdin: &mut input::Stdin) -> anyhow::Result<Option<Number>> {
     say("Welcome!");
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     loop {
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "Please insert your number: ");
         let _ = out.flush();
         drop(out);
-        match next_line(&mut stdin).await? {
+        match stdin.next_line().await? {
             None => return Ok(None),
             Some(Line::Text(t)) => match Number::new(&t) {
                 Ok(n) => return Ok(Some(n)),
@@ -332,10 +331,13 @@ pub fn banner(client: &Client) {
 }
 
 /// Runs the menu until Logout, end of input or a signal.
-pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    mut events: mpsc::Receiver<Event>,
+    mut stdin: input::Stdin,
+) -> anyhow::Result<()> {
     banner(&client);
     say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut state = Prompt::Choice;
     let mut bars = Bars::default();
     prompt(&state);
@@ -353,7 +355,8 @@ pub async fn run(client: Client, mut events: mpsc::Receiver<Event>) -> anyhow::R
                 prompt(&state);
                 continue;
             }
-            line = next_line(&mut stdin) => line?,
+            // Cancel safe: a line partly read when an event wins is finished on the next turn.
+            line = stdin.next_line() => line?,
         };
         let line = match line {
             None => break,

@@ -1,6 +1,7 @@
 //! End-to-end tests of the foundation: a real directory server and real JSON-lines clients, talking
-//! over loopback TCP. Each test starts its own server (free port, temporary data dir) and clients
-//! (temporary profiles), so tests run in parallel.
+//! over loopback TCP, and how both front ends read stdin (JSON lines and the menu). Each test starts
+//! its own server (free port, temporary data dir) and clients (temporary profiles), so tests run in
+//! parallel.
 
 mod common;
 
@@ -680,4 +681,92 @@ async fn given_bad_input_lines_then_error_events_and_client_keeps_running() {
     c123.delivered(&id, "456").await;
     c456.message(&id, "123", "all good").await;
     c123.logout().await;
+}
+
+/// 9. Lines that arrive in parts, with events printed in between, are read whole; a line over the
+///    256 KiB limit is skipped alone, and one of exactly 256 KiB is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_command_lines_split_around_events_then_each_is_read_whole() {
+    const LIMIT: usize = 256 * 1024;
+    let server = Server::start(&[]).await;
+    let mut c123 = Client::start(server.port, "123").await;
+    let mut c456 = Client::start(server.port, "456").await;
+    // An event for 123 (a message from 456) each time it is waiting for the rest of a line.
+    let mut n = 0;
+    let mut meanwhile = async |c123: &mut Client, c456: &mut Client| {
+        n += 1;
+        let text = format!("meanwhile {n}");
+        let id = c456.send_text("123", &text).await;
+        c123.message(&id, "456", &text).await;
+    };
+
+    // A 30 KiB `send` in two halves.
+    let text = "x".repeat(30 * 1024);
+    let line = json!({"cmd": "send", "to": "456", "text": text}).to_string();
+    let (head, tail) = line.split_at(line.len() / 2);
+    c123.send_raw(head.as_bytes()).await;
+    meanwhile(&mut c123, &mut c456).await;
+    c123.send_raw(format!("{tail}\n").as_bytes()).await;
+    let v = c123.reply("sent", |v| is(v, "sent")).await;
+    assert!(is(&v, "sent"), "the split line was not read whole: {v}\n{}", c123.report());
+    let id = v["id"].as_str().expect("sent.id").to_owned();
+    c456.message(&id, "123", &text).await;
+
+    // One byte over the limit, in two parts, followed at once by a valid command.
+    c123.send_raw(&vec![b'{'; LIMIT / 2]).await;
+    meanwhile(&mut c123, &mut c456).await;
+    let mut rest = vec![b'{'; LIMIT / 2 + 1];
+    rest.extend_from_slice(b"\n{\"cmd\":\"contacts\"}\n");
+    c123.send_raw(&rest).await;
+    let v = c123.expect("error", |v| is(v, "error") || is(v, "contacts")).await;
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(is(&v, "error") && message.contains("over the limit"), "{v}");
+    c123.reply("contacts", |v| is(v, "contacts")).await;
+
+    // Exactly at the limit (JSON allows the padding), in two parts.
+    let mut line = br#"{"cmd":"contacts"}"#.to_vec();
+    line.resize(LIMIT, b' ');
+    let (head, tail) = line.split_at(LIMIT / 2);
+    c123.send_raw(head).await;
+    meanwhile(&mut c123, &mut c456).await;
+    c123.send_line(tail).await;
+    let v = c123.reply("contacts", |v| is(v, "contacts")).await;
+    assert!(is(&v, "contacts"), "a line of exactly {LIMIT} bytes was refused: {v}");
+    c123.logout().await;
+}
+
+/// The menu asks for the number on the same stdin it then reads options from: lines piped along with
+/// the number (read ahead with it) are not lost between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_number_and_options_piped_at_once_then_the_menu_runs_them_all() {
+    let server = Server::start(&[]).await;
+    let profile = tempdir();
+    let mut child = tokio::process::Command::new(common::CLIENT_BIN)
+        .arg("--profile")
+        .arg(profile.path())
+        .arg("127.0.0.1")
+        .arg(server.port.to_string())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning whatsap2p");
+    let mut stdin = child.stdin.take().expect("client stdin");
+    // One write: the number, option 3 (contacts), option 5 (logout).
+    stdin.write_all(b"123\n3\n5\n").await.expect("writing to client stdin");
+    drop(stdin);
+    let output = tokio::time::timeout(common::TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the menu did not exit")
+        .expect("waiting for the menu");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("[+] No contacts yet"), "option 3 was lost:\n{stdout}");
 }

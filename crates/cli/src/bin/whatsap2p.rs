@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use whatsap2p_cli::{json, menu};
+use whatsap2p_cli::{input, json, menu};
 use whatsap2p_client::profile::default_dir;
 use whatsap2p_client::{Client, ClientConfig, Number};
 
@@ -58,10 +58,13 @@ async fn run(args: Args) -> Result<(), u8> {
         }
         1u8
     };
+    // One reader for the whole run: it reads ahead, so lines typed after the number (or piped with
+    // it) must reach the menu through the same one.
+    let mut stdin = input::stdin();
     let number = match args.number {
         Some(n) => n,
         None if args.json => return Err(fail(true, "--number is required with --json".into())),
-        None => match menu::ask_number().await {
+        None => match menu::ask_number(&mut stdin).await {
             Ok(Some(n)) => n,
             Ok(None) => return Err(1),
             Err(e) => return Err(fail(false, e.to_string())),
@@ -96,6 +99,10 @@ async fn run(args: Args) -> Result<(), u8> {
         println!("[+] Connecting to server {}/{}...", server.ip(), server.port());
     }
     let (client, events) = Client::start(config).await.map_err(|e| fail(args.json, e.to_string()))?;
-    let result = if args.json { json::run(client, events).await } else { menu::run(client, events).await };
+    let result = if args.json {
+        json::run(client, events, stdin).await
+    } else {
+        menu::run(client, events, stdin).await
+    };
     result.map_err(|e| fail(args.json, e.to_string()))
 }

@@ -418,6 +418,13 @@ impl Client {
         stdin.flush().await.expect("flushing client stdin");
     }
 
+    /// Writes `bytes` to stdin as they are (no newline added): part of a line, or several.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(bytes).await.expect("writing to client stdin");
+        stdin.flush().await.expect("flushing client stdin");
+    }
+
     /// Writes one command.
     pub async fn send(&mut self, cmd: Value) {
         self.send_line(cmd.to_string().as_bytes()).await;
