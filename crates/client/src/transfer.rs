@@ -42,8 +42,8 @@ const MAX_TRANSFERS_PER_LINK: usize = 8;
 const READ_AHEAD: usize = 16;
 /// The receiver starts writeback each time this much more is written.
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
-/// Chunks waiting for the receiver's disk writer.
-const WRITE_AHEAD: usize = 16;
+/// While bytes flow, the receiver's writer reports its progress at least this often (stall detection).
+const NOTIFY_EVERY: Duration = Duration::from_secs(1);
 /// Folder inside the downloads folder where partial files wait to be resumed.
 const PARTIAL_DIR: &str = ".whatsap2p-partial";
 /// First and longest pause between attempts to send a pending file.
@@ -459,67 +459,37 @@ async fn receive_inner(
     offer: &Offer,
     partial: &Path,
     offset: u64,
-    mut rx: mpsc::Receiver<PeerMessage>,
+    rx: mpsc::Receiver<PeerMessage>,
 ) -> Result<Event, Failure> {
-    let mut disk = DiskWriter::start(partial.to_path_buf(), offset);
-    let mut received = offset;
+    let (mut written, done) = write_to_disk(partial.to_path_buf(), offset, offer.size, rx);
     let mut credited = offset;
-    // Nothing left to receive (an empty file, or all of it held from before): straight to the check.
-    while received < offer.size || *disk.written.borrow() < offer.size {
-        let msg = tokio::select! {
-            m = tokio::time::timeout(STALL_TIMEOUT, rx.recv()), if received < offer.size => m,
-            // Credit only what is on disk: the sender's progress is what a resume would keep.
-            w = disk.written.changed() => {
-                let written = *disk.written.borrow_and_update();
-                if w.is_err() || written == offer.size {
-                    break;
-                }
-                if written - credited >= CREDIT_EVERY {
-                    credited = written;
-                    if link.write(PeerMessage::FileProgress { id: offer.id, received: written }).await.is_err() {
-                        disk.abandon().await;
+    loop {
+        match tokio::time::timeout(STALL_TIMEOUT, written.changed()).await {
+            Err(_) => {
+                let at = *written.borrow();
+                // The writer waits on the route: closing it stops the writer, keeping what it wrote.
+                link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&offer.id);
+                let _ = done.await;
+                return Err(fail(format!("sender stalled at {at} of {} bytes", offer.size), true));
+            }
+            // The writer ended: done, or failed (its result says which).
+            Ok(Err(_)) => break,
+            Ok(Ok(())) => {
+                // Credit only what is on disk: the sender's progress is what a resume would keep.
+                let at = *written.borrow_and_update();
+                if at - credited >= CREDIT_EVERY && at < offer.size {
+                    credited = at;
+                    if link.write(PeerMessage::FileProgress { id: offer.id, received: at }).await.is_err() {
+                        link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&offer.id);
+                        let _ = done.await;
                         return Err(fail("link closed", true));
                     }
                 }
-                continue;
             }
-        };
-        let msg = match msg {
-            Err(_) => {
-                disk.abandon().await;
-                return Err(fail(format!("sender stalled at {received} of {} bytes", offer.size), true));
-            }
-            Ok(None) => {
-                disk.abandon().await;
-                return Err(fail(format!("link closed at {received} of {} bytes", offer.size), true));
-            }
-            Ok(Some(m)) => m,
-        };
-        match msg {
-            PeerMessage::FileChunk { offset: at, data, .. } => {
-                if at != received {
-                    disk.abandon().await;
-                    return Err(fail(format!("chunk at {at} while expecting {received}"), true));
-                }
-                if received + data.len() as u64 > offer.size {
-                    disk.abandon().await;
-                    return Err(fail(format!("more bytes than the {} offered", offer.size), false));
-                }
-                received += data.len() as u64;
-                // A full disk fails here: the partial keeps what was written, the sender retries later.
-                if !disk.write(data).await {
-                    break;
-                }
-            }
-            PeerMessage::FileFailed { reason, .. } => {
-                disk.abandon().await;
-                return Err(fail(format!("sender gave up: {reason}"), true));
-            }
-            other => debug!("ignoring {other:?} during transfer"),
         }
     }
     // Synced, and hashed as it was written (the bytes before `offset` read back from the partial).
-    let hash = disk.finish().await.map_err(|e| fail(format!("cannot write: {e}"), true))?;
+    let hash = done.await.map_err(|e| fail(format!("file writer stopped: {e}"), true))??;
     if hash != offer.blake3 {
         return Err(fail("hash mismatch: the bytes received are not the file offered", false));
     }
@@ -558,82 +528,87 @@ async fn receive_inner(
     })
 }
 
-/// Writes a transfer into its partial file on a blocking thread, straight from the chunks the
-/// link decoded (no buffer copies), hashing the bytes as they go so the file is not read again
-/// after it is complete. The channel is short: the credit window, not this, bounds what waits.
-struct DiskWriter {
-    chunks: Option<mpsc::Sender<Vec<u8>>>,
-    /// Length of the partial file so far; closed when the writer stops.
-    written: tokio::sync::watch::Receiver<u64>,
-    done: tokio::task::JoinHandle<std::io::Result<[u8; 32]>>,
-}
-
-impl DiskWriter {
-    /// Opens `partial`, cuts it to `offset` and hashes those bytes, then appends what comes.
-    fn start(partial: PathBuf, offset: u64) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_AHEAD);
-        let (written_tx, written) = tokio::sync::watch::channel(offset);
-        let done = tokio::task::spawn_blocking(move || {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .write(true)
-                .truncate(false)
-                .open(&partial)?;
-            file.set_len(offset)?;
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_reader(&mut file)?;
-            file.seek(std::io::SeekFrom::Start(offset))?;
-            // Writeback starts while the transfer runs, on a thread of its own, so the sync at the
-            // end waits for the last stretch only, not for the whole file to reach the disk.
-            let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
-            let syncing = file.try_clone()?;
-            let syncer = std::thread::Builder::new().name("file-sync".into()).spawn(move || {
+/// Writes a transfer into its partial file on a blocking thread that takes the chunks straight from
+/// the link's route (no task in between, no buffer copies), hashing them as it writes so the file is
+/// not read again once complete; the bytes held from an earlier attempt are read back once. The
+/// route is sized to the credit window, so that, not this, bounds what waits. Returns the length
+/// written so far (updated every [`CREDIT_EVERY`] bytes, at least every [`NOTIFY_EVERY`] while
+/// bytes flow, and at the end) and, once everything is written and synced, the file's hash.
+fn write_to_disk(
+    partial: PathBuf,
+    offset: u64,
+    size: u64,
+    mut rx: mpsc::Receiver<PeerMessage>,
+) -> (tokio::sync::watch::Receiver<u64>, tokio::task::JoinHandle<Result<[u8; 32], Failure>>) {
+    let (written_tx, written) = tokio::sync::watch::channel(offset);
+    let done = tokio::task::spawn_blocking(move || {
+        let io = |e: std::io::Error| fail(format!("cannot write: {e}"), true);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
+        file.set_len(offset).map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(&mut file).map_err(io)?;
+        file.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
+        // Writeback starts while the transfer runs, on a thread of its own, so the sync at the end
+        // waits for the last stretch only, not for the whole file to reach the disk.
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let syncing = file.try_clone().map_err(io)?;
+        let syncer = std::thread::Builder::new()
+            .name("file-sync".into())
+            .spawn(move || {
                 while sync_rx.recv().is_ok() {
                     syncing.sync_data()?;
                 }
                 Ok::<_, std::io::Error>(())
-            })?;
-            let (mut at, mut unsynced) = (offset, 0);
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-                hasher.update(&chunk);
-                at += chunk.len() as u64;
-                unsynced += chunk.len() as u64;
-                if unsynced >= SYNC_EVERY {
-                    // A sync still running takes this stretch along when it ends: no need to queue.
-                    let _ = sync_tx.try_send(());
-                    unsynced = 0;
+            })
+            .map_err(io)?;
+        let (mut at, mut unsynced, mut told) = (offset, 0, (offset, Instant::now()));
+        while at < size {
+            let (chunk_at, data) = match rx.blocking_recv() {
+                None => return Err(fail(format!("link closed at {at} of {size} bytes"), true)),
+                Some(PeerMessage::FileChunk { offset, data, .. }) => (offset, data),
+                Some(PeerMessage::FileFailed { reason, .. }) => {
+                    return Err(fail(format!("sender gave up: {reason}"), true))
                 }
+                Some(other) => {
+                    debug!("ignoring {other:?} during transfer");
+                    continue;
+                }
+            };
+            if chunk_at != at {
+                return Err(fail(format!("chunk at {chunk_at} while expecting {at}"), true));
+            }
+            if at + data.len() as u64 > size {
+                return Err(fail(format!("more bytes than the {size} offered"), false));
+            }
+            // A full disk fails here: the partial keeps what was written, the sender retries later.
+            file.write_all(&data).map_err(io)?;
+            hasher.update(&data);
+            at += data.len() as u64;
+            unsynced += data.len() as u64;
+            if unsynced >= SYNC_EVERY {
+                // A sync still running takes this stretch along when it ends: no need to queue.
+                let _ = sync_tx.try_send(());
+                unsynced = 0;
+            }
+            // Waking the receiving task for every chunk would cost more than the chunk's write.
+            if at - told.0 >= CREDIT_EVERY || told.1.elapsed() >= NOTIFY_EVERY || at == size {
+                told = (at, Instant::now());
                 written_tx.send_replace(at);
             }
-            drop(sync_tx);
-            syncer.join().map_err(|_| std::io::Error::other("the file sync thread panicked"))??;
-            file.sync_all()?;
-            Ok(*hasher.finalize().as_bytes())
-        });
-        Self { chunks: Some(tx), written, done }
-    }
-
-    /// Hands a chunk to the writer; false if the writer stopped (see [`DiskWriter::finish`]).
-    async fn write(&mut self, chunk: Vec<u8>) -> bool {
-        match &self.chunks {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
         }
-    }
-
-    /// Waits until everything is written and synced; the hash of the whole partial file.
-    async fn finish(mut self) -> std::io::Result<[u8; 32]> {
-        self.chunks = None;
-        (&mut self.done).await.map_err(std::io::Error::other)?
-    }
-
-    /// Stops after what was handed over is written, keeping the partial file for a resume. Waits, so
-    /// a retry of the same transfer never finds this one still writing.
-    async fn abandon(self) {
-        let _ = self.finish().await;
-    }
+        drop(sync_tx);
+        let synced = syncer.join().map_err(|_| std::io::Error::other("the file sync thread panicked"));
+        synced.and_then(|r| r).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(*hasher.finalize().as_bytes())
+    });
+    (written, done)
 }
 
 /// Moves the verified partial file to `downloads/name`, or `name (1)`, … : never over an existing file.
