@@ -71,9 +71,10 @@ impl LinkHandle {
         !self.closed.is_cancelled()
     }
 
-    /// Queues a file chunk behind every chat and control frame; waits only when the bulk queue is full.
-    pub(crate) async fn write_bulk(&self, msg: PeerMessage) -> Result<(), String> {
-        self.bulk.send(msg).await.map_err(|_| "link closed".to_owned())
+    /// The queue for file chunks, written behind every chat and control frame; a sender waits only
+    /// when it is full, and fails once the link is gone.
+    pub(crate) fn bulk_queue(&self) -> mpsc::Sender<PeerMessage> {
+        self.bulk.clone()
     }
 
     /// Writes `msg`; returns once it is on the wire.

@@ -38,8 +38,6 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
 /// Most transfers running at once on one link (both directions).
 const MAX_TRANSFERS_PER_LINK: usize = 8;
-/// Chunks read ahead of the link by the sender's file reader.
-const READ_AHEAD: usize = 16;
 /// The receiver starts writeback each time this much more is written.
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 /// While bytes flow, the receiver's writer reports its progress at least this often (stall detection).
@@ -235,33 +233,52 @@ async fn stream(
     rx: &mut mpsc::Receiver<PeerMessage>,
     offset: u64,
 ) -> Result<(), Attempt> {
-    let mut source = read_chunks(file.path.clone(), offset, file.size);
-    let (mut sent, mut acked) = (offset, offset);
+    let window = Arc::new(tokio::sync::Semaphore::new(FILE_WINDOW as usize));
+    // Closing the window stops the reader, however this attempt ends.
+    let _stop = WindowGuard(window.clone());
+    let mut reader = send_chunks(file.clone(), offset, link.bulk_queue(), window.clone());
+    let (mut all_sent, mut acked) = (false, offset);
     let mut last_event = Instant::now() - PROGRESS_EVERY;
     let progress = |bytes: u64| Event::Progress { id: file.id, bytes, total: file.size };
     loop {
-        // Take in whatever the receiver said, waiting only when the window is full or all is sent.
-        let must_wait = sent - acked >= FILE_WINDOW || sent == file.size;
-        let msg = if must_wait {
-            match tokio::time::timeout(STALL_TIMEOUT, rx.recv()).await {
+        let msg = tokio::select! {
+            read = &mut reader, if !all_sent => {
+                match read {
+                    Ok(Ok(())) => all_sent = true,
+                    Ok(Err(Some(e))) => {
+                        let reason = format!("{} changed while sending: {e}", file.path.display());
+                        // Tell the receiver, so it does not wait for bytes that will never come.
+                        let _ = link.write(PeerMessage::FileFailed { id: file.id, reason: reason.clone() }).await;
+                        return Err(Attempt::Refused(reason));
+                    }
+                    Ok(Err(None)) => return Err(Attempt::Retry("link closed".into())),
+                    Err(e) => return Err(Attempt::Retry(format!("the file reader stopped: {e}"))),
+                }
+                continue;
+            }
+            m = tokio::time::timeout(STALL_TIMEOUT, rx.recv()) => match m {
                 Err(_) => return Err(Attempt::Retry("receiver stalled".into())),
                 Ok(None) => return Err(Attempt::Retry("link closed".into())),
-                Ok(Some(m)) => Some(m),
-            }
-        } else {
-            rx.try_recv().ok()
+                Ok(Some(m)) => m,
+            },
         };
         match msg {
-            Some(PeerMessage::FileProgress { received, .. }) => {
-                acked = acked.max(received.min(sent));
+            PeerMessage::FileProgress { received, .. } => {
+                // Bytes confirmed open the window again (never past the file's end).
+                let received = received.min(file.size);
+                if received > acked {
+                    window.add_permits((received - acked) as usize);
+                    acked = received;
+                }
                 if last_event.elapsed() >= PROGRESS_EVERY || acked == file.size {
                     last_event = Instant::now();
                     let _ = core.events.send(progress(acked)).await;
                 }
-                continue;
             }
-            Some(PeerMessage::FileReceived { .. }) if sent == file.size => return Ok(()),
-            Some(PeerMessage::FileFailed { reason, .. }) => {
+            // The receiver checked the whole file's hash: done, even if the reader's own end is
+            // still on its way here.
+            PeerMessage::FileReceived { .. } => return Ok(()),
+            PeerMessage::FileFailed { reason, .. } => {
                 // A hash mismatch cannot get better by retrying; anything else (stall, disk) can.
                 return Err(if reason.contains("hash") {
                     Attempt::Refused(reason)
@@ -269,68 +286,54 @@ async fn stream(
                     Attempt::Retry(reason)
                 });
             }
-            Some(other) => {
-                debug!("ignoring {other:?} during transfer");
-                continue;
-            }
-            None if sent == file.size => continue,
-            None => {}
+            other => debug!("ignoring {other:?} during transfer"),
         }
-        let data = match source.recv().await {
-            Some(Ok(data)) => data,
-            Some(Err(e)) => {
-                let reason = format!("{} changed while sending: {e}", file.path.display());
-                // Tell the receiver, so it does not wait for bytes that will never come.
-                let _ = link.write(PeerMessage::FileFailed { id: file.id, reason: reason.clone() }).await;
-                return Err(Attempt::Refused(reason));
-            }
-            None => return Err(Attempt::Retry("the file reader stopped".into())),
-        };
-        let len = data.len() as u64;
-        link.write_bulk(PeerMessage::FileChunk { id: file.id, offset: sent, data })
-            .await
-            .map_err(Attempt::Retry)?;
-        sent += len;
     }
 }
 
-/// Reads `path` from `offset` to `size` in chunks on a blocking thread, a few chunks ahead of the
-/// link: each chunk is read straight into the buffer the link will send, with no copy. A file that
-/// ends early (it changed since it was hashed) is an error. Stops when the receiver is dropped.
-fn read_chunks(path: PathBuf, offset: u64, size: u64) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
+/// Closes a transfer's credit window when the attempt ends, which stops its reader.
+struct WindowGuard(Arc<tokio::sync::Semaphore>);
+
+impl Drop for WindowGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Reads `file` from `offset` in chunks on a blocking thread and queues them on the link's bulk
+/// queue itself, taking each chunk's bytes from the credit `window` first: a chunk is read straight
+/// into the buffer the link encrypts, and no task stands between the disk and the link. Ends with
+/// `Err(Some(_))` if the file cannot be read or ends early (it changed since it was hashed), and
+/// `Err(None)` if the link or the window closed.
+fn send_chunks(
+    file: FileRecord,
+    offset: u64,
+    bulk: mpsc::Sender<PeerMessage>,
+    window: Arc<tokio::sync::Semaphore>,
+) -> tokio::task::JoinHandle<Result<(), Option<std::io::Error>>> {
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let opened = std::fs::File::open(&path).and_then(|mut f| {
-            f.seek(std::io::SeekFrom::Start(offset))?;
-            Ok(f)
-        });
-        let mut file = match opened {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
+        let mut source = std::fs::File::open(&file.path).map_err(Some)?;
+        source.seek(std::io::SeekFrom::Start(offset)).map_err(Some)?;
         let mut at = offset;
-        while at < size {
-            let want = (size - at).min(FILE_CHUNK_LEN as u64);
+        while at < file.size {
+            let want = (file.size - at).min(FILE_CHUNK_LEN as u64);
+            // FILE_CHUNK_LEN fits a u32 by far.
+            let credit = runtime.block_on(window.acquire_many(want as u32)).map_err(|_| None)?;
+            credit.forget();
             let mut data = Vec::with_capacity(want as usize);
-            let chunk = match (&mut file).take(want).read_to_end(&mut data) {
-                Ok(n) if n as u64 == want => Ok(data),
-                Ok(n) => Err(std::io::Error::new(
+            let n = (&mut source).take(want).read_to_end(&mut data).map_err(Some)? as u64;
+            if n != want {
+                return Err(Some(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("it is shorter than when it was offered ({} bytes)", at + n as u64),
-                )),
-                Err(e) => Err(e),
-            };
-            let failed = chunk.is_err();
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
+                    format!("it is shorter than when it was offered ({} bytes)", at + n),
+                )));
             }
+            bulk.blocking_send(PeerMessage::FileChunk { id: file.id, offset: at, data }).map_err(|_| None)?;
             at += want;
         }
-    });
-    rx
+        Ok(())
+    })
 }
 
 /// Routes a transfer message arriving on `link` to its transfer; returns nothing to write back.
