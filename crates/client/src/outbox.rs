@@ -88,11 +88,16 @@ pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
 pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<bool, ClientError> {
     let courier = courier(core, peer);
     let mut written = courier.written.lock().await;
-    // Dial only when something is owed: a peer coming online with nothing for it costs no link.
-    if !core.store.has_owed(peer).await? {
-        return Ok(false);
-    }
-    let link = peer::link_to(core, peer).await?;
+    let link = match peer::live_link(core, peer).await {
+        Some(link) => link,
+        None => {
+            // Dial only when something is owed: a peer coming online with nothing for it costs no link.
+            if !core.store.has_owed(peer).await? {
+                return Ok(false);
+            }
+            peer::link_to(core, peer).await?
+        }
+    };
     write_owed(core, peer, &mut written, &link, None).await
 }
 

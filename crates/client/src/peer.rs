@@ -129,6 +129,13 @@ impl Links {
 }
 
 /// A live link to `to`: the one in use, or a new one dialed now.
+/// The live link to `to`, if there is one: never dials.
+pub(crate) async fn live_link(core: &Arc<Core>, to: &Number) -> Option<LinkHandle> {
+    let slot = core.links.slot(to);
+    let slot = slot.lock().await;
+    slot.as_ref().filter(|l| l.is_alive()).cloned()
+}
+
 pub(crate) async fn link_to(core: &Arc<Core>, to: &Number) -> Result<LinkHandle, ClientError> {
     let slot = core.links.slot(to);
     let mut slot = slot.lock().await;
