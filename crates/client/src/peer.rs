@@ -32,8 +32,6 @@ use crate::ClientError;
 
 /// Chat and control frames waiting to be written on one link.
 const LINK_QUEUE: usize = 64;
-/// File chunks waiting to be written on one link (about 1 MiB).
-const BULK_QUEUE: usize = 16;
 /// Most frames written together in one flush.
 const WRITE_BATCH: usize = 32;
 /// Most peer connections handled at once (handshaking or linked).
@@ -57,12 +55,9 @@ pub(crate) type Routes = Arc<Mutex<HashMap<MessageId, mpsc::Sender<PeerMessage>>
 #[derive(Clone)]
 pub(crate) struct LinkHandle {
     tx: mpsc::Sender<Outgoing>,
-    /// File chunks: written only when no chat message or control frame waits, so a large
-    /// transfer never holds a message back by more than one chunk.
-    bulk: mpsc::Sender<PeerMessage>,
     pub(crate) routes: Routes,
     /// The session's writing half: the writer task holds it for each batch; [`LinkHandle::write`]
-    /// takes it directly when nothing waits.
+    /// takes it directly when nothing waits, and a file's reader for each chunk.
     writer: Arc<tokio::sync::Mutex<Writer>>,
     closed: CancellationToken,
     /// Unique per link, so the outbox knows what it already wrote on this one.
@@ -74,10 +69,28 @@ impl LinkHandle {
         !self.closed.is_cancelled()
     }
 
-    /// The queue for file chunks, written behind every chat and control frame; a sender waits only
-    /// when it is full, and fails once the link is gone.
-    pub(crate) fn bulk_queue(&self) -> mpsc::Sender<PeerMessage> {
-        self.bulk.clone()
+    /// Writes a file chunk from the blocking thread that read it: no hand-off to the writer task.
+    /// The writer is taken for one chunk at a time and a chat frame waiting for it goes next, so a
+    /// transfer holds a message back by at most one chunk.
+    pub(crate) fn write_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        msg: PeerMessage,
+    ) -> Result<(), String> {
+        runtime.block_on(async {
+            if self.closed.is_cancelled() {
+                return Err("link closed".to_owned());
+            }
+            let mut writer = self.writer.lock().await;
+            let written = match writer.feed_msg(&msg).await {
+                Ok(()) => writer.flush().await,
+                Err(e) => Err(e),
+            };
+            if written.is_err() {
+                self.closed.cancel();
+            }
+            written.map_err(|e| e.to_string())
+        })
     }
 
     /// Writes `msg`; returns once it is on the wire.
@@ -320,19 +333,17 @@ fn spawn_link(
     writer: Writer,
 ) -> LinkHandle {
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
     let closed = core.cancel.child_token();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let link = LinkHandle {
         tx,
-        bulk,
         routes: Routes::default(),
         writer: writer.clone(),
         closed: closed.clone(),
         epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
     };
     let span = info_span!("link", peer = %peer, %addr);
-    core.tracker.spawn(write_loop(writer, rx, bulk_rx, closed.clone()).instrument(span.clone()));
+    core.tracker.spawn(write_loop(writer, rx, closed.clone()).instrument(span.clone()));
     core.tracker.spawn(read_loop(core.clone(), peer, peer_key, reader, link.clone()).instrument(span));
     link
 }
@@ -340,7 +351,6 @@ fn spawn_link(
 async fn write_loop(
     writer: Arc<tokio::sync::Mutex<Writer>>,
     mut rx: mpsc::Receiver<Outgoing>,
-    mut bulk: mpsc::Receiver<PeerMessage>,
     closed: CancellationToken,
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
@@ -349,17 +359,13 @@ async fn write_loop(
             biased;
             _ = closed.cancelled() => break,
             out = rx.recv() => match out { Some(o) => o, None => break },
-            Some(chunk) = bulk.recv() => Outgoing { msg: chunk, written: None },
         };
         // Whatever else is already waiting leaves in the same write, chat before file chunks.
         batch.push(first);
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(o) => batch.push(o),
-                Err(_) => match bulk.try_recv() {
-                    Ok(chunk) => batch.push(Outgoing { msg: chunk, written: None }),
-                    Err(_) => break,
-                },
+                Err(_) => break,
             }
         }
         let mut result = Ok(());

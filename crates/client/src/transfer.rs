@@ -5,8 +5,8 @@
 //! from an earlier attempt, so a transfer resumes instead of restarting (after a dropped link, or
 //! either side restarting: the partial file is named after the sender and the hash). Chunks stream in
 //! order under a credit window ([`FILE_WINDOW`]) that the receiver opens as it writes, so memory stays
-//! bounded whatever the file size; they travel in the link's bulk queue, behind chat messages. The
-//! receiver writes into a partial file, checks the hash, and only then moves the file, under a name of
+//! bounded whatever the file size; the sender's reader thread writes them on the link one at a time,
+//! so a chat message waits for one chunk at most. The receiver writes into a partial file, checks the hash, and only then moves the file, under a name of
 //! its own choosing that never overwrites anything, into the downloads folder.
 //!
 //! A pending outgoing file is kept in the profile database and retried, like a message, until it is
@@ -236,7 +236,7 @@ async fn stream(
     let window = Arc::new(tokio::sync::Semaphore::new(FILE_WINDOW as usize));
     // Closing the window stops the reader, however this attempt ends.
     let _stop = WindowGuard(window.clone());
-    let mut reader = send_chunks(file.clone(), offset, link.bulk_queue(), window.clone());
+    let mut reader = send_chunks(file.clone(), offset, link.clone(), window.clone());
     let (mut all_sent, mut acked) = (false, offset);
     let mut last_event = Instant::now() - PROGRESS_EVERY;
     let progress = |bytes: u64| Event::Progress { id: file.id, bytes, total: file.size };
@@ -300,15 +300,15 @@ impl Drop for WindowGuard {
     }
 }
 
-/// Reads `file` from `offset` in chunks on a blocking thread and queues them on the link's bulk
-/// queue itself, taking each chunk's bytes from the credit `window` first: a chunk is read straight
-/// into the buffer the link encrypts, and no task stands between the disk and the link. Ends with
+/// Reads `file` from `offset` in chunks on a blocking thread and writes them on the link itself,
+/// taking each chunk's bytes from the credit `window` first: a chunk is read straight into the
+/// buffer the link encrypts, and no task stands between the disk and the socket. Ends with
 /// `Err(Some(_))` if the file cannot be read or ends early (it changed since it was hashed), and
 /// `Err(None)` if the link or the window closed.
 fn send_chunks(
     file: FileRecord,
     offset: u64,
-    bulk: mpsc::Sender<PeerMessage>,
+    link: LinkHandle,
     window: Arc<tokio::sync::Semaphore>,
 ) -> tokio::task::JoinHandle<Result<(), Option<std::io::Error>>> {
     let runtime = tokio::runtime::Handle::current();
@@ -329,7 +329,8 @@ fn send_chunks(
                     format!("it is shorter than when it was offered ({} bytes)", at + n),
                 )));
             }
-            bulk.blocking_send(PeerMessage::FileChunk { id: file.id, offset: at, data }).map_err(|_| None)?;
+            let chunk = PeerMessage::FileChunk { id: file.id, offset: at, data };
+            link.write_blocking(&runtime, chunk).map_err(|_| None)?;
             at += want;
         }
         Ok(())
