@@ -222,6 +222,9 @@ impl Store {
         // In WAL mode, NORMAL loses nothing when the process dies (SIGKILL included); only a power
         // loss can take the last commits. FULL would fsync every message, several times.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The profile's lock file already keeps other processes out: holding SQLite's locks for
+        // the connection's life saves the file-lock system calls of every transaction.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -336,7 +339,7 @@ impl Store {
     /// Puts a message in the outbox.
     pub async fn queue_outgoing(&self, to: &Number, text: OutgoingText) -> Result<(), ClientError> {
         let to = to.to_string();
-        self.quick(move |c| insert_outgoing(c, &to, &text)).await
+        self.quick(move |c| insert_outgoing(c, &to, &text, MessageState::Queued)).await
     }
 
     /// Puts one message in the outbox of each of `members`, in one transaction (a group message).
@@ -349,30 +352,28 @@ impl Store {
         self.with(move |c| {
             let tx = c.unchecked_transaction()?;
             for to in &members {
-                insert_outgoing(&tx, to, &text)?;
+                insert_outgoing(&tx, to, &text, MessageState::Queued)?;
             }
             tx.commit()
         })
         .await
     }
 
-    /// One trip for a courier about to write to `peer`: queues `new` (if any), then reads what is
-    /// owed, leaves out the texts in `in_flight` (written on this link and not overdue), and marks
-    /// the rest `sent`, all in one transaction.
+    /// One trip for a courier about to write to `peer`: reads what is owed, leaves out the texts in
+    /// `in_flight` (written on this link and not overdue), marks the rest `sent`, and adds `new` (if
+    /// any) as the last, already `sent`, all in one transaction.
     pub(crate) async fn take_owed(
         &self,
         peer: &Number,
         new: Option<OutgoingText>,
         in_flight: HashSet<MessageId>,
     ) -> Result<Owed, ClientError> {
+        let number = peer.clone();
         let peer = peer.to_string();
         self.quick(move |c| {
             let tx = c.unchecked_transaction()?;
-            if let Some(new) = &new {
-                insert_outgoing(&tx, &peer, new)?;
-            }
             let unconfirmed = unconfirmed(&tx, &peer)?;
-            let awaiting = !unconfirmed.is_empty();
+            let awaiting = !unconfirmed.is_empty() || new.is_some();
             let mut owed = Owed { awaiting, ..Owed::default() };
             {
                 let mut mark = tx.prepare_cached(
@@ -391,6 +392,22 @@ impl Store {
                     }
                     owed.texts.push(m);
                 }
+            }
+            // The newest of all: written last, so it goes in as `sent` at once.
+            if let Some(new) = new {
+                insert_outgoing(&tx, &peer, &new, MessageState::Sent)?;
+                owed.newly_sent.push((new.id, new.group));
+                owed.texts.push(StoredMessage {
+                    id: new.id,
+                    peer: number,
+                    outgoing: true,
+                    text: new.text,
+                    sent_at_ms: new.sent_at_ms,
+                    received_at_ms: None,
+                    state: MessageState::Sent,
+                    group: new.group,
+                    update: None,
+                });
             }
             owed.receipts = pending_receipts(&tx, &peer)?;
             tx.commit()?;
@@ -781,12 +798,24 @@ impl Store {
     }
 }
 
-fn insert_outgoing(c: &rusqlite::Connection, to: &str, m: &OutgoingText) -> Result<(), rusqlite::Error> {
+fn insert_outgoing(
+    c: &rusqlite::Connection,
+    to: &str,
+    m: &OutgoingText,
+    state: MessageState,
+) -> Result<(), rusqlite::Error> {
     c.prepare_cached(
         "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state, group_id)
-         VALUES (?1, 1, ?2, ?3, ?4, 'queued', ?5)",
+         VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![to, m.id.to_string(), m.text, m.sent_at_ms as i64, m.group.map(|g| g.to_string())])
+    .execute(params![
+        to,
+        m.id.to_string(),
+        m.text,
+        m.sent_at_ms as i64,
+        state.as_str(),
+        m.group.map(|g| g.to_string())
+    ])
     .map(|_| ())
 }
 
