@@ -116,7 +116,15 @@ pub(crate) async fn send_now(
     let link = if online { Some(peer::link_to(core, to).await) } else { None };
     let result = match link {
         // Queued, marked sent and read in one trip to the database.
-        Some(Ok(link)) => write_owed(core, to, &mut written, &link, Some(new)).await,
+        Some(Ok(link)) => match write_owed(core, to, &mut written, &link, Some(new.clone())).await {
+            // The transaction rolled back, so the text is not stored: store it, or say it failed.
+            Err(ClientError::Store(e)) => {
+                tracing::warn!("writing to {to} failed in the database ({e}); queueing the message");
+                core.store.queue_outgoing(to, new).await?;
+                Err(ClientError::Store(e))
+            }
+            result => result,
+        },
         Some(Err(e)) => {
             core.store.queue_outgoing(to, new).await?;
             Err(e)
