@@ -70,18 +70,25 @@ impl LinkHandle {
     }
 
     /// Writes a file chunk from the blocking thread that read it: no hand-off to the writer task.
-    /// The writer is taken for one chunk at a time and a chat frame waiting for it goes next, so a
-    /// transfer holds a message back by at most one chunk.
+    /// The writer is taken for one chunk at a time and a chat frame waiting for it is served in
+    /// turn, so a message waits for at most one chunk of each transfer running on the link.
+    ///
+    /// `wanted` is asked again once the writer is taken: an attempt that ended meanwhile writes
+    /// nothing more.
     pub(crate) fn write_blocking(
         &self,
         runtime: &tokio::runtime::Handle,
         msg: PeerMessage,
+        wanted: impl Fn() -> bool,
     ) -> Result<(), String> {
         runtime.block_on(async {
             if self.closed.is_cancelled() {
                 return Err("link closed".to_owned());
             }
             let mut writer = self.writer.lock().await;
+            if !wanted() {
+                return Err("no longer wanted".to_owned());
+            }
             let written = match writer.feed_msg(&msg).await {
                 Ok(()) => writer.flush().await,
                 Err(e) => Err(e),

@@ -1,6 +1,7 @@
 //! The profile's database: contacts with their pinned identity keys, and pinned server keys.
 //!
-//! SQLite in WAL mode; every call runs on a blocking thread so the async tasks never wait on disk.
+//! SQLite in WAL mode. Long calls run on a blocking thread; the short statements of a message's
+//! path run on the calling task when the connection is free (see `Store::quick`).
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! either side restarting: the partial file is named after the sender and the hash). Chunks stream in
 //! order under a credit window ([`FILE_WINDOW`]) that the receiver opens as it writes, so memory stays
 //! bounded whatever the file size; the sender's reader thread writes them on the link one at a time,
-//! so a chat message waits for one chunk at most. The receiver writes into a partial file, checks the hash, and only then moves the file, under a name of
+//! so a chat message waits for at most one chunk of each running transfer. The receiver writes into a partial file, checks the hash, and only then moves the file, under a name of
 //! its own choosing that never overwrites anything, into the downloads folder.
 //!
 //! A pending outgoing file is kept in the profile database and retried, like a message, until it is
@@ -42,6 +42,10 @@ const MAX_TRANSFERS_PER_LINK: usize = 8;
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 /// While bytes flow, the receiver's writer reports its progress at least this often (stall detection).
 const NOTIFY_EVERY: Duration = Duration::from_secs(1);
+/// The receiver repeats its progress at least this often while a transfer is alive.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// The receiver reads a resumed partial file back in stretches of this size.
+const READ_BACK_STRETCH: u64 = 64 * 1024 * 1024;
 /// Folder inside the downloads folder where partial files wait to be resumed.
 const PARTIAL_DIR: &str = ".whatsap2p-partial";
 /// First and longest pause between attempts to send a pending file.
@@ -107,8 +111,9 @@ fn hash_file(path: &Path, len: u64) -> std::io::Result<[u8; 32]> {
         file.seek(std::io::SeekFrom::Start(offset))?;
         let mut hasher = blake3::Hasher::new();
         hasher.set_input_offset(offset);
-        let read = std::io::copy(&mut file.take(n), &mut hasher)?;
-        if read != n {
+        let mut part = file.take(n);
+        hasher.update_reader(&mut part)?;
+        if part.limit() != 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the file shrank while hashed",
@@ -330,7 +335,7 @@ fn send_chunks(
                 )));
             }
             let chunk = PeerMessage::FileChunk { id: file.id, offset: at, data };
-            link.write_blocking(&runtime, chunk).map_err(|_| None)?;
+            link.write_blocking(&runtime, chunk, || !window.is_closed()).map_err(|_| None)?;
             at += want;
         }
         Ok(())
@@ -357,10 +362,21 @@ pub(crate) fn route(peer: &Number, link: &LinkHandle, msg: PeerMessage) -> Optio
         Ok(()) => None,
         // A full queue means the sender ignored the window: stop the transfer rather than buffer.
         Err(mpsc::error::TrySendError::Full(_)) => {
-            link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            close_route(link, id);
             Some(PeerMessage::FileFailed { id, reason: "sender ignored flow control".into() })
         }
         Err(mpsc::error::TrySendError::Closed(_)) => None,
+    }
+}
+
+/// Stops the receiving side of transfer `id` on `link` while keeping its place: its route is
+/// swapped for a closed one, which ends the disk writer (it waits on the route) but keeps a new
+/// offer of the same transfer out until this attempt has finished with the partial file; the
+/// receiving task removes the entry when it ends.
+fn close_route(link: &LinkHandle, id: MessageId) {
+    let (closed, _) = mpsc::channel(1);
+    if let Some(route) = link.routes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+        *route = closed;
     }
 }
 
@@ -403,7 +419,11 @@ pub(crate) async fn on_offer(
     {
         let mut routes = link.routes.lock().unwrap_or_else(|p| p.into_inner());
         if routes.contains_key(&id) {
-            return refuse("transfer already running".into());
+            // The sender gave up on an attempt this side is still closing: it may try again.
+            return Some(PeerMessage::FileFailed {
+                id,
+                reason: "transfer already running; try again later".into(),
+            });
         }
         // Each transfer holds a file, a buffer and a window of chunks: a peer gets a few at a time.
         if routes.len() >= MAX_TRANSFERS_PER_LINK {
@@ -466,13 +486,13 @@ async fn receive_inner(
     rx: mpsc::Receiver<PeerMessage>,
 ) -> Result<Event, Failure> {
     let (mut written, done) = write_to_disk(partial.to_path_buf(), offset, offer.size, rx);
-    let mut credited = offset;
+    let (mut credited, mut last_said) = (offset, Instant::now());
     loop {
         match tokio::time::timeout(STALL_TIMEOUT, written.changed()).await {
             Err(_) => {
                 let at = *written.borrow();
                 // The writer waits on the route: closing it stops the writer, keeping what it wrote.
-                link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&offer.id);
+                close_route(link, offer.id);
                 let _ = done.await;
                 return Err(fail(format!("sender stalled at {at} of {} bytes", offer.size), true));
             }
@@ -481,10 +501,22 @@ async fn receive_inner(
             Ok(Ok(())) => {
                 // Credit only what is on disk: the sender's progress is what a resume would keep.
                 let at = *written.borrow_and_update();
-                if at - credited >= CREDIT_EVERY && at < offer.size {
+                // Progress every MiB; and while bytes trickle or the held part is read back, the
+                // last figure again now and then, so the sender does not take this side for stalled.
+                let said = if at - credited >= CREDIT_EVERY && at < offer.size {
                     credited = at;
-                    if link.write(PeerMessage::FileProgress { id: offer.id, received: at }).await.is_err() {
-                        link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&offer.id);
+                    true
+                } else {
+                    last_said.elapsed() >= KEEPALIVE
+                };
+                if said {
+                    last_said = Instant::now();
+                    if link
+                        .write(PeerMessage::FileProgress { id: offer.id, received: credited })
+                        .await
+                        .is_err()
+                    {
+                        close_route(link, offer.id);
                         let _ = done.await;
                         return Err(fail("link closed", true));
                     }
@@ -555,8 +587,18 @@ fn write_to_disk(
             .open(&partial)
             .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
         file.set_len(offset).map_err(io)?;
+        // The part held from before is read back in stretches, saying so after each: on a slow disk
+        // a large partial takes longer than the stall timeout.
         let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(&mut file).map_err(io)?;
+        let mut stretch = (&mut file).take(0);
+        loop {
+            stretch.set_limit(READ_BACK_STRETCH);
+            hasher.update_reader(&mut stretch).map_err(io)?;
+            if stretch.limit() > 0 {
+                break;
+            }
+            written_tx.send_replace(offset);
+        }
         file.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
         // Writeback starts while the transfer runs, on a thread of its own, so the sync at the end
         // waits for the last stretch only, not for the whole file to reach the disk.
@@ -586,6 +628,9 @@ fn write_to_disk(
             };
             if chunk_at != at {
                 return Err(fail(format!("chunk at {chunk_at} while expecting {at}"), true));
+            }
+            if data.is_empty() {
+                return Err(fail("empty chunk", true));
             }
             if at + data.len() as u64 > size {
                 return Err(fail(format!("more bytes than the {size} offered"), false));
