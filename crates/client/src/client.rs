@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 use whatsap2p_proto::directory::{Location, LookupIntent};
 use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
@@ -25,6 +25,8 @@ use crate::ClientError;
 
 /// Events waiting for the UI. Peers wait (back-pressure) rather than lose an event.
 const EVENT_QUEUE: usize = 1024;
+/// How often the profile database is checkpointed (see `Store::checkpoint`).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Timeouts of the client, each bounding one kind of wait.
 #[derive(Clone, Debug)]
@@ -264,6 +266,19 @@ impl Core {
     }
 }
 
+/// Checkpoints the profile database every second while the client runs (see `Store::checkpoint`).
+async fn checkpoints(core: Arc<Core>) {
+    loop {
+        tokio::select! {
+            _ = core.cancel.cancelled() => return,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if let Err(e) = core.store.checkpoint().await {
+            warn!("checkpointing the profile database: {e}");
+        }
+    }
+}
+
 /// Applies what the directory task reports: presence changes (waking couriers), losses and returns.
 async fn route_notes(core: Arc<Core>, mut notes: mpsc::Receiver<Note>) {
     while let Some(note) = notes.recv().await {
@@ -364,6 +379,7 @@ impl Client {
         });
         core.tracker.spawn(peer::accept_loop(core.clone(), listener));
         core.tracker.spawn(route_notes(core.clone(), notes));
+        core.tracker.spawn(checkpoints(core.clone()));
         // Contacts, and whoever the outbox still owes something, so a push wakes their courier.
         let mut watched: Vec<Number> = core.store.contacts().await?.into_iter().map(|c| c.number).collect();
         watched.extend(core.store.peers_with_work().await?);

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, OptionalExtension};
@@ -29,7 +30,15 @@ pub struct Contact {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<rusqlite::Connection>>,
+    /// Something was written since the last checkpoint (see [`Store::checkpoint`]).
+    dirty: Arc<AtomicBool>,
 }
+
+/// SQLite checkpoints the WAL by itself only past this many pages (40 MiB): a safety net, since
+/// [`Store::checkpoint`] does it on a blocking thread long before. Its own default, 1 000 pages,
+/// would run a checkpoint, fsyncs included, inside whichever commit crosses it, which may be a
+/// short statement running on an async task.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS contacts (
@@ -226,14 +235,16 @@ impl Store {
         // The profile's lock file already keeps other processes out: holding SQLite's locks for
         // the connection's life saves the file-lock system calls of every transaction.
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), dirty: Arc::new(AtomicBool::new(false)) })
     }
 
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, ClientError> {
+        self.dirty.store(true, Ordering::Relaxed);
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
             .await
@@ -250,9 +261,27 @@ impl Store {
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, ClientError> {
         if let Ok(conn) = self.conn.try_lock() {
+            self.dirty.store(true, Ordering::Relaxed);
             return f(&conn).map_err(ClientError::Store);
         }
         self.with(f).await
+    }
+
+    /// Moves what the WAL holds into the database file, on a blocking thread, if anything was
+    /// written since the last time: the client calls it every second, so the short statements
+    /// that run on async tasks never carry a checkpoint.
+    pub(crate) async fn checkpoint(&self) -> Result<(), ClientError> {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        })
+        .await
+        .map_err(|_| ClientError::ShuttingDown)?
+        .map_err(ClientError::Store)
     }
 
     /// Adds a contact; returns false if it was already there.
@@ -920,6 +949,23 @@ mod tests {
         let owed = store.take_owed(&peer, None, HashSet::from([a, b])).await.expect("take");
         assert!(!owed.awaiting && owed.in_flight.is_empty() && owed.texts.is_empty());
         assert!(!store.has_owed(&peer).await.expect("owed"));
+    }
+
+    #[tokio::test]
+    async fn given_writes_then_one_checkpoint_runs_and_the_data_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.sqlite");
+        let store = Store::open(&path).expect("open");
+        let id = MessageId::new();
+        store.queue_outgoing(&n("456"), text(id, "kept")).await.expect("queue");
+        assert!(store.dirty.load(Ordering::Relaxed), "a write marks the store");
+        store.checkpoint().await.expect("checkpoint");
+        assert!(!store.dirty.load(Ordering::Relaxed), "a checkpoint clears the mark");
+        store.checkpoint().await.expect("nothing to do");
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        let ids: Vec<_> = store.unconfirmed(&n("456")).await.expect("outbox").iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![id]);
     }
 
     #[tokio::test]
