@@ -156,6 +156,17 @@ async fn start_receiver(port: u16, number: &str, folders: &Folders, extra: &[&st
     Client::start_with(port, number, folders.profile.path(), &flags).await
 }
 
+/// A server, sender 100, and receiver 200 (started with `extra` flags, saving into the returned
+/// folders) that has 100 as a contact.
+async fn linked(extra: &[&str]) -> (Server, Client, Folders, Client) {
+    let server = Server::start(&[]).await;
+    let sender = Client::start(server.port, "100").await;
+    let folders = Folders::new();
+    let mut receiver = start_receiver(server.port, "200", &folders, extra).await;
+    add_contact(&mut receiver, "100").await;
+    (server, sender, folders, receiver)
+}
+
 async fn add_contact(c: &mut Client, number: &str) {
     c.send(json!({"cmd": "add_contact", "number": number})).await;
     let v = c.reply("contact_added", |v| is(v, "contact_added") && v["number"] == number).await;
@@ -313,11 +324,7 @@ async fn given_jpeg_and_png_photos_then_they_arrive_byte_identical_with_their_di
     gradient(640, 480).save_with_format(&jpeg, image::ImageFormat::Jpeg).expect("writing the JPEG");
     gradient(640, 480).save_with_format(&png, image::ImageFormat::Png).expect("writing the PNG");
 
-    let server = Server::start(&[]).await;
-    let mut sender = Client::start(server.port, "100").await;
-    let folders = Folders::new();
-    let mut receiver = start_receiver(server.port, "200", &folders, &[]).await;
-    add_contact(&mut receiver, "100").await;
+    let (_server, mut sender, folders, mut receiver) = linked(&[]).await;
 
     let photos = [
         (&jpeg, "photo.jpg", "photo.jpg", "image/jpeg"),
@@ -367,11 +374,7 @@ async fn given_200_mib_random_file_then_it_arrives_with_the_right_hash() {
     let size = 200 * MIB;
     let hash = write_random_async(&path, size, 2).await;
 
-    let server = Server::start(&[]).await;
-    let mut sender = Client::start(server.port, "100").await;
-    let folders = Folders::new();
-    let mut receiver = start_receiver(server.port, "200", &folders, &[]).await;
-    add_contact(&mut receiver, "100").await;
+    let (_server, mut sender, folders, mut receiver) = linked(&[]).await;
 
     let started = Instant::now();
     let q = send_file(&mut sender, "200", &path).await;
@@ -471,11 +474,7 @@ async fn given_receiver_killed_halfway_then_after_restart_the_transfer_resumes_a
     let size = 300 * MIB;
     let hash = write_random_async(&path, size, 4).await;
 
-    let server = Server::start(&[]).await;
-    let mut sender = Client::start(server.port, "100").await;
-    let folders = Folders::new();
-    let mut receiver = start_receiver(server.port, "200", &folders, &[]).await;
-    add_contact(&mut receiver, "100").await;
+    let (server, mut sender, folders, mut receiver) = linked(&[]).await;
 
     let id = id_of(&send_file(&mut sender, "200", &path).await);
     let confirmed = progress_past_30_percent(&mut sender, &id, size).await;
@@ -544,11 +543,7 @@ async fn given_hostile_file_names_then_files_land_inside_downloads_under_safe_na
     std::fs::write(dir_a.join("same.txt"), "the first same.txt").expect("writing a source file");
     std::fs::write(dir_b.join("same.txt"), "the second same.txt, longer").expect("writing a source file");
 
-    let server = Server::start(&[]).await;
-    let mut sender = Client::start(server.port, "100").await;
-    let folders = Folders::new();
-    let mut receiver = start_receiver(server.port, "200", &folders, &[]).await;
-    add_contact(&mut receiver, "100").await;
+    let (_server, mut sender, folders, mut receiver) = linked(&[]).await;
     let root_before = tree(folders.root.path());
     assert_eq!(root_before, BTreeSet::from([PathBuf::from("downloads")]));
 
@@ -741,11 +736,7 @@ async fn given_file_over_max_file_size_then_it_is_refused_and_one_at_the_limit_i
     let at_hash = write_random(&at, 1000, 55);
     assert_ne!(over_hash, at_hash);
 
-    let server = Server::start(&[]).await;
-    let mut sender = Client::start(server.port, "100").await;
-    let folders = Folders::new();
-    let mut receiver = start_receiver(server.port, "200", &folders, &["--max-file-size", "1000"]).await;
-    add_contact(&mut receiver, "100").await;
+    let (_server, mut sender, folders, mut receiver) = linked(&["--max-file-size", "1000"]).await;
 
     let id = id_of(&send_file(&mut sender, "200", &over).await);
     let reason = failed_out(&mut sender, &id, "200").await;
@@ -772,11 +763,7 @@ async fn given_large_transfer_running_then_chat_messages_pass_ahead_of_it_both_w
     let size = 200 * MIB;
     let hash = write_random_async(&path, size, 6).await;
 
-    let server = Server::start(&[]).await;
-    let mut sender = Client::start(server.port, "100").await;
-    let folders = Folders::new();
-    let mut receiver = start_receiver(server.port, "200", &folders, &[]).await;
-    add_contact(&mut receiver, "100").await;
+    let (_server, mut sender, folders, mut receiver) = linked(&[]).await;
 
     let id = id_of(&send_file(&mut sender, "200", &path).await);
     // The transfer is running.

@@ -89,15 +89,20 @@ impl LinkHandle {
             if !wanted() {
                 return Err("no longer wanted".to_owned());
             }
-            let written = match writer.feed_msg(&msg).await {
-                Ok(()) => writer.flush().await,
-                Err(e) => Err(e),
-            };
-            if written.is_err() {
-                self.closed.cancel();
-            }
-            written.map_err(|e| e.to_string())
+            self.write_now(&mut writer, &msg).await
         })
+    }
+
+    /// Writes `msg` with the writer already taken; a failed write ends the link.
+    async fn write_now(&self, writer: &mut Writer, msg: &PeerMessage) -> Result<(), String> {
+        let written = match writer.feed_msg(msg).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            self.closed.cancel();
+        }
+        written.map_err(|e| e.to_string())
     }
 
     /// Writes `msg`; returns once it is on the wire.
@@ -106,14 +111,7 @@ impl LinkHandle {
         // task costs a thread wake-up, tens of µs here, on every message and every acknowledgement.
         if self.tx.capacity() == self.tx.max_capacity() {
             if let Ok(mut writer) = self.writer.try_lock() {
-                let written = match writer.feed_msg(&msg).await {
-                    Ok(()) => writer.flush().await,
-                    Err(e) => Err(e),
-                };
-                if written.is_err() {
-                    self.closed.cancel();
-                }
-                return written.map_err(|e| e.to_string());
+                return self.write_now(&mut writer, &msg).await;
             }
         }
         let (written, rx) = oneshot::channel();
