@@ -207,7 +207,7 @@ async fn given_lost_acknowledgement_then_the_retried_message_is_stored_and_shown
     delivered(&mut alice, &warm, "456").await;
 
     // Bob freezes: the text reaches his socket, but no acknowledgement can come back before Alice dies.
-    bob.signal("STOP");
+    bob.stop().await;
     let id = alice.send_text("456", "exactly once").await;
     alice.signal("KILL");
     alice.wait_exit().await;

@@ -634,6 +634,31 @@ impl Client {
         signal(self.pid, sig);
     }
 
+    /// SIGSTOP, then waits until every thread of the process is stopped: kill(1) returns once the
+    /// signal is queued, and a thread running on another CPU can still do a little work (read a
+    /// frame, answer it) before it stops.
+    pub async fn stop(&self) {
+        signal(self.pid, "STOP");
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).expect("listing the threads");
+            let all_stopped = tasks.filter_map(Result::ok).all(|t| {
+                // The state is the first field after the parenthesised command name.
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                    .unwrap_or(true)
+            });
+            if all_stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "client {} did not stop within {TIMEOUT:?}", self.number);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// SIGKILL, and wait until it is gone.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("killing the client");
