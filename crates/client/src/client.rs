@@ -256,6 +256,19 @@ pub struct Client {
 }
 
 impl Core {
+    /// A lookup found `number` online: a watched number cached as offline is online now. A push
+    /// saying so may still be on its way (a watch answered before the number registered again, on
+    /// a busy machine); until it comes, a send would queue instead of writing. Only this direction
+    /// is taken from lookups, and a cached "online" is never touched. An answer that lands after a
+    /// later "offline" push costs a failed dial, after which the courier retries with backoff.
+    pub(crate) fn saw_online(&self, number: &Number, location: Option<Location>) {
+        let Some(location) = location else { return };
+        let mut presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached @ None) = presence.get_mut(number) {
+            *cached = Some(location);
+        }
+    }
+
     /// True when the directory told us `number` is offline (and nothing since said otherwise).
     pub(crate) fn known_offline(&self, number: &Number) -> bool {
         matches!(self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(number), Some(None))
@@ -416,6 +429,7 @@ impl Client {
     /// Is `number` online, and where?
     pub async fn ping(&self, number: &Number) -> Result<Presence, ClientError> {
         let a = self.core.directory.lookup(number, LookupIntent::Ping).await?;
+        self.core.saw_online(number, a.online);
         Ok(Presence { number: a.number, online: a.online.map(|l| l.addr), key: a.key })
     }
 

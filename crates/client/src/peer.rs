@@ -181,6 +181,7 @@ pub(crate) async fn check_pin(core: &Core, number: &Number, presented: PublicKey
 
 async fn dial(core: &Arc<Core>, to: &Number) -> Result<LinkHandle, ClientError> {
     let answer = core.directory.lookup(to, LookupIntent::Address).await?;
+    core.saw_online(to, answer.online);
     let Some(key) = answer.key else { return Err(ClientError::UnknownNumber(to.clone())) };
     let Some(location) = answer.online else { return Err(ClientError::Offline(to.clone())) };
     check_pin(core, to, key).await?;
