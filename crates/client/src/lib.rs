@@ -12,6 +12,7 @@
 //!   task that sends, receives and acknowledges messages.
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
 //! - [`transfer`]: files over the peer link: offer, accept, chunks under flow control, verify, resume.
+//! - `partial`: the file a transfer is received into: aligned writes, hashed as written.
 //! - [`safe_name`]: file names from peers made safe for the downloads folder.
 //! - [`groups`]: group conversations: signed membership, fan-out through the outbox.
 //! - [`client`]: [`Client`], which ties them together, and [`Event`].
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod error;
 pub mod groups;
 pub mod outbox;
+mod partial;
 pub mod peer;
 pub mod profile;
 pub mod safe_name;

@@ -19,12 +19,15 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use whatsap2p_link::{Handshake, SessionReader, SessionWriter};
+use whatsap2p_proto::chunk::{view_chunk, ChunkView};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::handshake::{Hello, Purpose};
 use whatsap2p_proto::peer::PeerMessage;
-use whatsap2p_proto::{IdentityProof, MessageId, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION};
+use whatsap2p_proto::{
+    DecodeError, IdentityProof, MessageId, Number, PublicKey, MAX_TEXT_LEN, PROTOCOL_VERSION,
+};
 
 use crate::client::{Core, Event};
 use crate::store::MessageState;
@@ -34,6 +37,11 @@ use crate::ClientError;
 const LINK_QUEUE: usize = 64;
 /// Most frames written together in one flush.
 const WRITE_BATCH: usize = 32;
+/// How much more than the frame in hand one read on a link may take in: a file's chunks then
+/// arrive several per read.
+const READ_AHEAD: usize = 256 * 1024;
+/// A link's frame buffer is freed after a message when it is larger than this and no transfer runs.
+const IDLE_FRAME_BUFFER: usize = 16 * 1024;
 /// Most peer connections handled at once (handshaking or linked).
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
 
@@ -49,7 +57,7 @@ pub(crate) struct Outgoing {
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// Where a file transfer's messages arriving on a link go, by transfer id.
-pub(crate) type Routes = Arc<Mutex<HashMap<MessageId, mpsc::Sender<PeerMessage>>>>;
+pub(crate) type Routes = Arc<Mutex<HashMap<MessageId, crate::transfer::Route>>>;
 
 /// A live link to one peer. Clones share the link.
 #[derive(Clone)]
@@ -69,16 +77,16 @@ impl LinkHandle {
         !self.closed.is_cancelled()
     }
 
-    /// Writes a file chunk from the blocking thread that read it: no hand-off to the writer task.
-    /// The writer is taken for one chunk at a time and a chat frame waiting for it is served in
-    /// turn, so a message waits for at most one chunk of each transfer running on the link.
+    /// Writes an encoded file chunk from the blocking thread that read it: no hand-off to the writer
+    /// task. The writer is taken for one chunk at a time and a chat frame waiting for it is served
+    /// in turn, so a message waits for at most one chunk of each transfer running on the link.
     ///
     /// `wanted` is asked again once the writer is taken: an attempt that ended meanwhile writes
     /// nothing more.
     pub(crate) fn write_blocking(
         &self,
         runtime: &tokio::runtime::Handle,
-        msg: PeerMessage,
+        frame: &[u8],
         wanted: impl Fn() -> bool,
     ) -> Result<(), String> {
         runtime.block_on(async {
@@ -89,16 +97,19 @@ impl LinkHandle {
             if !wanted() {
                 return Err("no longer wanted".to_owned());
             }
-            self.write_now(&mut writer, &msg).await
+            self.write_encoded(&mut writer, frame).await
         })
     }
 
     /// Writes `msg` with the writer already taken; a failed write ends the link.
     async fn write_now(&self, writer: &mut Writer, msg: &PeerMessage) -> Result<(), String> {
-        let written = match writer.feed_msg(msg).await {
-            Ok(()) => writer.flush().await,
-            Err(e) => Err(e),
-        };
+        let frame = whatsap2p_proto::encode(msg).map_err(|e| e.to_string())?;
+        self.write_encoded(writer, &frame).await
+    }
+
+    /// Writes one encoded message with the writer already taken; a failed write ends the link.
+    async fn write_encoded(&self, writer: &mut Writer, frame: &[u8]) -> Result<(), String> {
+        let written = writer.send(frame).await;
         if written.is_err() {
             self.closed.cancel();
         }
@@ -427,14 +438,41 @@ pub(crate) async fn store_text(
     }
 }
 
+/// What one frame on a link holds.
+enum Incoming {
+    Message(PeerMessage),
+    /// File bytes, left where they are in the frame.
+    Chunk(ChunkView),
+    /// A message of a kind from a newer protocol version.
+    Skipped,
+}
+
+fn decode_frame(frame: &[u8]) -> Result<Incoming, DecodeError> {
+    if let Some(chunk) = view_chunk(frame) {
+        return chunk.map(Incoming::Chunk);
+    }
+    match whatsap2p_proto::decode::<PeerMessage>(frame) {
+        Ok(msg) => Ok(Incoming::Message(msg)),
+        Err(DecodeError::UnknownVariant(kind)) => {
+            debug!(kind, "skipping message of unknown kind");
+            Ok(Incoming::Skipped)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reader: Reader, link: LinkHandle) {
     let store = &core.store;
+    reader.set_read_ahead(READ_AHEAD);
+    // Frames are decrypted into this buffer; a file chunk takes it along to the disk writer and
+    // leaves a spent one in its place.
+    let mut frame = Vec::new();
     loop {
-        let msg = tokio::select! {
+        let got = tokio::select! {
             _ = link.closed.cancelled() => break,
-            m = tokio::time::timeout(core.config.timeouts.link_idle, reader.recv_msg::<PeerMessage>()) => m,
+            m = tokio::time::timeout(core.config.timeouts.link_idle, reader.recv_into(&mut frame)) => m,
         };
-        let reply = match msg {
+        let n = match got {
             Err(_) => break,
             Ok(Ok(None)) => {
                 debug!("{peer} closed the link");
@@ -444,7 +482,16 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
                 warn!("dropping link with {peer}: {e}");
                 break;
             }
-            Ok(Ok(Some(PeerMessage::Text { id, sent_at_ms, text }))) => {
+            Ok(Ok(Some(n))) => n,
+        };
+        let reply = match decode_frame(&frame[..n]) {
+            Err(e) => {
+                warn!("dropping link with {peer}: {e}");
+                break;
+            }
+            Ok(Incoming::Skipped) => None,
+            Ok(Incoming::Chunk(chunk)) => crate::transfer::route_chunk(&peer, &link, chunk, &mut frame),
+            Ok(Incoming::Message(PeerMessage::Text { id, sent_at_ms, text })) => {
                 if text.len() > MAX_TEXT_LEN {
                     warn!("dropping link with {peer}: message of {} bytes", text.len());
                     break;
@@ -455,7 +502,7 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
                     None => None,
                 }
             }
-            Ok(Ok(Some(PeerMessage::Ack { id }))) => {
+            Ok(Incoming::Message(PeerMessage::Ack { id })) => {
                 match store.advance_outgoing(&peer, id, MessageState::Delivered).await {
                     Ok(true) => {
                         let _ = core.events.send(Event::Delivered { id, to: peer.clone() }).await;
@@ -469,7 +516,7 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
                 }
                 None
             }
-            Ok(Ok(Some(PeerMessage::Read { id }))) => {
+            Ok(Incoming::Message(PeerMessage::Read { id })) => {
                 match store.advance_outgoing(&peer, id, MessageState::Read).await {
                     Ok(true) => {
                         let _ = core.events.send(Event::Read { id, by: peer.clone() }).await;
@@ -482,37 +529,41 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
                     }
                 }
             }
-            Ok(Ok(Some(PeerMessage::GroupText { group, id, sent_at_ms, text }))) => {
+            Ok(Incoming::Message(PeerMessage::GroupText { group, id, sent_at_ms, text })) => {
                 if text.len() > MAX_TEXT_LEN {
                     warn!("dropping link with {peer}: message of {} bytes", text.len());
                     break;
                 }
                 crate::groups::on_text(&core, &peer, group, id, sent_at_ms, text).await
             }
-            Ok(Ok(Some(PeerMessage::GroupUpdate { id, update }))) => {
+            Ok(Incoming::Message(PeerMessage::GroupUpdate { id, update })) => {
                 crate::groups::on_update(&core, &peer, &peer_key, update)
                     .await
                     .then_some(PeerMessage::Ack { id })
             }
-            Ok(Ok(Some(PeerMessage::FileOffer { id, name, size, media_type, blake3 }))) => {
+            Ok(Incoming::Message(PeerMessage::FileOffer { id, name, size, media_type, blake3 })) => {
                 let offer = crate::transfer::Offer { id, name, size, media_type, blake3 };
                 crate::transfer::on_offer(&core, &peer, &link, offer).await
             }
-            Ok(Ok(Some(
-                msg @ (PeerMessage::FileChunk { .. }
-                | PeerMessage::FileAccept { .. }
+            Ok(Incoming::Message(
+                msg @ (PeerMessage::FileAccept { .. }
                 | PeerMessage::FileRefuse { .. }
                 | PeerMessage::FileProgress { .. }
                 | PeerMessage::FileReceived { .. }
                 | PeerMessage::FileFailed { .. }),
-            ))) => crate::transfer::route(&peer, &link, msg),
-            Ok(Ok(Some(other))) => {
+            )) => crate::transfer::route(&peer, &link, msg),
+            Ok(Incoming::Message(other)) => {
                 debug!("ignoring {other:?} from {peer}");
                 None
             }
         };
         if let Some(reply) = reply {
             let _ = link.tx.send(Outgoing { msg: reply, written: None }).await;
+        }
+        // A link with no transfer running keeps no frame-sized buffer.
+        if frame.len() > IDLE_FRAME_BUFFER && link.routes.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        {
+            frame = Vec::new();
         }
     }
     link.closed.cancel();

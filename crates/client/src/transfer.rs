@@ -16,13 +16,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
+use whatsap2p_proto::chunk::{write_chunk_header, ChunkView, MAX_CHUNK_HEADER_LEN};
 use whatsap2p_proto::peer::{PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW, MAX_FILE_NAME_LEN};
 use whatsap2p_proto::{MessageId, Number};
 
 use crate::client::{Core, Event};
+use crate::partial::{ChunkBytes, PartialFile, Spares};
 use crate::peer::{self, LinkHandle};
 use crate::safe_name::{numbered, safe_name};
 use crate::store::FileRecord;
@@ -38,19 +40,36 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
 /// Most transfers running at once on one link (both directions).
 const MAX_TRANSFERS_PER_LINK: usize = 8;
-/// The receiver starts writeback each time this much more is written.
-const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 /// While bytes flow, the receiver's writer reports its progress at least this often (stall detection).
 const NOTIFY_EVERY: Duration = Duration::from_secs(1);
 /// The receiver repeats its progress at least this often while a transfer is alive.
 const KEEPALIVE: Duration = Duration::from_secs(10);
-/// The receiver reads a resumed partial file back in stretches of this size.
-const READ_BACK_STRETCH: u64 = 64 * 1024 * 1024;
 /// Folder inside the downloads folder where partial files wait to be resumed.
 const PARTIAL_DIR: &str = ".whatsap2p-partial";
 /// First and longest pause between attempts to send a pending file.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What arrives for a transfer on its link.
+pub(crate) enum Routed {
+    /// File bytes, in the buffer they were decrypted into.
+    Chunk { offset: u64, bytes: ChunkBytes },
+    /// Any other transfer message.
+    Message(PeerMessage),
+}
+
+/// Where a running transfer's messages go on its link.
+pub(crate) struct Route {
+    tx: mpsc::Sender<Routed>,
+    /// Buffers the transfer's writer is done with, for the link to decrypt the next chunk into.
+    spares: Spares,
+}
+
+/// The receiving end of a transfer's route: its messages, and where its spent buffers go back.
+struct Inbound {
+    rx: mpsc::Receiver<Routed>,
+    spares: Spares,
+}
 
 /// A file offer as the receiver sees it.
 pub(crate) struct Offer {
@@ -200,7 +219,8 @@ async fn attempt(core: &Arc<Core>, file: &FileRecord) -> Attempt {
         Err(e) => return Attempt::Retry(e.to_string()),
     };
     let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
-    link.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.id, tx);
+    let route = Route { tx, spares: Spares::default() };
+    link.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.id, route);
     let _guard = RouteGuard(&link, file.id);
     let offer = PeerMessage::FileOffer {
         id: file.id,
@@ -212,7 +232,7 @@ async fn attempt(core: &Arc<Core>, file: &FileRecord) -> Attempt {
     if let Err(e) = link.write(offer).await {
         return Attempt::Retry(e);
     }
-    let offset = match tokio::time::timeout(STALL_TIMEOUT, rx.recv()).await {
+    let offset = match tokio::time::timeout(STALL_TIMEOUT, next_message(&mut rx)).await {
         Err(_) => return Attempt::Retry("no answer to the offer".into()),
         Ok(None) => return Attempt::Retry("link closed".into()),
         Ok(Some(PeerMessage::FileAccept { offset, .. })) if offset <= file.size => offset,
@@ -235,7 +255,7 @@ async fn stream(
     core: &Arc<Core>,
     file: &FileRecord,
     link: &LinkHandle,
-    rx: &mut mpsc::Receiver<PeerMessage>,
+    rx: &mut mpsc::Receiver<Routed>,
     offset: u64,
 ) -> Result<(), Attempt> {
     let window = Arc::new(tokio::sync::Semaphore::new(FILE_WINDOW as usize));
@@ -261,7 +281,7 @@ async fn stream(
                 }
                 continue;
             }
-            m = tokio::time::timeout(STALL_TIMEOUT, rx.recv()) => match m {
+            m = tokio::time::timeout(STALL_TIMEOUT, next_message(rx)) => match m {
                 Err(_) => return Err(Attempt::Retry("receiver stalled".into())),
                 Ok(None) => return Err(Attempt::Retry("link closed".into())),
                 Ok(Some(m)) => m,
@@ -296,6 +316,16 @@ async fn stream(
     }
 }
 
+/// The next message on a sending attempt's route: file bytes have no business there.
+async fn next_message(rx: &mut mpsc::Receiver<Routed>) -> Option<PeerMessage> {
+    loop {
+        match rx.recv().await? {
+            Routed::Message(msg) => return Some(msg),
+            Routed::Chunk { offset, .. } => debug!("ignoring a chunk at {offset} for a file we are sending"),
+        }
+    }
+}
+
 /// Closes a transfer's credit window when the attempt ends, which stops its reader.
 struct WindowGuard(Arc<tokio::sync::Semaphore>);
 
@@ -320,45 +350,95 @@ fn send_chunks(
     tokio::task::spawn_blocking(move || {
         let mut source = std::fs::File::open(&file.path).map_err(Some)?;
         source.seek(std::io::SeekFrom::Start(offset)).map_err(Some)?;
+        // One buffer for the whole transfer: each chunk's header, then its bytes read in after it.
+        let mut frame = vec![0u8; MAX_CHUNK_HEADER_LEN + FILE_CHUNK_LEN];
         let mut at = offset;
         while at < file.size {
-            let want = (file.size - at).min(FILE_CHUNK_LEN as u64);
+            let want = (file.size - at).min(FILE_CHUNK_LEN as u64) as usize;
             // FILE_CHUNK_LEN fits a u32 by far.
             let credit = runtime.block_on(window.acquire_many(want as u32)).map_err(|_| None)?;
             credit.forget();
-            let mut data = Vec::with_capacity(want as usize);
-            let n = (&mut source).take(want).read_to_end(&mut data).map_err(Some)? as u64;
+            let header = write_chunk_header(&mut frame, file.id, at, want)
+                .map_err(|e| Some(std::io::Error::other(e)))?;
+            let n = read_full(&mut source, &mut frame[header..header + want]).map_err(Some)?;
             if n != want {
                 return Err(Some(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("it is shorter than when it was offered ({} bytes)", at + n),
+                    format!("it is shorter than when it was offered ({} bytes)", at + n as u64),
                 )));
             }
-            let chunk = PeerMessage::FileChunk { id: file.id, offset: at, data };
-            link.write_blocking(&runtime, chunk, || !window.is_closed()).map_err(|_| None)?;
-            at += want;
+            link.write_blocking(&runtime, &frame[..header + want], || !window.is_closed())
+                .map_err(|_| None)?;
+            at += want as u64;
         }
         Ok(())
     })
 }
 
-/// Routes a transfer message arriving on `link` to its transfer; returns nothing to write back.
+/// Reads until `buf` is full or the file ends; returns how much it read.
+fn read_full(source: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match source.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Routes a transfer message arriving on `link` to its transfer; returns what to write back, if
+/// anything.
 pub(crate) fn route(peer: &Number, link: &LinkHandle, msg: PeerMessage) -> Option<PeerMessage> {
     let id = match &msg {
-        PeerMessage::FileChunk { id, .. }
-        | PeerMessage::FileAccept { id, .. }
+        PeerMessage::FileAccept { id, .. }
         | PeerMessage::FileRefuse { id, .. }
         | PeerMessage::FileProgress { id, .. }
         | PeerMessage::FileReceived { id }
         | PeerMessage::FileFailed { id, .. } => *id,
         _ => return None,
     };
-    let tx = link.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
-    let Some(tx) = tx else {
+    let Some(tx) = link.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|r| r.tx.clone())
+    else {
         debug!("{peer} sent a message for transfer {id}, which is not running here");
         return None;
     };
-    match tx.try_send(msg) {
+    deliver(link, id, &tx, Routed::Message(msg))
+}
+
+/// Routes file bytes that arrived on `link`, decrypted into `frame`, to their transfer: the buffer
+/// goes along, and `frame` is replaced by one the transfer's writer is done with. Returns what to
+/// write back, if anything.
+pub(crate) fn route_chunk(
+    peer: &Number,
+    link: &LinkHandle,
+    chunk: ChunkView,
+    frame: &mut Vec<u8>,
+) -> Option<PeerMessage> {
+    let route = link
+        .routes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&chunk.id)
+        .map(|r| (r.tx.clone(), r.spares.clone()));
+    let Some((tx, spares)) = route else {
+        debug!("{peer} sent a chunk of transfer {}, which is not running here", chunk.id);
+        return None;
+    };
+    // `view_chunk` found the range inside this very frame, so `new` cannot refuse it.
+    let bytes = ChunkBytes::new(std::mem::replace(frame, spares.take()), chunk.data)?;
+    deliver(link, chunk.id, &tx, Routed::Chunk { offset: chunk.offset, bytes })
+}
+
+fn deliver(
+    link: &LinkHandle,
+    id: MessageId,
+    tx: &mpsc::Sender<Routed>,
+    routed: Routed,
+) -> Option<PeerMessage> {
+    match tx.try_send(routed) {
         Ok(()) => None,
         // A full queue means the sender ignored the window: stop the transfer rather than buffer.
         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -376,7 +456,7 @@ pub(crate) fn route(peer: &Number, link: &LinkHandle, msg: PeerMessage) -> Optio
 fn close_route(link: &LinkHandle, id: MessageId) {
     let (closed, _) = mpsc::channel(1);
     if let Some(route) = link.routes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
-        *route = closed;
+        route.tx = closed;
     }
 }
 
@@ -416,6 +496,7 @@ pub(crate) async fn on_offer(
     let held = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
     let offset = if held <= offer.size { held } else { 0 };
     let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
+    let spares = Spares::default();
     {
         let mut routes = link.routes.lock().unwrap_or_else(|p| p.into_inner());
         if routes.contains_key(&id) {
@@ -431,9 +512,10 @@ pub(crate) async fn on_offer(
             let reason = format!("{MAX_TRANSFERS_PER_LINK} transfers already running; try again later");
             return Some(PeerMessage::FileFailed { id, reason });
         }
-        routes.insert(id, tx);
+        routes.insert(id, Route { tx, spares: spares.clone() });
     }
-    let task = receive(core.clone(), peer.clone(), link.clone(), offer, partial, offset, rx);
+    let task =
+        receive(core.clone(), peer.clone(), link.clone(), offer, partial, offset, Inbound { rx, spares });
     core.tracker.spawn(task.instrument(info_span!("file", %id, from = %peer)));
     Some(PeerMessage::FileAccept { id, offset })
 }
@@ -445,10 +527,10 @@ async fn receive(
     offer: Offer,
     partial: PathBuf,
     offset: u64,
-    rx: mpsc::Receiver<PeerMessage>,
+    inbound: Inbound,
 ) {
     let id = offer.id;
-    let result = receive_inner(&core, &peer, &link, &offer, &partial, offset, rx).await;
+    let result = receive_inner(&core, &peer, &link, &offer, &partial, offset, inbound).await;
     link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     match result {
         Ok(event) => {
@@ -483,9 +565,9 @@ async fn receive_inner(
     offer: &Offer,
     partial: &Path,
     offset: u64,
-    rx: mpsc::Receiver<PeerMessage>,
+    inbound: Inbound,
 ) -> Result<Event, Failure> {
-    let (mut written, done) = write_to_disk(partial.to_path_buf(), offset, offer.size, rx);
+    let (mut written, done) = write_to_disk(partial.to_path_buf(), offset, offer.size, inbound);
     let (mut credited, mut last_said) = (offset, Instant::now());
     loop {
         match tokio::time::timeout(STALL_TIMEOUT, written.changed()).await {
@@ -568,94 +650,62 @@ async fn receive_inner(
 /// the link's route (no task in between, no buffer copies), hashing them as it writes so the file is
 /// not read again once complete; the bytes held from an earlier attempt are read back once. The
 /// route is sized to the credit window, so that, not this, bounds what waits. Returns the length
-/// written so far (updated every [`CREDIT_EVERY`] bytes, at least every [`NOTIFY_EVERY`] while
+/// on disk so far (updated every [`CREDIT_EVERY`] bytes, at least every [`NOTIFY_EVERY`] while
 /// bytes flow, and at the end) and, once everything is written and synced, the file's hash.
 fn write_to_disk(
     partial: PathBuf,
     offset: u64,
     size: u64,
-    mut rx: mpsc::Receiver<PeerMessage>,
+    inbound: Inbound,
 ) -> (tokio::sync::watch::Receiver<u64>, tokio::task::JoinHandle<Result<[u8; 32], Failure>>) {
     let (written_tx, written) = tokio::sync::watch::channel(offset);
     let done = tokio::task::spawn_blocking(move || {
         let io = |e: std::io::Error| fail(format!("cannot write: {e}"), true);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&partial)
-            .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
-        file.set_len(offset).map_err(io)?;
-        // The part held from before is read back in stretches, saying so after each: on a slow disk
-        // a large partial takes longer than the stall timeout.
-        let mut hasher = blake3::Hasher::new();
-        let mut stretch = (&mut file).take(0);
-        loop {
-            stretch.set_limit(READ_BACK_STRETCH);
-            hasher.update_reader(&mut stretch).map_err(io)?;
-            if stretch.limit() > 0 {
-                break;
-            }
+        let Inbound { mut rx, spares } = inbound;
+        let mut file = PartialFile::open(&partial, offset, spares, || {
             written_tx.send_replace(offset);
-        }
-        file.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
-        // Writeback starts while the transfer runs, on a thread of its own, so the sync at the end
-        // waits for the last stretch only, not for the whole file to reach the disk.
-        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncing = file.try_clone().map_err(io)?;
-        let syncer = std::thread::Builder::new()
-            .name("file-sync".into())
-            .spawn(move || {
-                while sync_rx.recv().is_ok() {
-                    syncing.sync_data()?;
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .map_err(io)?;
-        let (mut at, mut unsynced, mut told) = (offset, 0, (offset, Instant::now()));
-        while at < size {
+        })
+        .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
+        // What was received goes to the disk before giving up, for the next attempt to resume from.
+        let stop = |file: &mut PartialFile, failure: Failure| {
+            let _ = file.flush();
+            Err(failure)
+        };
+        let mut told = (offset, Instant::now());
+        while file.received() < size {
+            let at = file.received();
             let (chunk_at, data) = match rx.blocking_recv() {
-                None => return Err(fail(format!("link closed at {at} of {size} bytes"), true)),
-                Some(PeerMessage::FileChunk { offset, data, .. }) => (offset, data),
-                Some(PeerMessage::FileFailed { reason, .. }) => {
-                    return Err(fail(format!("sender gave up: {reason}"), true))
+                None => return stop(&mut file, fail(format!("link closed at {at} of {size} bytes"), true)),
+                Some(Routed::Chunk { offset, bytes }) => (offset, bytes),
+                Some(Routed::Message(PeerMessage::FileFailed { reason, .. })) => {
+                    return stop(&mut file, fail(format!("sender gave up: {reason}"), true))
                 }
-                Some(other) => {
+                Some(Routed::Message(other)) => {
                     debug!("ignoring {other:?} during transfer");
                     continue;
                 }
             };
             if chunk_at != at {
-                return Err(fail(format!("chunk at {chunk_at} while expecting {at}"), true));
+                return stop(&mut file, fail(format!("chunk at {chunk_at} while expecting {at}"), true));
             }
             if data.is_empty() {
-                return Err(fail("empty chunk", true));
+                return stop(&mut file, fail("empty chunk", true));
             }
             if at + data.len() as u64 > size {
                 return Err(fail(format!("more bytes than the {size} offered"), false));
             }
             // A full disk fails here: the partial keeps what was written, the sender retries later.
-            file.write_all(&data).map_err(io)?;
-            hasher.update(&data);
-            at += data.len() as u64;
-            unsynced += data.len() as u64;
-            if unsynced >= SYNC_EVERY {
-                // A sync still running takes this stretch along when it ends: no need to queue.
-                let _ = sync_tx.try_send(());
-                unsynced = 0;
-            }
+            file.push(data).map_err(io)?;
             // Waking the receiving task for every chunk would cost more than the chunk's write.
-            if at - told.0 >= CREDIT_EVERY || told.1.elapsed() >= NOTIFY_EVERY || at == size {
-                told = (at, Instant::now());
-                written_tx.send_replace(at);
+            let on_disk = file.on_disk();
+            if on_disk - told.0 >= CREDIT_EVERY || told.1.elapsed() >= NOTIFY_EVERY {
+                told = (on_disk, Instant::now());
+                written_tx.send_replace(on_disk);
             }
         }
-        drop(sync_tx);
-        let synced = syncer.join().map_err(|_| std::io::Error::other("the file sync thread panicked"));
-        synced.and_then(|r| r).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(*hasher.finalize().as_bytes())
+        let hash = file.finish().map_err(io)?;
+        written_tx.send_replace(size);
+        Ok(hash)
     });
     (written, done)
 }

@@ -58,9 +58,18 @@ fn wanted(buf: &[u8]) -> usize {
 pub(crate) struct FrameReader {
     /// Part of a frame, or frames that came in the same read. Unallocated between frames.
     pending: BytesMut,
+    /// How much more than the frame in hand one read may take in (see [`FrameReader::set_read_ahead`]).
+    read_ahead: usize,
 }
 
 impl FrameReader {
+    /// Lets a read that completes a frame take in up to `bytes` more: on a link carrying a stream
+    /// of large frames (a file), a read then brings several at once instead of one and a half.
+    /// Memory: up to this much more per partial frame held.
+    pub(crate) fn set_read_ahead(&mut self, bytes: usize) {
+        self.read_ahead = bytes;
+    }
+
     /// Polls for the next frame on `io` and gives its body to `open`, whose result it returns.
     /// `Ok(None)` is a clean end of stream (between frames); an end in the middle of a frame is an
     /// error.
@@ -98,13 +107,13 @@ impl FrameReader {
                     self.pending.extend_from_slice(&data[total..]);
                     return Poll::Ready(Ok(Some(out)));
                 }
-                self.pending.reserve(wanted(data).max(data.len()));
+                self.pending.reserve(wanted(data).max(data.len()) + self.read_ahead);
                 self.pending.extend_from_slice(data);
                 continue;
             }
             // Part of a frame is here: read the rest straight into its buffer, sized for it.
             let missing = wanted(&self.pending).saturating_sub(self.pending.len());
-            self.pending.reserve(missing);
+            self.pending.reserve(missing + self.read_ahead);
             if ready!(tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.pending))? == 0 {
                 return Poll::Ready(Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into())));
             }
@@ -121,11 +130,19 @@ impl FrameReader {
 /// The writing side's state: frames queued and not yet written.
 #[derive(Default)]
 pub(crate) struct FrameWriter {
-    /// Whole frames, headers included. Unallocated once flushed.
+    /// Whole frames, headers included, in `out[..filled]`; what follows is room already initialized
+    /// by earlier frames. Unallocated once a small flush is written.
     out: Vec<u8>,
+    /// How much of `out` holds queued frames.
+    filled: usize,
     /// How much of `out` is already written.
     written: usize,
 }
+
+/// A flush at least this large keeps its buffer for the next frames: a link moving a file reuses one
+/// buffer instead of allocating and clearing one per frame. A smaller flush frees it, so an idle
+/// session (whose last frames were small) holds none.
+const KEEP_AFTER: usize = 32 * 1024;
 
 impl FrameWriter {
     /// Queues one frame whose body `fill` writes into a buffer of `max_len` bytes, returning how many
@@ -135,47 +152,45 @@ impl FrameWriter {
         max_len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, LinkError>,
     ) -> Result<(), LinkError> {
-        let start = self.out.len();
-        self.out.resize(start + HEADER_LEN + max_len, 0);
-        let filled = fill(&mut self.out[start + HEADER_LEN..]).and_then(|n| {
+        let start = self.filled;
+        let end = start + HEADER_LEN + max_len;
+        if self.out.len() < end {
+            self.out.resize(end, 0);
+        }
+        let body = fill(&mut self.out[start + HEADER_LEN..end]).and_then(|n| {
             if n <= max_len.min(MAX_FRAME_LEN) {
                 Ok(n)
             } else {
                 Err(LinkError::FrameTooLarge)
             }
-        });
-        let body = match filled {
-            Ok(n) => n,
-            Err(e) => {
-                self.out.truncate(start);
-                return Err(e);
-            }
-        };
+        })?;
         self.out[start..start + HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
-        self.out.truncate(start + HEADER_LEN + body);
+        self.filled = start + HEADER_LEN + body;
         Ok(())
     }
 
     /// Whether enough is queued that it should be written before queueing more.
     pub(crate) fn is_full(&self) -> bool {
-        self.out.len() >= BACKPRESSURE
+        self.filled >= BACKPRESSURE
     }
 
-    /// Writes every queued frame and flushes `io`, then frees the buffer.
+    /// Writes every queued frame and flushes `io`; frees the buffer unless the flush was large.
     pub(crate) fn poll_flush<W>(&mut self, mut io: Pin<&mut W>, cx: &mut Context<'_>) -> Poll<io::Result<()>>
     where
         W: AsyncWrite + ?Sized,
     {
-        while self.written < self.out.len() {
-            let n = ready!(io.as_mut().poll_write(cx, &self.out[self.written..]))?;
+        while self.written < self.filled {
+            let n = ready!(io.as_mut().poll_write(cx, &self.out[self.written..self.filled]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
         }
         ready!(io.as_mut().poll_flush(cx))?;
-        // Frees it: an idle session keeps no write buffer, and one big frame does not pin its size.
-        self.out = Vec::new();
+        if self.filled < KEEP_AFTER {
+            self.out = Vec::new();
+        }
+        self.filled = 0;
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -273,5 +288,38 @@ mod tests {
         for want in [&b"a"[..], b"bc", b""] {
             assert_eq!(next(&mut r, &mut b).await.expect("frame").as_deref(), Some(want));
         }
+    }
+
+    #[tokio::test]
+    async fn given_large_frames_then_the_buffer_is_kept_for_the_next_and_a_small_flush_frees_it() {
+        let (mut a, mut b) = duplex(1 << 20);
+        let mut w = FrameWriter::default();
+        let big = vec![7u8; 60_000];
+        for round in 0..2u8 {
+            w.push_with(big.len(), |out| {
+                out[..big.len()].copy_from_slice(&big);
+                out[0] = round;
+                Ok(big.len())
+            })
+            .expect("push");
+            poll_fn(|cx| w.poll_flush(Pin::new(&mut a), cx)).await.expect("flush");
+            assert!(w.out.len() >= big.len(), "kept after a bulk flush");
+        }
+        w.push_with(2, |out| {
+            out[..2].copy_from_slice(b"hi");
+            Ok(2)
+        })
+        .expect("push");
+        poll_fn(|cx| w.poll_flush(Pin::new(&mut a), cx)).await.expect("flush");
+        assert_eq!(w.out.capacity(), 0);
+        let mut r = FrameReader::default();
+        r.set_read_ahead(256 * 1024);
+        for round in 0..2u8 {
+            let mut want = big.clone();
+            want[0] = round;
+            assert_eq!(next(&mut r, &mut b).await.expect("frame"), Some(want));
+        }
+        assert_eq!(next(&mut r, &mut b).await.expect("frame").as_deref(), Some(&b"hi"[..]));
+        assert!(r.is_idle());
     }
 }

@@ -11,10 +11,12 @@
 //! - [`directory`]: messages between a client and the directory server.
 //! - [`peer`]: messages between two clients.
 //! - [`group`]: group state, signed changes and the rule for accepting them.
+//! - [`chunk`]: file chunks encoded and read in place, without copying their bytes.
 //! - [`codec`]: postcard encoding with size limits and a distinction between unknown and malformed.
 
 #![forbid(unsafe_code)]
 
+pub mod chunk;
 pub mod codec;
 pub mod directory;
 pub mod group;

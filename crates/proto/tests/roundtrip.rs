@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
+use whatsap2p_proto::chunk::{view_chunk, write_chunk_header, MAX_CHUNK_HEADER_LEN};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::Hello;
@@ -108,7 +109,35 @@ proptest! {
     }
 
     #[test]
+    fn every_message_reads_in_place_as_a_chunk_exactly_when_it_is_one(m in peer_msg()) {
+        let frame = encode(&m).expect("encode");
+        match (&m, view_chunk(&frame)) {
+            (PeerMessage::FileChunk { id, offset, data }, Some(Ok(view))) => {
+                prop_assert_eq!((view.id, view.offset, &frame[view.data]), (*id, *offset, &data[..]));
+            }
+            (PeerMessage::FileChunk { .. }, other) => prop_assert!(false, "chunk read as {:?}", other),
+            (_, None) => {}
+            (_, Some(view)) => prop_assert!(false, "{:?} read as a chunk {:?}", m, view),
+        }
+    }
+
+    #[test]
+    fn a_chunk_header_and_its_bytes_are_the_encoded_chunk(
+        id in any::<[u8; 16]>(),
+        offset in any::<u64>(),
+        data in proptest::collection::vec(any::<u8>(), 0..3000),
+    ) {
+        let mut frame = vec![0u8; MAX_CHUNK_HEADER_LEN + data.len()];
+        let header = write_chunk_header(&mut frame, MessageId(id), offset, data.len()).expect("header");
+        frame.truncate(header);
+        frame.extend_from_slice(&data);
+        let m = PeerMessage::FileChunk { id: MessageId(id), offset, data };
+        prop_assert_eq!(frame, encode(&m).expect("encode"));
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = view_chunk(&bytes);
         let _ = decode::<ClientToServer>(&bytes);
         let _ = decode::<ServerToClient>(&bytes);
         let _ = decode::<PeerMessage>(&bytes);
