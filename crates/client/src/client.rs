@@ -241,6 +241,9 @@ pub(crate) struct Core {
     pub(crate) groups_lock: tokio::sync::Mutex<()>,
     /// The last status the directory pushed for each watched number.
     pub(crate) presence: Mutex<HashMap<Number, Option<Location>>>,
+    /// Partial files a receiving attempt is writing, on whatever link: an attempt on a new link
+    /// (the old one dropped) must not open a file the old attempt's writer is still finishing.
+    pub(crate) receiving: Mutex<std::collections::HashSet<std::path::PathBuf>>,
     pub(crate) config: ClientConfig,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -386,6 +389,7 @@ impl Client {
             outbox: Outbox::default(),
             groups_lock: tokio::sync::Mutex::new(()),
             presence: Mutex::new(HashMap::new()),
+            receiving: Mutex::default(),
             config,
             cancel,
             tracker,

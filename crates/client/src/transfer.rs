@@ -71,6 +71,27 @@ struct Inbound {
     spares: Spares,
 }
 
+/// A receiving attempt's partial file, held by that attempt until it has finished with it (and,
+/// if the file was bad, removed it).
+struct PartialClaim {
+    core: Arc<Core>,
+    path: PathBuf,
+}
+
+impl PartialClaim {
+    /// The hold on `path`, unless another attempt has it.
+    fn take(core: &Arc<Core>, path: &Path) -> Option<Self> {
+        let fresh = core.receiving.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf());
+        fresh.then(|| Self { core: core.clone(), path: path.to_path_buf() })
+    }
+}
+
+impl Drop for PartialClaim {
+    fn drop(&mut self) {
+        self.core.receiving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.path);
+    }
+}
+
 /// A file offer as the receiver sees it.
 pub(crate) struct Offer {
     pub(crate) id: MessageId,
@@ -493,7 +514,14 @@ pub(crate) async fn on_offer(
         return refuse(format!("receiver cannot write its downloads folder: {e}"));
     }
     let partial = partial_dir.join(format!("{peer}-{}-{}.part", hex::encode(offer.blake3), offer.size));
-    let held = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
+    // An attempt whose link dropped may still be writing out what it received.
+    let Some(partial) = PartialClaim::take(core, &partial) else {
+        return Some(PeerMessage::FileFailed {
+            id,
+            reason: "transfer already running; try again later".into(),
+        });
+    };
+    let held = tokio::fs::metadata(&partial.path).await.map(|m| m.len()).unwrap_or(0);
     let offset = if held <= offer.size { held } else { 0 };
     let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
     let spares = Spares::default();
@@ -525,12 +553,12 @@ async fn receive(
     peer: Number,
     link: LinkHandle,
     offer: Offer,
-    partial: PathBuf,
+    partial: PartialClaim,
     offset: u64,
     inbound: Inbound,
 ) {
     let id = offer.id;
-    let result = receive_inner(&core, &peer, &link, &offer, &partial, offset, inbound).await;
+    let result = receive_inner(&core, &peer, &link, &offer, &partial.path, offset, inbound).await;
     link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     match result {
         Ok(event) => {
@@ -540,7 +568,7 @@ async fn receive(
         Err(Failure { reason, keep_partial }) => {
             warn!("receiving {} from {peer} failed: {reason}", offer.name);
             if !keep_partial {
-                let _ = tokio::fs::remove_file(&partial).await;
+                let _ = tokio::fs::remove_file(&partial.path).await;
             }
             let _ = link.write(PeerMessage::FileFailed { id, reason: reason.clone() }).await;
             let _ = core.events.send(Event::FileFailed { id, peer, outgoing: false, reason }).await;
