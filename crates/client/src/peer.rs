@@ -48,9 +48,10 @@ pub const MAX_PEER_CONNECTIONS: usize = 1024;
 type Reader = SessionReader<TcpStream>;
 type Writer = SessionWriter<TcpStream>;
 
-/// Something to write on a link; `written` learns whether it was.
+/// Something to write on a link; `written` learns whether it was. Without a message, it asks the
+/// writer task to finish writing what is already buffered.
 pub(crate) struct Outgoing {
-    msg: PeerMessage,
+    msg: Option<PeerMessage>,
     written: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -116,6 +117,34 @@ impl LinkHandle {
         written.map_err(|e| e.to_string())
     }
 
+    /// Writes a reply from the link's reader: at once when nothing waits and the socket takes it
+    /// without waiting (no hand-off to the writer task, which costs a thread wake-up), otherwise
+    /// through the writer task. Never waits for the peer to read, so the reader cannot stall
+    /// while the peer, in turn, waits for it to read.
+    async fn reply(&self, msg: PeerMessage) {
+        if self.tx.capacity() == self.tx.max_capacity() {
+            if let Ok(mut writer) = self.writer.try_lock() {
+                let written = whatsap2p_proto::encode(&msg)
+                    .map_err(|e| e.to_string())
+                    .and_then(|frame| writer.send_or_buffer(&frame).map_err(|e| e.to_string()));
+                drop(writer);
+                match written {
+                    Ok(true) => {}
+                    // The rest is buffered: the writer task finishes it, before anything queued later.
+                    Ok(false) => {
+                        let _ = self.tx.send(Outgoing { msg: None, written: None }).await;
+                    }
+                    Err(e) => {
+                        debug!("reply not written: {e}");
+                        self.closed.cancel();
+                    }
+                }
+                return;
+            }
+        }
+        let _ = self.tx.send(Outgoing { msg: Some(msg), written: None }).await;
+    }
+
     /// Writes `msg`; returns once it is on the wire.
     pub(crate) async fn write(&self, msg: PeerMessage) -> Result<(), String> {
         // Nothing queued and nobody writing: write from this task. Handing the frame to the writer
@@ -126,7 +155,7 @@ impl LinkHandle {
             }
         }
         let (written, rx) = oneshot::channel();
-        match self.tx.send(Outgoing { msg, written: Some(written) }).await {
+        match self.tx.send(Outgoing { msg: Some(msg), written: Some(written) }).await {
             Err(_) => Err("link closed".to_owned()),
             Ok(()) => rx.await.unwrap_or_else(|_| Err("link closed".to_owned())),
         }
@@ -387,8 +416,8 @@ async fn write_loop(
         }
         let mut result = Ok(());
         let mut writer = writer.lock().await;
-        for out in &batch {
-            if let Err(e) = writer.feed_msg(&out.msg).await {
+        for msg in batch.iter().filter_map(|out| out.msg.as_ref()) {
+            if let Err(e) = writer.feed_msg(msg).await {
                 result = Err(e.to_string());
                 break;
             }
@@ -558,7 +587,7 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
             }
         };
         if let Some(reply) = reply {
-            let _ = link.tx.send(Outgoing { msg: reply, written: None }).await;
+            link.reply(reply).await;
         }
         // A link with no transfer running keeps no frame-sized buffer.
         if frame.len() > IDLE_FRAME_BUFFER && link.routes.lock().unwrap_or_else(|p| p.into_inner()).is_empty()

@@ -153,6 +153,19 @@ impl<S: AsyncWrite> SessionWriter<S> {
         self.flush().await
     }
 
+    /// Encrypts one frame and writes as much of it (and of any fed before it) as the socket takes
+    /// without waiting. Returns whether all of it is written; what is not stays buffered for the
+    /// next [`SessionWriter::flush`], which the caller must see to. For a task that must never
+    /// stall on a peer that does not read, such as the one reading from that same peer.
+    pub fn send_or_buffer(&mut self, plaintext: &[u8]) -> Result<bool, LinkError> {
+        self.seal(plaintext)?;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.frames.poll_flush(Pin::new(&mut self.io), &mut cx) {
+            Poll::Ready(written) => written.map(|()| true).map_err(LinkError::Io),
+            Poll::Pending => Ok(false),
+        }
+    }
+
     /// Encrypts one frame and buffers it without writing: call [`SessionWriter::flush`] after a
     /// batch, so many small frames leave in one write. A long batch is written out as it goes.
     pub async fn feed_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {

@@ -77,3 +77,43 @@ async fn given_frame_right_behind_last_handshake_message_then_session_still_read
     let got = tokio::time::timeout(std::time::Duration::from_secs(2), r.recv()).await;
     assert_eq!(got.expect("not stuck").expect("recv").as_deref(), Some(&b"first"[..]));
 }
+
+/// Two established sessions over a duplex pipe of `capacity` bytes.
+async fn pair(
+    capacity: usize,
+) -> (whatsap2p_link::Session<tokio::io::DuplexStream>, whatsap2p_link::Session<tokio::io::DuplexStream>) {
+    let (a, b) = duplex(capacity);
+    let (ka, kb) = (StaticKeypair::generate().expect("key"), StaticKeypair::generate().expect("key"));
+    let responder = tokio::spawn(async move {
+        let mut hs = Handshake::responder(b, &kb)?;
+        hs.recv().await?;
+        hs.send(b"").await?;
+        hs.recv().await?;
+        hs.finish()
+    });
+    let mut hs = Handshake::initiator(a, &ka).expect("hs");
+    hs.send(b"").await.expect("m1");
+    hs.recv().await.expect("m2");
+    hs.send(b"").await.expect("m3");
+    (hs.finish().expect("finish"), responder.await.expect("join").expect("responder"))
+}
+
+#[tokio::test]
+async fn given_a_peer_not_reading_then_send_or_buffer_returns_at_once_and_a_flush_finishes_it() {
+    let (s1, s2) = pair(4096).await;
+    let (_r1, mut w1) = s1.split();
+    let (mut r2, _w2) = s2.split();
+    assert!(w1.send_or_buffer(b"fits").expect("small frame"), "a small frame is written at once");
+    let big = vec![3u8; 20_000];
+    // The pipe holds 4 KiB and nobody reads: the rest stays buffered instead of waiting.
+    assert!(!w1.send_or_buffer(&big).expect("big frame"));
+    let reader = tokio::spawn(async move {
+        let first = r2.recv().await.expect("recv");
+        let second = r2.recv().await.expect("recv");
+        (first, second)
+    });
+    w1.flush().await.expect("flush");
+    let (first, second) = reader.await.expect("join");
+    assert_eq!(first.as_deref(), Some(&b"fits"[..]));
+    assert_eq!(second, Some(big));
+}
