@@ -85,6 +85,7 @@ enum Role {
 }
 
 /// How big each figure's measurement is.
+#[derive(Clone)]
 pub struct Scale {
     /// Timed runs per figure.
     pub runs: usize,

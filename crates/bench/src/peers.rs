@@ -135,16 +135,79 @@ fn text() -> String {
     "x".repeat(TEXT_BYTES)
 }
 
+/// The receiving side of a latency run, wherever its client runs: who it is and what it saw.
+struct Recipient {
+    number: Number,
+    inbox: Arc<Inbox>,
+}
+
+impl Party {
+    fn recipient(&self) -> Recipient {
+        Recipient { number: self.number(), inbox: self.inbox.clone() }
+    }
+}
+
 /// Sends one message from `a` to `b`; returns (send → Delivered at `a`, send → Message at `b`).
-async fn message(a: &Party, b: &Party, text: &str) -> anyhow::Result<(Duration, Duration)> {
+async fn message(a: &Party, b: &Recipient, text: &str) -> anyhow::Result<(Duration, Duration)> {
     let t0 = Instant::now();
-    let (id, outcome) = a.client.send(&b.number(), text).await.context("sending a message")?;
+    let (id, outcome) = a.client.send(&b.number, text).await.context("sending a message")?;
     if let SendOutcome::Queued { reason } = outcome {
         bail!("message queued instead of sent: {reason}");
     }
     let (_, delivered) = a.inbox.wait(&[Kind::Delivered], id).await?;
     let (_, received) = b.inbox.wait(&[Kind::Message], id).await?;
     Ok((delivered.at - t0, received.at - t0))
+}
+
+/// Runs the future `job` makes on a current-thread runtime of its own, on a thread of its own: an
+/// event loop like a client process's. The calling runtime waits without blocking.
+async fn on_own_loop<T, F>(job: impl FnOnce() -> F + Send + 'static) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = anyhow::Result<T>> + 'static,
+{
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(job())
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .context("joining an event loop")?
+        .map_err(|_| anyhow::anyhow!("an event loop's thread panicked"))?
+}
+
+/// A client on an event loop of its own, as in a process of its own, until [`Hosted::stop`].
+struct Hosted {
+    recipient: Recipient,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<anyhow::Result<anyhow::Result<()>>>,
+}
+
+impl Hosted {
+    async fn start(config: ClientConfig) -> anyhow::Result<Self> {
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(on_own_loop(move || async move {
+            let party = match start(config).await {
+                Ok((party, _)) => party,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(Ok(()));
+                }
+            };
+            let _ = ready_tx.send(Ok(party.recipient()));
+            let _ = stopped.await;
+            party.stop().await;
+            Ok(Ok(()))
+        }));
+        let recipient = ready.await.context("the hosted client's loop ended")??;
+        Ok(Self { recipient, stop, done })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.done.await.context("the hosted client's loop")??
+    }
 }
 
 /// Round trips of `TEXT_BYTES` over plain loopback TCP with TCP_NODELAY: blocking I/O, the echo on
@@ -245,29 +308,42 @@ struct Messaging {
     first: Vec<f64>,
 }
 
-async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Messaging> {
-    let (a, _) = start(config(server, number(51, 0)?, root)).await?;
-    let (b, _) = start(config(server, number(51, 1)?, root)).await?;
+/// Warm-up messages, then `scale.runs` runs of messages from `a` to `b`: each run's round trips
+/// (send → Delivered) and one-way times (send → the receiver's Message).
+async fn warm_link(a: &Party, b: &Recipient, scale: &Scale) -> anyhow::Result<(Runs, Runs)> {
     let text = text();
-    let mut out = Messaging::default();
     for _ in 0..WARM_MESSAGES {
-        message(&a, &b, &text).await?;
+        message(a, b, &text).await?;
     }
+    let (mut rtts, mut one_ways) = (Vec::new(), Vec::new());
     for _ in 0..scale.runs {
         let (mut rtt, mut one_way) = (Vec::new(), Vec::new());
         for _ in 0..scale.messages_per_run {
-            let (r, o) = message(&a, &b, &text).await?;
+            let (r, o) = message(a, b, &text).await?;
             rtt.push(r);
             one_way.push(o);
         }
-        out.rtt.push(rtt);
-        out.one_way.push(one_way);
+        rtts.push(rtt);
+        one_ways.push(one_way);
     }
+    Ok((rtts, one_ways))
+}
+
+/// Samples per run.
+type Runs = Vec<Vec<Duration>>;
+
+/// Both clients on one event loop, then the first message to new contacts from the same sender.
+async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Messaging> {
+    let (a, _) = start(config(server, number(51, 0)?, root)).await?;
+    let (b, _) = start(config(server, number(51, 1)?, root)).await?;
+    let (rtt, one_way) = warm_link(&a, &b.recipient(), scale).await?;
+    let mut out = Messaging { rtt, one_way, ..Messaging::default() };
     b.stop().await;
     // First message to a new contact: a fresh receiver each time, started before the clock runs.
+    let text = text();
     for i in 0..2 + scale.first_message_samples {
         let (c, _) = start(config(server, number(52, i)?, root)).await?;
-        let (rtt, _) = message(&a, &c, &text).await?;
+        let (rtt, _) = message(&a, &c.recipient(), &text).await?;
         if i >= 2 {
             out.first.push(millis(rtt));
         }
@@ -277,54 +353,84 @@ async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Re
     Ok(out)
 }
 
+/// Each client on an event loop of its own, as in two processes: round trips per run.
+async fn messaging_across_loops(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Runs> {
+    let (a, _) = start(config(server, number(54, 0)?, root)).await?;
+    let b = Hosted::start(config(server, number(54, 1)?, root)).await?;
+    let runs = warm_link(&a, &b.recipient, scale).await;
+    b.stop().await?;
+    a.stop().await;
+    Ok(runs?.0)
+}
+
 /// The latency and first-message figures.
 pub async fn latency(scale: &Scale) -> Section {
     let result = async {
         let root = tempfile::Builder::new().prefix("whatsap2p-bench-peers").tempdir()?;
         let server = ServerProcess::start().await?;
-        let m = messaging(server.addr, root.path(), scale).await;
+        let (addr, dir, s) = (server.addr, root.path().to_path_buf(), scale.clone());
+        let one = on_own_loop(move || async move { messaging(addr, &dir, &s).await }).await;
+        let (dir, s) = (root.path().to_path_buf(), scale.clone());
+        let across = on_own_loop(move || async move { messaging_across_loops(addr, &dir, &s).await }).await;
         server.stop().await?;
-        m
+        Ok::<_, anyhow::Error>((one, across))
     }
     .await;
-    let mut tcp = Vec::new();
-    let mut noise = Vec::new();
-    let mut base_error = None;
+    let (result, across) = match result {
+        Ok((one, across)) => (one, across),
+        Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(e)),
+    };
+    let (mut tcp, mut noise) = (Vec::new(), Vec::new());
+    let (mut tcp_error, mut noise_error) = (None, None);
     for _ in 0..scale.runs {
         let count = scale.messages_per_run;
         match tokio::task::spawn_blocking(move || tcp_ping_pong(count)).await.context("ping-pong task") {
             Ok(Ok(s)) => tcp.push(s),
-            Ok(Err(e)) | Err(e) => base_error = Some(format!("{e:#}")),
+            Ok(Err(e)) | Err(e) => tcp_error = Some(format!("{e:#}")),
         }
-        match noise_ping_pong(scale.messages_per_run).await {
+        match on_own_loop(move || noise_ping_pong(count)).await {
             Ok(s) => noise.push(s),
-            Err(e) => base_error = Some(format!("{e:#}")),
+            Err(e) => noise_error = Some(format!("{e:#}")),
         }
     }
-    let (tcp50, tcp99) = p50_p99(&tcp);
-    let (noise50, noise99) = p50_p99(&noise);
-    let baseline = |v: &[f64]| match (&base_error, Summary::of(v)) {
-        (None, Some(s)) => Baseline::Measured(s),
-        (Some(e), _) => Baseline::Unavailable(e.clone()),
-        (None, None) => Baseline::Unavailable("no run".into()),
+    let baseline = |runs: &[Vec<Duration>], error: &Option<String>| {
+        let (p50, p99) = p50_p99(runs);
+        let measured = |v: &[f64]| match (error, Summary::of(v)) {
+            (None, Some(s)) => Baseline::Measured(s),
+            (Some(e), _) => Baseline::Unavailable(e.clone()),
+            (None, None) => Baseline::Unavailable("no run".into()),
+        };
+        (measured(&p50), measured(&p99))
     };
-    let mut details = vec![format!(
-        "Two clients (`Client::start`, profiles in a temp dir on the same disk) and a server child. A {TEXT_BYTES}-byte \
-         text; the clock starts before `Client::send` and stops when the sender's pump task receives \
-         `Event::Delivered` (the receiver stored the message and acknowledged it). {WARM_MESSAGES} warm-up messages \
-         on the link, then {} runs of {} messages sent one after the other; a run's p50/p99 come from its samples, \
-         the table gives the median (min–max) of the runs. Baseline: {TEXT_BYTES}-byte ping, {TEXT_BYTES}-byte pong on \
-         a loopback TCP connection with TCP_NODELAY, blocking I/O, the echo on its own thread, same counts.",
-        scale.runs, scale.messages_per_run
-    )];
-    if let (Some(p50), Some(p99)) = (Summary::of(&noise50), Summary::of(&noise99)) {
-        details.push(format!(
-            "Diagnostic: the same ping-pong over a bare `whatsap2p_link` Noise session (no client, no SQLite; \
-             the echo on a thread and tokio runtime of its own): p50 {}, p99 {}.",
-            Unit::Micros.show_summary(&p50),
-            Unit::Micros.show_summary(&p99)
-        ));
-    }
+    let (tcp50, tcp99) = baseline(&tcp, &tcp_error);
+    let (noise50, noise99) = baseline(&noise, &noise_error);
+    let details = vec![
+        format!(
+            "A {TEXT_BYTES}-byte text between two clients (`Client::start`, profiles in a temp dir on the same disk, \
+             a server child); the clock starts before `Client::send` and stops when the sender's pump task receives \
+             `Event::Delivered` (the receiver stored the message and acknowledged it). {WARM_MESSAGES} warm-up \
+             messages on the link, then {} runs of {} messages sent one after the other; a run's p50/p99 come from \
+             its samples, the table gives the median (min–max) of the runs.",
+            scale.runs, scale.messages_per_run
+        ),
+        format!(
+            "Two set-ups, each beside the baseline that shares its scheduling. **One event loop**: both clients on \
+             one current-thread tokio runtime, so no message waits for the other vCPU to wake up: the client's own \
+             cost (encryption, system calls, three SQLite commits, events). Its baseline: {TEXT_BYTES}-byte ping, \
+             {TEXT_BYTES}-byte pong on a loopback TCP connection with TCP_NODELAY, blocking I/O, the echo on its own \
+             thread, same counts (the kernel usually runs such a pair on one vCPU, handing over at each blocking read). \
+             **Two event loops**: each client on a current-thread runtime on a thread of its own, as in two \
+             processes, so every message and every acknowledgement wakes the other side's thread. Its baseline: \
+             the same ping-pong over a bare `whatsap2p_link` Noise session between two such event loops (no \
+             client, no SQLite)."
+        ),
+    ];
+    let across = across.map(|runs| p50_p99(&runs));
+    let (across50, across99) = match across {
+        Ok((p50, p99)) => (Ok(p50), Ok(p99)),
+        Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(e)),
+    };
+    let mut details = details;
     let (rtt, one_way, first) = match result {
         Ok(m) => (Ok(m.rtt), Ok(m.one_way), Ok(m.first)),
         Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(anyhow::anyhow!("{e:#}")), Err(e)),
@@ -364,18 +470,32 @@ pub async fn latency(scale: &Scale) -> Section {
         group: "latency",
         rows: vec![
             row(
-                "message latency on a warm peer link, p50 (send → Delivered)",
+                "message latency on a warm peer link, p50 (send → Delivered), one event loop",
                 Unit::Micros,
                 r50,
-                baseline(&tcp50),
+                tcp50,
                 Target::Below(100.0),
             ),
             row(
-                "message latency on a warm peer link, p99 (send → Delivered)",
+                "message latency on a warm peer link, p99 (send → Delivered), one event loop",
                 Unit::Micros,
                 r99,
-                baseline(&tcp99),
+                tcp99,
                 Target::Below(1000.0),
+            ),
+            row(
+                "message latency on a warm peer link, p50, two event loops (baseline: bare Noise ping-pong)",
+                Unit::Micros,
+                across50,
+                noise50,
+                Target::ReportRatio,
+            ),
+            row(
+                "message latency on a warm peer link, p99, two event loops (baseline: bare Noise ping-pong)",
+                Unit::Micros,
+                across99,
+                noise99,
+                Target::ReportRatio,
             ),
             row(
                 "first message to a new contact (lookup + connect + handshake + ack)",
