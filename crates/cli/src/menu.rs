@@ -4,9 +4,9 @@
 use std::io::Write;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use whatsap2p_client::{Change, Client, Event, GroupId, MessageId, Number, Presence, SendOutcome};
 
 use crate::input::{self, Line};
@@ -83,42 +83,58 @@ fn describe(p: &Presence) -> String {
     }
 }
 
-/// Progress bars of the files being sent.
+/// Files being sent, for their progress lines. A live bar would redraw over the prompt the user
+/// is typing at, so progress comes as a line at each quarter, like any other event.
 #[derive(Default)]
-struct Bars {
-    bars: HashMap<MessageId, ProgressBar>,
+struct Transfers {
+    running: HashMap<MessageId, Transfer>,
 }
 
-impl Bars {
-    fn start(&mut self, id: MessageId, total: u64) {
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
-        if let Ok(style) =
-            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        {
-            bar.set_style(style);
-        }
-        self.bars.insert(id, bar);
+struct Transfer {
+    name: String,
+    to: Number,
+    total: u64,
+    started: Instant,
+    /// The next quarter to report (1 to 3).
+    next_quarter: u64,
+}
+
+impl Transfers {
+    fn start(&mut self, id: MessageId, name: String, to: Number, total: u64) {
+        self.running.insert(id, Transfer { name, to, total, started: Instant::now(), next_quarter: 1 });
     }
 
-    fn set(&mut self, id: MessageId, bytes: u64) {
-        if let Some(bar) = self.bars.get(&id) {
-            bar.set_position(bytes);
+    /// A line when `bytes` passes the next quarter of the file.
+    fn progress(&mut self, id: MessageId, bytes: u64) -> Option<String> {
+        let t = self.running.get_mut(&id)?;
+        let quarter = bytes.saturating_mul(4) / t.total.max(1);
+        if quarter < t.next_quarter || quarter >= 4 {
+            return None;
         }
+        t.next_quarter = quarter + 1;
+        Some(format!(
+            "[+] {} to {}: {}% ({} of {}, {})",
+            t.name,
+            t.to,
+            quarter * 25,
+            size(bytes),
+            size(t.total),
+            rate(bytes, t.started.elapsed())
+        ))
     }
 
-    fn finish(&mut self, id: MessageId) {
-        if let Some(bar) = self.bars.remove(&id) {
-            bar.finish_and_clear();
-        }
+    /// How the transfer went, once it is over.
+    fn finish(&mut self, id: MessageId) -> Option<String> {
+        let t = self.running.remove(&id)?;
+        let took = t.started.elapsed();
+        Some(format!("{}, {:.1} s, {}", size(t.total), took.as_secs_f64(), rate(t.total, took)))
     }
+}
 
-    /// Prints above the bars so a redraw does not overwrite the line.
-    fn say(&self, line: String) {
-        match self.bars.values().next() {
-            Some(bar) => bar.suspend(|| say(&line)),
-            None => say(line),
-        }
-    }
+/// `812 MiB/s`.
+fn rate(bytes: u64, took: Duration) -> String {
+    let per_sec = bytes as f64 / took.as_secs_f64().max(1e-6);
+    format!("{}/s", size(per_sec as u64))
 }
 
 /// `412 KiB`, `1.5 MiB`.
@@ -137,16 +153,21 @@ fn size(bytes: u64) -> String {
 }
 
 /// Shows an event; a message shown is a message read, so its sender gets a read receipt.
-async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
+/// Shows an event; returns whether it printed anything (a progress event between quarters does
+/// not).
+async fn show_event(client: &Client, transfers: &mut Transfers, e: Event) -> bool {
     match e {
-        Event::Progress { id, bytes, .. } => bars.set(id, bytes),
-        Event::FileSent { id, to, .. } => {
-            bars.finish(id);
-            bars.say(format!("\n[+] File delivered to {to}"));
-        }
+        Event::Progress { id, bytes, .. } => match transfers.progress(id, bytes) {
+            Some(line) => say(format!("\n{line}")),
+            None => return false,
+        },
+        Event::FileSent { id, to, .. } => match transfers.finish(id) {
+            Some(how) => say(format!("\n[+] File delivered to {to} ({how})")),
+            None => say(format!("\n[+] File delivered to {to}")),
+        },
         Event::FileFailed { id, peer, reason, .. } => {
-            bars.finish(id);
-            bars.say(format!("\n[!] File transfer with {peer} failed: {reason}"));
+            transfers.finish(id);
+            say(format!("\n[!] File transfer with {peer} failed: {reason}"));
         }
         Event::FileReceived { from, name, path, size: bytes, dimensions, .. } => {
             let kind = if dimensions.is_some() { "Photo" } else { "File" };
@@ -154,7 +175,7 @@ async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
                 Some((w, h)) => format!("{w}x{h}, {}", size(bytes)),
                 None => size(bytes),
             };
-            bars.say(format!("\n> {kind} from {from}: {name} ({details}) saved to {}", path.display()));
+            say(format!("\n> {kind} from {from}: {name} ({details}) saved to {}", path.display()));
         }
         Event::Message { id, from, text, group, .. } => {
             match group {
@@ -177,10 +198,10 @@ async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
         }
         Event::Presence { number, online: None } => say(format!("\n> {number} is offline")),
         Event::Reconnected => say("\n[+] Reconnected to the directory server"),
-        Event::Group(g) if g.left => bars.say(format!("\n[+] You are no longer in group {}", g.state.name)),
+        Event::Group(g) if g.left => say(format!("\n[+] You are no longer in group {}", g.state.name)),
         Event::Group(g) => {
             let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
-            bars.say(format!(
+            say(format!(
                 "\n[+] Group {} ({}) by {}: {}",
                 g.state.name,
                 g.state.id,
@@ -192,6 +213,7 @@ async fn show_event(client: &Client, bars: &mut Bars, e: Event) {
         Event::DirectoryLost { reason } => say(format!("\n[!] Lost the directory server: {reason}")),
         other => say(format!("\n[+] {other:?}")),
     }
+    true
 }
 
 async fn show_groups(client: &Client) {
@@ -339,7 +361,7 @@ pub async fn run(
     banner(&client);
     say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
     let mut state = Prompt::Choice;
-    let mut bars = Bars::default();
+    let mut transfers = Transfers::default();
     prompt(&state);
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
@@ -347,12 +369,9 @@ pub async fn run(
         let line = tokio::select! {
             _ = &mut signal => break,
             Some(e) = events.recv() => {
-                let quiet = matches!(e, Event::Progress { .. });
-                show_event(&client, &mut bars, e).await;
-                if quiet {
-                    continue;
+                if show_event(&client, &mut transfers, e).await {
+                    prompt(&state);
                 }
-                prompt(&state);
                 continue;
             }
             // Cancel safe: a line partly read when an event wins is finished on the next turn.
@@ -474,7 +493,7 @@ pub async fn run(
                 match client.send_file(&to, std::path::Path::new(path)).await {
                     Ok(f) => {
                         say(format!("[+] Sending {} ({}) to {to}", f.name, size(f.size)));
-                        bars.start(f.id, f.size);
+                        transfers.start(f.id, f.name, to.clone(), f.size);
                     }
                     Err(e) => say(format!("[!] {e}")),
                 }
@@ -497,9 +516,34 @@ pub async fn run(
     }
     say("\n[+] Logging out...");
     while let Ok(e) = events.try_recv() {
-        show_event(&client, &mut bars, e).await;
+        show_event(&client, &mut transfers, e).await;
     }
     client.logout().await;
     say("[+] Bye!");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_progress_events_then_one_line_per_quarter_passed_and_none_at_the_end() {
+        let mut t = Transfers::default();
+        let id = MessageId::new();
+        let to = Number::new("456").expect("number");
+        t.start(id, "big.bin".into(), to, 400);
+        let lines: Vec<Option<String>> =
+            [10, 99, 100, 120, 310, 399, 400].iter().map(|&b| t.progress(id, b)).collect();
+        let reported: Vec<usize> =
+            lines.iter().enumerate().filter(|(_, l)| l.is_some()).map(|(i, _)| i).collect();
+        // 100 passes the first quarter, 310 jumps over the second to the third: one line for it.
+        assert_eq!(reported, vec![2, 4], "{lines:?}");
+        assert!(lines[2]
+            .as_deref()
+            .is_some_and(|l| l.starts_with("[+] big.bin to 456: 25% (100 B of 400 B")));
+        assert!(lines[4].as_deref().is_some_and(|l| l.contains(": 75% ")));
+        assert!(t.finish(id).is_some_and(|how| how.starts_with("400 B, ")));
+        assert_eq!(t.progress(id, 400), None, "nothing once finished");
+    }
 }
