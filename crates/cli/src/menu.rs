@@ -24,7 +24,7 @@ const OPTIONS: &str = "[+] Options:
 const SHORT_OPTIONS: &str =
     "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo · 8 Groups";
 
-const GROUP_HELP: &str = "[+] Group commands: new NAME NUMBER… | send ID TEXT | add ID NUMBER | remove ID NUMBER | admin ID NUMBER | leave ID (empty line: back)";
+const GROUP_HELP: &str = "[+] Group commands: new NAME NUMBER… | send GROUP TEXT | add GROUP NUMBER | remove GROUP NUMBER | admin GROUP NUMBER | leave GROUP (GROUP: its name, or the start of its id; empty line: back)";
 
 /// Messages option 6 shows.
 const HISTORY_LINES: usize = 20;
@@ -51,7 +51,7 @@ impl Prompt {
             Prompt::SendNumber => "Send to number: ",
             Prompt::SendText(_) => "Message: ",
             Prompt::AddNumber => "New contact's number: ",
-            Prompt::HistoryNumber => "Conversation with: ",
+            Prompt::HistoryNumber => "Conversation with (a number, or a group's name): ",
             Prompt::FileNumber => "Send photo to number: ",
             Prompt::FilePath(_) => "Path of the photo or file: ",
             Prompt::GroupCommand => "Group command: ",
@@ -245,10 +245,14 @@ async fn show_groups(client: &Client) {
 async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     let rest = rest.trim();
-    let id_and = |rest: &str| -> anyhow::Result<(GroupId, String)> {
-        let (id, arg) = rest.split_once(' ').unwrap_or((rest, ""));
-        let id = id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not a group id"))?;
-        Ok((id, arg.trim().to_owned()))
+    let id_and = |rest: &str| {
+        let (group, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (group, arg) = (group.to_owned(), arg.trim().to_owned());
+        async move {
+            let groups = client.groups().await?;
+            let id = pick_group(&groups, &group)?;
+            Ok::<_, anyhow::Error>((id, arg))
+        }
     };
     let describe = |g: whatsap2p_client::Group| {
         let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
@@ -267,12 +271,12 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
             describe(client.group_create(&name, &members).await?)
         }
         "send" => {
-            let (id, text) = id_and(rest)?;
+            let (id, text) = id_and(rest).await?;
             let (_, n) = client.send_group(id, &text).await?;
             format!("Sent to {n} members")
         }
         "add" | "remove" | "admin" => {
-            let (id, number) = id_and(rest)?;
+            let (id, number) = id_and(rest).await?;
             let change = match verb {
                 "add" => Change::Add,
                 "remove" => Change::Remove,
@@ -281,12 +285,42 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
             describe(client.group_change(id, &Number::new(&number)?, change).await?)
         }
         "leave" => {
-            let (id, _) = id_and(rest)?;
+            let (id, _) = id_and(rest).await?;
             let g = client.group_leave(id).await?;
             format!("You left {}", g.state.name)
         }
         _ => anyhow::bail!("unknown group command '{verb}'"),
     })
+}
+
+/// Shortest start of a group id the menu accepts in place of the whole id.
+const MIN_ID_PREFIX: usize = 4;
+
+/// The group `named` means among `groups`: its whole id, the start of its id (at least
+/// [`MIN_ID_PREFIX`] characters), or its one-word name, any case. Refused when it fits none, or
+/// more than one.
+fn pick_group(groups: &[whatsap2p_client::Group], named: &str) -> anyhow::Result<GroupId> {
+    if let Ok(id) = named.parse::<GroupId>() {
+        return Ok(id);
+    }
+    let lower = named.to_lowercase();
+    let fits: Vec<&whatsap2p_client::Group> = groups
+        .iter()
+        .filter(|g| !g.left)
+        .filter(|g| {
+            (named.len() >= MIN_ID_PREFIX && g.state.id.to_string().starts_with(&lower))
+                || g.state.name.to_lowercase() == lower
+        })
+        .collect();
+    match fits.as_slice() {
+        [one] => Ok(one.state.id),
+        [] => anyhow::bail!("no group called '{named}' (give its name, or the start of its id)"),
+        many => {
+            let listed: Vec<String> =
+                many.iter().map(|g| format!("{} ({})", g.state.name, g.state.id)).collect();
+            anyhow::bail!("'{named}' fits several groups: {}; give more of the id", listed.join(", "))
+        }
+    }
 }
 
 async fn group_name(client: &Client, id: GroupId) -> String {
@@ -300,14 +334,38 @@ async fn group_name(client: &Client, id: GroupId) -> String {
     }
 }
 
-async fn show_history(client: &Client, with: &Number) {
-    match client.history(with, HISTORY_LINES).await {
-        Ok(list) if list.is_empty() => say(format!("[+] No messages with {with} yet")),
+/// The last messages with a number or, when `with` is not one, in the group it names.
+async fn show_history(client: &Client, with: &str) {
+    let (list, whom) = match Number::new(with) {
+        Ok(n) => (client.history(&n, HISTORY_LINES).await.map_err(anyhow::Error::from), n.to_string()),
+        Err(_) => {
+            let group = async {
+                let groups = client.groups().await?;
+                let id = pick_group(&groups, with)?;
+                let name = groups
+                    .iter()
+                    .find(|g| g.state.id == id)
+                    .map_or_else(|| id.to_string(), |g| g.state.name.clone());
+                Ok::<_, anyhow::Error>((client.group_history(id, HISTORY_LINES).await?, name))
+            };
+            match group.await {
+                Ok((list, name)) => (Ok(list), format!("group {name}")),
+                Err(e) => (Err(e), String::new()),
+            }
+        }
+    };
+    match list {
+        Ok(list) if list.is_empty() => say(format!("[+] No messages with {whom} yet")),
         Ok(list) => {
-            say(format!("[+] Last {} messages with {with}:", list.len()));
+            say(format!("[+] Last {} messages with {whom}:", list.len()));
             for m in list {
                 let who = if m.outgoing { "You".to_owned() } else { m.peer.to_string() };
-                let state = if m.outgoing { format!("  [{}]", m.state.as_str()) } else { String::new() };
+                // A group message went to every member: its state is one member's, so none is shown.
+                let state = if m.outgoing && m.group.is_none() {
+                    format!("  [{}]", m.state.as_str())
+                } else {
+                    String::new()
+                };
                 say(format!(
                     "    {} {who}: {}{state}",
                     clock(m.received_at_ms.unwrap_or(m.sent_at_ms)),
@@ -445,12 +503,13 @@ pub async fn run(
                 say(SHORT_OPTIONS);
                 Prompt::Choice
             }
+            (Prompt::HistoryNumber, with) => {
+                show_history(&client, with).await;
+                say(SHORT_OPTIONS);
+                Prompt::Choice
+            }
             (
-                p @ (Prompt::PingNumber
-                | Prompt::SendNumber
-                | Prompt::AddNumber
-                | Prompt::HistoryNumber
-                | Prompt::FileNumber),
+                p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::FileNumber),
                 text,
             ) => match Number::new(text) {
                 Err(e) => {
@@ -473,11 +532,6 @@ pub async fn run(
                             Ok((false, _)) => say(format!("[+] {n} is already a contact")),
                             Err(e) => say(format!("[!] {e}")),
                         }
-                        say(SHORT_OPTIONS);
-                        Prompt::Choice
-                    }
-                    Prompt::HistoryNumber => {
-                        show_history(&client, &n).await;
                         say(SHORT_OPTIONS);
                         Prompt::Choice
                     }
@@ -545,5 +599,36 @@ mod tests {
         assert!(lines[4].as_deref().is_some_and(|l| l.contains(": 75% ")));
         assert!(t.finish(id).is_some_and(|how| how.starts_with("400 B, ")));
         assert_eq!(t.progress(id, 400), None, "nothing once finished");
+    }
+
+    fn group(first: u8, name: &str, left: bool) -> whatsap2p_client::Group {
+        let mut id = [0x11; 16];
+        id[0] = first;
+        let me = Number::new("123").expect("number");
+        whatsap2p_client::Group {
+            state: whatsap2p_client::GroupState {
+                id: GroupId(id),
+                name: name.into(),
+                members: [me.clone()].into(),
+                admins: [me.clone()].into(),
+                version: 1,
+            },
+            changed_by: me,
+            left,
+        }
+    }
+
+    #[test]
+    fn given_a_group_named_by_name_or_id_start_then_it_is_found_and_ambiguity_refused() {
+        let groups = [group(0xab, "Family", false), group(0xac, "Work", false), group(0xad, "Old", true)];
+        let id = |i: usize| groups[i].state.id;
+        assert_eq!(pick_group(&groups, "family").expect("by name"), id(0));
+        assert_eq!(pick_group(&groups, "ac11").expect("by id start"), id(1));
+        assert_eq!(pick_group(&groups, &id(1).to_string()).expect("by whole id"), id(1));
+        assert!(pick_group(&groups, "a").is_err(), "too short a start is not an id");
+        assert!(pick_group(&groups, "Old").is_err(), "a group we left is not offered");
+        let err = pick_group(&[group(0xab, "Twin", false), group(0xab, "twin", false)], "twin")
+            .expect_err("two fit");
+        assert!(err.to_string().contains("several groups"), "{err}");
     }
 }
