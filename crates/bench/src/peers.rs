@@ -356,10 +356,17 @@ async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Re
 /// Each client on an event loop of its own, as in two processes: round trips per run.
 async fn messaging_across_loops(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Runs> {
     let (a, _) = start(config(server, number(54, 0)?, root)).await?;
-    let b = Hosted::start(config(server, number(54, 1)?, root)).await?;
+    let b = match Hosted::start(config(server, number(54, 1)?, root)).await {
+        Ok(b) => b,
+        Err(e) => {
+            a.stop().await;
+            return Err(e);
+        }
+    };
     let runs = warm_link(&a, &b.recipient, scale).await;
-    b.stop().await?;
+    let stopped = b.stop().await;
     a.stop().await;
+    stopped?;
     Ok(runs?.0)
 }
 

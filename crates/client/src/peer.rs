@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -37,8 +37,9 @@ use crate::ClientError;
 const LINK_QUEUE: usize = 64;
 /// Most frames written together in one flush.
 const WRITE_BATCH: usize = 32;
-/// How much more than the frame in hand one read on a link may take in: a file's chunks then
-/// arrive several per read.
+/// How much more than the frame in hand one read on a link may take in while a file's chunks are
+/// coming: they then arrive several per read. (Any peer could otherwise make each link hold this
+/// much by sending the start of a frame.)
 const READ_AHEAD: usize = 256 * 1024;
 /// A link's frame buffer is freed after a message when it is larger than this and no transfer runs.
 const IDLE_FRAME_BUFFER: usize = 16 * 1024;
@@ -71,6 +72,9 @@ pub(crate) struct LinkHandle {
     closed: CancellationToken,
     /// Unique per link, so the outbox knows what it already wrote on this one.
     pub(crate) epoch: u64,
+    /// Frames handed to the writer task and not yet written: a direct write goes only when none
+    /// are, so nothing overtakes a frame the writer task has taken but not written yet.
+    queued: Arc<AtomicUsize>,
 }
 
 impl LinkHandle {
@@ -117,12 +121,22 @@ impl LinkHandle {
         written.map_err(|e| e.to_string())
     }
 
+    /// Hands `out` to the writer task.
+    async fn enqueue(&self, out: Outgoing) -> Result<(), ()> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.tx.send(out).await.map_err(|_| ());
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
     /// Writes a reply from the link's reader: at once when nothing waits and the socket takes it
     /// without waiting (no hand-off to the writer task, which costs a thread wake-up), otherwise
     /// through the writer task. Never waits for the peer to read, so the reader cannot stall
     /// while the peer, in turn, waits for it to read.
     async fn reply(&self, msg: PeerMessage) {
-        if self.tx.capacity() == self.tx.max_capacity() {
+        if self.queued.load(Ordering::Acquire) == 0 {
             if let Ok(mut writer) = self.writer.try_lock() {
                 let written = whatsap2p_proto::encode(&msg)
                     .map_err(|e| e.to_string())
@@ -132,7 +146,7 @@ impl LinkHandle {
                     Ok(true) => {}
                     // The rest is buffered: the writer task finishes it, before anything queued later.
                     Ok(false) => {
-                        let _ = self.tx.send(Outgoing { msg: None, written: None }).await;
+                        let _ = self.enqueue(Outgoing { msg: None, written: None }).await;
                     }
                     Err(e) => {
                         debug!("reply not written: {e}");
@@ -142,20 +156,20 @@ impl LinkHandle {
                 return;
             }
         }
-        let _ = self.tx.send(Outgoing { msg: Some(msg), written: None }).await;
+        let _ = self.enqueue(Outgoing { msg: Some(msg), written: None }).await;
     }
 
     /// Writes `msg`; returns once it is on the wire.
     pub(crate) async fn write(&self, msg: PeerMessage) -> Result<(), String> {
         // Nothing queued and nobody writing: write from this task. Handing the frame to the writer
         // task costs a thread wake-up, tens of µs here, on every message and every acknowledgement.
-        if self.tx.capacity() == self.tx.max_capacity() {
+        if self.queued.load(Ordering::Acquire) == 0 {
             if let Ok(mut writer) = self.writer.try_lock() {
                 return self.write_now(&mut writer, &msg).await;
             }
         }
         let (written, rx) = oneshot::channel();
-        match self.tx.send(Outgoing { msg: Some(msg), written: Some(written) }).await {
+        match self.enqueue(Outgoing { msg: Some(msg), written: Some(written) }).await {
             Err(_) => Err("link closed".to_owned()),
             Ok(()) => rx.await.unwrap_or_else(|_| Err("link closed".to_owned())),
         }
@@ -387,9 +401,11 @@ fn spawn_link(
         writer: writer.clone(),
         closed: closed.clone(),
         epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+        queued: Arc::default(),
     };
     let span = info_span!("link", peer = %peer, %addr);
-    core.tracker.spawn(write_loop(writer, rx, closed.clone()).instrument(span.clone()));
+    let writing = write_loop(writer, rx, link.queued.clone(), closed.clone());
+    core.tracker.spawn(writing.instrument(span.clone()));
     core.tracker.spawn(read_loop(core.clone(), peer, peer_key, reader, link.clone()).instrument(span));
     link
 }
@@ -397,6 +413,7 @@ fn spawn_link(
 async fn write_loop(
     writer: Arc<tokio::sync::Mutex<Writer>>,
     mut rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
     closed: CancellationToken,
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
@@ -425,6 +442,7 @@ async fn write_loop(
         if result.is_ok() {
             result = writer.flush().await.map_err(|e| e.to_string());
         }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
         drop(writer);
         let failed = result.is_err();
         for out in batch.drain(..) {
@@ -492,7 +510,8 @@ fn decode_frame(frame: &[u8]) -> Result<Incoming, DecodeError> {
 
 async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reader: Reader, link: LinkHandle) {
     let store = &core.store;
-    reader.set_read_ahead(READ_AHEAD);
+    // Reads take in more than the frame at hand only while a file's chunks are coming.
+    let mut bulk = false;
     // Frames are decrypted into this buffer; a file chunk takes it along to the disk writer and
     // leaves a spent one in its place.
     let mut frame = Vec::new();
@@ -513,7 +532,13 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
             }
             Ok(Ok(Some(n))) => n,
         };
-        let reply = match decode_frame(&frame[..n]) {
+        let incoming = decode_frame(&frame[..n]);
+        let chunk = matches!(incoming, Ok(Incoming::Chunk(_)));
+        if chunk != bulk {
+            reader.set_read_ahead(if chunk { READ_AHEAD } else { 0 });
+            bulk = chunk;
+        }
+        let reply = match incoming {
             Err(e) => {
                 warn!("dropping link with {peer}: {e}");
                 break;

@@ -448,8 +448,15 @@ pub(crate) fn route_chunk(
         debug!("{peer} sent a chunk of transfer {}, which is not running here", chunk.id);
         return None;
     };
-    // `view_chunk` found the range inside this very frame, so `new` cannot refuse it.
-    let bytes = ChunkBytes::new(std::mem::replace(frame, spares.take()), chunk.data)?;
+    // A small chunk travels in a buffer of its own size: otherwise a sender could make each byte
+    // pin a frame-sized buffer until its write unit fills.
+    let bytes = if chunk.data.len() < frame.len() / 2 {
+        let len = chunk.data.len();
+        ChunkBytes::new(frame.get(chunk.data)?.to_vec(), 0..len)?
+    } else {
+        // `view_chunk` found the range inside this very frame, so `new` cannot refuse it.
+        ChunkBytes::new(std::mem::replace(frame, spares.take()), chunk.data)?
+    };
     deliver(link, chunk.id, &tx, Routed::Chunk { offset: chunk.offset, bytes })
 }
 
@@ -560,16 +567,19 @@ async fn receive(
     let id = offer.id;
     let result = receive_inner(&core, &peer, &link, &offer, &partial.path, offset, inbound).await;
     link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    if let Err(Failure { keep_partial: false, .. }) = &result {
+        let _ = tokio::fs::remove_file(&partial.path).await;
+    }
+    // Done with the file: a new attempt may take it while this one tells the sender and the app
+    // (a write to a dead link can take its whole timeout).
+    drop(partial);
     match result {
         Ok(event) => {
             let _ = link.write(PeerMessage::FileReceived { id }).await;
             let _ = core.events.send(event).await;
         }
-        Err(Failure { reason, keep_partial }) => {
+        Err(Failure { reason, .. }) => {
             warn!("receiving {} from {peer} failed: {reason}", offer.name);
-            if !keep_partial {
-                let _ = tokio::fs::remove_file(&partial.path).await;
-            }
             let _ = link.write(PeerMessage::FileFailed { id, reason: reason.clone() }).await;
             let _ = core.events.send(Event::FileFailed { id, peer, outgoing: false, reason }).await;
         }
@@ -693,7 +703,8 @@ fn write_to_disk(
         let mut file = PartialFile::open(&partial, offset, spares, || {
             written_tx.send_replace(offset);
         })
-        .map_err(|e| fail(format!("cannot write the partial file: {e}"), false))?;
+        // Whatever failed (no descriptor left, a read error), the bytes held are still good.
+        .map_err(|e| fail(format!("cannot open the partial file: {e}"), true))?;
         // What was received goes to the disk before giving up, for the next attempt to resume from.
         let stop = |file: &mut PartialFile, failure: Failure| {
             let _ = file.flush();

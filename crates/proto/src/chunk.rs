@@ -44,8 +44,8 @@ pub fn write_chunk_header(
     let header = postcard::to_slice(&(FILE_CHUNK_VARIANT, id, offset, len as u64), out)
         .map_err(|e| EncodeError::Serialize(e.to_string()))?
         .len();
-    if header + len > MAX_PLAINTEXT_LEN {
-        return Err(EncodeError::TooLarge(header + len));
+    if len > MAX_PLAINTEXT_LEN.saturating_sub(header) {
+        return Err(EncodeError::TooLarge(header.saturating_add(len)));
     }
     Ok(header)
 }
@@ -124,9 +124,11 @@ mod tests {
     #[test]
     fn given_chunk_too_large_for_a_frame_then_header_refused() {
         let mut out = [0u8; MAX_CHUNK_HEADER_LEN];
-        assert!(matches!(
-            write_chunk_header(&mut out, MessageId::new(), 0, MAX_PLAINTEXT_LEN),
-            Err(EncodeError::TooLarge(_))
-        ));
+        for len in [MAX_PLAINTEXT_LEN, usize::MAX] {
+            assert!(matches!(
+                write_chunk_header(&mut out, MessageId::new(), 0, len),
+                Err(EncodeError::TooLarge(_))
+            ));
+        }
     }
 }
