@@ -3,9 +3,10 @@
 //!
 //! Chunks arrive in sizes the frame dictates (a little under 64 KiB), which do not line up with the
 //! page cache's large folios: written one by one, each write splits a folio with the next, and ext4
-//! then spends half again as long per byte (measured here: 256 MiB in 64 512-byte writes took 155 ms,
-//! in aligned 128 KiB writes 80 ms). So chunks wait here, already hashed, until a whole aligned unit
-//! is in, and go to the file in one vectored write, straight from the buffers they arrived in.
+//! then spends half again as long per byte (`scripts/write-units`: 256 MiB in 64 512-byte writes
+//! 120-225 ms, in aligned 128 KiB writes 77-87 ms). So chunks wait here, already hashed, until a
+//! whole aligned unit is in, and go to the file in one vectored write, straight from the buffers
+//! they arrived in.
 //!
 //! Bytes from an earlier attempt (a resume) are read back and hashed once when the file is opened.
 

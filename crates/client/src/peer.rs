@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
-use whatsap2p_link::{Handshake, SessionReader, SessionWriter};
+use whatsap2p_link::{decode_or_skip, Handshake, SessionReader, SessionWriter};
 use whatsap2p_proto::chunk::{view_chunk, ChunkView};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::LookupIntent;
@@ -498,14 +498,7 @@ fn decode_frame(frame: &[u8]) -> Result<Incoming, DecodeError> {
     if let Some(chunk) = view_chunk(frame) {
         return chunk.map(Incoming::Chunk);
     }
-    match whatsap2p_proto::decode::<PeerMessage>(frame) {
-        Ok(msg) => Ok(Incoming::Message(msg)),
-        Err(DecodeError::UnknownVariant(kind)) => {
-            debug!(kind, "skipping message of unknown kind");
-            Ok(Incoming::Skipped)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(decode_or_skip(frame)?.map_or(Incoming::Skipped, Incoming::Message))
 }
 
 async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reader: Reader, link: LinkHandle) {
@@ -615,7 +608,9 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
             link.reply(reply).await;
         }
         // A link with no transfer running keeps no frame-sized buffer.
-        if frame.len() > IDLE_FRAME_BUFFER && link.routes.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        if !bulk
+            && frame.len() > IDLE_FRAME_BUFFER
+            && link.routes.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
         {
             frame = Vec::new();
         }

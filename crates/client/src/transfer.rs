@@ -521,13 +521,11 @@ pub(crate) async fn on_offer(
         return refuse(format!("receiver cannot write its downloads folder: {e}"));
     }
     let partial = partial_dir.join(format!("{peer}-{}-{}.part", hex::encode(offer.blake3), offer.size));
+    // Not a refusal: the sender tries again later.
+    let busy = |reason: String| Some(PeerMessage::FileFailed { id, reason });
+    let running = || busy("transfer already running; try again later".into());
     // An attempt whose link dropped may still be writing out what it received.
-    let Some(partial) = PartialClaim::take(core, &partial) else {
-        return Some(PeerMessage::FileFailed {
-            id,
-            reason: "transfer already running; try again later".into(),
-        });
-    };
+    let Some(partial) = PartialClaim::take(core, &partial) else { return running() };
     let held = tokio::fs::metadata(&partial.path).await.map(|m| m.len()).unwrap_or(0);
     let offset = if held <= offer.size { held } else { 0 };
     let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
@@ -536,16 +534,11 @@ pub(crate) async fn on_offer(
         let mut routes = link.routes.lock().unwrap_or_else(|p| p.into_inner());
         if routes.contains_key(&id) {
             // The sender gave up on an attempt this side is still closing: it may try again.
-            return Some(PeerMessage::FileFailed {
-                id,
-                reason: "transfer already running; try again later".into(),
-            });
+            return running();
         }
         // Each transfer holds a file, a buffer and a window of chunks: a peer gets a few at a time.
         if routes.len() >= MAX_TRANSFERS_PER_LINK {
-            // Not a refusal: the sender tries again later.
-            let reason = format!("{MAX_TRANSFERS_PER_LINK} transfers already running; try again later");
-            return Some(PeerMessage::FileFailed { id, reason });
+            return busy(format!("{MAX_TRANSFERS_PER_LINK} transfers already running; try again later"));
         }
         routes.insert(id, Route { tx, spares: spares.clone() });
     }

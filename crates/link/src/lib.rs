@@ -22,7 +22,7 @@ pub mod session;
 
 pub use handshake::Handshake;
 pub use keys::StaticKeypair;
-pub use session::{Session, SessionReader, SessionWriter};
+pub use session::{decode_or_skip, Session, SessionReader, SessionWriter};
 pub use whatsap2p_proto::MAX_FRAME_LEN;
 
 use std::time::Duration;

@@ -109,12 +109,8 @@ impl<S: AsyncRead> SessionReader<S> {
     pub async fn recv_msg<T: DeserializeOwned + WireEnum>(&mut self) -> Result<Option<T>, LinkError> {
         loop {
             let Some(bytes) = self.recv().await? else { return Ok(None) };
-            match whatsap2p_proto::decode::<T>(&bytes) {
-                Ok(msg) => return Ok(Some(msg)),
-                Err(DecodeError::UnknownVariant(v)) => {
-                    tracing::debug!(kind = v, "skipping message of unknown kind");
-                }
-                Err(e) => return Err(e.into()),
+            if let Some(msg) = decode_or_skip(&bytes)? {
+                return Ok(Some(msg));
             }
         }
     }
@@ -122,6 +118,19 @@ impl<S: AsyncRead> SessionReader<S> {
     /// The peer's Noise static key.
     pub fn remote_static(&self) -> PublicKey {
         self.remote_static
+    }
+}
+
+/// Decodes one message of type `T`; `None` (logged) for a kind from a newer protocol version, which
+/// a reader skips. Garbage is an error.
+pub fn decode_or_skip<T: DeserializeOwned + WireEnum>(bytes: &[u8]) -> Result<Option<T>, DecodeError> {
+    match whatsap2p_proto::decode::<T>(bytes) {
+        Ok(msg) => Ok(Some(msg)),
+        Err(DecodeError::UnknownVariant(kind)) => {
+            tracing::debug!(kind, "skipping message of unknown kind");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
