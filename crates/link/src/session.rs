@@ -106,7 +106,9 @@ impl<S: AsyncRead> SessionReader<S> {
     }
 
     /// Next message of type `T`, skipping (and logging) kinds from a newer protocol version.
-    pub async fn recv_msg<T: DeserializeOwned + WireEnum>(&mut self) -> Result<Option<T>, LinkError> {
+    pub async fn recv_msg<T: DeserializeOwned + Serialize + WireEnum>(
+        &mut self,
+    ) -> Result<Option<T>, LinkError> {
         loop {
             let Some(bytes) = self.recv().await? else { return Ok(None) };
             if let Some(msg) = decode_or_skip(&bytes)? {
@@ -123,7 +125,9 @@ impl<S: AsyncRead> SessionReader<S> {
 
 /// Decodes one message of type `T`; `None` (logged) for a kind from a newer protocol version, which
 /// a reader skips. Garbage is an error.
-pub fn decode_or_skip<T: DeserializeOwned + WireEnum>(bytes: &[u8]) -> Result<Option<T>, DecodeError> {
+pub fn decode_or_skip<T: DeserializeOwned + Serialize + WireEnum>(
+    bytes: &[u8],
+) -> Result<Option<T>, DecodeError> {
     match whatsap2p_proto::decode::<T>(bytes) {
         Ok(msg) => Ok(Some(msg)),
         Err(DecodeError::UnknownVariant(kind)) => {
