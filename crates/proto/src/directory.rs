@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::WireEnum;
-use crate::{Number, PublicKey};
+use crate::{Number, PublicKey, WireNumber};
 
 /// Most numbers in one [`ClientToServer::Watch`].
 pub const MAX_WATCH_BATCH: usize = 1024;
@@ -34,8 +34,9 @@ pub enum ClientToServer {
     Lookup {
         /// Echoed in the answer.
         req: u32,
-        /// Who to look up.
-        number: Number,
+        /// Who to look up. Any text: a number that is not valid gets
+        /// [`ServerToClient::Error`] for this request, and the session stays.
+        number: WireNumber,
         /// Why the client asks; only changes what the server logs.
         intent: LookupIntent,
     },
@@ -44,10 +45,11 @@ pub enum ClientToServer {
     /// Go offline now; the server closes the session.
     Logout,
     /// Push presence changes of these numbers to this session (added to what it already watches).
-    /// The server answers with one [`ServerToClient::Presence`] per number, then pushes changes.
+    /// The server answers with one [`ServerToClient::Presence`] per valid number, then pushes
+    /// changes; invalid numbers get one [`ServerToClient::Error`] without a `req`, naming them.
     Watch {
         /// At most [`MAX_WATCH_BATCH`] numbers.
-        numbers: Vec<Number>,
+        numbers: Vec<WireNumber>,
     },
 }
 

@@ -28,7 +28,7 @@ pub mod peer;
 pub use codec::{decode, encode, DecodeError};
 pub use handshake::{IdentityProof, ProofError};
 pub use keys::{PublicKey, SignatureBytes};
-pub use number::{Number, NumberError};
+pub use number::{Number, NumberError, WireNumber};
 pub use peer::MessageId;
 
 /// Version of the wire protocol, sent in the first handshake message by the initiator.
