@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use whatsap2p_proto::chunk::{view_chunk, write_chunk_header, MAX_CHUNK_HEADER_LEN};
 use whatsap2p_proto::codec::decode_struct;
-use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::Hello;
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
@@ -58,6 +58,8 @@ fn server_msg() -> impl Strategy<Value = ServerToClient> {
                 key: key.map(PublicKey),
                 online: online.map(|(addr, since_unix_ms)| Location { addr, since_unix_ms }),
             }),
+        (any::<u32>(), ".{0,40}")
+            .prop_map(|(code, reason)| ServerToClient::Closed { code: CloseCode::from_code(code), reason }),
     ]
 }
 
