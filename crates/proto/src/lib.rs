@@ -14,6 +14,7 @@
 //! - [`chunk`]: file chunks encoded and read in place, without copying their bytes.
 //! - [`codec`]: postcard encoding with size limits, canonical decoding and a distinction between
 //!   unknown and malformed.
+//! - [`text`]: byte fields as hex in text formats (the test vectors); the wire is untouched.
 //! - [`version`]: version ranges and their negotiation in the handshake (version 3, being
 //!   implemented).
 
@@ -27,6 +28,7 @@ pub mod handshake;
 pub mod keys;
 pub mod number;
 pub mod peer;
+pub mod text;
 pub mod version;
 
 pub use codec::{decode, encode, DecodeError};
