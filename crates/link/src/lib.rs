@@ -21,6 +21,8 @@ pub mod handshake;
 pub mod keys;
 pub mod session;
 pub mod unknown;
+#[cfg(test)]
+mod vectors;
 
 pub use handshake::Handshake;
 pub use keys::StaticKeypair;

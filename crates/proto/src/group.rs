@@ -116,7 +116,9 @@ pub enum GroupError {
     NotInvited,
 }
 
-fn signed_bytes(state: &GroupState, signer: &Number) -> Vec<u8> {
+/// The exact bytes a [`SignedGroupState`] signs: the context `whatsap2p/1 group state` (23 bytes of
+/// ASCII), the signer's number as ASCII, a zero byte, and the state's postcard encoding.
+pub fn signed_bytes(state: &GroupState, signer: &Number) -> Vec<u8> {
     let mut m = GROUP_CONTEXT.to_vec();
     m.extend_from_slice(signer.as_str().as_bytes());
     m.push(0);
