@@ -24,6 +24,12 @@ pub mod unknown;
 #[cfg(test)]
 mod vectors;
 
+/// What the fuzz targets in `fuzz/` check in this crate (only with the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::frames::check_splits;
+}
+
 pub use handshake::Handshake;
 pub use keys::StaticKeypair;
 pub use session::{decode_or_skip, Session, SessionReader, SessionWriter};

@@ -69,18 +69,19 @@ pub fn view_chunk(frame: &[u8]) -> Option<Result<ChunkView, DecodeError>> {
     let parsed = postcard::take_from_bytes::<(u32, MessageId, u64, &[u8])>(frame)
         .map_err(|e| DecodeError::Malformed(e.to_string()))
         .and_then(|((_, id, offset, data), rest)| {
-            if !rest.is_empty() {
-                return Err(DecodeError::Trailing(rest.len()));
-            }
-            // The bytes are the last field, so they end where the frame does.
-            let start = frame.len() - data.len();
+            // The bytes are the last field, so they end where the frame does (if nothing trails).
+            let end = frame.len() - rest.len();
+            let start = end - data.len();
             // postcard took each varint as the value it decoded, so a header of the shortest
             // length for those values is the one canonical header (the fuzz target checks that
             // this agrees with `decode`, which encodes again and compares).
             if start != 1 + id.0.len() + varint_len(offset) + varint_len(data.len() as u64) {
                 return Err(DecodeError::NonCanonical);
             }
-            Ok(ChunkView { id, offset, data: start..frame.len() })
+            if !rest.is_empty() {
+                return Err(DecodeError::Trailing(rest.len()));
+            }
+            Ok(ChunkView { id, offset, data: start..end })
         });
     Some(parsed)
 }

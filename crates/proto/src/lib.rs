@@ -12,6 +12,8 @@
 //! - [`peer`]: messages between two clients.
 //! - [`group`]: group state, signed changes and the rule for accepting them.
 //! - [`chunk`]: file chunks encoded and read in place, without copying their bytes.
+//! - `fuzzing` (tests and the `fuzzing` feature): the properties every decoder keeps, checked by the
+//!   fuzz targets and by regression tests.
 //! - [`codec`]: postcard encoding with size limits, canonical decoding and a distinction between
 //!   unknown and malformed.
 //! - [`text`]: byte fields as hex in text formats (the test vectors); the wire is untouched.
@@ -23,6 +25,8 @@
 pub mod chunk;
 pub mod codec;
 pub mod directory;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod group;
 pub mod handshake;
 pub mod keys;
