@@ -33,7 +33,8 @@ fn n(s: &str) -> Number {
 
 fn id(low: u8) -> MessageId {
     // A ULID made on 2024-06-01 (its first 48 bits are the milliseconds), then fixed "random" bits.
-    let mut b = 0x018f_d0a6_3c00_u128.to_be_bytes();
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&0x018f_d0a6_3c00_u64.to_be_bytes()[2..]);
     b[6..].copy_from_slice(&[0x7a, 0x31, 0x9c, 0x04, 0xe5, 0x2b, 0x86, 0xd1, 0x0f, low]);
     MessageId(b)
 }
