@@ -705,3 +705,43 @@ async fn given_the_generator_then_the_file_is_exactly_what_it_writes() {
     let file = std::fs::read_to_string(FILE).expect("docs/protocol-vectors.json");
     assert!(generated == file, "docs/protocol-vectors.json is stale: regenerate it (see its \"about\")");
 }
+
+/// The kinds and names in the message tables of `docs/protocol.md`, table by table.
+fn documented_kinds() -> Vec<Vec<(u32, String)>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"))
+        .expect("docs/protocol.md");
+    let mut tables: Vec<Vec<(u32, String)>> = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(kind), Some(name)) = (cells.get(1), cells.get(2)) else { continue };
+        let (Ok(kind), Some(name)) =
+            (kind.parse::<u32>(), name.strip_prefix('`').and_then(|n| n.strip_suffix('`')))
+        else {
+            continue;
+        };
+        if kind == 0 {
+            tables.push(Vec::new());
+        }
+        if let Some(table) = tables.last_mut() {
+            table.push((kind, name.to_owned()));
+        }
+    }
+    tables
+}
+
+#[test]
+fn given_the_protocol_document_then_its_message_tables_name_every_kind_as_the_code_does() {
+    let mut code: Vec<Vec<(u32, String)>> = vec![Vec::new(); 3];
+    for v in read()["messages"].as_array().expect("messages") {
+        let table = match v["type"].as_str() {
+            Some("ClientToServer") => 0,
+            Some("ServerToClient") => 1,
+            _ => 2,
+        };
+        let entry = (v["kind"].as_u64().expect("kind") as u32, v["name"].as_str().expect("name").to_owned());
+        if code[table].last() != Some(&entry) {
+            code[table].push(entry);
+        }
+    }
+    assert_eq!(documented_kinds(), code);
+}

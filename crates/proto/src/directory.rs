@@ -206,6 +206,18 @@ mod tests {
     use crate::{decode, encode};
 
     #[test]
+    fn given_an_ipv6_address_then_flow_info_and_scope_id_are_not_sent() {
+        let plain = std::net::SocketAddrV6::new("fe80::1".parse().expect("ip"), 40000, 0, 0);
+        let scoped = std::net::SocketAddrV6::new(*plain.ip(), 40000, 7, 3);
+        let register = |listen: std::net::SocketAddrV6| ClientToServer::Register { listen: listen.into() };
+        let bytes = encode(&register(scoped)).expect("encode");
+        assert_eq!(bytes, encode(&register(plain)).expect("encode"));
+        assert_eq!(bytes[..2], [0, 1]);
+        assert_eq!(bytes.len(), 2 + 16 + 3);
+        assert_eq!(decode::<ClientToServer>(&bytes), Ok(register(plain)));
+    }
+
+    #[test]
     fn given_close_codes_then_known_ones_have_names_and_unknown_ones_still_decode() {
         let closed = |code| ServerToClient::Closed { code, reason: "r".into() };
         assert_eq!(encode(&closed(CloseCode::Replaced)).expect("encode"), [6, 0, 1, b'r']);
