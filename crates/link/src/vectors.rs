@@ -297,76 +297,73 @@ enum Connection {
     Peer,
 }
 
+/// One end of a handshake under test, and the test's end of its pipe.
+struct End {
+    hs: Handshake<DuplexStream>,
+    wire: DuplexStream,
+}
+
+/// What a handshake message carries.
+enum Payload<'a> {
+    Hello(Hello),
+    ServerHello(ServerHello),
+    /// The sender's identity proof over the hash at that point.
+    Proof(&'a Side),
+}
+
+/// Sends the next handshake message from `from` with `payload`, relays its frame to `to`, checks
+/// that it arrives, and records it.
+async fn step(from: &mut End, to: &mut End, from_name: &str, tokens: &str, payload: Payload<'_>) -> Value {
+    let hash_before = from.hs.hash();
+    let (ty, value, bytes, signed) = match payload {
+        Payload::Hello(h) => ("Hello", serde_json::to_value(&h), encode(&h), None),
+        Payload::ServerHello(h) => ("ServerHello", serde_json::to_value(&h), encode(&h), None),
+        Payload::Proof(side) => {
+            let proof = side.proof(&hash_before);
+            let noise = side.noise().public();
+            let signed = whatsap2p_proto::handshake::signed_bytes(&hash_before, &noise.0, &side.number);
+            ("IdentityProof", serde_json::to_value(&proof), encode(&proof), Some(signed))
+        }
+    };
+    let (value, bytes) = (value.expect("json"), bytes.expect("encode"));
+    from.hs.send(&bytes).await.expect("send");
+    let frame = read_frame(&mut from.wire).await;
+    to.wire.write_all(&frame).await.expect("relay");
+    assert_eq!(to.hs.recv().await.expect("recv"), bytes);
+    let mut m = json!({
+        "from": from_name, "tokens": tokens, "hash_before": hex::encode(&hash_before),
+        "payload_type": ty, "payload": value, "payload_hex": hex::encode(&bytes), "frame_hex": hex::encode(&frame),
+    });
+    if let Some(signed) = signed {
+        m["proof_signed_hex"] = json!(hex::encode(signed));
+    }
+    m
+}
+
 /// Runs a real initiator and a real responder with fixed keys, relaying and recording each frame.
 async fn transcript(connection: Connection) -> Value {
     let (ini_side, res_side) = (Side::initiator(), Side::responder());
-    let (ini_io, mut ini_wire) = duplex(1 << 16);
-    let (res_io, mut res_wire) = duplex(1 << 16);
-    let mut ini = ini_side.handshake(ini_io, true);
-    let mut res = res_side.handshake(res_io, false);
-    let mut messages = Vec::new();
-
+    let (ini_io, ini_wire) = duplex(1 << 16);
+    let (res_io, res_wire) = duplex(1 << 16);
+    let mut ini = End { hs: ini_side.handshake(ini_io, true), wire: ini_wire };
+    let mut res = End { hs: res_side.handshake(res_io, false), wire: res_wire };
     let purpose = if connection == Connection::Peer { Purpose::Peer } else { Purpose::Directory };
     let hello = Hello { version: whatsap2p_proto::PROTOCOL_VERSION, purpose };
-    let h0 = ini.hash();
-    ini.send(&encode(&hello).expect("encode")).await.expect("message 1");
-    let frame = read_frame(&mut ini_wire).await;
-    res_wire.write_all(&frame).await.expect("relay");
-    assert_eq!(res.recv().await.expect("message 1"), encode(&hello).expect("encode"));
-    messages.push(json!({
-        "from": "initiator", "tokens": "-> e", "hash_before": hex::encode(&h0),
-        "payload_type": "Hello", "payload": serde_json::to_value(&hello).expect("json"),
-        "payload_hex": hex::encode(encode(&hello).expect("encode")), "frame_hex": hex::encode(&frame),
-    }));
-
-    let h1 = res.hash();
-    let (payload_type, payload_value, payload, signed) = match connection {
-        Connection::Directory => {
-            let sh = ServerHello { version: whatsap2p_proto::PROTOCOL_VERSION, heartbeat_timeout_ms: 30_000 };
-            ("ServerHello", serde_json::to_value(&sh).expect("json"), encode(&sh).expect("encode"), None)
-        }
-        Connection::Peer => {
-            let proof = res_side.proof(&h1);
-            let signed =
-                whatsap2p_proto::handshake::signed_bytes(&h1, &res_side.noise().public().0, &res_side.number);
-            (
-                "IdentityProof",
-                serde_json::to_value(&proof).expect("json"),
-                encode(&proof).expect("encode"),
-                Some(signed),
-            )
-        }
+    let second = match connection {
+        Connection::Directory => Payload::ServerHello(ServerHello {
+            version: whatsap2p_proto::PROTOCOL_VERSION,
+            heartbeat_timeout_ms: 30_000,
+        }),
+        Connection::Peer => Payload::Proof(&res_side),
     };
-    res.send(&payload).await.expect("message 2");
-    let frame = read_frame(&mut res_wire).await;
-    ini_wire.write_all(&frame).await.expect("relay");
-    assert_eq!(ini.recv().await.expect("message 2"), payload);
-    let mut m2 = json!({
-        "from": "responder", "tokens": "<- e, ee, s, es", "hash_before": hex::encode(&h1),
-        "payload_type": payload_type, "payload": payload_value,
-        "payload_hex": hex::encode(&payload), "frame_hex": hex::encode(&frame),
-    });
-    if let Some(signed) = signed {
-        m2["proof_signed_hex"] = json!(hex::encode(signed));
-    }
-    messages.push(m2);
-
-    let h2 = ini.hash();
-    let proof = ini_side.proof(&h2);
-    let signed =
-        whatsap2p_proto::handshake::signed_bytes(&h2, &ini_side.noise().public().0, &ini_side.number);
-    ini.send(&encode(&proof).expect("encode")).await.expect("message 3");
-    let frame = read_frame(&mut ini_wire).await;
-    res_wire.write_all(&frame).await.expect("relay");
-    assert_eq!(res.recv().await.expect("message 3"), encode(&proof).expect("encode"));
-    messages.push(json!({
-        "from": "initiator", "tokens": "-> s, se", "hash_before": hex::encode(&h2),
-        "payload_type": "IdentityProof", "payload": serde_json::to_value(&proof).expect("json"),
-        "payload_hex": hex::encode(encode(&proof).expect("encode")), "proof_signed_hex": hex::encode(signed),
-        "frame_hex": hex::encode(&frame),
-    }));
-    let h3 = ini.hash();
-    assert_eq!(h3, res.hash());
+    let messages = vec![
+        step(&mut ini, &mut res, "initiator", "-> e", Payload::Hello(hello)).await,
+        step(&mut res, &mut ini, "responder", "<- e, ee, s, es", second).await,
+        step(&mut ini, &mut res, "initiator", "-> s, se", Payload::Proof(&ini_side)).await,
+    ];
+    let h3 = ini.hs.hash();
+    assert_eq!(h3, res.hs.hash());
+    let (End { hs: ini, wire: mut ini_wire }, End { hs: res, wire: mut res_wire }) = (ini, res);
 
     let (_ini_r, mut ini_w) = ini.finish().expect("finish").split();
     let (_res_r, mut res_w) = res.finish().expect("finish").split();
