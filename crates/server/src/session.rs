@@ -329,34 +329,34 @@ impl<'d> Online<'d> {
                 info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
                 Some(ServerToClient::Registered { listen })
             }
-            ClientToServer::Lookup { req, number: wanted, intent } => {
+            ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
                 info!("Request from {} {}", addr.ip(), addr.port());
-                match Number::try_from(&wanted) {
+                let wanted = match Number::try_from(&wanted) {
+                    Ok(n) => n,
                     Err(e) => {
                         info!("Refusing a lookup of an invalid number: {e}");
-                        Some(ServerToClient::Error { req: Some(req), message: invalid_number(&wanted, &e) })
+                        let message = invalid_number(&wanted, &e);
+                        break 'lookup Some(ServerToClient::Error { req: Some(req), message });
                     }
-                    Ok(wanted) => {
-                        match intent {
-                            LookupIntent::Address => info!("Retrieving Address of {wanted}"),
-                            _ => info!("Pinging {wanted}"),
-                        }
-                        let online = dir.presence.get(&wanted).await;
-                        let key = match &online {
-                            Some(e) => Ok(Some(e.key)),
-                            None => dir.identities.key_of(&wanted).await,
-                        };
-                        Some(match key {
-                            Ok(key) => ServerToClient::LookupResult {
-                                req,
-                                number: wanted,
-                                key,
-                                online: online.map(|e| e.location),
-                            },
-                            Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
-                        })
-                    }
+                };
+                match intent {
+                    LookupIntent::Address => info!("Retrieving Address of {wanted}"),
+                    _ => info!("Pinging {wanted}"),
                 }
+                let online = dir.presence.get(&wanted).await;
+                let key = match &online {
+                    Some(e) => Ok(Some(e.key)),
+                    None => dir.identities.key_of(&wanted).await,
+                };
+                Some(match key {
+                    Ok(key) => ServerToClient::LookupResult {
+                        req,
+                        number: wanted,
+                        key,
+                        online: online.map(|e| e.location),
+                    },
+                    Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
+                })
             }
             ClientToServer::Watch { numbers } => {
                 if numbers.len() > MAX_WATCH_BATCH || self.watched.len() + numbers.len() > MAX_WATCHED {
