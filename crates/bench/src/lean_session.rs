@@ -173,7 +173,7 @@ impl LeanSession {
             self.next_req = self.next_req.wrapping_add(1);
             let lookup = ClientToServer::Lookup {
                 req: self.next_req,
-                number: wanted.clone(),
+                number: wanted.into(),
                 intent: LookupIntent::Ping,
             };
             self.queue(&lookup).await?;
@@ -200,7 +200,7 @@ impl LeanSession {
     pub async fn is_online(&mut self, wanted: &Number) -> anyhow::Result<bool> {
         self.next_req = self.next_req.wrapping_add(1);
         let req = self.next_req;
-        self.queue(&ClientToServer::Lookup { req, number: wanted.clone(), intent: LookupIntent::Ping })
+        self.queue(&ClientToServer::Lookup { req, number: wanted.into(), intent: LookupIntent::Ping })
             .await?;
         self.flush().await?;
         loop {

@@ -270,7 +270,7 @@ type Pending = HashMap<u32, oneshot::Sender<Result<LookupAnswer, ClientError>>>;
 
 async fn send_watch(writer: &mut Writer, numbers: Vec<Number>) -> Result<(), LinkError> {
     for chunk in numbers.chunks(MAX_WATCH_BATCH) {
-        writer.send_msg(&ClientToServer::Watch { numbers: chunk.to_vec() }).await?;
+        writer.send_msg(&ClientToServer::Watch { numbers: chunk.iter().map(Into::into).collect() }).await?;
     }
     Ok(())
 }
@@ -313,7 +313,7 @@ async fn run(
                     Some(Request::Lookup { number, intent, reply }) => {
                         next_req = next_req.wrapping_add(1);
                         pending.insert(next_req, reply);
-                        let lookup = ClientToServer::Lookup { req: next_req, number, intent };
+                        let lookup = ClientToServer::Lookup { req: next_req, number: number.into(), intent };
                         if let Err(e) = writer.send_msg(&lookup).await {
                             break e.to_string();
                         }

@@ -39,8 +39,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 
     fn new(stream: S, keys: &StaticKeypair, initiator: bool) -> Result<Self, LinkError> {
-        let builder =
+        Self::build(stream, keys, initiator, None)
+    }
+
+    /// A handshake whose ephemeral key is `ephemeral` instead of a fresh one: only for the test
+    /// vectors, whose transcript must come out the same on every run.
+    #[cfg(test)]
+    pub(crate) fn with_ephemeral(
+        stream: S,
+        keys: &StaticKeypair,
+        initiator: bool,
+        ephemeral: &[u8; 32],
+    ) -> Result<Self, LinkError> {
+        Self::build(stream, keys, initiator, Some(ephemeral))
+    }
+
+    fn build(
+        stream: S,
+        keys: &StaticKeypair,
+        initiator: bool,
+        ephemeral: Option<&[u8; 32]>,
+    ) -> Result<Self, LinkError> {
+        let mut builder =
             snow::Builder::new(NOISE_PARAMS.parse()?).local_private_key(keys.private()).prologue(PROLOGUE);
+        if let Some(e) = ephemeral {
+            builder = builder.fixed_ephemeral_key_for_testing_only(e);
+        }
         let state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
         Ok(Self { stream, reader: FrameReader::default(), writer: FrameWriter::default(), state })
     }

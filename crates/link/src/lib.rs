@@ -11,6 +11,7 @@
 //! - [`keys`]: Noise static keypairs.
 //! - [`handshake`]: the step-by-step handshake.
 //! - [`session`]: encrypted, framed reading and writing.
+//! - [`unknown`]: the summarised log of skipped messages of unknown kinds.
 //! - `frames` (private): the length-prefixed framing, holding no buffer between frames.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,15 @@ mod frames;
 pub mod handshake;
 pub mod keys;
 pub mod session;
+pub mod unknown;
+#[cfg(test)]
+mod vectors;
+
+/// What the fuzz targets in `fuzz/` check in this crate (only with the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::frames::check_splits;
+}
 
 pub use handshake::Handshake;
 pub use keys::StaticKeypair;

@@ -17,6 +17,7 @@ use whatsap2p_proto::codec::WireEnum;
 use whatsap2p_proto::{DecodeError, PublicKey};
 
 use crate::frames::{FrameReader, FrameWriter};
+use crate::unknown::UnknownKinds;
 use crate::{LinkError, WRITE_TIMEOUT};
 
 /// An established session over `S`.
@@ -35,7 +36,14 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let (read, write) = tokio::io::split(stream);
         let transport = Arc::new(transport);
         Self {
-            reader: SessionReader { io: read, frames, transport: transport.clone(), nonce: 0, remote_static },
+            reader: SessionReader {
+                io: read,
+                frames,
+                transport: transport.clone(),
+                nonce: 0,
+                remote_static,
+                unknown: UnknownKinds::default(),
+            },
             writer: SessionWriter { io: write, frames: FrameWriter::default(), transport, nonce: 0 },
         }
     }
@@ -58,6 +66,8 @@ pub struct SessionReader<S> {
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
     remote_static: PublicKey,
+    /// Messages of unknown kinds skipped by [`SessionReader::recv_msg`], for its log lines.
+    unknown: UnknownKinds,
 }
 
 impl<S: AsyncRead> SessionReader<S> {
@@ -105,12 +115,24 @@ impl<S: AsyncRead> SessionReader<S> {
         Poll::Ready(Ok(Some(n)))
     }
 
-    /// Next message of type `T`, skipping (and logging) kinds from a newer protocol version.
-    pub async fn recv_msg<T: DeserializeOwned + WireEnum>(&mut self) -> Result<Option<T>, LinkError> {
+    /// Next message of type `T`, skipping kinds from a newer protocol version. Skips are logged
+    /// at `info`, summarised: the first at once, then at most one line a minute
+    /// ([`crate::unknown::SUMMARY_EVERY`]).
+    ///
+    /// Cancel-safe: a `select!` may drop this future without losing a frame.
+    pub async fn recv_msg<T: DeserializeOwned + Serialize + WireEnum>(
+        &mut self,
+    ) -> Result<Option<T>, LinkError> {
         loop {
             let Some(bytes) = self.recv().await? else { return Ok(None) };
-            if let Some(msg) = decode_or_skip(&bytes)? {
-                return Ok(Some(msg));
+            match whatsap2p_proto::decode::<T>(&bytes) {
+                Ok(msg) => return Ok(Some(msg)),
+                Err(DecodeError::UnknownVariant(kind)) => {
+                    if let Some(line) = self.unknown.skipped(kind, tokio::time::Instant::now()) {
+                        crate::unknown::log(&line);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -123,7 +145,9 @@ impl<S: AsyncRead> SessionReader<S> {
 
 /// Decodes one message of type `T`; `None` (logged) for a kind from a newer protocol version, which
 /// a reader skips. Garbage is an error.
-pub fn decode_or_skip<T: DeserializeOwned + WireEnum>(bytes: &[u8]) -> Result<Option<T>, DecodeError> {
+pub fn decode_or_skip<T: DeserializeOwned + Serialize + WireEnum>(
+    bytes: &[u8],
+) -> Result<Option<T>, DecodeError> {
     match whatsap2p_proto::decode::<T>(bytes) {
         Ok(msg) => Ok(Some(msg)),
         Err(DecodeError::UnknownVariant(kind)) => {

@@ -3,6 +3,13 @@
 //! Every message enum on the wire is `#[non_exhaustive]`; postcard writes the variant index first,
 //! so a decoder can tell a message from a newer peer ([`DecodeError::UnknownVariant`], to be skipped)
 //! from garbage ([`DecodeError::Malformed`], to drop the connection).
+//!
+//! Only the canonical encoding of a value decodes: the one [`encode`] writes. postcard itself takes
+//! over-long varints (`80 00` for 0), sets in any order and numbers with spaces around them, so one
+//! value would have many encodings, and a signature, an id or a deduplication over the bytes would
+//! not be over the value. After decoding, the value is encoded again against the input, byte by
+//! byte and without allocating ([`is_encoding_of`]); any difference is
+//! [`DecodeError::NonCanonical`].
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -20,6 +27,10 @@ pub enum DecodeError {
     /// A valid message followed by extra bytes.
     #[error("{0} trailing bytes after message")]
     Trailing(usize),
+    /// A message in another encoding than the one canonical encoding of its value (an over-long
+    /// varint, a set out of order, a number with spaces).
+    #[error("message is not in its canonical encoding")]
+    NonCanonical,
 }
 
 /// Why a message could not be encoded.
@@ -48,9 +59,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(bytes)
 }
 
-/// Decodes a whole message; trailing bytes are an error.
-pub fn decode<T: DeserializeOwned + WireEnum>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if let Ok((variant, _)) = postcard::take_from_bytes::<u32>(bytes) {
+/// The message kind (variant index) at the start of `bytes`, if it is a canonical varint.
+pub fn kind(bytes: &[u8]) -> Option<u32> {
+    let (kind, rest) = postcard::take_from_bytes::<u32>(bytes).ok()?;
+    is_encoding_of(&kind, &bytes[..bytes.len() - rest.len()]).then_some(kind)
+}
+
+/// Decodes a whole message; trailing bytes and non-canonical encodings are errors. A kind this
+/// version does not know is [`DecodeError::UnknownVariant`] whatever follows it.
+pub fn decode<T: DeserializeOwned + Serialize + WireEnum>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if let Some(variant) = kind(bytes) {
         if variant >= T::KNOWN_VARIANTS {
             return Err(DecodeError::UnknownVariant(variant));
         }
@@ -58,12 +76,129 @@ pub fn decode<T: DeserializeOwned + WireEnum>(bytes: &[u8]) -> Result<T, DecodeE
     decode_struct(bytes)
 }
 
-/// Decodes a whole non-enum payload (handshake payloads); trailing bytes are an error.
-pub fn decode_struct<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (msg, rest) =
-        postcard::take_from_bytes::<T>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+/// Decodes a whole non-enum payload (handshake payloads); trailing bytes and non-canonical
+/// encodings are errors.
+pub fn decode_struct<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (msg, rest) = decode_prefix(bytes)?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(msg)
+}
+
+/// Decodes a value from the start of `bytes` and returns it with the bytes after it; the value's
+/// own bytes must be canonical.
+pub fn decode_prefix<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
+    let (msg, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !is_encoding_of(&msg, &bytes[..bytes.len() - rest.len()]) {
+        return Err(DecodeError::NonCanonical);
+    }
+    Ok((msg, rest))
+}
+
+/// Whether `bytes` is exactly what [`encode`] writes for `value`. Compares while encoding: no
+/// allocation, and it stops at the first difference.
+pub fn is_encoding_of<T: Serialize + ?Sized>(value: &T, bytes: &[u8]) -> bool {
+    postcard::serialize_with_flavor(value, Compare { rest: bytes }).is_ok()
+}
+
+/// A postcard output that holds nothing: it checks each byte written against the expected bytes.
+struct Compare<'a> {
+    rest: &'a [u8],
+}
+
+impl postcard::ser_flavors::Flavor for Compare<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self.rest.strip_prefix(data) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            None => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        match self.rest.split_first() {
+            Some((&first, rest)) if first == data => {
+                self.rest = rest;
+                Ok(())
+            }
+            _ => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(postcard::Error::SerializeBufferFull)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{ClientToServer, ServerToClient};
+    use crate::peer::PeerMessage;
+
+    #[test]
+    fn given_over_long_varints_then_refused_as_non_canonical() {
+        let canonical = encode(&ServerToClient::Error { req: None, message: String::new() }).expect("encode");
+        assert_eq!(canonical, [4, 0, 0]);
+        assert!(decode::<ServerToClient>(&canonical).is_ok());
+        // The string's length 0 written in two bytes, then the kind.
+        assert_eq!(decode::<ServerToClient>(&[4, 0, 0x80, 0]), Err(DecodeError::NonCanonical));
+        assert_eq!(decode::<ServerToClient>(&[0x84, 0, 0, 0]), Err(DecodeError::NonCanonical));
+        // A u32 request id of 5 in two bytes; a u64 of 1 in ten.
+        assert_eq!(decode::<ServerToClient>(&[4, 1, 0x85, 0, 0]), Err(DecodeError::NonCanonical));
+        let text_sent_at = |sent_at: &[u8]| {
+            let mut b = vec![0];
+            b.extend([7; 16]);
+            b.extend_from_slice(sent_at);
+            b.push(0);
+            decode::<PeerMessage>(&b)
+        };
+        assert!(text_sent_at(&[1]).is_ok());
+        assert_eq!(
+            text_sent_at(&[0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0]),
+            Err(DecodeError::NonCanonical)
+        );
+    }
+
+    #[test]
+    fn given_bool_or_option_tag_other_than_0_or_1_then_malformed() {
+        assert!(matches!(decode::<ServerToClient>(&[4, 2, 0]), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn given_a_number_with_spaces_then_non_canonical() {
+        let mut b = vec![5, 4];
+        b.extend_from_slice(b" 123");
+        b.extend([0, 0]);
+        assert_eq!(decode::<ServerToClient>(&b), Err(DecodeError::NonCanonical));
+    }
+
+    #[test]
+    fn given_unknown_kind_then_skippable_but_an_over_long_kind_is_not() {
+        assert_eq!(decode::<ClientToServer>(&[99, 1, 2]), Err(DecodeError::UnknownVariant(99)));
+        assert_eq!(kind(&[0x80, 1]), Some(128));
+        assert_eq!(kind(&[0xe3, 0]), None);
+        assert!(decode::<ClientToServer>(&[0xe3, 0]).is_err_and(|e| e != DecodeError::UnknownVariant(99)));
+    }
+
+    #[test]
+    fn given_bytes_then_compare_matches_only_the_exact_encoding() {
+        let m = ClientToServer::Heartbeat;
+        assert!(is_encoding_of(&m, &[2]));
+        assert!(!is_encoding_of(&m, &[2, 0]));
+        assert!(!is_encoding_of(&m, &[]));
+        assert!(!is_encoding_of(&m, &[3]));
+    }
 }

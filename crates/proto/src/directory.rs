@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::WireEnum;
-use crate::{Number, PublicKey};
+use crate::{Number, PublicKey, WireNumber};
 
 /// Most numbers in one [`ClientToServer::Watch`].
 pub const MAX_WATCH_BATCH: usize = 1024;
@@ -34,8 +34,9 @@ pub enum ClientToServer {
     Lookup {
         /// Echoed in the answer.
         req: u32,
-        /// Who to look up.
-        number: Number,
+        /// Who to look up. Any text: a number that is not valid gets
+        /// [`ServerToClient::Error`] for this request, and the session stays.
+        number: WireNumber,
         /// Why the client asks; only changes what the server logs.
         intent: LookupIntent,
     },
@@ -44,10 +45,11 @@ pub enum ClientToServer {
     /// Go offline now; the server closes the session.
     Logout,
     /// Push presence changes of these numbers to this session (added to what it already watches).
-    /// The server answers with one [`ServerToClient::Presence`] per number, then pushes changes.
+    /// The server answers with one [`ServerToClient::Presence`] per valid number, then pushes
+    /// changes; invalid numbers get one [`ServerToClient::Error`] without a `req`, naming them.
     Watch {
         /// At most [`MAX_WATCH_BATCH`] numbers.
-        numbers: Vec<Number>,
+        numbers: Vec<WireNumber>,
     },
 }
 
@@ -117,8 +119,109 @@ pub enum ServerToClient {
         /// Where it listens, if online.
         online: Option<Location>,
     },
+    /// The server ends this session, for the reason `code`; it closes the connection next.
+    Closed {
+        /// Why, for the client to act on.
+        code: CloseCode,
+        /// Why, for people (at most [`MAX_REASON_LEN`] characters).
+        reason: String,
+    },
 }
 
 impl WireEnum for ServerToClient {
-    const KNOWN_VARIANTS: u32 = 6;
+    const KNOWN_VARIANTS: u32 = 7;
+}
+
+/// Why the server ends a session on its own, for the client to act on (the text beside it is for
+/// people). On the wire a varint; codes from a newer version decode as [`CloseCode::Unknown`], so
+/// a client still learns that the session is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// A newer session for the same number replaced this one. A client must not reconnect on its
+    /// own: it would replace the newer session in turn.
+    Replaced,
+    /// A code this version does not know (never one of the above: [`CloseCode::from_code`]
+    /// makes a known code its variant).
+    Unknown(u32),
+}
+
+impl CloseCode {
+    /// The code's number on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Replaced => 0,
+            Self::Unknown(n) => n,
+        }
+    }
+
+    /// The code with this number.
+    pub fn from_code(n: u32) -> Self {
+        match n {
+            0 => Self::Replaced,
+            n => Self::Unknown(n),
+        }
+    }
+
+    fn name(self) -> Option<&'static str> {
+        match self {
+            Self::Replaced => Some("Replaced"),
+            Self::Unknown(_) => None,
+        }
+    }
+}
+
+impl Serialize for CloseCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.name() {
+            // Text formats (the test vectors) show the name; postcard writes the number.
+            Some(name) if s.is_human_readable() => s.serialize_str(name),
+            _ => s.serialize_u32(self.code()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CloseCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return u32::deserialize(d).map(Self::from_code);
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Code(u32),
+            Name(String),
+        }
+        match Text::deserialize(d)? {
+            Text::Code(n) => Ok(Self::from_code(n)),
+            Text::Name(name) if name == "Replaced" => Ok(Self::Replaced),
+            Text::Name(name) => Err(serde::de::Error::custom(format!("unknown close code {name:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode};
+
+    #[test]
+    fn given_an_ipv6_address_then_flow_info_and_scope_id_are_not_sent() {
+        let plain = std::net::SocketAddrV6::new("fe80::1".parse().expect("ip"), 40000, 0, 0);
+        let scoped = std::net::SocketAddrV6::new(*plain.ip(), 40000, 7, 3);
+        let register = |listen: std::net::SocketAddrV6| ClientToServer::Register { listen: listen.into() };
+        let bytes = encode(&register(scoped)).expect("encode");
+        assert_eq!(bytes, encode(&register(plain)).expect("encode"));
+        assert_eq!(bytes[..2], [0, 1]);
+        assert_eq!(bytes.len(), 2 + 16 + 3);
+        assert_eq!(decode::<ClientToServer>(&bytes), Ok(register(plain)));
+    }
+
+    #[test]
+    fn given_close_codes_then_known_ones_have_names_and_unknown_ones_still_decode() {
+        let closed = |code| ServerToClient::Closed { code, reason: "r".into() };
+        assert_eq!(encode(&closed(CloseCode::Replaced)).expect("encode"), [6, 0, 1, b'r']);
+        assert_eq!(decode::<ServerToClient>(&[6, 0x80, 1, 1, b'r']), Ok(closed(CloseCode::Unknown(128))));
+        assert_eq!(CloseCode::from_code(CloseCode::Replaced.code()), CloseCode::Replaced);
+    }
 }

@@ -23,9 +23,9 @@ pub const MAX_GROUP_MEMBERS: usize = 256;
 
 const GROUP_CONTEXT: &[u8] = b"whatsap2p/1 group state";
 
-/// A group's id: 128 random bits, shown as 32 hex digits.
+/// A group's id: 128 random bits, shown as 32 hex digits; on the wire 16 raw bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct GroupId(pub [u8; 16]);
+pub struct GroupId(#[serde(with = "crate::text::hex_array")] pub [u8; 16]);
 
 impl GroupId {
     /// A fresh random id.
@@ -116,7 +116,9 @@ pub enum GroupError {
     NotInvited,
 }
 
-fn signed_bytes(state: &GroupState, signer: &Number) -> Vec<u8> {
+/// The exact bytes a [`SignedGroupState`] signs: the context `whatsap2p/1 group state` (23 bytes of
+/// ASCII), the signer's number as ASCII, a zero byte, and the state's postcard encoding.
+pub fn signed_bytes(state: &GroupState, signer: &Number) -> Vec<u8> {
     let mut m = GROUP_CONTEXT.to_vec();
     m.extend_from_slice(signer.as_str().as_bytes());
     m.push(0);

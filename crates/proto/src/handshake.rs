@@ -9,8 +9,9 @@
 //! ```
 //!
 //! An [`IdentityProof`] is an Ed25519 signature, by the user's identity key, over the Noise
-//! handshake hash *before* the message that carries it, the sender's Noise static key and its
-//! number. The handshake hash includes the other side's fresh ephemeral key, so the signature is a
+//! handshake hash `h` as it is once the previous handshake message is written (or read), before
+//! any token of the message that carries the proof; the sender's Noise static key; and its number
+//! ([`signed_bytes`]). The handshake hash includes the other side's fresh ephemeral key, so the signature is a
 //! fresh challenge answered: it cannot be replayed into another session, and it ties the number and
 //! identity to the Noise static key that the rest of the handshake authenticates.
 
@@ -78,7 +79,10 @@ pub enum ProofError {
     BadSignature,
 }
 
-fn signed_bytes(handshake_hash: &[u8], noise_static: &[u8], number: &Number) -> Vec<u8> {
+/// The exact bytes an [`IdentityProof`] signs: the context `whatsap2p/1 identity proof` (26 bytes of
+/// ASCII), the length of `handshake_hash` as a big-endian u16, the hash, the signer's 32-byte Noise
+/// static public key, and the number's ASCII text (no length, nothing after it).
+pub fn signed_bytes(handshake_hash: &[u8], noise_static: &[u8], number: &Number) -> Vec<u8> {
     let mut m = Vec::with_capacity(PROOF_CONTEXT.len() + handshake_hash.len() + 32 + 16);
     m.extend_from_slice(PROOF_CONTEXT);
     m.extend_from_slice(&(handshake_hash.len() as u16).to_be_bytes());

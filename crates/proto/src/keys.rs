@@ -4,9 +4,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A 32-byte public key: an Ed25519 identity key or a Noise (X25519) static key.
+/// A 32-byte public key: an Ed25519 identity key or a Noise (X25519) static key. On the wire its
+/// 32 raw bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PublicKey(pub [u8; 32]);
+pub struct PublicKey(#[serde(with = "crate::text::hex_array")] pub [u8; 32]);
 
 impl PublicKey {
     /// Lower-case hex of the whole key.
@@ -51,9 +52,22 @@ impl fmt::Display for PublicKey {
     }
 }
 
-/// A 64-byte Ed25519 signature. Serde has no impl for `[u8; 64]`, so it travels as two halves.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A 64-byte Ed25519 signature, on the wire its 64 raw bytes. Kept as two halves, the way serde
+/// handled arrays when it was written; the bytes are the same.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SignatureBytes(pub [u8; 32], pub [u8; 32]);
+
+impl Serialize for SignatureBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::text::hex_array::serialize(&self.to_bytes(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignatureBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::text::hex_array::deserialize::<D, 64>(d).map(Self::from_bytes)
+    }
+}
 
 impl SignatureBytes {
     /// Splits a signature into its wire form.

@@ -12,26 +12,37 @@
 //! - [`peer`]: messages between two clients.
 //! - [`group`]: group state, signed changes and the rule for accepting them.
 //! - [`chunk`]: file chunks encoded and read in place, without copying their bytes.
-//! - [`codec`]: postcard encoding with size limits and a distinction between unknown and malformed.
+//! - `fuzzing` (tests and the `fuzzing` feature): the properties every decoder keeps, checked by the
+//!   fuzz targets and by regression tests.
+//! - [`codec`]: postcard encoding with size limits, canonical decoding and a distinction between
+//!   unknown and malformed.
+//! - [`text`]: byte fields as hex in text formats (the test vectors); the wire is untouched.
+//! - [`version`]: version ranges and their negotiation in the handshake (version 3, being
+//!   implemented).
 
 #![forbid(unsafe_code)]
 
 pub mod chunk;
 pub mod codec;
 pub mod directory;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod group;
 pub mod handshake;
 pub mod keys;
 pub mod number;
 pub mod peer;
+pub mod text;
+pub mod version;
 
 pub use codec::{decode, encode, DecodeError};
 pub use handshake::{IdentityProof, ProofError};
 pub use keys::{PublicKey, SignatureBytes};
-pub use number::{Number, NumberError};
+pub use number::{Number, NumberError, WireNumber};
 pub use peer::MessageId;
 
-/// Version of the wire protocol, sent in the first handshake message by the initiator.
+/// Version of the wire protocol, sent in the first handshake message by the initiator. Version 3
+/// replaces this single version with a range ([`version`]).
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame on the wire (length prefix excluded). Noise caps a message at 65 535 bytes, and every

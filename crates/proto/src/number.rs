@@ -62,6 +62,60 @@ impl FromStr for Number {
     }
 }
 
+/// A number as a request carries it: any text, checked only when the server turns it into a
+/// [`Number`]. Kept apart from [`Number`] so that a request naming a bad number still decodes and
+/// gets an error of its own, instead of being malformed (which drops the session).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WireNumber(String);
+
+impl WireNumber {
+    /// Any text, unchecked (what a client with a bug, or a newer client, might send).
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The text as received.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// At most `max` characters of the text, for an error message that names it.
+    pub fn excerpt(&self, max: usize) -> String {
+        let mut s: String = self.0.chars().take(max).collect();
+        if s.len() < self.0.len() {
+            s.push('…');
+        }
+        s
+    }
+}
+
+impl From<Number> for WireNumber {
+    fn from(n: Number) -> Self {
+        Self(n.0)
+    }
+}
+
+impl From<&Number> for WireNumber {
+    fn from(n: &Number) -> Self {
+        Self(n.0.clone())
+    }
+}
+
+impl TryFrom<&WireNumber> for Number {
+    type Error = NumberError;
+
+    /// Exact: unlike [`Number::new`], which reads what a person typed, spaces around the digits
+    /// are refused, so a number has one form on the wire.
+    fn try_from(w: &WireNumber) -> Result<Self, NumberError> {
+        let n = Number::new(&w.0)?;
+        if n.0.len() != w.0.len() {
+            return Err(NumberError::NotDigits);
+        }
+        Ok(n)
+    }
+}
+
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -86,6 +140,17 @@ mod tests {
         for bad in ["", "12", "abc", "12a4", "+", "++123", "1234567890123456", "12 34", "../1"] {
             assert!(Number::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn given_wire_text_then_only_an_exact_number_converts() {
+        assert_eq!(Number::try_from(&WireNumber::new("+123")), Number::new("+123"));
+        assert_eq!(Number::try_from(&WireNumber::new(" 123")), Err(NumberError::NotDigits));
+        assert_eq!(Number::try_from(&WireNumber::new("12x")), Err(NumberError::NotDigits));
+        assert_eq!(Number::try_from(&WireNumber::new("12")), Err(NumberError::Length { got: 2 }));
+        assert_eq!(WireNumber::from(Number::new("456").expect("n")).as_str(), "456");
+        assert_eq!(WireNumber::new("1234567890").excerpt(4), "1234…");
+        assert_eq!(WireNumber::new("1234").excerpt(4), "1234");
     }
 
     #[test]

@@ -7,9 +7,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::WireEnum;
 
-/// A message id: a ULID, so ids are unique without coordination and sort by creation time.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A message id: a ULID, so ids are unique without coordination and sort by creation time. On the
+/// wire the ULID's 128 bits as 16 raw bytes, big-endian; in text (and in test vectors) its
+/// 26-character form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub [u8; 16]);
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_str(self);
+        }
+        crate::text::hex_array::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            return text.parse().map_err(serde::de::Error::custom);
+        }
+        crate::text::hex_array::deserialize(d).map(Self)
+    }
+}
 
 /// Monotonic within this process: two ids made in the same millisecond still sort in creation order.
 static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
@@ -86,6 +107,7 @@ pub enum PeerMessage {
         /// Media type the sender detected, e.g. `image/jpeg`.
         media_type: String,
         /// BLAKE3 hash of the whole file.
+        #[serde(with = "crate::text::hex_array")]
         blake3: [u8; 32],
     },
     /// Send from `offset` (what the receiver already holds from an earlier attempt).
@@ -109,7 +131,7 @@ pub enum PeerMessage {
         /// Where `data` starts.
         offset: u64,
         /// At most [`FILE_CHUNK_LEN`] bytes.
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::text::hex_bytes")]
         data: Vec<u8>,
     },
     /// Flow control: the receiver has written this many bytes; the sender may run [`FILE_WINDOW`]

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use whatsap2p_proto::chunk::{view_chunk, write_chunk_header, MAX_CHUNK_HEADER_LEN};
 use whatsap2p_proto::codec::decode_struct;
-use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::Hello;
 use whatsap2p_proto::peer::PeerMessage;
-use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey};
+use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
 
 fn number() -> impl Strategy<Value = Number> {
     "[0-9]{3,15}".prop_map(|s| Number::new(&s).expect("generated number"))
@@ -21,14 +21,15 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
 fn client_msg() -> impl Strategy<Value = ClientToServer> {
     prop_oneof![
         addr().prop_map(|listen| ClientToServer::Register { listen }),
-        (any::<u32>(), number()).prop_map(|(req, number)| ClientToServer::Lookup {
+        (any::<u32>(), ".{0,20}").prop_map(|(req, number)| ClientToServer::Lookup {
             req,
-            number,
+            number: WireNumber::new(number),
             intent: LookupIntent::Ping
         }),
         Just(ClientToServer::Heartbeat),
         Just(ClientToServer::Logout),
-        proptest::collection::vec(number(), 0..5).prop_map(|numbers| ClientToServer::Watch { numbers }),
+        proptest::collection::vec(".{0,20}".prop_map(WireNumber::new), 0..5)
+            .prop_map(|numbers| ClientToServer::Watch { numbers }),
     ]
 }
 
@@ -57,6 +58,8 @@ fn server_msg() -> impl Strategy<Value = ServerToClient> {
                 key: key.map(PublicKey),
                 online: online.map(|(addr, since_unix_ms)| Location { addr, since_unix_ms }),
             }),
+        (any::<u32>(), ".{0,40}")
+            .prop_map(|(code, reason)| ServerToClient::Closed { code: CloseCode::from_code(code), reason }),
     ]
 }
 

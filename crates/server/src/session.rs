@@ -26,7 +26,7 @@ use whatsap2p_proto::directory::{
     ClientToServer, Location, LookupIntent, ServerToClient, MAX_REASON_LEN, MAX_WATCHED, MAX_WATCH_BATCH,
 };
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
-use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
+use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber, PROTOCOL_VERSION};
 
 use crate::identities::Binding;
 use crate::presence::{PresenceEntry, SessionId};
@@ -139,6 +139,38 @@ fn now_ms() -> u64 {
 
 fn short(reason: String) -> String {
     reason.chars().take(MAX_REASON_LEN).collect()
+}
+
+/// Most characters of a bad number quoted back in an error.
+const QUOTED_NUMBER_LEN: usize = 24;
+
+/// Most bad numbers one `Watch` error names.
+const NAMED_BAD_NUMBERS: usize = 4;
+
+/// The error for a request naming `text`, which is not a number.
+fn invalid_number(text: &WireNumber, e: &NumberError) -> String {
+    short(format!("invalid number {:?}: {e}", text.excerpt(QUOTED_NUMBER_LEN)))
+}
+
+/// Splits a watch list into valid numbers and, if some are not, one message naming them.
+fn check_numbers(numbers: Vec<WireNumber>) -> (Vec<Number>, Option<String>) {
+    let mut valid = Vec::with_capacity(numbers.len());
+    let mut bad = Vec::new();
+    for text in numbers {
+        match Number::try_from(&text) {
+            Ok(n) => valid.push(n),
+            Err(e) => bad.push(invalid_number(&text, &e)),
+        }
+    }
+    if bad.is_empty() {
+        return (valid, None);
+    }
+    let mut message = format!("not watching {} of the numbers: ", bad.len());
+    message.push_str(&bad[..bad.len().min(NAMED_BAD_NUMBERS)].join("; "));
+    if bad.len() > NAMED_BAD_NUMBERS {
+        message.push_str("; …");
+    }
+    (valid, Some(short(message)))
 }
 
 /// The next presence push; pending forever while the session watches nothing.
@@ -297,8 +329,16 @@ impl<'d> Online<'d> {
                 info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
                 Some(ServerToClient::Registered { listen })
             }
-            ClientToServer::Lookup { req, number: wanted, intent } => {
+            ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
                 info!("Request from {} {}", addr.ip(), addr.port());
+                let wanted = match Number::try_from(&wanted) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        info!("Refusing a lookup of an invalid number: {e}");
+                        let message = invalid_number(&wanted, &e);
+                        break 'lookup Some(ServerToClient::Error { req: Some(req), message });
+                    }
+                };
                 match intent {
                     LookupIntent::Address => info!("Retrieving Address of {wanted}"),
                     _ => info!("Pinging {wanted}"),
@@ -326,6 +366,11 @@ impl<'d> Online<'d> {
                     })
                 } else {
                     info!("{number} watches {} numbers", numbers.len());
+                    let (numbers, invalid) = check_numbers(numbers);
+                    if let Some(message) = invalid {
+                        info!("Not watching invalid numbers: {message}");
+                        self.writer.send_msg(&ServerToClient::Error { req: None, message }).await?;
+                    }
                     let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
                     for n in numbers {
                         dir.watchers.watch(&n, self.session, &push);

@@ -1,0 +1,744 @@
+//! The test vectors of `docs/protocol-vectors.json`: every message kind, handshake payload and
+//! signed structure with its exact bytes, inputs every receiver must refuse, and two complete
+//! handshake transcripts (a directory session and a peer link) with fixed static and ephemeral
+//! keys. The tests here read the file and hold the code to it, so the document cannot drift.
+//!
+//! Regenerate the file after a deliberate change of the protocol:
+//! `cargo test -p whatsap2p-link --lib vectors::regenerate -- --ignored`.
+//!
+//! Here rather than in `tests/`: a fixed ephemeral key must not be reachable from outside the crate.
+
+use std::fmt::Debug;
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use whatsap2p_proto::codec::{decode_struct, kind, WireEnum};
+use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::group::{GroupId, GroupState, SignedGroupState};
+use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello, NOISE_PARAMS, PROLOGUE};
+use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::version::{self, HelloReply, Versions};
+use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
+
+use crate::{Handshake, StaticKeypair};
+
+const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol-vectors.json");
+
+fn n(s: &str) -> Number {
+    Number::new(s).expect("number")
+}
+
+fn id(low: u8) -> MessageId {
+    // A ULID made on 2024-06-01 (its first 48 bits are the milliseconds), then fixed "random" bits.
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&0x018f_d0a6_3c00_u64.to_be_bytes()[2..]);
+    b[6..].copy_from_slice(&[0x7a, 0x31, 0x9c, 0x04, 0xe5, 0x2b, 0x86, 0xd1, 0x0f, low]);
+    MessageId(b)
+}
+
+fn key(byte: u8) -> PublicKey {
+    PublicKey([byte; 32])
+}
+
+fn family() -> GroupState {
+    GroupState {
+        id: GroupId(*b"\x5e\x9a\x11\x02\xc4\x7d\x38\xe6\x90\x2f\x4b\xa8\x13\x6c\xd5\x77"),
+        name: "Family".into(),
+        members: [n("5550001"), n("5550002"), n("+5511987654321")].into_iter().collect(),
+        admins: [n("5550001")].into_iter().collect(),
+        version: 3,
+    }
+}
+
+/// The group admin's Ed25519 identity (the initiator's of the transcripts).
+fn admin() -> SigningKey {
+    SigningKey::from_bytes(&[0x41; 32])
+}
+
+fn signed_family() -> SignedGroupState {
+    family().sign(n("5550001"), &admin())
+}
+
+fn client_to_server() -> Vec<ClientToServer> {
+    vec![
+        ClientToServer::Register { listen: "0.0.0.0:40000".parse().expect("addr") },
+        ClientToServer::Register { listen: "[2001:db8::7]:40000".parse().expect("addr") },
+        ClientToServer::Lookup {
+            req: 7,
+            number: WireNumber::new("+5511987654321"),
+            intent: LookupIntent::Address,
+        },
+        // Not a number: it still decodes, and the server answers Error { req: Some(300) }.
+        ClientToServer::Lookup { req: 300, number: WireNumber::new("12x"), intent: LookupIntent::Ping },
+        ClientToServer::Heartbeat,
+        ClientToServer::Logout,
+        ClientToServer::Watch { numbers: vec![WireNumber::new("5550002"), WireNumber::new("5550003")] },
+    ]
+}
+
+fn server_to_client() -> Vec<ServerToClient> {
+    let location =
+        Location { addr: "203.0.113.5:40000".parse().expect("addr"), since_unix_ms: 1_717_200_000_000 };
+    vec![
+        ServerToClient::Registered { listen: "203.0.113.5:40000".parse().expect("addr") },
+        ServerToClient::Refused { reason: "number 5550001 is registered to another key".into() },
+        ServerToClient::LookupResult {
+            req: 7,
+            number: n("+5511987654321"),
+            key: Some(key(0xa1)),
+            online: Some(location),
+        },
+        ServerToClient::LookupResult { req: 8, number: n("5550009"), key: None, online: None },
+        ServerToClient::HeartbeatAck,
+        ServerToClient::Error { req: Some(300), message: "invalid number \"12x\"".into() },
+        ServerToClient::Error { req: None, message: "not watching 1 of the numbers".into() },
+        ServerToClient::Presence { number: n("5550002"), key: Some(key(0xa2)), online: None },
+        ServerToClient::Closed { code: CloseCode::Replaced, reason: "a newer session for 5550001".into() },
+    ]
+}
+
+fn peer_messages() -> Vec<PeerMessage> {
+    vec![
+        PeerMessage::Text { id: id(1), sent_at_ms: 1_717_200_000_123, text: "Olá, 世界".into() },
+        PeerMessage::Ack { id: id(1) },
+        PeerMessage::Read { id: id(1) },
+        PeerMessage::FileOffer {
+            id: id(2),
+            name: "photo.jpg".into(),
+            size: 1_048_576,
+            media_type: "image/jpeg".into(),
+            blake3: [0xb3; 32],
+        },
+        PeerMessage::FileAccept { id: id(2), offset: 65_536 },
+        PeerMessage::FileRefuse { id: id(2), reason: "not a contact".into() },
+        PeerMessage::FileChunk { id: id(2), offset: 65_536, data: vec![0xff, 0xd8, 0xff, 0xe0] },
+        PeerMessage::FileProgress { id: id(2), received: 1_048_576 },
+        PeerMessage::FileReceived { id: id(2) },
+        PeerMessage::FileFailed { id: id(2), reason: "disk full".into() },
+        PeerMessage::GroupText {
+            group: family().id,
+            id: id(3),
+            sent_at_ms: 1_717_200_000_456,
+            text: "hi all".into(),
+        },
+        PeerMessage::GroupUpdate { id: id(4), update: signed_family() },
+    ]
+}
+
+/// The name serde gives a value's variant, as it shows in the JSON value.
+fn variant(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn message_vector<T: Serialize>(ty: &str, msg: &T) -> Value {
+    let bytes = encode(msg).expect("encode");
+    let value = serde_json::to_value(msg).expect("json");
+    json!({ "type": ty, "kind": kind(&bytes), "name": variant(&value), "value": value, "hex": hex::encode(&bytes) })
+}
+
+fn payload_vector<T: Serialize>(ty: &str, value: &T) -> Value {
+    json!({ "type": ty, "value": serde_json::to_value(value).expect("json"), "hex": hex::encode(encode(value).expect("encode")) })
+}
+
+fn reject(ty: &str, bytes: &[u8], error: &str, why: &str) -> Value {
+    let outcome = if error == "UnknownVariant" { "skip" } else { "drop" };
+    json!({ "type": ty, "hex": hex::encode(bytes), "error": error, "outcome": outcome, "why": why })
+}
+
+fn rejects() -> Vec<Value> {
+    let update = encode(&PeerMessage::GroupUpdate { id: id(4), update: signed_family() }).expect("encode");
+    // The members of the signed state in another order: the same set, a second encoding of it.
+    let sorted = hex::encode(b"\x0e+5511987654321\x075550001\x075550002");
+    let swapped = hex::encode(b"\x075550001\x0e+5511987654321\x075550002");
+    let unsorted = hex::decode(hex::encode(&update).replacen(&sorted, &swapped, 1)).expect("hex");
+    assert_ne!(unsorted, update, "the members were found and swapped");
+    let chunk = encode(&PeerMessage::FileChunk { id: id(2), offset: 1, data: vec![9] }).expect("encode");
+    let mut long_offset = chunk[..17].to_vec();
+    long_offset.extend([0x81, 0x00, 0x01, 0x09]);
+    vec![
+        reject(
+            "ClientToServer",
+            &[0x63, 0x01, 0x02, 0x03],
+            "UnknownVariant",
+            "kind 99 is not known: skip it",
+        ),
+        reject("PeerMessage", &[0x80, 0x01], "UnknownVariant", "kind 128 (two-byte varint) is not known"),
+        reject(
+            "ServerToClient",
+            &[0x04, 0x00, 0x80, 0x00],
+            "NonCanonical",
+            "Error whose message length 0 is an over-long varint",
+        ),
+        reject(
+            "ClientToServer",
+            &[0x82, 0x00],
+            "NonCanonical",
+            "Heartbeat whose kind is an over-long varint",
+        ),
+        reject(
+            "PeerMessage",
+            &long_offset,
+            "NonCanonical",
+            "FileChunk whose offset 1 is an over-long varint",
+        ),
+        reject(
+            "PeerMessage",
+            &unsorted,
+            "NonCanonical",
+            "GroupUpdate whose members are not in ascending order",
+        ),
+        reject(
+            "ServerToClient",
+            b"\x05\x04 555\x00\x00",
+            "NonCanonical",
+            "Presence of a number with a space: numbers have one form",
+        ),
+        reject("ServerToClient", &[0x04, 0x02, 0x00], "Malformed", "Error whose Option tag is 2"),
+        reject("ServerToClient", b"\x05\x03abc\x00\x00", "Malformed", "Presence of \"abc\", not a number"),
+        reject(
+            "ClientToServer",
+            &[0x01, 0x07, 0x03, 0x31, 0x32, 0x33, 0x02],
+            "Malformed",
+            "Lookup whose intent 2 is not known",
+        ),
+        reject("ClientToServer", &[0x02, 0x00], "Trailing", "Heartbeat followed by a byte"),
+        reject("PeerMessage", &[0x01, 0x00], "Malformed", "Ack cut short"),
+    ]
+}
+
+fn error_name(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::UnknownVariant(_) => "UnknownVariant",
+        DecodeError::Malformed(_) => "Malformed",
+        DecodeError::Trailing(_) => "Trailing",
+        DecodeError::NonCanonical => "NonCanonical",
+    }
+}
+
+/// One side's fixed keys.
+struct Side {
+    noise_private: [u8; 32],
+    ephemeral_private: [u8; 32],
+    identity_seed: [u8; 32],
+    number: Number,
+}
+
+impl Side {
+    fn initiator() -> Self {
+        Self {
+            noise_private: [0x11; 32],
+            ephemeral_private: [0x12; 32],
+            identity_seed: [0x41; 32],
+            number: n("5550001"),
+        }
+    }
+
+    fn responder() -> Self {
+        Self {
+            noise_private: [0x21; 32],
+            ephemeral_private: [0x22; 32],
+            identity_seed: [0x42; 32],
+            number: n("5550002"),
+        }
+    }
+
+    fn noise(&self) -> StaticKeypair {
+        StaticKeypair::from_private(&self.noise_private).expect("noise key")
+    }
+
+    fn identity(&self) -> SigningKey {
+        SigningKey::from_bytes(&self.identity_seed)
+    }
+
+    fn proof(&self, h: &[u8]) -> IdentityProof {
+        IdentityProof::sign(&self.identity(), self.number.clone(), h, &self.noise().public().0)
+    }
+
+    fn describe(&self, with_identity: bool) -> Value {
+        let mut v = json!({
+            "noise_static_private": hex::encode(self.noise_private),
+            "noise_static_public": hex::encode(self.noise().public().0),
+            "noise_ephemeral_private": hex::encode(self.ephemeral_private),
+        });
+        if with_identity {
+            v["identity_seed"] = json!(hex::encode(self.identity_seed));
+            v["identity_public"] = json!(hex::encode(self.identity().verifying_key().to_bytes()));
+            v["number"] = json!(self.number.as_str());
+        }
+        v
+    }
+
+    fn handshake(&self, io: DuplexStream, initiator: bool) -> Handshake<DuplexStream> {
+        Handshake::with_ephemeral(io, &self.noise(), initiator, &self.ephemeral_private).expect("handshake")
+    }
+}
+
+/// Reads one whole frame (length and body) from the test's end of a pipe.
+async fn read_frame(io: &mut DuplexStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await.expect("frame length");
+    let mut frame = len.to_vec();
+    frame.resize(4 + u32::from_be_bytes(len) as usize, 0);
+    io.read_exact(&mut frame[4..]).await.expect("frame body");
+    frame
+}
+
+/// What the two transcripts differ in.
+#[derive(Clone, Copy, PartialEq)]
+enum Connection {
+    Directory,
+    Peer,
+}
+
+/// One end of a handshake under test, and the test's end of its pipe.
+struct End {
+    hs: Handshake<DuplexStream>,
+    wire: DuplexStream,
+}
+
+/// What a handshake message carries.
+enum Payload<'a> {
+    Hello(Hello),
+    ServerHello(ServerHello),
+    /// The sender's identity proof over the hash at that point.
+    Proof(&'a Side),
+}
+
+/// Sends the next handshake message from `from` with `payload`, relays its frame to `to`, checks
+/// that it arrives, and records it.
+async fn step(from: &mut End, to: &mut End, from_name: &str, tokens: &str, payload: Payload<'_>) -> Value {
+    let hash_before = from.hs.hash();
+    let (ty, value, bytes, signed) = match payload {
+        Payload::Hello(h) => ("Hello", serde_json::to_value(&h), encode(&h), None),
+        Payload::ServerHello(h) => ("ServerHello", serde_json::to_value(&h), encode(&h), None),
+        Payload::Proof(side) => {
+            let proof = side.proof(&hash_before);
+            let noise = side.noise().public();
+            let signed = whatsap2p_proto::handshake::signed_bytes(&hash_before, &noise.0, &side.number);
+            ("IdentityProof", serde_json::to_value(&proof), encode(&proof), Some(signed))
+        }
+    };
+    let (value, bytes) = (value.expect("json"), bytes.expect("encode"));
+    from.hs.send(&bytes).await.expect("send");
+    let frame = read_frame(&mut from.wire).await;
+    to.wire.write_all(&frame).await.expect("relay");
+    assert_eq!(to.hs.recv().await.expect("recv"), bytes);
+    let mut m = json!({
+        "from": from_name, "tokens": tokens, "hash_before": hex::encode(&hash_before),
+        "payload_type": ty, "payload": value, "payload_hex": hex::encode(&bytes), "frame_hex": hex::encode(&frame),
+    });
+    if let Some(signed) = signed {
+        m["proof_signed_hex"] = json!(hex::encode(signed));
+    }
+    m
+}
+
+/// Runs a real initiator and a real responder with fixed keys, relaying and recording each frame.
+async fn transcript(connection: Connection) -> Value {
+    let (ini_side, res_side) = (Side::initiator(), Side::responder());
+    let (ini_io, ini_wire) = duplex(1 << 16);
+    let (res_io, res_wire) = duplex(1 << 16);
+    let mut ini = End { hs: ini_side.handshake(ini_io, true), wire: ini_wire };
+    let mut res = End { hs: res_side.handshake(res_io, false), wire: res_wire };
+    let purpose = if connection == Connection::Peer { Purpose::Peer } else { Purpose::Directory };
+    let hello = Hello { version: whatsap2p_proto::PROTOCOL_VERSION, purpose };
+    let second = match connection {
+        Connection::Directory => Payload::ServerHello(ServerHello {
+            version: whatsap2p_proto::PROTOCOL_VERSION,
+            heartbeat_timeout_ms: 30_000,
+        }),
+        Connection::Peer => Payload::Proof(&res_side),
+    };
+    let messages = vec![
+        step(&mut ini, &mut res, "initiator", "-> e", Payload::Hello(hello)).await,
+        step(&mut res, &mut ini, "responder", "<- e, ee, s, es", second).await,
+        step(&mut ini, &mut res, "initiator", "-> s, se", Payload::Proof(&ini_side)).await,
+    ];
+    let h3 = ini.hs.hash();
+    assert_eq!(h3, res.hs.hash());
+    let (End { hs: ini, wire: mut ini_wire }, End { hs: res, wire: mut res_wire }) = (ini, res);
+
+    let (_ini_r, mut ini_w) = ini.finish().expect("finish").split();
+    let (_res_r, mut res_w) = res.finish().expect("finish").split();
+    let (first, answer): (Value, Value) = match connection {
+        Connection::Directory => (
+            serde_json::to_value(client_to_server()[0].clone()).expect("json"),
+            serde_json::to_value(ServerToClient::Registered {
+                listen: "203.0.113.5:40000".parse().expect("addr"),
+            })
+            .expect("json"),
+        ),
+        Connection::Peer => (
+            serde_json::to_value(&peer_messages()[0]).expect("json"),
+            serde_json::to_value(&peer_messages()[1]).expect("json"),
+        ),
+    };
+    let mut transport = Vec::new();
+    for (from, w, wire, value, ty) in [
+        (
+            "initiator",
+            &mut ini_w,
+            &mut ini_wire,
+            first,
+            if connection == Connection::Peer { "PeerMessage" } else { "ClientToServer" },
+        ),
+        (
+            "responder",
+            &mut res_w,
+            &mut res_wire,
+            answer,
+            if connection == Connection::Peer { "PeerMessage" } else { "ServerToClient" },
+        ),
+    ] {
+        let plaintext = encode_value(ty, &value);
+        w.send(&plaintext).await.expect("send");
+        let frame = read_frame(wire).await;
+        transport.push(json!({
+            "from": from, "nonce": 0, "type": ty, "value": value,
+            "plaintext_hex": hex::encode(&plaintext), "frame_hex": hex::encode(&frame),
+        }));
+    }
+    let mut sides = json!({ "initiator": ini_side.describe(true) });
+    sides["responder"] = res_side.describe(connection == Connection::Peer);
+    json!({
+        "connection": if connection == Connection::Peer { "peer" } else { "directory" },
+        "keys": sides,
+        "handshake": messages,
+        "handshake_hash": hex::encode(&h3),
+        "transport": transport,
+    })
+}
+
+/// Encodes the JSON `value` of a message of type `ty`.
+fn encode_value(ty: &str, value: &Value) -> Vec<u8> {
+    fn enc<T: Serialize + DeserializeOwned>(value: &Value) -> Vec<u8> {
+        encode(&serde_json::from_value::<T>(value.clone()).expect("value")).expect("encode")
+    }
+    match ty {
+        "ClientToServer" => enc::<ClientToServer>(value),
+        "ServerToClient" => enc::<ServerToClient>(value),
+        "PeerMessage" => enc::<PeerMessage>(value),
+        other => panic!("no message type {other}"),
+    }
+}
+
+fn signatures() -> Value {
+    let state = family();
+    let signer = n("5550001");
+    let signed = whatsap2p_proto::group::signed_bytes(&state, &signer);
+    json!({
+        "group_state": {
+            "signer_identity_seed": hex::encode(admin().to_bytes()),
+            "signer_key": hex::encode(admin().verifying_key().to_bytes()),
+            "signer": signer.as_str(),
+            "state": serde_json::to_value(&state).expect("json"),
+            "state_hex": hex::encode(encode(&state).expect("encode")),
+            "signed_hex": hex::encode(&signed),
+            "signature": hex::encode(admin().sign(&signed).to_bytes()),
+        }
+    })
+}
+
+fn version_vectors() -> Value {
+    let range = |a, b| Versions::new(a, b).expect("range");
+    json!({
+        "hello_v3": [
+            { "purpose": "Directory", "lowest": 2, "highest": 3, "hex": hex::encode(version::hello(Purpose::Directory, range(2, 3)).expect("hello")) },
+            { "purpose": "Peer", "lowest": 3, "highest": 3, "hex": hex::encode(version::hello(Purpose::Peer, range(3, 3)).expect("hello")) },
+        ],
+        "reply": [
+            payload_vector("HelloReply", &HelloReply::Agreed { version: 3 }),
+            payload_vector("HelloReply", &HelloReply::NoCommonVersion { lowest: 4, highest: 5 }),
+        ],
+    })
+}
+
+/// The whole document.
+async fn generate() -> Value {
+    let mut messages = Vec::new();
+    messages.extend(client_to_server().iter().map(|m| message_vector("ClientToServer", m)));
+    messages.extend(server_to_client().iter().map(|m| message_vector("ServerToClient", m)));
+    messages.extend(peer_messages().iter().map(|m| message_vector("PeerMessage", m)));
+    let payloads = vec![
+        payload_vector("Hello", &Hello { version: 2, purpose: Purpose::Directory }),
+        payload_vector("Hello", &Hello { version: 2, purpose: Purpose::Peer }),
+        payload_vector("ServerHello", &ServerHello { version: 2, heartbeat_timeout_ms: 30_000 }),
+        payload_vector("GroupState", &family()),
+        payload_vector("SignedGroupState", &signed_family()),
+    ];
+    json!({
+        "about": "Test vectors for docs/protocol.md (protocol version 2, and the version 3 handshake being implemented). Byte strings are lower-case hex; message ids are ULID text in values and 16 big-endian bytes on the wire. Regenerate: cargo test -p whatsap2p-link --lib vectors::regenerate -- --ignored",
+        "noise": { "protocol": NOISE_PARAMS, "prologue_hex": hex::encode(PROLOGUE) },
+        "messages": messages,
+        "payloads": payloads,
+        "rejects": rejects(),
+        "signatures": signatures(),
+        "version_negotiation": version_vectors(),
+        "transcripts": [transcript(Connection::Directory).await, transcript(Connection::Peer).await],
+    })
+}
+
+fn text(doc: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc).expect("json");
+    s.push('\n');
+    s
+}
+
+#[tokio::test]
+#[ignore = "writes docs/protocol-vectors.json; run after a deliberate protocol change"]
+async fn regenerate() {
+    std::fs::write(FILE, text(&generate().await)).expect("write the vectors");
+}
+
+fn read() -> Value {
+    let s = std::fs::read_to_string(FILE).expect("docs/protocol-vectors.json");
+    serde_json::from_str(&s).expect("vectors are JSON")
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("a hex string")).expect("hex")
+}
+
+fn check_message<T>(v: &Value) -> u32
+where
+    T: Serialize + DeserializeOwned + WireEnum + PartialEq + Debug,
+{
+    let wire = bytes(&v["hex"]);
+    let stated: T = serde_json::from_value(v["value"].clone()).expect("value");
+    assert_eq!(decode::<T>(&wire).as_ref(), Ok(&stated), "{v}");
+    assert_eq!(encode(&stated).expect("encode"), wire, "{v}");
+    let k = kind(&wire).expect("kind");
+    assert_eq!(Some(u64::from(k)), v["kind"].as_u64(), "{v}");
+    k
+}
+
+fn check_payload<T>(v: &Value)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let wire = bytes(&v["hex"]);
+    let stated: T = serde_json::from_value(v["value"].clone()).expect("value");
+    assert_eq!(decode_struct::<T>(&wire).as_ref(), Ok(&stated), "{v}");
+    assert_eq!(encode(&stated).expect("encode"), wire, "{v}");
+}
+
+#[test]
+fn given_the_vectors_then_every_message_decodes_to_its_value_and_encodes_to_its_bytes() {
+    let doc = read();
+    let mut seen: [Vec<u32>; 3] = Default::default();
+    for v in doc["messages"].as_array().expect("messages") {
+        match v["type"].as_str() {
+            Some("ClientToServer") => seen[0].push(check_message::<ClientToServer>(v)),
+            Some("ServerToClient") => seen[1].push(check_message::<ServerToClient>(v)),
+            Some("PeerMessage") => seen[2].push(check_message::<PeerMessage>(v)),
+            other => panic!("unknown type {other:?}"),
+        }
+    }
+    for (kinds, known) in seen.iter_mut().zip([
+        ClientToServer::KNOWN_VARIANTS,
+        ServerToClient::KNOWN_VARIANTS,
+        PeerMessage::KNOWN_VARIANTS,
+    ]) {
+        kinds.dedup();
+        assert_eq!(*kinds, (0..known).collect::<Vec<_>>(), "every kind has a vector, in order");
+    }
+    for v in doc["payloads"].as_array().expect("payloads") {
+        match v["type"].as_str() {
+            Some("Hello") => check_payload::<Hello>(v),
+            Some("ServerHello") => check_payload::<ServerHello>(v),
+            Some("GroupState") => check_payload::<GroupState>(v),
+            Some("SignedGroupState") => check_payload::<SignedGroupState>(v),
+            other => panic!("unknown type {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn given_the_rejects_then_each_fails_as_stated() {
+    for v in read()["rejects"].as_array().expect("rejects") {
+        let wire = bytes(&v["hex"]);
+        let got = match v["type"].as_str() {
+            Some("ClientToServer") => decode::<ClientToServer>(&wire).map(drop),
+            Some("ServerToClient") => decode::<ServerToClient>(&wire).map(drop),
+            Some("PeerMessage") => decode::<PeerMessage>(&wire).map(drop),
+            other => panic!("unknown type {other:?}"),
+        };
+        let error = got.expect_err("a reject must not decode");
+        assert_eq!(Some(error_name(&error)), v["error"].as_str(), "{v}: {error}");
+    }
+}
+
+#[test]
+fn given_the_signed_group_state_then_its_bytes_and_signature_are_as_stated() {
+    let doc = read();
+    let g = &doc["signatures"]["group_state"];
+    let state: GroupState = serde_json::from_value(g["state"].clone()).expect("state");
+    let signer = n(g["signer"].as_str().expect("signer"));
+    assert_eq!(encode(&state).expect("encode"), bytes(&g["state_hex"]));
+    let signed = whatsap2p_proto::group::signed_bytes(&state, &signer);
+    assert_eq!(signed, bytes(&g["signed_hex"]));
+    let seed: [u8; 32] = bytes(&g["signer_identity_seed"]).try_into().expect("32 bytes");
+    let key = SigningKey::from_bytes(&seed);
+    assert_eq!(key.verifying_key().to_bytes().to_vec(), bytes(&g["signer_key"]));
+    assert_eq!(key.sign(&signed).to_bytes().to_vec(), bytes(&g["signature"]));
+    let update = state.clone().sign(signer.clone(), &key);
+    let signer_key = PublicKey(key.verifying_key().to_bytes());
+    assert_eq!(update.accept(None, &signer, &signer_key, &n("5550002")), Ok(()));
+    assert_eq!(update.signature.to_bytes().to_vec(), bytes(&g["signature"]));
+}
+
+#[test]
+fn given_the_version_vectors_then_hellos_and_replies_are_as_stated() {
+    let doc = read();
+    let vv = &doc["version_negotiation"];
+    for h in vv["hello_v3"].as_array().expect("hellos") {
+        let purpose: Purpose = serde_json::from_value(h["purpose"].clone()).expect("purpose");
+        let range = Versions::new(
+            h["lowest"].as_u64().expect("lowest") as u16,
+            h["highest"].as_u64().expect("highest") as u16,
+        )
+        .expect("range");
+        assert_eq!(version::hello(purpose, range).expect("hello"), bytes(&h["hex"]));
+        let read = version::read_hello(&bytes(&h["hex"])).expect("read");
+        assert_eq!((read.purpose, read.versions), (purpose, range));
+    }
+    for r in vv["reply"].as_array().expect("replies") {
+        check_payload::<HelloReply>(r);
+    }
+}
+
+/// Replays one side of a transcript: the real code, with the transcript's keys, against the other
+/// side's recorded frames. Every frame it writes must be the recorded one.
+async fn replay(t: &Value, as_initiator: bool) {
+    let me = if as_initiator { Side::initiator() } else { Side::responder() };
+    let my_name = if as_initiator { "initiator" } else { "responder" };
+    let mine = &t["keys"][my_name];
+    assert_eq!(hex::encode(me.noise_private), mine["noise_static_private"]);
+    assert_eq!(hex::encode(me.ephemeral_private), mine["noise_ephemeral_private"]);
+    assert_eq!(hex::encode(me.noise().public().0), mine["noise_static_public"]);
+    let (io, mut wire) = duplex(1 << 16);
+    let mut hs = me.handshake(io, as_initiator);
+    for m in t["handshake"].as_array().expect("handshake") {
+        let payload = bytes(&m["payload_hex"]);
+        assert_eq!(hex::encode(hs.hash()), m["hash_before"], "{m}");
+        if m["from"] == my_name {
+            let ours = if m["payload_type"] == "IdentityProof" {
+                let h = hs.hash();
+                let proof = me.proof(&h);
+                let signed = whatsap2p_proto::handshake::signed_bytes(&h, &me.noise().public().0, &me.number);
+                assert_eq!(hex::encode(signed), m["proof_signed_hex"]);
+                encode(&proof).expect("encode")
+            } else {
+                payload.clone()
+            };
+            assert_eq!(ours, payload, "{m}");
+            hs.send(&ours).await.expect("send");
+            assert_eq!(read_frame(&mut wire).await, bytes(&m["frame_hex"]), "{m}");
+        } else {
+            wire.write_all(&bytes(&m["frame_hex"])).await.expect("write");
+            let h = hs.hash();
+            assert_eq!(hs.recv().await.expect("recv"), payload, "{m}");
+            if m["payload_type"] == "IdentityProof" {
+                let proof: IdentityProof = decode_struct(&payload).expect("proof");
+                let remote = hs.remote_static().expect("remote static");
+                assert_eq!(proof.verify(&h, &remote.0), Ok(()));
+                assert_eq!(
+                    whatsap2p_proto::handshake::signed_bytes(&h, &remote.0, &proof.number),
+                    bytes(&m["proof_signed_hex"])
+                );
+            }
+        }
+        match m["payload_type"].as_str() {
+            Some("Hello") => {
+                check_payload::<Hello>(&json!({ "value": m["payload"], "hex": m["payload_hex"] }))
+            }
+            Some("ServerHello") => {
+                check_payload::<ServerHello>(&json!({ "value": m["payload"], "hex": m["payload_hex"] }))
+            }
+            Some("IdentityProof") => {
+                check_payload::<IdentityProof>(&json!({ "value": m["payload"], "hex": m["payload_hex"] }))
+            }
+            other => panic!("payload type {other:?}"),
+        }
+    }
+    assert_eq!(hex::encode(hs.hash()), t["handshake_hash"]);
+    let (mut r, mut w) = hs.finish().expect("finish").split();
+    for m in t["transport"].as_array().expect("transport") {
+        let plaintext = bytes(&m["plaintext_hex"]);
+        assert_eq!(encode_value(m["type"].as_str().expect("type"), &m["value"]), plaintext);
+        if m["from"] == my_name {
+            w.send(&plaintext).await.expect("send");
+            assert_eq!(read_frame(&mut wire).await, bytes(&m["frame_hex"]), "{m}");
+        } else {
+            wire.write_all(&bytes(&m["frame_hex"])).await.expect("write");
+            assert_eq!(r.recv().await.expect("recv"), Some(plaintext), "{m}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn given_the_transcripts_then_each_side_replays_them_byte_for_byte() {
+    let doc = read();
+    assert_eq!(doc["noise"]["protocol"], NOISE_PARAMS);
+    assert_eq!(bytes(&doc["noise"]["prologue_hex"]), PROLOGUE);
+    let transcripts = doc["transcripts"].as_array().expect("transcripts");
+    assert_eq!(transcripts.len(), 2);
+    for t in transcripts {
+        replay(t, true).await;
+        replay(t, false).await;
+    }
+}
+
+#[tokio::test]
+async fn given_the_generator_then_the_file_is_exactly_what_it_writes() {
+    let generated = text(&generate().await);
+    let file = std::fs::read_to_string(FILE).expect("docs/protocol-vectors.json");
+    assert!(generated == file, "docs/protocol-vectors.json is stale: regenerate it (see its \"about\")");
+}
+
+/// The kinds and names in the message tables of `docs/protocol.md`, table by table.
+fn documented_kinds() -> Vec<Vec<(u32, String)>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"))
+        .expect("docs/protocol.md");
+    let mut tables: Vec<Vec<(u32, String)>> = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(kind), Some(name)) = (cells.get(1), cells.get(2)) else { continue };
+        let (Ok(kind), Some(name)) =
+            (kind.parse::<u32>(), name.strip_prefix('`').and_then(|n| n.strip_suffix('`')))
+        else {
+            continue;
+        };
+        if kind == 0 {
+            tables.push(Vec::new());
+        }
+        if let Some(table) = tables.last_mut() {
+            table.push((kind, name.to_owned()));
+        }
+    }
+    tables
+}
+
+#[test]
+fn given_the_protocol_document_then_its_message_tables_name_every_kind_as_the_code_does() {
+    let mut code: Vec<Vec<(u32, String)>> = vec![Vec::new(); 3];
+    for v in read()["messages"].as_array().expect("messages") {
+        let table = match v["type"].as_str() {
+            Some("ClientToServer") => 0,
+            Some("ServerToClient") => 1,
+            _ => 2,
+        };
+        let entry = (v["kind"].as_u64().expect("kind") as u32, v["name"].as_str().expect("name").to_owned());
+        if code[table].last() != Some(&entry) {
+            code[table].push(entry);
+        }
+    }
+    assert_eq!(documented_kinds(), code);
+}
