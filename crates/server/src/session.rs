@@ -29,7 +29,9 @@ use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
 use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
 
 use crate::identities::Binding;
-use crate::presence::{PresenceEntry, SessionId};
+use crate::metrics::Refusal;
+use crate::presence::{PresenceEntry, Renewal};
+use crate::store::{Owner, SessionId};
 use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
 
@@ -50,6 +52,10 @@ enum End {
     Silent,
     Closed,
     Shutdown,
+    /// A newer session of the number registered (see [`crate::roster`]).
+    Replaced,
+    /// The first `Register` could not be stored; the client was told.
+    Unavailable,
     Failed(String),
 }
 
@@ -86,10 +92,12 @@ pub fn serve(
             _ = cancel.cancelled() => return,
             r = handshake => match r {
                 Err(_) => {
+                    dir.metrics.refused(Refusal::Handshake);
                     warn!("Dropping {}/{}: handshake not finished within {:?}", addr.ip(), addr.port(), dir.config.handshake_timeout);
                     return;
                 }
                 Ok(Err(e)) => {
+                    dir.metrics.refused(Refusal::Handshake);
                     warn!("Dropping {}/{}: handshake failed: {e}", addr.ip(), addr.port());
                     return;
                 }
@@ -141,6 +149,25 @@ fn short(reason: String) -> String {
     reason.chars().take(MAX_REASON_LEN).collect()
 }
 
+/// The refusal of a session or registration that the store cannot record right now.
+fn unavailable() -> ServerToClient {
+    ServerToClient::Refused {
+        reason:
+            "the directory cannot record registrations right now (its store is unreachable); try again later"
+                .into(),
+    }
+}
+
+/// Tells a client that a newer session of its number replaced this one.
+///
+/// A stand-in: the protocol is getting a message of its own for this, with a reason code a client
+/// acts on (not reconnecting, so two devices do not take the number from each other in turn);
+/// until it lands, `Refused` carries the reason in words.
+async fn tell_replaced(writer: &mut Writer) -> Result<(), LinkError> {
+    let reason = "replaced: a newer session of this number registered".to_owned();
+    writer.send_msg(&ServerToClient::Refused { reason }).await
+}
+
 /// The next presence push; pending forever while the session watches nothing.
 async fn next_push(push: &mut Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>) -> Option<Push> {
     match push {
@@ -162,7 +189,8 @@ struct Online<'d> {
     /// watches nothing pays nothing for it.
     push: Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>,
     watched: HashSet<Number>,
-    registered: bool,
+    /// Where the client registered, once it has: kept to put the entry back if the store lost it.
+    location: Option<Location>,
     /// Answers fed to the writer and not written yet.
     unflushed: usize,
 }
@@ -187,7 +215,7 @@ impl<'d> Online<'d> {
             writer,
             push: None,
             watched: HashSet::new(),
-            registered: false,
+            location: None,
             unflushed: 0,
         })
     }
@@ -197,8 +225,15 @@ impl<'d> Online<'d> {
             return;
         }
         info!("Connected: {}", self.number);
+        self.dir.roster.join(&self.number, self.session, cancel.clone());
+        self.dir.metrics.session_opened(true);
         let end = self.requests(&cancel).await;
         Box::pin(self.close(end)).await;
+    }
+
+    /// This session, as presence entries name it.
+    fn owner(&self) -> Owner {
+        Owner { instance: self.dir.instance, session: self.session }
     }
 
     /// Binds the number to the session's key, or checks that it is. Refuses the session (telling
@@ -217,6 +252,7 @@ impl<'d> Online<'d> {
                     addr.ip(),
                     addr.port()
                 );
+                self.dir.metrics.refused(Refusal::NumberTaken);
                 let reason = format!("number {number} is registered to another key");
                 let _ = self.writer.send_msg(&ServerToClient::Refused { reason }).await;
                 let _ = self.writer.close().await;
@@ -224,8 +260,10 @@ impl<'d> Online<'d> {
             }
             Err(e) => {
                 warn!("Refused {number}: {e}");
-                let _ =
-                    self.writer.send_msg(&ServerToClient::Refused { reason: "server error".into() }).await;
+                self.dir.metrics.store_error();
+                self.dir.metrics.refused(Refusal::StoreUnavailable);
+                let _ = self.writer.send_msg(&unavailable()).await;
+                let _ = self.writer.close().await;
                 false
             }
         }
@@ -241,11 +279,15 @@ impl<'d> Online<'d> {
             // Into `ready` rather than a local of its own: the future keeps one slot for it, not two.
             if ready.is_none() {
                 ready = Some(tokio::select! {
-                    _ = cancel.cancelled() => return End::Shutdown,
+                    // The server's shutdown, or the roster ending a session that was replaced.
+                    _ = cancel.cancelled() => {
+                        return if self.dir.shutdown.is_cancelled() { End::Shutdown } else { End::Replaced };
+                    }
                     Some(push) = next_push(&mut self.push) => {
                         if let Err(e) = Box::pin(self.writer.send_msg(&*push)).await {
                             return e.into();
                         }
+                        self.dir.metrics.pushes(1, 0);
                         continue;
                     }
                     // The deadline counts from the client's last frame: pushes we send do not keep it alive.
@@ -275,46 +317,18 @@ impl<'d> Online<'d> {
     /// Answers one request. Pipelined requests already here are answered in the same write: returns
     /// the next one if it was already read, else writes out the answers fed so far.
     async fn answer(&mut self, msg: ClientToServer) -> Result<Option<Received>, End> {
-        let (dir, number, key, addr) = (self.dir, &self.number, self.key, self.addr);
+        let (dir, number, addr) = (self.dir, &self.number, self.addr);
         let reply = match msg {
-            ClientToServer::Register { listen } => {
-                let listen = if listen.ip().is_unspecified() {
-                    SocketAddr::new(addr.ip(), listen.port())
-                } else {
-                    listen
-                };
-                let location = Location { addr: listen, since_unix_ms: now_ms() };
-                dir.presence.set_online(number, PresenceEntry { key, location, session: self.session }).await;
-                dir.watchers.notify(
-                    number,
-                    ServerToClient::Presence {
-                        number: number.clone(),
-                        key: Some(key),
-                        online: Some(location),
-                    },
-                );
-                self.registered = true;
-                info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
-                Some(ServerToClient::Registered { listen })
-            }
+            ClientToServer::Register { listen } => Some(Box::pin(self.register(listen)).await?),
             ClientToServer::Lookup { req, number: wanted, intent } => {
                 info!("Request from {} {}", addr.ip(), addr.port());
                 match intent {
                     LookupIntent::Address => info!("Retrieving Address of {wanted}"),
                     _ => info!("Pinging {wanted}"),
                 }
-                let online = dir.presence.get(&wanted).await;
-                let key = match &online {
-                    Some(e) => Ok(Some(e.key)),
-                    None => dir.identities.key_of(&wanted).await,
-                };
-                Some(match key {
-                    Ok(key) => ServerToClient::LookupResult {
-                        req,
-                        number: wanted,
-                        key,
-                        online: online.map(|e| e.location),
-                    },
+                dir.metrics.looked_up();
+                Some(match dir.status_of(&wanted).await {
+                    Ok((key, online)) => ServerToClient::LookupResult { req, number: wanted, key, online },
                     Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
                 })
             }
@@ -329,23 +343,18 @@ impl<'d> Online<'d> {
                     let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
                     for n in numbers {
                         dir.watchers.watch(&n, self.session, &push);
-                        let online = dir.presence.get(&n).await;
-                        let key = match &online {
-                            Some(e) => Some(e.key),
-                            None => dir.identities.key_of(&n).await.ok().flatten(),
-                        };
-                        let status = ServerToClient::Presence {
-                            number: n.clone(),
-                            key,
-                            online: online.map(|e| e.location),
-                        };
+                        let (key, online) = dir.status_of(&n).await.unwrap_or_default();
+                        let status = ServerToClient::Presence { number: n.clone(), key, online };
                         self.watched.insert(n);
                         self.writer.send_msg(&status).await?;
                     }
                     None
                 }
             }
-            ClientToServer::Heartbeat => Some(ServerToClient::HeartbeatAck),
+            ClientToServer::Heartbeat => {
+                Box::pin(self.renew()).await?;
+                Some(ServerToClient::HeartbeatAck)
+            }
             ClientToServer::Logout => return Err(End::Logout),
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
@@ -366,16 +375,95 @@ impl<'d> Online<'d> {
         Ok(None)
     }
 
+    /// Goes online at `listen` (or moves there), replacing any other session of the number (see
+    /// [`crate::roster`]). When the store cannot record it, a first registration is refused (and
+    /// the session ends); a repeated one gets an error and the session keeps its old entry.
+    async fn register(&mut self, listen: SocketAddr) -> Result<ServerToClient, End> {
+        let (dir, number) = (self.dir, &self.number);
+        let listen = if listen.ip().is_unspecified() {
+            SocketAddr::new(self.addr.ip(), listen.port())
+        } else {
+            listen
+        };
+        let location = Location { addr: listen, since_unix_ms: now_ms() };
+        dir.roster.registering(number, self.session);
+        let entry = PresenceEntry { key: self.key, location, owner: self.owner() };
+        match dir.presence.set_online(number, &entry).await {
+            Ok(applied) => {
+                if self.location.replace(location).is_none() {
+                    dir.metrics.registered();
+                }
+                if let Some(change) = applied {
+                    dir.apply(change).await;
+                }
+                info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
+                Ok(ServerToClient::Registered { listen })
+            }
+            Err(e) => {
+                warn!("Cannot register {number}: {e}");
+                dir.metrics.store_error();
+                dir.metrics.refused(Refusal::StoreUnavailable);
+                if self.location.is_some() {
+                    return Ok(ServerToClient::Error { req: None, message: short(e.to_string()) });
+                }
+                self.writer.send_msg(&unavailable()).await?;
+                Err(End::Unavailable)
+            }
+        }
+    }
+
+    /// A heartbeat: keeps the session's presence alive in the store. Puts it back if the store lost
+    /// it; ends the session if another one of the number owns it now (a replacement this instance
+    /// did not hear of). A store that fails keeps the session as it is.
+    async fn renew(&mut self) -> Result<(), End> {
+        let Some(location) = self.location else { return Ok(()) };
+        let (dir, number) = (self.dir, &self.number);
+        match dir.presence.renew(number, self.owner()).await {
+            Ok(Renewal::Renewed) => Ok(()),
+            Ok(Renewal::Replaced) => Err(End::Replaced),
+            Ok(Renewal::Missing) => {
+                info!("The store lost {number}'s presence: putting it back");
+                let entry = PresenceEntry { key: self.key, location, owner: self.owner() };
+                match dir.presence.set_online(number, &entry).await {
+                    Ok(Some(change)) => dir.apply(change).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        dir.metrics.store_error();
+                        warn!("Cannot put {number}'s presence back: {e}");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                dir.metrics.store_error();
+                warn!("Cannot renew {number}'s presence: {e}");
+                Ok(())
+            }
+        }
+    }
+
     /// Takes the user offline (if this session still owns its presence), tells watchers, logs why
     /// and closes the connection.
     async fn close(&mut self, end: End) {
         let (dir, number) = (self.dir, &self.number);
         dir.watchers.unwatch(self.session, &self.watched);
-        if self.registered && dir.presence.set_offline(number, self.session).await {
-            dir.watchers.notify(
-                number,
-                ServerToClient::Presence { number: number.clone(), key: Some(self.key), online: None },
-            );
+        dir.roster.leave(number, self.session);
+        dir.metrics.session_opened(false);
+        if self.location.is_some() {
+            dir.metrics.went_offline();
+            match dir.presence.set_offline(number, self.owner(), self.key).await {
+                Ok(Some(change)) => dir.apply(change).await,
+                Ok(None) => {}
+                Err(e) => {
+                    // The entry expires by itself within the heartbeat timeout.
+                    dir.metrics.store_error();
+                    warn!("Cannot take {number} offline in the store: {e}");
+                }
+            }
+        }
+        if matches!(end, End::Replaced) {
+            dir.metrics.refused(Refusal::Replaced);
+            let _ = tell_replaced(&mut self.writer).await;
         }
         match end {
             End::Logout => info!("Disconnecting {number}"),
@@ -384,6 +472,8 @@ impl<'d> Online<'d> {
             }
             End::Closed => info!("Disconnecting {number}: connection closed"),
             End::Shutdown => info!("Disconnecting {number}: server shutting down"),
+            End::Replaced => info!("Disconnecting {number}: a newer session of the number registered"),
+            End::Unavailable => warn!("Disconnecting {number}: the store cannot record its registration"),
             End::Failed(e) => warn!("Disconnecting {number}: {e}"),
         }
         let _ = self.writer.close().await;
