@@ -181,6 +181,17 @@ impl Directory {
                 };
                 (number, key, None)
             }
+            Change::Missed => {
+                let watched = self.watchers.numbers();
+                info!("Sending the presence of {} watched numbers again", watched.len());
+                for number in watched {
+                    if let Ok((key, online)) = self.status_of(&number).await {
+                        let push = ServerToClient::Presence { number: number.clone(), key, online };
+                        self.metrics.pushes(0, self.watchers.notify(&number, push));
+                    }
+                }
+                return;
+            }
         };
         let dropped =
             self.watchers.notify(&number, ServerToClient::Presence { number: number.clone(), key, online });

@@ -64,8 +64,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// All metrics at zero, registered under `whatsap2p_`.
+    /// The metrics of an instance with the embedded stores, at zero, under `whatsap2p_`.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The metrics of an instance on a shared store: those of [`Metrics::new`] and the store's.
+    pub fn with_shared_store() -> Self {
+        Self::build(true)
+    }
+
+    fn build(shared_store: bool) -> Self {
         let mut registry = Registry::with_prefix("whatsap2p");
         let m = Self {
             online: Gauge::default(),
@@ -97,12 +106,15 @@ impl Metrics {
             "Presence pushes dropped because a watcher's queue was full",
             m.pushes_dropped.clone(),
         );
+        registry.register("store_errors", "Failed store operations", m.store_errors.clone());
+        if !shared_store {
+            return Self { registry, ..m };
+        }
         registry.register(
             "store_changes_dropped",
             "Presence changes from the shared store dropped because this instance fell behind",
             m.changes_dropped.clone(),
         );
-        registry.register("store_errors", "Failed store operations (Redis errors)", m.store_errors.clone());
         registry.register("store_up", "1 while the store answers, 0 while it does not", m.store_up.clone());
         registry.register(
             "store_round_trip_seconds",

@@ -52,6 +52,9 @@ pub enum Change {
         /// Its key, when the store knows it without asking (an expired entry is gone).
         key: Option<PublicKey>,
     },
+    /// Changes may have been lost (the subscription to a shared store was down): every watched
+    /// number's presence is sent again. A replaced session finds out at its next heartbeat.
+    Missed,
 }
 
 /// What a session's heartbeat found in the store.

@@ -159,7 +159,13 @@ impl RedisStore {
             ConnectionManager::new_lazy_with_config(client, config.clone()).map_err(SetupError::Connect)?;
         let (tx, changes) = mpsc::channel(FEED_QUEUE);
         let expired = format!("__keyevent@{db}__:expired");
-        let sender = Subscriber { tx, expired: expired.clone(), metrics: metrics.clone() };
+        let missed = Arc::new(AtomicBool::new(false));
+        let sender = Subscriber {
+            tx: tx.clone(),
+            missed: missed.clone(),
+            expired: expired.clone(),
+            metrics: metrics.clone(),
+        };
         let subscriber = ConnectionManager::new_lazy_with_config(
             subscriber_client,
             config
@@ -179,7 +185,8 @@ impl RedisStore {
             renew: Script::new(RENEW),
             set_offline: Script::new(SET_OFFLINE),
         });
-        let upkeep = Box::pin(upkeep(store.clone(), subscriber, expired, addr));
+        let upkeep =
+            Box::pin(upkeep(store.clone(), Subscription { conn: subscriber, expired, missed, tx }, addr));
         Ok((store, Feed { changes, upkeep }))
     }
 
@@ -210,6 +217,8 @@ impl RedisStore {
 /// it must not wait.
 struct Subscriber {
     tx: mpsc::Sender<Change>,
+    /// Set when the subscription (re)starts; the upkeep sends [`Change::Missed`] for it.
+    missed: Arc<AtomicBool>,
     expired: String,
     metrics: Arc<Metrics>,
 }
@@ -223,6 +232,14 @@ impl Subscriber {
             },
             PushKind::Disconnection => {
                 warn!("Lost the subscription to the store's changes: reconnecting");
+                None
+            }
+            // (Re)subscribed: whatever changed while the subscription was down was not heard. The
+            // upkeep says so once the store answers again.
+            PushKind::Subscribe => {
+                if matches!(push.data.first(), Some(Value::BulkString(c)) if c == CHANGES.as_bytes()) {
+                    self.missed.store(true, Ordering::Relaxed);
+                }
                 None
             }
             _ => None,
@@ -260,7 +277,16 @@ impl Subscriber {
 /// Pings Redis every [`CHECK_PERIOD`] (both connections, which reconnect on failure), logs and
 /// counts when it goes and comes back, and (re)subscribes and (re)enables expiry notifications
 /// whenever it comes back. Runs until dropped.
-async fn upkeep(store: Arc<RedisStore>, mut subscriber: ConnectionManager, expired: String, addr: String) {
+/// The upkeep's side of the subscription.
+struct Subscription {
+    conn: ConnectionManager,
+    expired: String,
+    missed: Arc<AtomicBool>,
+    tx: mpsc::Sender<Change>,
+}
+
+async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
+    let Subscription { conn: mut subscriber, expired, missed, tx } = sub;
     let mut up = false;
     let mut subscribed = false;
     let mut ticker = tokio::time::interval(CHECK_PERIOD);
@@ -292,6 +318,9 @@ async fn upkeep(store: Arc<RedisStore>, mut subscriber: ConnectionManager, expir
                         Ok(()) => subscribed = true,
                         Err(e) => warn!("Cannot subscribe to the store's changes: {e}"),
                     }
+                }
+                if missed.swap(false, Ordering::Relaxed) && tx.try_send(Change::Missed).is_err() {
+                    missed.store(true, Ordering::Relaxed);
                 }
             }
             Err(e) => {

@@ -46,6 +46,11 @@ impl Watchers {
         }
     }
 
+    /// Every number some session here watches.
+    pub fn numbers(&self) -> Vec<Number> {
+        self.by_number.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
     /// Whether any session here watches `number`.
     pub fn is_watched(&self, number: &Number) -> bool {
         self.by_number.lock().unwrap_or_else(|p| p.into_inner()).contains_key(number)

@@ -192,10 +192,21 @@ async fn given_redis_restarted_with_aof_then_bindings_survive_and_an_impostor_is
 async fn given_redis_stopped_then_registrations_are_refused_sessions_stay_and_it_recovers() {
     let Some(mut redis) = Redis::start(false).await else { return };
     let key = StaticKeypair::generate().expect("key");
-    let x = Instance::redis(&redis.url(), &key).await;
-    let (a, b) = (Account::new("5001"), Account::new("5002"));
+    // Sessions here wait through Redis's restart without heartbeats.
+    let patient = common::Config { heartbeat_timeout: Duration::from_secs(8), ..config() };
+    let x = Instance::redis_with(&redis.url(), &key, patient.clone()).await;
+    let y = Instance::redis_with(&redis.url(), &key, patient).await;
+    let (a, b, c, w) =
+        (Account::new("5001"), Account::new("5002"), Account::new("5003"), Account::new("5004"));
     let mut a_session = Session::online(x.addr, &a, 5001).await;
+    let mut c_session = Session::online(y.addr, &c, 5003).await;
+    let mut watcher = Session::online(x.addr, &w, 5004).await;
+    watcher.watch(&[&c.number]).await;
+    watcher.presence(&c.number, Some(5003)).await;
     redis.kill().await;
+    // c leaves while nothing can be published: its instance cannot tell anyone.
+    c_session.send(&whatsap2p_proto::directory::ClientToServer::Logout).await;
+    assert_eq!(c_session.closed().await, None);
 
     let mut b_session = Session::connect(x.addr, &b).await;
     match b_session.register(5002).await {
@@ -229,7 +240,10 @@ async fn given_redis_stopped_then_registrations_are_refused_sessions_stay_and_it
     };
     a_session.heartbeat().await;
     assert_eq!(b_session.lookup(&a.number).await, Some(5001));
+    // The watcher missed c's goodbye; once the subscription is back it is told again.
+    watcher.presence(&c.number, None).await;
     x.stop().await;
+    y.stop().await;
 }
 
 #[tokio::test]

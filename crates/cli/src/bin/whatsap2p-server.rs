@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => server_key::load_or_create_at(path)?,
         None => server_key::load_or_create(&s.data_dir)?,
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(if s.store.is_some() { Metrics::with_shared_store() } else { Metrics::new() });
     let directory = match &s.store {
         None => {
             let db = s.data_dir.join("identities.sqlite");

@@ -27,7 +27,8 @@ use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
 use whatsap2p_server::redis_store::RedisStore;
-use whatsap2p_server::{Config, Directory};
+pub use whatsap2p_server::Config;
+use whatsap2p_server::Directory;
 
 /// How long any one expected event may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,11 +129,16 @@ pub fn config() -> Config {
 impl Instance {
     /// An instance on `redis_url` with the directory's shared `key`.
     pub async fn redis(redis_url: &str, key: &StaticKeypair) -> Instance {
-        let metrics = Arc::new(Metrics::new());
+        Instance::redis_with(redis_url, key, config()).await
+    }
+
+    /// The same with other limits.
+    pub async fn redis_with(redis_url: &str, key: &StaticKeypair, config: Config) -> Instance {
+        let metrics = Arc::new(Metrics::with_shared_store());
         let (store, feed) =
-            RedisStore::connect(redis_url, config().heartbeat_timeout, metrics.clone()).expect("redis store");
+            RedisStore::connect(redis_url, config.heartbeat_timeout, metrics.clone()).expect("redis store");
         let directory =
-            Directory::new(store.clone(), store, key.clone(), config()).with_feed(feed).with_metrics(metrics);
+            Directory::new(store.clone(), store, key.clone(), config).with_feed(feed).with_metrics(metrics);
         let i = Instance::serve(directory, None).await;
         // Until it has subscribed it would miss changes: wait for its first health check.
         for _ in 0..200 {
