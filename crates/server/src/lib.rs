@@ -20,6 +20,7 @@
 //! - [`roster`]: this instance's sessions by number, to end one that another replaced.
 //! - [`watchers`]: presence subscriptions and pushes.
 //! - [`metrics`]: counters for operators, and their HTTP endpoint.
+//! - `testing` (feature `test-utils`): a redis-server of a test's own.
 //! - [`run`] (here): the accept loop, the feed of changes from other instances, graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,8 @@ pub mod roster;
 pub mod server_key;
 pub mod session;
 pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod watchers;
 
 use std::future::Future;

@@ -2,20 +2,17 @@
 //! a temporary dir, stopped at the end), directory instances in this process on port 0, and a raw
 //! protocol session (the real handshake, identity proof and messages) standing in for a client.
 //!
-//! Tests that need `redis-server` call [`Redis::start`], which returns `None` (and says so on
-//! stderr) when the program is not installed: `.ci/run` installs it, so in CI they always run.
+//! Tests that need `redis-server` call [`Redis::start`] (from the crate's `test-utils`), which
+//! returns `None` (and says so on stderr) when the program is not installed.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use whatsap2p_link::{Handshake, SessionReader, SessionWriter, StaticKeypair};
@@ -33,84 +30,7 @@ use whatsap2p_server::Directory;
 /// How long any one expected event may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    l.local_addr().expect("addr").port()
-}
-
-/// A `redis-server` child of the test.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-    aof: bool,
-}
-
-impl Redis {
-    /// A fresh redis-server (append-only file, fsync on every write, when `aof`), or `None` when
-    /// the program is missing.
-    pub async fn start(aof: bool) -> Option<Redis> {
-        // RUST_LOG=info shows the instances' logs.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-        let found = std::process::Command::new("redis-server").arg("--version").output();
-        if !found.map(|o| o.status.success()).unwrap_or(false) {
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server; .ci/run does)");
-            return None;
-        }
-        let mut r = Redis { child: None, port: free_port(), dir: tempfile::tempdir().expect("tempdir"), aof };
-        r.spawn().await;
-        Some(r)
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }, "--appendfsync", "always"])
-            .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting redis-server");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not listen on {} within 5 s", self.port);
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills redis-server at once (SIGKILL: what a crash does; with AOF and `appendfsync always`
-    /// every acknowledged write is on disk).
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    /// Starts it again on the same port and dir.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        self.spawn().await;
-    }
-
-    /// Its data dir.
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_owned()
-    }
-}
+pub use whatsap2p_server::testing::Redis;
 
 /// A directory instance in this process.
 pub struct Instance {
@@ -134,6 +54,10 @@ impl Instance {
 
     /// The same with other limits.
     pub async fn redis_with(redis_url: &str, key: &StaticKeypair, config: Config) -> Instance {
+        // RUST_LOG=info shows the instances' logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let metrics = Arc::new(Metrics::with_shared_store());
         let (store, feed) =
             RedisStore::connect(redis_url, config.heartbeat_timeout, metrics.clone()).expect("redis store");
