@@ -190,6 +190,11 @@ impl RedisStore {
         Ok((store, Feed { changes, upkeep }))
     }
 
+    /// Whether Redis answered the last health check (and every command since).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
     /// Runs one command, within [`RESPONSE_TIMEOUT`], unless Redis is known to be down.
     async fn run<T>(&self, command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
         if !self.up.load(Ordering::Relaxed) {
@@ -302,7 +307,9 @@ async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
         .await
         .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "no answer in time").into()));
         store.metrics.store_checked(answered.is_ok().then(|| t0.elapsed()));
-        store.up.store(answered.is_ok(), Ordering::Relaxed);
+        if answered.is_err() {
+            store.up.store(false, Ordering::Relaxed);
+        }
         match answered {
             Ok(()) => {
                 let was_up = std::mem::replace(&mut up, true);
@@ -319,6 +326,9 @@ async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
                         Err(e) => warn!("Cannot subscribe to the store's changes: {e}"),
                     }
                 }
+                // Up once subscribed: an instance that accepted registrations before would not
+                // hear the changes they make.
+                store.up.store(subscribed, Ordering::Relaxed);
                 if missed.swap(false, Ordering::Relaxed) && tx.try_send(Change::Missed).is_err() {
                     missed.store(true, Ordering::Relaxed);
                 }

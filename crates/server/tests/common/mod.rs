@@ -61,13 +61,13 @@ impl Instance {
         let metrics = Arc::new(Metrics::with_shared_store());
         let (store, feed) =
             RedisStore::connect(redis_url, config.heartbeat_timeout, metrics.clone()).expect("redis store");
-        let directory =
-            Directory::new(store.clone(), store, key.clone(), config).with_feed(feed).with_metrics(metrics);
+        let directory = Directory::new(store.clone(), store.clone(), key.clone(), config)
+            .with_feed(feed)
+            .with_metrics(metrics);
         let i = Instance::serve(directory, None).await;
         // Until it has subscribed it would miss changes: wait for its first health check.
         for _ in 0..200 {
-            if i.metrics.render().contains("whatsap2p_store_up 1") {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if store.is_up() {
                 return i;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
