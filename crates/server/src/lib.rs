@@ -155,11 +155,11 @@ impl Directory {
         &self,
         number: &Number,
     ) -> Result<(Option<PublicKey>, Option<Location>), StoreError> {
-        let online = self.presence.get(number).await;
-        if online.is_err() {
-            self.metrics.store_error();
-        }
-        match online? {
+        let online = match self.presence.get_now(number) {
+            Some(online) => online,
+            None => self.presence.get(number).await?,
+        };
+        match online {
             Some(e) => Ok((Some(e.key), Some(e.location))),
             None => Ok((self.identities.key_of(number).await?, None)),
         }

@@ -144,9 +144,9 @@ impl Metrics {
         self.online.dec();
     }
 
-    /// A lookup was answered.
-    pub fn looked_up(&self) {
-        self.lookups.inc();
+    /// `n` lookups were answered.
+    pub fn looked_up(&self, n: u64) {
+        self.lookups.inc_by(n);
     }
 
     /// Something was refused.

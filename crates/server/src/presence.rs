@@ -96,13 +96,28 @@ pub trait PresenceStore: Send + Sync + 'static {
         -> Result<Applied, StoreError>;
     /// The entry for `number`, if online.
     async fn get(&self, number: &Number) -> Result<Option<PresenceEntry>, StoreError>;
+    /// The same when the store can tell without waiting (memory), else `None`: a lookup answered
+    /// from memory then costs no future of its own.
+    fn get_now(&self, _number: &Number) -> Option<Option<PresenceEntry>> {
+        None
+    }
 }
 
+/// Shards of [`MemoryPresence`]. Every lookup takes a read lock, and taking even a read lock
+/// writes to the lock: with one lock, the cores answering lookups would pass its cache line back
+/// and forth on every one. A power of two.
+const SHARDS: usize = 64;
+
 /// Presence in this process's memory.
-#[derive(Default)]
 pub struct MemoryPresence {
-    // A std lock: held only for a map operation, never across an await.
-    online: RwLock<HashMap<Number, PresenceEntry>>,
+    // std locks: held only for a map operation, never across an await.
+    shards: Box<[RwLock<HashMap<Number, PresenceEntry>>]>,
+}
+
+impl Default for MemoryPresence {
+    fn default() -> Self {
+        Self { shards: (0..SHARDS).map(|_| RwLock::default()).collect() }
+    }
 }
 
 impl MemoryPresence {
@@ -111,9 +126,17 @@ impl MemoryPresence {
         Self::default()
     }
 
+    /// The shard of `number`: from its last digits, which spread numbers well and cost nothing to
+    /// read. Someone who picks numbers to land in one shard only gets back the single lock: each
+    /// shard's map keeps its own keyed hash against collisions.
+    fn shard(&self, number: &Number) -> &RwLock<HashMap<Number, PresenceEntry>> {
+        let tail = number.as_str().bytes().rev().take(3).fold(0usize, |h, b| h * 10 + usize::from(b));
+        &self.shards[tail & (SHARDS - 1)]
+    }
+
     /// How many users are online.
     pub fn count(&self) -> usize {
-        self.online.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.shards.iter().map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len()).sum()
     }
 }
 
@@ -121,7 +144,7 @@ impl MemoryPresence {
 impl PresenceStore for MemoryPresence {
     async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Applied, StoreError> {
         let old = {
-            let mut map = self.online.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.shard(number).write().unwrap_or_else(|p| p.into_inner());
             map.insert(number.clone(), entry.clone())
         };
         let replaced = old.map(|o| o.owner).filter(|o| *o != entry.owner);
@@ -129,7 +152,7 @@ impl PresenceStore for MemoryPresence {
     }
 
     async fn renew(&self, number: &Number, owner: Owner) -> Result<Renewal, StoreError> {
-        let map = self.online.read().unwrap_or_else(|p| p.into_inner());
+        let map = self.shard(number).read().unwrap_or_else(|p| p.into_inner());
         Ok(match map.get(number) {
             Some(e) if e.owner == owner => Renewal::Renewed,
             Some(_) => Renewal::Replaced,
@@ -143,7 +166,7 @@ impl PresenceStore for MemoryPresence {
         owner: Owner,
         key: PublicKey,
     ) -> Result<Applied, StoreError> {
-        let mut map = self.online.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.shard(number).write().unwrap_or_else(|p| p.into_inner());
         match map.get(number) {
             Some(e) if e.owner == owner => {
                 map.remove(number);
@@ -154,7 +177,11 @@ impl PresenceStore for MemoryPresence {
     }
 
     async fn get(&self, number: &Number) -> Result<Option<PresenceEntry>, StoreError> {
-        Ok(self.online.read().unwrap_or_else(|p| p.into_inner()).get(number).cloned())
+        Ok(self.shard(number).read().unwrap_or_else(|p| p.into_inner()).get(number).cloned())
+    }
+
+    fn get_now(&self, number: &Number) -> Option<Option<PresenceEntry>> {
+        Some(self.shard(number).read().unwrap_or_else(|p| p.into_inner()).get(number).cloned())
     }
 }
 

@@ -267,3 +267,33 @@ async fn given_one_instance_without_redis_then_a_second_session_of_a_number_repl
     assert_eq!(watcher.lookup(&a.number).await, Some(7001));
     x.stop().await;
 }
+
+#[tokio::test]
+async fn given_many_lookups_in_flight_then_each_is_answered_once_in_order() {
+    let key = StaticKeypair::generate().expect("key");
+    let x = Instance::memory(&key).await;
+    let (a, b) = (Account::new("8001"), Account::new("8002"));
+    let _b = Session::online(x.addr, &b, 8002).await;
+    let mut s = Session::online(x.addr, &a, 8001).await;
+    // More than one batch's worth (64 answers per write), written before any answer is read.
+    for req in 1..=200u32 {
+        let wanted = if req % 2 == 0 { b.number.clone() } else { Account::new("8003").number };
+        s.send(&whatsap2p_proto::directory::ClientToServer::Lookup {
+            req,
+            number: wanted,
+            intent: whatsap2p_proto::directory::LookupIntent::Address,
+        })
+        .await;
+    }
+    for want in 1..=200u32 {
+        match s.next().await {
+            Some(ServerToClient::LookupResult { req, online, .. }) => {
+                assert_eq!(req, want);
+                assert_eq!(online.map(|l| l.addr.port()), (want % 2 == 0).then_some(8002), "req {req}");
+            }
+            other => panic!("answer {want}: {other:?}"),
+        }
+    }
+    assert!(x.metrics.render().contains("whatsap2p_lookups_total 200"));
+    x.stop().await;
+}
