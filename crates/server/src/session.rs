@@ -197,7 +197,7 @@ struct Online<'d> {
     /// batches.
     batch: Vec<u8>,
     /// Lookups among them, for the metrics.
-    looked_up: u64,
+    looked_up: u32,
 }
 
 impl<'d> Online<'d> {
@@ -383,7 +383,7 @@ impl<'d> Online<'d> {
             self.unflushed = 0;
             // Counted once per write: a counter shared by every session is a cache line the cores
             // would otherwise pass around on every lookup.
-            dir.metrics.looked_up(std::mem::take(&mut self.looked_up));
+            dir.metrics.looked_up(std::mem::take(&mut self.looked_up).into());
         }
         Ok(None)
     }
