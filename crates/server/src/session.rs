@@ -1,5 +1,7 @@
-//! One client's directory session: handshake, identity check, then requests until logout, silence
-//! or disconnect. Every exit path takes the user offline.
+//! One client's directory session: handshake, identity check, then requests until logout, silence,
+//! disconnect or replacement (a newer session of the number registered, see [`crate::roster`]).
+//! Every exit path takes the user offline, unless another session of the number owns its presence
+//! by then.
 //!
 //! A server holds tens of thousands of sessions, nearly all idle, so what an idle session keeps is
 //! what counts (at most 4 KiB each, issue 6). An async fn keeps room for its largest state for as

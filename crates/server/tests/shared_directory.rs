@@ -14,6 +14,21 @@ use common::{config, Account, Instance, Redis, Session, TIMEOUT};
 use whatsap2p_link::StaticKeypair;
 use whatsap2p_proto::directory::ServerToClient;
 
+/// Three instances of one directory on `redis`.
+async fn three(redis: &Redis, key: &StaticKeypair) -> Vec<Instance> {
+    let mut i = Vec::new();
+    for _ in 0..3 {
+        i.push(Instance::redis(&redis.url(), key).await);
+    }
+    i
+}
+
+async fn stop_all(instances: Vec<Instance>) {
+    for instance in instances {
+        instance.stop().await;
+    }
+}
+
 fn is_refused(m: &ServerToClient) -> bool {
     matches!(m, ServerToClient::Refused { .. })
 }
@@ -22,11 +37,7 @@ fn is_refused(m: &ServerToClient) -> bool {
 async fn given_three_instances_then_clients_find_and_watch_each_other_across_them() {
     let Some(redis) = Redis::start(false).await else { return };
     let key = StaticKeypair::generate().expect("key");
-    let i = [
-        Instance::redis(&redis.url(), &key).await,
-        Instance::redis(&redis.url(), &key).await,
-        Instance::redis(&redis.url(), &key).await,
-    ];
+    let i = three(&redis, &key).await;
     let (a, b, c, d) =
         (Account::new("1001"), Account::new("1002"), Account::new("1003"), Account::new("1004"));
     let _a = Session::online(i[0].addr, &a, 1001).await;
@@ -59,9 +70,7 @@ async fn given_three_instances_then_clients_find_and_watch_each_other_across_the
     c_session.presence(&d.number, Some(2004)).await;
     assert!(t0.elapsed() < Duration::from_secs(1), "push took {:?}", t0.elapsed());
     assert!(d_session.closed().await.is_some_and(|r| r.contains("replaced")));
-    for instance in i {
-        instance.stop().await;
-    }
+    stop_all(i).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,11 +104,7 @@ async fn given_a_number_registering_on_another_instance_then_the_old_session_is_
 ) {
     let Some(redis) = Redis::start(false).await else { return };
     let key = StaticKeypair::generate().expect("key");
-    let i = [
-        Instance::redis(&redis.url(), &key).await,
-        Instance::redis(&redis.url(), &key).await,
-        Instance::redis(&redis.url(), &key).await,
-    ];
+    let i = three(&redis, &key).await;
     let (a, w, marker) = (Account::new("2001"), Account::new("2002"), Account::new("2003"));
     let mut old = Session::online(i[0].addr, &a, 2001).await;
     // A session of the same number that never registers, on a third instance: it ends too.
@@ -119,9 +124,7 @@ async fn given_a_number_registering_on_another_instance_then_the_old_session_is_
     assert_eq!(seen, vec![Some(3001)], "the watcher saw {seen:?}");
     assert_eq!(watcher.lookup(&a.number).await, Some(3001));
     assert!(i[0].metrics.render().contains("whatsap2p_refusals_total{reason=\"Replaced\"} 1"));
-    for instance in i {
-        instance.stop().await;
-    }
+    stop_all(i).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
