@@ -292,7 +292,8 @@ struct Subscription {
 
 async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
     let Subscription { conn: mut subscriber, expired, missed, tx } = sub;
-    let mut up = false;
+    // Unknown at start, so the first check says how it went either way; then said on changes.
+    let mut up: Option<bool> = None;
     let mut subscribed = false;
     let mut ticker = tokio::time::interval(CHECK_PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,7 +313,7 @@ async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
         }
         match answered {
             Ok(()) => {
-                let was_up = std::mem::replace(&mut up, true);
+                let was_up = up.replace(true) == Some(true);
                 if !was_up {
                     info!("Store at {addr} answers");
                 }
@@ -335,10 +336,8 @@ async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
             }
             Err(e) => {
                 store.metrics.store_error();
-                if std::mem::replace(&mut up, false) {
+                if up.replace(false) != Some(false) {
                     warn!("Store at {addr} unreachable: {e}; refusing registrations until it is back");
-                } else if !subscribed {
-                    warn!("Store at {addr} unreachable: {e}; retrying");
                 }
             }
         }
