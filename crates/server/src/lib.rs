@@ -160,19 +160,22 @@ impl Directory {
             None => self.presence.get(number).await?,
         };
         match online {
-            Some(e) => Ok((Some(e.key), Some(e.location))),
+            Some(e) => Ok((Some(e.key), e.location)),
             None => Ok((self.identities.key_of(number).await?, None)),
         }
     }
 
-    /// Applies a presence change here: ends the sessions it replaces that live here (see
-    /// [`roster`]), and tells this instance's watchers.
+    /// Applies a presence change here: ends the session it replaced if that one lives here (see
+    /// [`roster`]), and tells this instance's watchers where the number is.
     pub async fn apply(&self, change: Change) {
         let (number, key, online) = match change {
-            Change::Online { number, entry, replaced } => {
-                self.roster.owned_by(&number, entry.owner, replaced, self.instance);
-                (number, Some(entry.key), Some(entry.location))
+            Change::Taken { number, replaced, .. } => {
+                if let Some(old) = replaced {
+                    self.roster.replaced(&number, old, self.instance);
+                }
+                return;
             }
+            Change::Online { number, entry } => (number, Some(entry.key), entry.location),
             Change::Offline { number, key } => {
                 if !self.watchers.is_watched(&number) {
                     return;

@@ -106,7 +106,11 @@ impl Metrics {
             "Presence pushes dropped because a watcher's queue was full",
             m.pushes_dropped.clone(),
         );
-        registry.register("store_errors", "Failed store operations", m.store_errors.clone());
+        registry.register(
+            "store_errors",
+            "Failed operations of the shared store (Redis)",
+            m.store_errors.clone(),
+        );
         if !shared_store {
             return Self { registry, ..m };
         }

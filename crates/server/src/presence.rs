@@ -1,13 +1,16 @@
-//! Who is online, where: the directory's only volatile state.
+//! Who holds each number, and where it is online: the directory's only volatile state.
 //!
-//! Behind a trait so several directory instances can share presence (in Redis, see
-//! [`crate::redis_store`]) while the sessions stay unchanged. Every entry names its [`Owner`], the
-//! session that registered it; only that session renews or deletes it.
+//! A number has at most one session in the whole directory. Its entry names that session, the
+//! [`Owner`], from the end of the handshake on ([`PresenceStore::take_over`], which replaces
+//! whichever session held the number), and carries the address of the number's latest `Register`:
+//! the number is online while its entry has one. Only the owner renews, registers or deletes the
+//! entry, so a session that ends late, or was replaced, never takes the number offline.
 //!
-//! Every change is a [`Change`]. The memory store hands it back to the caller, which applies it in
-//! this process at once; a shared store publishes it, and every instance (the one that made it
-//! too) applies it when its [`Feed`] delivers it, so all of them see the changes of one number in
-//! the order the store made them.
+//! Behind a trait so several directory instances can share it (in Redis, see
+//! [`crate::redis_store`]) while the sessions stay unchanged. Every change is a [`Change`]. The
+//! memory store hands it back to the caller, which applies it in this process at once; a shared
+//! store publishes it, and every instance (the one that made it too) applies it when its [`Feed`]
+//! delivers it, so all of them see the changes of one number in the order the store made them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,29 +24,37 @@ use whatsap2p_proto::{Number, PublicKey};
 
 pub use crate::store::{Owner, SessionId, StoreError};
 
-/// One online user.
+/// The session that holds a number, and where the number is online.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresenceEntry {
-    /// The user's identity key.
+    /// The number's identity key.
     pub key: PublicKey,
-    /// Where its client listens, and since when.
-    pub location: Location,
-    /// The session that registered it.
+    /// Where its client listens, and since when: the latest `Register` of any session of the
+    /// number. `None`: the number is not online (its session has not registered).
+    pub location: Option<Location>,
+    /// The session that holds the number.
     pub owner: Owner,
 }
 
-/// A change of someone's presence.
+/// A change of who holds a number or where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// `number` is online at `entry` (it came online or moved). `replaced` owned the number's
-    /// presence until now: that session must end, wherever it lives.
+    /// A new session, `owner`, holds `number` (its handshake is done); its location, if any, is
+    /// unchanged. `replaced` held it until now: that session must end, wherever it lives.
+    Taken {
+        /// Whose.
+        number: Number,
+        /// The new session.
+        owner: Owner,
+        /// The session it replaced.
+        replaced: Option<Owner>,
+    },
+    /// `number` is online at `entry.location` (it registered, or moved).
     Online {
         /// Who.
         number: Number,
         /// Where, and which session.
         entry: PresenceEntry,
-        /// The session this one replaced, if another held the number.
-        replaced: Option<Owner>,
     },
     /// `number` went offline (its session ended, or its entry expired).
     Offline {
@@ -63,14 +74,24 @@ pub enum Renewal {
     /// The entry is the session's own and lives on.
     Renewed,
     /// There is no entry (it expired while the store was out of reach, or the store lost it): the
-    /// session should register it again.
+    /// session should put it back ([`PresenceStore::set_online`]).
     Missing,
-    /// Another session owns the number now: this one was replaced.
+    /// Another session holds the number now: this one was replaced.
     Replaced,
 }
 
-/// What [`PresenceStore::set_online`] and [`PresenceStore::set_offline`] leave to the caller.
+/// A change for the caller to apply here, or `None` when there is none or the store delivers it
+/// through its [`Feed`].
 pub type Applied = Option<Change>;
+
+/// What a write on behalf of a session found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The session holds the number; the write is done.
+    Yes(Applied),
+    /// Another session holds the number now: this one was replaced, and wrote nothing.
+    Replaced,
+}
 
 /// Changes made through a shared store by any instance, delivered to this one, and the store's own
 /// upkeep (health checks, reconnection); [`crate::run`] drives both until shutdown.
@@ -85,16 +106,19 @@ pub struct Feed {
 /// Where presence lives.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    /// Marks `number` online at `entry`, replacing any older entry. Returns the change for the
-    /// caller to apply here, or `None` when the store delivers it through its [`Feed`].
-    async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Applied, StoreError>;
+    /// `owner`'s session of `number` starts: it holds the number from now on, in place of any
+    /// other, and keeps the number's location, if any. `key` is the number's identity key.
+    async fn take_over(&self, number: &Number, owner: Owner, key: PublicKey) -> Result<Applied, StoreError>;
+    /// `entry.owner` registers `number` at `entry.location` (or, with `None`, puts back an entry
+    /// the store lost), if it still holds the number or nobody does.
+    async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Held, StoreError>;
     /// Keeps `owner`'s entry for `number` alive (a heartbeat).
     async fn renew(&self, number: &Number, owner: Owner) -> Result<Renewal, StoreError>;
-    /// Marks `number` offline if its entry still belongs to `owner`. Returns the change as
-    /// [`PresenceStore::set_online`] does; `None` too when the entry was not `owner`'s.
+    /// `owner`'s session ended: removes the entry if it is still `owner`'s (the number is then
+    /// offline, and the change says so if it was online).
     async fn set_offline(&self, number: &Number, owner: Owner, key: PublicKey)
         -> Result<Applied, StoreError>;
-    /// The entry for `number`, if online.
+    /// The entry for `number`, if a session holds it.
     async fn get(&self, number: &Number) -> Result<Option<PresenceEntry>, StoreError>;
     /// The same when the store can tell without waiting (memory), else `None`: a lookup answered
     /// from memory then costs no future of its own.
@@ -142,13 +166,23 @@ impl MemoryPresence {
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
-    async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Applied, StoreError> {
-        let old = {
-            let mut map = self.shard(number).write().unwrap_or_else(|p| p.into_inner());
-            map.insert(number.clone(), entry.clone())
-        };
-        let replaced = old.map(|o| o.owner).filter(|o| *o != entry.owner);
-        Ok(Some(Change::Online { number: number.clone(), entry: entry.clone(), replaced }))
+    async fn take_over(&self, number: &Number, owner: Owner, key: PublicKey) -> Result<Applied, StoreError> {
+        let mut map = self.shard(number).write().unwrap_or_else(|p| p.into_inner());
+        let old = map.get(number).map(|e| (e.owner, e.location));
+        let location = old.and_then(|(_, l)| l);
+        map.insert(number.clone(), PresenceEntry { key, location, owner });
+        let replaced = old.map(|(o, _)| o).filter(|o| *o != owner);
+        Ok(Some(Change::Taken { number: number.clone(), owner, replaced }))
+    }
+
+    async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Held, StoreError> {
+        let mut map = self.shard(number).write().unwrap_or_else(|p| p.into_inner());
+        if map.get(number).is_some_and(|e| e.owner != entry.owner) {
+            return Ok(Held::Replaced);
+        }
+        map.insert(number.clone(), entry.clone());
+        let online = entry.location.is_some();
+        Ok(Held::Yes(online.then(|| Change::Online { number: number.clone(), entry: entry.clone() })))
     }
 
     async fn renew(&self, number: &Number, owner: Owner) -> Result<Renewal, StoreError> {
@@ -169,8 +203,9 @@ impl PresenceStore for MemoryPresence {
         let mut map = self.shard(number).write().unwrap_or_else(|p| p.into_inner());
         match map.get(number) {
             Some(e) if e.owner == owner => {
+                let was_online = e.location.is_some();
                 map.remove(number);
-                Ok(Some(Change::Offline { number: number.clone(), key: Some(key) }))
+                Ok(was_online.then(|| Change::Offline { number: number.clone(), key: Some(key) }))
             }
             _ => Ok(None),
         }
@@ -189,39 +224,47 @@ impl PresenceStore for MemoryPresence {
 mod tests {
     use super::*;
 
-    fn entry(session: SessionId) -> PresenceEntry {
-        PresenceEntry {
-            key: PublicKey([1; 32]),
-            location: Location { addr: "127.0.0.1:1".parse().expect("addr"), since_unix_ms: 0 },
-            owner: Owner { instance: 7, session },
-        }
+    const KEY: PublicKey = PublicKey([1; 32]);
+
+    fn owner(session: SessionId) -> Owner {
+        Owner { instance: 7, session }
+    }
+
+    fn at(session: SessionId, port: u16) -> PresenceEntry {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        PresenceEntry { key: KEY, location: Some(Location { addr, since_unix_ms: 0 }), owner: owner(session) }
     }
 
     #[tokio::test]
-    async fn given_newer_session_then_stale_session_cannot_take_it_offline() {
+    async fn given_a_newer_session_then_it_keeps_the_address_and_the_old_one_can_neither_register_nor_leave()
+    {
         let p = MemoryPresence::new();
         let n = Number::new("123").expect("n");
-        let key = PublicKey([1; 32]);
-        p.set_online(&n, &entry(1)).await.expect("set");
-        let change = p.set_online(&n, &entry(2)).await.expect("set");
-        assert!(
-            matches!(change, Some(Change::Online { replaced: Some(o), .. }) if o == entry(1).owner),
-            "{change:?}"
+        p.take_over(&n, owner(1), KEY).await.expect("take");
+        assert!(matches!(p.set_online(&n, &at(1, 1001)).await.expect("set"), Held::Yes(Some(_))));
+        let taken = p.take_over(&n, owner(2), KEY).await.expect("take");
+        assert_eq!(
+            taken,
+            Some(Change::Taken { number: n.clone(), owner: owner(2), replaced: Some(owner(1)) })
         );
-        assert_eq!(p.renew(&n, entry(1).owner).await.expect("renew"), Renewal::Replaced);
-        assert_eq!(p.set_offline(&n, entry(1).owner, key).await.expect("offline"), None);
-        assert_eq!(p.get(&n).await.expect("get").map(|e| e.owner.session), Some(2));
-        assert!(p.set_offline(&n, entry(2).owner, key).await.expect("offline").is_some());
+        // Still online where session 1 registered, now under session 2.
+        let e = p.get(&n).await.expect("get").expect("held");
+        assert_eq!((e.owner, e.location), (owner(2), at(1, 1001).location));
+        assert_eq!(p.renew(&n, owner(1)).await.expect("renew"), Renewal::Replaced);
+        assert_eq!(p.set_online(&n, &at(1, 1002)).await.expect("set"), Held::Replaced);
+        assert_eq!(p.set_offline(&n, owner(1), KEY).await.expect("offline"), None);
+        assert!(p.set_offline(&n, owner(2), KEY).await.expect("offline").is_some());
         assert_eq!(p.get(&n).await.expect("get"), None);
-        assert_eq!(p.renew(&n, entry(2).owner).await.expect("renew"), Renewal::Missing);
+        assert_eq!(p.renew(&n, owner(2)).await.expect("renew"), Renewal::Missing);
     }
 
     #[tokio::test]
-    async fn given_same_session_registering_again_then_it_replaces_nobody() {
+    async fn given_a_session_that_never_registered_then_its_end_announces_nothing() {
         let p = MemoryPresence::new();
         let n = Number::new("123").expect("n");
-        p.set_online(&n, &entry(1)).await.expect("set");
-        let change = p.set_online(&n, &entry(1)).await.expect("set");
-        assert!(matches!(change, Some(Change::Online { replaced: None, .. })), "{change:?}");
+        let taken = p.take_over(&n, owner(1), KEY).await.expect("take");
+        assert_eq!(taken, Some(Change::Taken { number: n.clone(), owner: owner(1), replaced: None }));
+        assert_eq!(p.get(&n).await.expect("get").map(|e| e.location), Some(None));
+        assert_eq!(p.set_offline(&n, owner(1), KEY).await.expect("offline"), None);
     }
 }

@@ -5,7 +5,8 @@
 //! - `w2p:binding:<number>`: the 32-byte identity key. Made with `SET NX` (the first claim wins,
 //!   atomically across instances) and never overwritten or expired. Durable only as far as Redis
 //!   persists (AOF, see `docs/operators.md`).
-//! - `w2p:presence:<number>`: the [`Owner`] (16 bytes) then the postcard of the key and location.
+//! - `w2p:presence:<number>`: the session that holds the number, its [`Owner`] (16 bytes), then
+//!   `L` (online) or `N`, then the postcard of the key and the location of the latest `Register`.
 //!   Expires after the heartbeat timeout unless its session's heartbeats renew it, so an instance
 //!   that dies takes its users offline within that time.
 //!
@@ -42,7 +43,7 @@ use whatsap2p_proto::{Number, PublicKey};
 
 use crate::identities::{Binding, IdentityStore};
 use crate::metrics::Metrics;
-use crate::presence::{Applied, Change, Feed, PresenceEntry, PresenceStore, Renewal};
+use crate::presence::{Applied, Change, Feed, Held, PresenceEntry, PresenceStore, Renewal};
 use crate::store::{Owner, StoreError};
 
 /// The channel presence changes are published on.
@@ -81,24 +82,49 @@ pub struct RedisStore {
     /// How long a presence entry lives without a renewal: the heartbeat timeout.
     ttl_ms: u64,
     metrics: Arc<Metrics>,
+    take_over: Script,
     set_online: Script,
     renew: Script,
     set_offline: Script,
 }
 
-/// A presence change on [`CHANGES`]: this, postcard-encoded, then (for `Online`) the 16 bytes of
-/// the replaced owner, if any, which the script appends.
+/// A change on [`CHANGES`]: this, postcard-encoded, then (for `Taken`) the 16 bytes of the
+/// replaced owner, if any, which the script appends.
 #[derive(Serialize, Deserialize)]
 enum Announcement {
+    Taken { number: Number, instance: u64, session: u64 },
     Online { number: Number, key: PublicKey, location: Location, instance: u64, session: u64 },
     Offline { number: Number, key: PublicKey },
 }
 
-const SET_ONLINE: &str = r"
-local old = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')
+/// The byte after the owner in a presence entry: whether it has a location (the number is online),
+/// so a script can tell without decoding the rest.
+const ONLINE: u8 = b'L';
+const NOT_ONLINE: u8 = b'N';
+
+/// KEYS[1] the entry; ARGV: owner, the entry's rest if there is none yet, TTL, channel,
+/// announcement. Keeps the rest (key, location) of an existing entry under the new owner, and
+/// announces which owner it replaced.
+const TAKE_OVER: &str = r"
+local old = redis.call('GET', KEYS[1])
+local rest = ARGV[2]
 local replaced = ''
-if old and string.sub(old, 1, 16) ~= string.sub(ARGV[1], 1, 16) then replaced = string.sub(old, 1, 16) end
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. replaced)
+if old then
+  rest = string.sub(old, 17)
+  if string.sub(old, 1, 16) ~= ARGV[1] then replaced = string.sub(old, 1, 16) end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. rest, 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. replaced)
+return 1
+";
+
+/// KEYS[1] the entry; ARGV: owner, rest, TTL, channel, announcement (empty: none). Writes unless
+/// another owner holds the entry (0).
+const SET_ONLINE: &str = r"
+local old = redis.call('GET', KEYS[1])
+if old and string.sub(old, 1, 16) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 ";
 
@@ -110,11 +136,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// KEYS[1] the entry; ARGV: owner, channel, announcement. Deletes the entry if it is the owner's,
+/// and announces it if the number was online.
 const SET_OFFLINE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 16) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  if string.sub(v, 17, 17) == 'L' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
   return 1
 end
 return 0
@@ -181,6 +209,7 @@ impl RedisStore {
             up: AtomicBool::new(false),
             ttl_ms: presence_ttl.as_millis().max(1) as u64,
             metrics,
+            take_over: Script::new(TAKE_OVER),
             set_online: Script::new(SET_ONLINE),
             renew: Script::new(RENEW),
             set_offline: Script::new(SET_OFFLINE),
@@ -263,10 +292,18 @@ impl Subscriber {
                 return None;
             };
             return Some(match announcement {
+                Announcement::Taken { number, instance, session } => Change::Taken {
+                    number,
+                    owner: Owner { instance, session },
+                    replaced: Owner::from_prefix(rest),
+                },
                 Announcement::Online { number, key, location, instance, session } => Change::Online {
                     number,
-                    entry: PresenceEntry { key, location, owner: Owner { instance, session } },
-                    replaced: Owner::from_prefix(rest),
+                    entry: PresenceEntry {
+                        key,
+                        location: Some(location),
+                        owner: Owner { instance, session },
+                    },
                 },
                 Announcement::Offline { number, key } => Change::Offline { number, key: Some(key) },
             });
@@ -408,23 +445,56 @@ impl IdentityStore for RedisStore {
     }
 }
 
+/// An entry's bytes after the owner: whether it is online, then the key and location.
+fn entry_rest(key: PublicKey, location: Option<Location>) -> Vec<u8> {
+    let mut rest = vec![if location.is_some() { ONLINE } else { NOT_ONLINE }];
+    rest.extend(encode(&(key, location)));
+    rest
+}
+
 #[async_trait]
 impl PresenceStore for RedisStore {
-    async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Applied, StoreError> {
-        let mut value = entry.owner.to_bytes().to_vec();
-        value.extend(encode(&(entry.key, entry.location)));
-        let announcement = encode(&Announcement::Online {
+    async fn take_over(&self, number: &Number, owner: Owner, key: PublicKey) -> Result<Applied, StoreError> {
+        let announcement = encode(&Announcement::Taken {
             number: number.clone(),
-            key: entry.key,
-            location: entry.location,
-            instance: entry.owner.instance,
-            session: entry.owner.session,
+            instance: owner.instance,
+            session: owner.session,
         });
         let mut conn = self.commands.clone();
-        let mut script = self.set_online.key(presence_key(number));
-        script.arg(value).arg(self.ttl_ms).arg(CHANGES).arg(announcement);
+        let mut script = self.take_over.key(presence_key(number));
+        script
+            .arg(&owner.to_bytes()[..])
+            .arg(entry_rest(key, None))
+            .arg(self.ttl_ms)
+            .arg(CHANGES)
+            .arg(announcement);
         let _: i64 = self.run(script.invoke_async(&mut conn)).await?;
         Ok(None)
+    }
+
+    async fn set_online(&self, number: &Number, entry: &PresenceEntry) -> Result<Held, StoreError> {
+        let announcement = match entry.location {
+            Some(location) => encode(&Announcement::Online {
+                number: number.clone(),
+                key: entry.key,
+                location,
+                instance: entry.owner.instance,
+                session: entry.owner.session,
+            }),
+            None => Vec::new(),
+        };
+        let mut conn = self.commands.clone();
+        let mut script = self.set_online.key(presence_key(number));
+        script
+            .arg(&entry.owner.to_bytes()[..])
+            .arg(entry_rest(entry.key, entry.location))
+            .arg(self.ttl_ms)
+            .arg(CHANGES)
+            .arg(announcement);
+        Ok(match self.run(script.invoke_async::<i64>(&mut conn)).await? {
+            0 => Held::Replaced,
+            _ => Held::Yes(None),
+        })
     }
 
     async fn renew(&self, number: &Number, owner: Owner) -> Result<Renewal, StoreError> {
@@ -459,8 +529,9 @@ impl PresenceStore for RedisStore {
         };
         let malformed = || StoreError::Malformed { what: "presence entry", number: number.clone() };
         let owner = Owner::from_prefix(&value).ok_or_else(malformed)?;
-        let (key, location): (PublicKey, Location) =
-            postcard::from_bytes(&value[Owner::LEN..]).map_err(|_| malformed())?;
+        let rest = value.get(Owner::LEN + 1..).ok_or_else(malformed)?;
+        let (key, location): (PublicKey, Option<Location>) =
+            postcard::from_bytes(rest).map_err(|_| malformed())?;
         Ok(Some(PresenceEntry { key, location, owner }))
     }
 }

@@ -32,7 +32,7 @@ use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
 
 use crate::identities::Binding;
 use crate::metrics::Refusal;
-use crate::presence::{PresenceEntry, Renewal};
+use crate::presence::{Held, PresenceEntry, Renewal};
 use crate::store::{Owner, SessionId};
 use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
@@ -233,11 +233,38 @@ impl<'d> Online<'d> {
         if !Box::pin(self.claim()).await {
             return;
         }
-        info!("Connected: {}", self.number);
+        // In the roster before taking the number, so a session that replaces this one at once
+        // finds it there.
         self.dir.roster.join(&self.number, self.session, cancel.clone());
+        if !Box::pin(self.take_over()).await {
+            self.dir.roster.leave(&self.number, self.session);
+            return;
+        }
+        info!("Connected: {}", self.number);
         self.dir.metrics.session_opened(true);
         let end = self.requests(&cancel).await;
         Box::pin(self.close(end)).await;
+    }
+
+    /// Makes this the number's only session, replacing any other (one session per number). Refuses
+    /// the session when the store cannot record it.
+    async fn take_over(&mut self) -> bool {
+        let (dir, number) = (self.dir, &self.number);
+        match dir.presence.take_over(number, self.owner(), self.key).await {
+            Ok(applied) => {
+                if let Some(change) = applied {
+                    dir.apply(change).await;
+                }
+                true
+            }
+            Err(e) => {
+                warn!("Refused {number}: {e}");
+                dir.metrics.refused(Refusal::StoreUnavailable);
+                let _ = self.writer.send_msg(&unavailable()).await;
+                let _ = self.writer.close().await;
+                false
+            }
+        }
     }
 
     /// This session, as presence entries name it.
@@ -269,7 +296,6 @@ impl<'d> Online<'d> {
             }
             Err(e) => {
                 warn!("Refused {number}: {e}");
-                self.dir.metrics.store_error();
                 self.dir.metrics.refused(Refusal::StoreUnavailable);
                 let _ = self.writer.send_msg(&unavailable()).await;
                 let _ = self.writer.close().await;
@@ -408,9 +434,9 @@ impl<'d> Online<'d> {
         }
     }
 
-    /// Goes online at `listen` (or moves there), replacing any other session of the number (see
-    /// [`crate::roster`]). When the store cannot record it, a first registration is refused (and
-    /// the session ends); a repeated one gets an error and the session keeps its old entry.
+    /// Goes online at `listen` (or moves there). When the store cannot record it, a first
+    /// registration is refused (and the session ends); a repeated one gets an error and the
+    /// session keeps its old entry.
     async fn register(&mut self, listen: SocketAddr) -> Result<ServerToClient, End> {
         let (dir, number) = (self.dir, &self.number);
         let listen = if listen.ip().is_unspecified() {
@@ -419,10 +445,10 @@ impl<'d> Online<'d> {
             listen
         };
         let location = Location { addr: listen, since_unix_ms: now_ms() };
-        dir.roster.registering(number, self.session);
-        let entry = PresenceEntry { key: self.key, location, owner: self.owner() };
+        let entry = PresenceEntry { key: self.key, location: Some(location), owner: self.owner() };
         match dir.presence.set_online(number, &entry).await {
-            Ok(applied) => {
+            Ok(Held::Replaced) => Err(End::Replaced),
+            Ok(Held::Yes(applied)) => {
                 if self.location.replace(location).is_none() {
                     dir.metrics.registered();
                 }
@@ -434,7 +460,6 @@ impl<'d> Online<'d> {
             }
             Err(e) => {
                 warn!("Cannot register {number}: {e}");
-                dir.metrics.store_error();
                 dir.metrics.refused(Refusal::StoreUnavailable);
                 if self.location.is_some() {
                     return Ok(ServerToClient::Error { req: None, message: short(e.to_string()) });
@@ -449,26 +474,22 @@ impl<'d> Online<'d> {
     /// it; ends the session if another one of the number owns it now (a replacement this instance
     /// did not hear of). A store that fails keeps the session as it is.
     async fn renew(&mut self) -> Result<(), End> {
-        let Some(location) = self.location else { return Ok(()) };
         let (dir, number) = (self.dir, &self.number);
         match dir.presence.renew(number, self.owner()).await {
             Ok(Renewal::Renewed) => Ok(()),
             Ok(Renewal::Replaced) => Err(End::Replaced),
             Ok(Renewal::Missing) => {
-                info!("The store lost {number}'s presence: putting it back");
-                let entry = PresenceEntry { key: self.key, location, owner: self.owner() };
+                info!("The store lost {number}'s entry: putting it back");
+                let entry = PresenceEntry { key: self.key, location: self.location, owner: self.owner() };
                 match dir.presence.set_online(number, &entry).await {
-                    Ok(Some(change)) => dir.apply(change).await,
-                    Ok(None) => {}
-                    Err(e) => {
-                        dir.metrics.store_error();
-                        warn!("Cannot put {number}'s presence back: {e}");
-                    }
+                    Ok(Held::Yes(Some(change))) => dir.apply(change).await,
+                    Ok(Held::Yes(None)) => {}
+                    Ok(Held::Replaced) => return Err(End::Replaced),
+                    Err(e) => warn!("Cannot put {number}'s entry back: {e}"),
                 }
                 Ok(())
             }
             Err(e) => {
-                dir.metrics.store_error();
                 warn!("Cannot renew {number}'s presence: {e}");
                 Ok(())
             }
@@ -484,15 +505,12 @@ impl<'d> Online<'d> {
         dir.metrics.session_opened(false);
         if self.location.is_some() {
             dir.metrics.went_offline();
-            match dir.presence.set_offline(number, self.owner(), self.key).await {
-                Ok(Some(change)) => dir.apply(change).await,
-                Ok(None) => {}
-                Err(e) => {
-                    // The entry expires by itself within the heartbeat timeout.
-                    dir.metrics.store_error();
-                    warn!("Cannot take {number} offline in the store: {e}");
-                }
-            }
+        }
+        match dir.presence.set_offline(number, self.owner(), self.key).await {
+            Ok(Some(change)) => dir.apply(change).await,
+            Ok(None) => {}
+            // The entry expires by itself within the heartbeat timeout.
+            Err(e) => warn!("Cannot take {number} offline in the store: {e}"),
         }
         if matches!(end, End::Replaced) {
             dir.metrics.refused(Refusal::Replaced);

@@ -100,7 +100,7 @@ async fn given_two_instances_racing_to_bind_a_number_then_exactly_one_key_wins_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_number_registering_on_another_instance_then_the_old_session_is_replaced_and_never_shown_offline(
+async fn given_a_new_session_of_a_number_on_another_instance_then_the_old_one_is_replaced_and_never_shown_offline(
 ) {
     let Some(redis) = Redis::start(false).await else { return };
     let key = StaticKeypair::generate().expect("key");
@@ -299,4 +299,28 @@ async fn given_many_lookups_in_flight_then_each_is_answered_once_in_order() {
     }
     assert!(x.metrics.render().contains("whatsap2p_lookups_total 200"));
     x.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_new_session_that_has_not_registered_then_the_number_stays_online_at_its_last_address_until_it_ends(
+) {
+    let Some(redis) = Redis::start(false).await else { return };
+    let key = StaticKeypair::generate().expect("key");
+    let i = three(&redis, &key).await;
+    let (a, w) = (Account::new("9001"), Account::new("9002"));
+    let mut old = Session::online(i[0].addr, &a, 9001).await;
+    let mut watcher = Session::online(i[2].addr, &w, 9002).await;
+    watcher.watch(&[&a.number]).await;
+    watcher.presence(&a.number, Some(9001)).await;
+
+    // Its handshake alone replaces the old session; the number is still where it last registered.
+    let mut fresh = Session::connect(i[1].addr, &a).await;
+    assert!(old.closed().await.is_some_and(|r| r.contains("replaced")));
+    assert_eq!(watcher.lookup(&a.number).await, Some(9001));
+    fresh.heartbeat().await;
+    // It ends without registering: now the number is offline.
+    fresh.send(&whatsap2p_proto::directory::ClientToServer::Logout).await;
+    watcher.presence(&a.number, None).await;
+    assert_eq!(watcher.lookup(&a.number).await, None);
+    stop_all(i).await;
 }
