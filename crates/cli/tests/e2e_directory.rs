@@ -79,7 +79,7 @@ async fn given_three_servers_on_one_redis_then_clients_on_each_chat_and_outlive_
     s1.kill().await;
     carol.expect_within(Duration::from_secs(8), "456 offline", |v| pushed(v, "456", false)).await;
     let took = killed.elapsed();
-    assert!(took < Duration::from_secs(5), "456 offline {took:?} after its server was killed");
+    assert!(took < Duration::from_secs(6), "456 offline {took:?} after its server was killed");
 
     // A message sent meanwhile is queued (the directory says 456 is offline) and delivered once
     // bob is back.
