@@ -36,15 +36,21 @@ const PREFIX: u16 = 8;
 
 /// The `hold` subcommand: registers `count` clients numbered from `first`, holds them until stdin
 /// closes. Prints `ready <ok> <failed> <rss bytes>`, then `alive <n>` for every `status` line read.
-pub async fn hold_main(server: SocketAddr, count: usize, first: usize) -> anyhow::Result<()> {
+pub async fn hold_main(servers: &[SocketAddr], count: usize, first: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(!servers.is_empty(), "hold needs a --server");
     let accounts = (first..first + count)
         .map(|i| Account::generate(number(PREFIX, i)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let alive = Arc::new(AtomicUsize::new(0));
     let mut failed = 0usize;
     let mut first_error = None;
-    let mut registrations = futures::stream::iter(accounts.iter().map(|a| LeanSession::register(server, a)))
-        .buffer_unordered(FILL_CONCURRENCY);
+    // Client i of the whole run goes to server i mod n: every server gets its share, whatever
+    // the number of children.
+    let server_of = |i: usize| servers[(first + i) % servers.len()];
+    let mut registrations = futures::stream::iter(
+        accounts.iter().enumerate().map(|(i, a)| LeanSession::register(server_of(i), a)),
+    )
+    .buffer_unordered(FILL_CONCURRENCY);
     while let Some(r) = registrations.next().await {
         match r {
             Ok(session) => {
@@ -92,10 +98,15 @@ struct Holder {
 }
 
 impl Holder {
-    fn spawn(server: SocketAddr, count: usize, first: usize) -> anyhow::Result<Self> {
+    fn spawn(servers: &[SocketAddr], count: usize, first: usize) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the bench binary")?;
-        let mut child = Command::new(exe)
-            .args(["hold", "--server", &server.to_string(), "--count", &count.to_string()])
+        let mut command = Command::new(exe);
+        command.arg("hold");
+        for s in servers {
+            command.args(["--server", &s.to_string()]);
+        }
+        let mut child = command
+            .args(["--count", &count.to_string()])
             .args(["--first", &first.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -137,8 +148,8 @@ struct Run {
     redis_bytes_per_client: Option<f64>,
 }
 
-/// Fills `instances` servers (the memory store when 1 and `shared` is false, else on one fresh
-/// Redis) with `target` clients from `processes` hold children, child `p` on server `p % instances`.
+/// Fills `instances` servers (the memory store when `shared` is false, else on one fresh Redis)
+/// with `target` clients from `processes` hold children, client `i` on server `i % instances`.
 async fn one_run(target: usize, processes: usize, instances: usize, shared: bool) -> anyhow::Result<Run> {
     let redis = match shared {
         true => Some(Redis::start().await?),
@@ -187,13 +198,14 @@ async fn fill(
         Some(r) => Some(r.used_memory().await?),
         None => None,
     };
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let t0 = Instant::now();
     let held = target - 1;
     let share = held.div_ceil(processes);
     let mut holders = Vec::new();
     for p in 0..processes {
         let count = share.min(held - p * share);
-        holders.push(Holder::spawn(servers[p % servers.len()].addr, count, p * share)?);
+        holders.push(Holder::spawn(&addrs, count, p * share)?);
     }
     let (mut registered, mut load_rss) = (0u64, 0u64);
     for h in &mut holders {
@@ -325,8 +337,8 @@ pub async fn spread(scale: &Scale) -> Section {
         (scale.spread_clients, scale.spread_instances, scale.spread_hold_processes);
     let runs = Runs::measure(scale.spread_runs, target, processes, instances, true).await;
     let mut details = vec![format!(
-        "{target} clients asked for, registered by {processes} `whatsap2p-bench hold` child process(es) (child p on \
-         instance p mod {instances}), held with a heartbeat every {} s, across {instances} `whatsap2p-bench serve \
+        "{target} clients asked for, registered by {processes} `whatsap2p-bench hold` child process(es) (client i on \
+         instance i mod {instances}), held with a heartbeat every {} s, across {instances} `whatsap2p-bench serve \
          --store` instances on one fresh redis-server per run (`--save \"\" --appendonly no`; {} run(s)); each \
          process may open 20 000 files. Server memory: the instances' `VmRSS` growth while filling, summed, per \
          client; Redis memory: `used_memory` growth (INFO memory) per online client (its binding and its presence \

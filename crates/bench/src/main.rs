@@ -88,9 +88,9 @@ enum Role {
     /// Registers and holds clients until stdin closes.
     #[command(hide = true)]
     Hold {
-        /// The server.
-        #[arg(long)]
-        server: SocketAddr,
+        /// The servers (repeatable): client i goes to server i mod n.
+        #[arg(long, required = true)]
+        server: Vec<SocketAddr>,
         /// How many clients.
         #[arg(long)]
         count: usize,
@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Role::Serve { data_dir, store }) => {
             return server_proc::serve_main(&data_dir, store.as_deref()).await
         }
-        Some(Role::Hold { server, count, first }) => return capacity::hold_main(server, count, first).await,
+        Some(Role::Hold { server, count, first }) => return capacity::hold_main(&server, count, first).await,
         None => {}
     }
     if let Some(unknown) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
