@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::lean_session::{number, Account, LeanSession};
+use crate::redis_baseline::Redis;
 use crate::report::{Baseline, Row, Section, Target, Unit};
 use crate::server_proc::ServerProcess;
 use crate::stats::Summary;
@@ -35,15 +36,21 @@ const PREFIX: u16 = 8;
 
 /// The `hold` subcommand: registers `count` clients numbered from `first`, holds them until stdin
 /// closes. Prints `ready <ok> <failed> <rss bytes>`, then `alive <n>` for every `status` line read.
-pub async fn hold_main(server: SocketAddr, count: usize, first: usize) -> anyhow::Result<()> {
+pub async fn hold_main(servers: &[SocketAddr], count: usize, first: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(!servers.is_empty(), "hold needs a --server");
     let accounts = (first..first + count)
         .map(|i| Account::generate(number(PREFIX, i)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let alive = Arc::new(AtomicUsize::new(0));
     let mut failed = 0usize;
     let mut first_error = None;
-    let mut registrations = futures::stream::iter(accounts.iter().map(|a| LeanSession::register(server, a)))
-        .buffer_unordered(FILL_CONCURRENCY);
+    // Client i of the whole run goes to server i mod n: every server gets its share, whatever
+    // the number of children.
+    let server_of = |i: usize| servers[(first + i) % servers.len()];
+    let mut registrations = futures::stream::iter(
+        accounts.iter().enumerate().map(|(i, a)| LeanSession::register(server_of(i), a)),
+    )
+    .buffer_unordered(FILL_CONCURRENCY);
     while let Some(r) = registrations.next().await {
         match r {
             Ok(session) => {
@@ -91,10 +98,15 @@ struct Holder {
 }
 
 impl Holder {
-    fn spawn(server: SocketAddr, count: usize, first: usize) -> anyhow::Result<Self> {
+    fn spawn(servers: &[SocketAddr], count: usize, first: usize) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the bench binary")?;
-        let mut child = Command::new(exe)
-            .args(["hold", "--server", &server.to_string(), "--count", &count.to_string()])
+        let mut command = Command::new(exe);
+        command.arg("hold");
+        for s in servers {
+            command.args(["--server", &s.to_string()]);
+        }
+        let mut child = command
+            .args(["--count", &count.to_string()])
             .args(["--first", &first.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -132,17 +144,45 @@ struct Run {
     server_bytes_per_client: f64,
     fill_rate: f64,
     load_bytes_per_client: f64,
+    /// Redis's `used_memory` growth per online client (runs on a shared store only).
+    redis_bytes_per_client: Option<f64>,
 }
 
-async fn one_run(target: usize, processes: usize) -> anyhow::Result<Run> {
-    let server = ServerProcess::start().await?;
+/// Fills `instances` servers (the memory store when `shared` is false, else on one fresh Redis)
+/// with `target` clients from `processes` hold children, client `i` on server `i % instances`.
+async fn one_run(target: usize, processes: usize, instances: usize, shared: bool) -> anyhow::Result<Run> {
+    let redis = match shared {
+        true => Some(Redis::start().await?),
+        false => None,
+    };
+    let url = redis.as_ref().map(Redis::url);
+    let mut servers = Vec::new();
+    for _ in 0..instances {
+        servers.push(ServerProcess::start_with(url.as_deref()).await?);
+    }
+    let result = fill(target, processes, &servers, redis.as_ref()).await;
+    for s in servers {
+        s.stop().await?;
+    }
+    if let Some(r) = redis {
+        r.stop().await;
+    }
+    result
+}
+
+async fn fill(
+    target: usize,
+    processes: usize,
+    servers: &[ServerProcess],
+    redis: Option<&Redis>,
+) -> anyhow::Result<Run> {
     // Warm-up: the runtime, the allocator's arenas and SQLite see some traffic before the baseline.
     let warm: Vec<Account> =
         (0..200).map(|i| Account::generate(number(PREFIX + 1, i)?)).collect::<anyhow::Result<_>>()?;
-    for chunk in warm.chunks(50) {
+    for (i, chunk) in warm.chunks(50).enumerate() {
+        let server = servers[i % servers.len()].addr;
         let sessions =
-            futures::future::try_join_all(chunk.iter().map(|a| LeanSession::register(server.addr, a)))
-                .await?;
+            futures::future::try_join_all(chunk.iter().map(|a| LeanSession::register(server, a))).await?;
         for s in sessions {
             s.logout().await?;
         }
@@ -150,16 +190,22 @@ async fn one_run(target: usize, processes: usize) -> anyhow::Result<Run> {
     // The probe that spot-checks presence at the end is online from here on and counts as one of
     // the clients: the server refuses a session over its cap, so it cannot come in last.
     let checker = Account::generate(number(PREFIX + 2, 0)?)?;
-    let mut probe = LeanSession::register(server.addr, &checker).await?;
+    let mut probe = LeanSession::register(servers[0].addr, &checker).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.rss()?;
+    let rss = || servers.iter().map(|s| s.rss()).sum::<anyhow::Result<u64>>();
+    let before = rss()?;
+    let redis_before = match redis {
+        Some(r) => Some(r.used_memory().await?),
+        None => None,
+    };
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let t0 = Instant::now();
     let held = target - 1;
     let share = held.div_ceil(processes);
     let mut holders = Vec::new();
     for p in 0..processes {
         let count = share.min(held - p * share);
-        holders.push(Holder::spawn(server.addr, count, p * share)?);
+        holders.push(Holder::spawn(&addrs, count, p * share)?);
     }
     let (mut registered, mut load_rss) = (0u64, 0u64);
     for h in &mut holders {
@@ -174,8 +220,13 @@ async fn one_run(target: usize, processes: usize) -> anyhow::Result<Run> {
     for h in &mut holders {
         alive += h.alive().await?;
     }
-    let after = server.rss()?;
-    // Spot check through the directory itself: the first and last client of every child are online.
+    let after = rss()?;
+    let redis_after = match redis {
+        Some(r) => Some(r.used_memory().await?),
+        None => None,
+    };
+    // Spot check through the directory itself: the first and last client of every child are
+    // online, seen from the first server whichever server they are on.
     for p in 0..processes {
         let count = share.min(held - p * share);
         for i in [p * share, p * share + count - 1] {
@@ -186,7 +237,6 @@ async fn one_run(target: usize, processes: usize) -> anyhow::Result<Run> {
     }
     probe.logout().await?;
     drop(holders);
-    server.stop().await?;
     if alive == 0 {
         bail!("no client stayed online");
     }
@@ -195,30 +245,47 @@ async fn one_run(target: usize, processes: usize) -> anyhow::Result<Run> {
         server_bytes_per_client: after.saturating_sub(before) as f64 / alive as f64,
         fill_rate: registered as f64 / fill.as_secs_f64(),
         load_bytes_per_client: load_rss as f64 / registered.max(1) as f64,
+        redis_bytes_per_client: redis_before
+            .zip(redis_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / (alive + 1) as f64),
     })
+}
+
+/// `count` runs of [`one_run`], stopping at the first error, and a summary of one figure of them.
+struct Runs {
+    runs: Vec<Run>,
+    error: Option<String>,
+}
+
+impl Runs {
+    async fn measure(count: usize, target: usize, processes: usize, instances: usize, shared: bool) -> Self {
+        let (mut runs, mut error) = (Vec::new(), None);
+        for _ in 0..count {
+            match one_run(target, processes, instances, shared).await {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    error = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        Self { runs, error }
+    }
+
+    fn pick(&self, f: impl Fn(&Run) -> Option<f64>) -> Result<Summary, String> {
+        match (&self.error, Summary::of(&self.runs.iter().filter_map(f).collect::<Vec<_>>())) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(s)) => Ok(s),
+            (None, None) => Err("no run".into()),
+        }
+    }
 }
 
 /// The capacity and memory figures.
 pub async fn capacity(scale: &Scale) -> Section {
     let target = scale.capacity_clients;
-    let mut runs = Vec::new();
-    let mut error = None;
-    for _ in 0..scale.capacity_runs {
-        match one_run(target, scale.hold_processes).await {
-            Ok(r) => runs.push(r),
-            Err(e) => {
-                error = Some(format!("{e:#}"));
-                break;
-            }
-        }
-    }
-    let pick = |f: fn(&Run) -> f64| -> Result<Summary, String> {
-        match (&error, Summary::of(&runs.iter().map(f).collect::<Vec<_>>())) {
-            (Some(e), _) => Err(e.clone()),
-            (None, Some(s)) => Ok(s),
-            (None, None) => Err("no run".into()),
-        }
-    };
+    let runs = Runs::measure(scale.capacity_runs, target, scale.hold_processes, 1, false).await;
+    let pick = |f: fn(&Run) -> f64| runs.pick(|r| Some(f(r)));
     let fill = pick(|r| r.fill_rate);
     let load = pick(|r| r.load_bytes_per_client / 1024.0);
     let mut details = vec![format!(
@@ -257,6 +324,59 @@ pub async fn capacity(scale: &Scale) -> Section {
                 ours: pick(|r| r.server_bytes_per_client / 1024.0),
                 baseline: Baseline::None,
                 target: Target::AtMost(4.0),
+            },
+        ],
+        details,
+    }
+}
+
+/// Clients held across several instances on one Redis, with the servers' and Redis's memory per
+/// client.
+pub async fn spread(scale: &Scale) -> Section {
+    let (target, instances, processes) =
+        (scale.spread_clients, scale.spread_instances, scale.spread_hold_processes);
+    let runs = Runs::measure(scale.spread_runs, target, processes, instances, true).await;
+    let mut details = vec![format!(
+        "{target} clients asked for, registered by {processes} `whatsap2p-bench hold` child process(es) (client i on \
+         instance i mod {instances}), held with a heartbeat every {} s, across {instances} `whatsap2p-bench serve \
+         --store` instances on one fresh redis-server per run (`--save \"\" --appendonly no`; {} run(s)); each \
+         process may open 20 000 files. Server memory: the instances' `VmRSS` growth while filling, summed, per \
+         client; Redis memory: `used_memory` growth (INFO memory) per online client (its binding and its presence \
+         entry). The probe checks from instance 0 that the first and last client of every child are online.",
+        HEARTBEAT.as_secs(),
+        scale.spread_runs,
+    )];
+    if let Ok(fill) = runs.pick(|r| Some(r.fill_rate)) {
+        details.push(format!("While filling: {} registrations.", Unit::PerSec.show_summary(&fill)));
+    }
+    Section {
+        group: "spread",
+        rows: vec![
+            Row {
+                group: "spread",
+                figure: format!("concurrent online clients across {instances} instances on one Redis"),
+                unit: Unit::Clients,
+                ours: runs.pick(|r| Some(r.online as f64)),
+                baseline: Baseline::None,
+                target: Target::AtLeast(target as f64),
+            },
+            Row {
+                group: "spread",
+                figure: format!(
+                    "server memory per online client, {instances} instances (RSS deltas ÷ clients)"
+                ),
+                unit: Unit::Kib,
+                ours: runs.pick(|r| Some(r.server_bytes_per_client / 1024.0)),
+                baseline: Baseline::None,
+                target: Target::AtMost(4.0),
+            },
+            Row {
+                group: "spread",
+                figure: "Redis memory per online user (used_memory delta ÷ users)".into(),
+                unit: Unit::Kib,
+                ours: runs.pick(|r| r.redis_bytes_per_client.map(|b| b / 1024.0)),
+                baseline: Baseline::None,
+                target: Target::Report,
             },
         ],
         details,

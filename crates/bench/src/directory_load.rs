@@ -27,24 +27,32 @@ pub const PIPELINE: usize = 16;
 /// Concurrent registrations, as many as the lookup sessions.
 const REGISTER_CONCURRENCY: usize = 50;
 
-/// Registers `count` fresh accounts numbered from `prefix`.
+/// Registers `count` fresh accounts numbered from `prefix`, spread over `servers` in turn.
 async fn sessions(
-    server: SocketAddr,
+    servers: &[SocketAddr],
     prefix: u16,
     count: usize,
 ) -> anyhow::Result<Vec<(Account, LeanSession)>> {
     let accounts =
         (0..count).map(|i| Account::generate(number(prefix, i)?)).collect::<anyhow::Result<Vec<_>>>()?;
-    try_join_all(accounts.into_iter().map(|a| async move {
-        let s = LeanSession::register(server, &a).await?;
+    try_join_all(accounts.into_iter().enumerate().map(|(i, a)| async move {
+        let s = LeanSession::register(servers[i % servers.len()], &a).await?;
         Ok::<_, anyhow::Error>((a, s))
     }))
     .await
 }
 
-/// Lookups per second in consecutive windows, `depth` lookups in flight per session.
-async fn lookup_rates(server: &ServerProcess, depth: usize, scale: &Scale) -> anyhow::Result<Vec<Rate>> {
-    let registered = sessions(server.addr, 71 + depth as u16, CLIENTS).await?;
+/// Lookups per second in consecutive windows, `depth` lookups in flight per session, the sessions
+/// spread over `servers` (each then asks for a number registered on the next server). `prefix`
+/// keeps the numbers of separate runs on one store apart.
+pub async fn lookup_rates(
+    servers: &[ServerProcess],
+    depth: usize,
+    prefix: u16,
+    scale: &Scale,
+) -> anyhow::Result<Vec<Rate>> {
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let registered = sessions(&addrs, prefix, CLIENTS).await?;
     let numbers: Vec<_> = registered.iter().map(|(a, _)| a.number.clone()).collect();
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -66,7 +74,10 @@ async fn lookup_rates(server: &ServerProcess, depth: usize, scale: &Scale) -> an
         tokio::time::sleep(scale.warmup).await;
         let mut rates = Vec::new();
         let cpu = || {
-            let (server, _) = crate::machine::cpu_seconds(server.pid)?;
+            let mut server = 0.0;
+            for s in servers {
+                server += crate::machine::cpu_seconds(s.pid)?.0;
+            }
             let (load, _) = crate::machine::cpu_seconds(std::process::id())?;
             Ok::<_, anyhow::Error>((server, load))
         };
@@ -103,7 +114,11 @@ async fn lookup_rates(server: &ServerProcess, depth: usize, scale: &Scale) -> an
 }
 
 /// Redis GETs per second over `runs` runs of about `window` each, after a calibrating warm-up run.
-async fn redis_rates(redis: &Redis, pipeline: usize, scale: &Scale) -> anyhow::Result<(Vec<Rate>, String)> {
+pub async fn redis_rates(
+    redis: &Redis,
+    pipeline: usize,
+    scale: &Scale,
+) -> anyhow::Result<(Vec<Rate>, String)> {
     let warm = 20_000 * pipeline as u64;
     let estimate = redis.get_rate(pipeline, warm).await?.per_sec;
     let requests = ((estimate * scale.window.as_secs_f64()) as u64).max(10_000);
@@ -115,7 +130,7 @@ async fn redis_rates(redis: &Redis, pipeline: usize, scale: &Scale) -> anyhow::R
 }
 
 /// "server X µs, load generator Y µs" from the medians of the runs.
-fn cpu_text(rates: &[Rate]) -> String {
+pub fn cpu_text(rates: &[Rate]) -> String {
     let med = |f: fn(&Rate) -> f64| Summary::of(&rates.iter().map(f).collect::<Vec<_>>()).map(|s| s.median);
     match (med(|r| r.server_cpu_us), med(|r| r.client_cpu_us)) {
         (Some(server), Some(client)) => format!("server {server:.2} µs, load generator {client:.2} µs"),
@@ -123,24 +138,26 @@ fn cpu_text(rates: &[Rate]) -> String {
     }
 }
 
-/// Registrations per second: `accounts[range]`, [`REGISTER_CONCURRENCY`] at a time.
-async fn registration_rate(
-    server: SocketAddr,
+/// Registrations per second: `accounts[range]`, [`REGISTER_CONCURRENCY`] at a time, through
+/// `servers` in turn.
+pub async fn registration_rate(
+    servers: &[SocketAddr],
     accounts: &Arc<Vec<Account>>,
     range: std::ops::Range<usize>,
 ) -> anyhow::Result<f64> {
+    let servers: Arc<[SocketAddr]> = servers.into();
     let next = Arc::new(AtomicUsize::new(range.start));
     let t0 = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..REGISTER_CONCURRENCY {
-        let (accounts, next, end) = (accounts.clone(), next.clone(), range.end);
+        let (accounts, next, end, servers) = (accounts.clone(), next.clone(), range.end, servers.clone());
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= end {
                     return Ok::<_, anyhow::Error>(());
                 }
-                LeanSession::register(server, &accounts[i]).await?.logout().await?;
+                LeanSession::register(servers[i % servers.len()], &accounts[i]).await?.logout().await?;
             }
         });
     }
@@ -150,11 +167,11 @@ async fn registration_rate(
     Ok(range.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn summary(r: anyhow::Result<Vec<f64>>) -> Result<Summary, String> {
+pub fn summary(r: anyhow::Result<Vec<f64>>) -> Result<Summary, String> {
     r.map_err(|e| format!("{e:#}")).and_then(|v| Summary::of(&v).ok_or_else(|| "no run".to_owned()))
 }
 
-fn per_sec(r: &anyhow::Result<Vec<Rate>>) -> anyhow::Result<Vec<f64>> {
+pub fn per_sec(r: &anyhow::Result<Vec<Rate>>) -> anyhow::Result<Vec<f64>> {
     match r {
         Ok(rates) => Ok(rates.iter().map(|r| r.per_sec).collect()),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
@@ -175,9 +192,10 @@ pub async fn lookups(scale: &Scale) -> Section {
         scale.window.as_secs_f64()
     )];
     let ours = async {
-        let server = ServerProcess::start().await?;
-        let single = lookup_rates(&server, 1, scale).await;
-        let piped = lookup_rates(&server, PIPELINE, scale).await;
+        let server = [ServerProcess::start().await?];
+        let single = lookup_rates(&server, 1, 72, scale).await;
+        let piped = lookup_rates(&server, PIPELINE, 87, scale).await;
+        let [server] = server;
         server.stop().await?;
         Ok::<_, anyhow::Error>((single, piped))
     }
@@ -270,16 +288,17 @@ pub async fn registrations(scale: &Scale) -> Section {
         let accounts = Arc::new(
             (0..total).map(|i| Account::generate(number(61, i)?)).collect::<anyhow::Result<Vec<_>>>()?,
         );
-        registration_rate(server.addr, &accounts, 0..warm).await?;
+        let addr = [server.addr];
+        registration_rate(&addr, &accounts, 0..warm).await?;
         let mut first = Vec::new();
         for r in 0..scale.runs {
             let start = warm + r * per_run;
-            first.push(registration_rate(server.addr, &accounts, start..start + per_run).await?);
+            first.push(registration_rate(&addr, &accounts, start..start + per_run).await?);
         }
         let mut again = Vec::new();
         for r in 0..scale.runs {
             let start = warm + r * per_run;
-            again.push(registration_rate(server.addr, &accounts, start..start + per_run).await?);
+            again.push(registration_rate(&addr, &accounts, start..start + per_run).await?);
         }
         server.stop().await?;
         Ok::<_, anyhow::Error>((first, again))

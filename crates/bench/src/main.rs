@@ -9,7 +9,9 @@
 //!
 //! # Layout
 //! - [`directory_load`]: lookups/s (beside redis-benchmark, see [`redis_baseline`]) and registrations/s.
-//! - [`capacity`]: online clients one server holds and its memory per client; the `hold` children.
+//! - [`capacity`]: online clients one server holds and its memory per client; the same across
+//!   instances on one Redis (group `spread`); the `hold` children.
+//! - [`instances`]: lookups/s and registrations/s through 1, 2 and 4 instances on one Redis.
 //! - [`peers`]: message latency, first message, file throughput and client start, through the real
 //!   client core.
 //! - [`wormhole`]: the same file transfer beside magic-wormhole, with its servers in network
@@ -22,6 +24,7 @@
 
 mod capacity;
 mod directory_load;
+mod instances;
 mod lean_session;
 mod machine;
 mod peers;
@@ -38,8 +41,18 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 /// Every group of figures, in the order they run.
-const GROUPS: [&str; 8] =
-    ["lookups", "registrations", "capacity", "latency", "file", "wormhole", "group", "start"];
+const GROUPS: [&str; 10] = [
+    "lookups",
+    "registrations",
+    "capacity",
+    "instances",
+    "spread",
+    "latency",
+    "file",
+    "wormhole",
+    "group",
+    "start",
+];
 
 /// Benchmarks of whatsap2p against baselines measured in the same run.
 #[derive(Parser)]
@@ -48,8 +61,8 @@ struct Args {
     /// Small scale, for CI: every figure, well under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, wormhole, group,
-    /// start); the report is printed but not written.
+    /// Only these groups (comma-separated: lookups, registrations, capacity, instances, spread, latency, file,
+    /// wormhole, group, start); the report is printed but not written.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -68,13 +81,16 @@ enum Role {
         /// The server's data dir.
         #[arg(long)]
         data_dir: PathBuf,
+        /// A Redis to share presence and bindings in.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Registers and holds clients until stdin closes.
     #[command(hide = true)]
     Hold {
-        /// The server.
-        #[arg(long)]
-        server: SocketAddr,
+        /// The servers (repeatable): client i goes to server i mod n.
+        #[arg(long, required = true)]
+        server: Vec<SocketAddr>,
         /// How many clients.
         #[arg(long)]
         count: usize,
@@ -113,6 +129,14 @@ pub struct Scale {
     pub start_samples: usize,
     /// Members of the group in the fan-out figure.
     pub group_members: usize,
+    /// Clients held across instances on one Redis.
+    pub spread_clients: usize,
+    /// Instances they are spread over.
+    pub spread_instances: usize,
+    /// Child processes holding them (each may open 20 000 files).
+    pub spread_hold_processes: usize,
+    /// Runs of the spread figure.
+    pub spread_runs: usize,
 }
 
 impl Scale {
@@ -131,6 +155,10 @@ impl Scale {
             file_runs: 3,
             start_samples: 5,
             group_members: 10,
+            spread_clients: 2_000,
+            spread_instances: 2,
+            spread_hold_processes: 2,
+            spread_runs: 1,
         }
     }
 
@@ -149,6 +177,10 @@ impl Scale {
             file_runs: 3,
             start_samples: 20,
             group_members: 50,
+            spread_clients: 100_000,
+            spread_instances: 6,
+            spread_hold_processes: 7,
+            spread_runs: 1,
         }
     }
 }
@@ -158,6 +190,8 @@ async fn run_group(group: &str, scale: &Scale) -> report::Section {
         "lookups" => directory_load::lookups(scale).await,
         "registrations" => directory_load::registrations(scale).await,
         "capacity" => capacity::capacity(scale).await,
+        "instances" => instances::instances(scale).await,
+        "spread" => capacity::spread(scale).await,
         "latency" => peers::latency(scale).await,
         "file" => peers::file(scale).await,
         "wormhole" => wormhole::wormhole(scale).await,
@@ -175,8 +209,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let nofile = machine::raise_nofile()?;
     match args.role {
-        Some(Role::Serve { data_dir }) => return server_proc::serve_main(&data_dir).await,
-        Some(Role::Hold { server, count, first }) => return capacity::hold_main(server, count, first).await,
+        Some(Role::Serve { data_dir, store }) => {
+            return server_proc::serve_main(&data_dir, store.as_deref()).await
+        }
+        Some(Role::Hold { server, count, first }) => return capacity::hold_main(&server, count, first).await,
         None => {}
     }
     if let Some(unknown) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {

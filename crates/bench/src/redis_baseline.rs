@@ -87,6 +87,22 @@ impl Redis {
         bail!("redis-server did not answer on port {port} within 5 s")
     }
 
+    /// `redis://127.0.0.1:PORT`, for directory instances to share.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Bytes of memory Redis holds for its data (`used_memory` of `INFO memory`).
+    pub async fn used_memory(&self) -> anyhow::Result<u64> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await.context("connecting to redis")?;
+        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| "no used_memory in INFO memory".to_owned())
+    }
+
     fn args(&self, pipeline: usize, requests: u64) -> Vec<String> {
         let mut args: Vec<String> = ["-h", "127.0.0.1", "-p"].map(String::from).to_vec();
         args.push(self.port.to_string());

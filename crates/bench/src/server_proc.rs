@@ -1,6 +1,7 @@
 //! The directory under test, in a process of its own: the bench re-executes itself with the hidden
 //! `serve` subcommand, which runs `whatsap2p_server::run` exactly as the `whatsap2p-server` binary
-//! does (memory presence, SQLite identities, default [`Config`]) on `127.0.0.1:0`.
+//! does (memory presence and SQLite identities, or `--store` a Redis; default [`Config`]) on
+//! `127.0.0.1:0`.
 //!
 //! A separate process gives the server its own 20 000-descriptor limit and an RSS that holds only
 //! the server, and keeps the load generator's CPU time out of its address space. The child stops
@@ -16,25 +17,62 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use whatsap2p_server::identities::SqliteIdentities;
+use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
+use whatsap2p_server::redis_store::RedisStore;
 use whatsap2p_server::{server_key, Config, Directory};
 
-/// The `serve` subcommand: serves on 127.0.0.1:0 until stdin closes. Prints `listening <addr>`.
-pub async fn serve_main(data_dir: &Path) -> anyhow::Result<()> {
+/// The `serve` subcommand: serves on 127.0.0.1:0 until stdin closes, with the embedded stores or
+/// (`store`) on a Redis, whose answer it waits for. Prints `listening <addr>`.
+pub async fn serve_main(data_dir: &Path, store: Option<&str>) -> anyhow::Result<()> {
     let key = server_key::load_or_create(data_dir)?;
-    let db = data_dir.join("identities.sqlite");
-    let identities = SqliteIdentities::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let config = Config::default();
+    let directory = match store {
+        None => {
+            let db = data_dir.join("identities.sqlite");
+            let identities =
+                SqliteIdentities::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            Directory::new(Arc::new(MemoryPresence::new()), Arc::new(identities), key, config)
+        }
+        Some(url) => {
+            let metrics = Arc::new(Metrics::with_shared_store());
+            let (store, feed) = RedisStore::connect(url, config.heartbeat_timeout, metrics.clone())?;
+            let directory = Directory::new(store.clone(), store.clone(), key, config)
+                .with_feed(feed)
+                .with_metrics(metrics);
+            // The feed runs inside `run`: start it, then wait until the store answers.
+            return serve_until_stdin_closes(directory, Some(store)).await;
+        }
+    };
+    serve_until_stdin_closes(directory, None).await
+}
+
+async fn serve_until_stdin_closes(
+    directory: Directory,
+    store: Option<Arc<RedisStore>>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
     let addr = listener.local_addr().context("reading the listen address")?;
-    println!("listening {addr}");
-    let directory =
-        Directory::new(Arc::new(MemoryPresence::new()), Arc::new(identities), key, Config::default());
+    let announce = async move {
+        if let Some(store) = store {
+            let t0 = std::time::Instant::now();
+            while !store.is_up() {
+                if t0.elapsed() > std::time::Duration::from_secs(10) {
+                    eprintln!("serve: the store did not answer within 10 s");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        println!("listening {addr}");
+    };
     let stdin_closed = async {
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 64];
         while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     };
-    whatsap2p_server::run(listener, directory, stdin_closed).await?;
+    let (served, ()) = tokio::join!(whatsap2p_server::run(listener, directory, stdin_closed), announce);
+    served?;
     Ok(())
 }
 
@@ -52,12 +90,19 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a server with a fresh data dir and waits until it listens.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// The same, on the Redis at `store` when given.
+    pub async fn start_with(store: Option<&str>) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new().prefix("whatsap2p-bench-server").tempdir()?;
         let exe = std::env::current_exe().context("finding the bench binary")?;
-        let mut child = Command::new(exe)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data.path())
+        let mut command = Command::new(exe);
+        command.arg("serve").arg("--data-dir").arg(data.path());
+        if let Some(url) = store {
+            command.arg("--store").arg(url);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

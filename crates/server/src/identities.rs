@@ -1,6 +1,7 @@
 //! Which identity key owns each number: bound at first registration, checked ever after.
 //!
-//! Durable (SQLite under the data dir), so a server restart does not open a window for hijacking.
+//! Durable (SQLite under the data dir, or Redis with persistence, see [`crate::redis_store`]), so a
+//! restart does not open a window for hijacking. A binding is made once and never overwritten.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use whatsap2p_proto::{Number, PublicKey};
+
+pub use crate::store::StoreError;
 
 /// Outcome of presenting a key for a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,24 +26,13 @@ pub enum Binding {
     },
 }
 
-/// Errors of an identity store.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    /// The database failed.
-    #[error("identity database: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// A background task failed.
-    #[error("identity database task failed")]
-    Task,
-}
-
 /// Where number → key bindings live.
 #[async_trait]
 pub trait IdentityStore: Send + Sync + 'static {
     /// Binds `number` to `key` if free, or checks that it already is.
-    async fn claim(&self, number: &Number, key: &PublicKey) -> Result<Binding, IdentityError>;
+    async fn claim(&self, number: &Number, key: &PublicKey) -> Result<Binding, StoreError>;
     /// The key bound to `number`, if any.
-    async fn key_of(&self, number: &Number) -> Result<Option<PublicKey>, IdentityError>;
+    async fn key_of(&self, number: &Number) -> Result<Option<PublicKey>, StoreError>;
 }
 
 /// Bindings in a SQLite file.
@@ -68,15 +60,15 @@ impl SqliteIdentities {
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
-    ) -> Result<T, IdentityError> {
+    ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&conn)
         })
         .await
-        .map_err(|_| IdentityError::Task)?
-        .map_err(IdentityError::Db)
+        .map_err(|_| StoreError::Task)?
+        .map_err(StoreError::Db)
     }
 }
 
@@ -86,7 +78,7 @@ fn to_key(bytes: Vec<u8>) -> Option<PublicKey> {
 
 #[async_trait]
 impl IdentityStore for SqliteIdentities {
-    async fn claim(&self, number: &Number, key: &PublicKey) -> Result<Binding, IdentityError> {
+    async fn claim(&self, number: &Number, key: &PublicKey) -> Result<Binding, StoreError> {
         let (number, key) = (number.to_string(), *key);
         self.with_conn(move |c| {
             let now = std::time::SystemTime::now()
@@ -112,7 +104,7 @@ impl IdentityStore for SqliteIdentities {
         .await
     }
 
-    async fn key_of(&self, number: &Number) -> Result<Option<PublicKey>, IdentityError> {
+    async fn key_of(&self, number: &Number) -> Result<Option<PublicKey>, StoreError> {
         let number = number.to_string();
         self.with_conn(move |c| {
             let key: Option<Vec<u8>> = c

@@ -1,26 +1,41 @@
 //! The whatsap2p directory server.
 //!
-//! It keeps, in memory and only while a session lasts, where each online user listens; and, on disk,
-//! which Ed25519 identity key owns each number, so nobody can take over a number they do not own.
-//! It never sees a message: clients talk to each other directly.
+//! It keeps, only while a session lasts, where each online user listens; and, durably, which Ed25519
+//! identity key owns each number, so nobody can take over a number they do not own. It never sees a
+//! message: clients talk to each other directly.
+//!
+//! One instance keeps both in itself (presence in memory, bindings in SQLite). Several instances
+//! pointing at one Redis ([`redis_store`]) are one directory: a number registered on any of them is
+//! found, watched and replaced through all of them.
 //!
 //! # Layout
 //! - [`config`]: limits and timeouts, with defaults.
-//! - [`presence`]: the [`presence::PresenceStore`] trait and its in-memory implementation.
+//! - [`store`]: what the stores share: their error type, the owner of a presence entry.
+//! - [`presence`]: the [`presence::PresenceStore`] trait, presence changes, the in-memory store.
 //! - [`identities`]: the [`identities::IdentityStore`] trait (number → key bindings) and its SQLite
 //!   implementation.
+//! - [`redis_store`]: both stores in Redis, shared by instances, with cross-instance changes.
 //! - [`server_key`]: the server's Noise static key, kept under the data dir so clients can pin it.
 //! - [`session`]: one client's session, from handshake to logout.
+//! - [`roster`]: this instance's sessions by number, to end one that another replaced.
 //! - [`watchers`]: presence subscriptions and pushes.
-//! - [`run`] (here): the accept loop and graceful shutdown.
+//! - [`metrics`]: counters for operators, and their HTTP endpoint.
+//! - `testing` (feature `test-utils`): a redis-server of a test's own.
+//! - [`run`] (here): the accept loop, the feed of changes from other instances, graceful shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod identities;
+pub mod metrics;
 pub mod presence;
+pub mod redis_store;
+pub mod roster;
 pub mod server_key;
 pub mod session;
+pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod watchers;
 
 use std::future::Future;
@@ -32,10 +47,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use whatsap2p_link::StaticKeypair;
+use whatsap2p_proto::directory::{Location, ServerToClient};
+use whatsap2p_proto::{Number, PublicKey};
 
 pub use config::Config;
 use identities::IdentityStore;
-use presence::PresenceStore;
+use metrics::{Metrics, Refusal};
+use presence::{Change, Feed, PresenceStore};
+pub use store::StoreError;
 
 /// Errors that stop the server (never caused by a client).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +70,9 @@ pub enum ServerError {
     /// The identity database failed.
     #[error("identity store: {0}")]
     Store(#[from] rusqlite::Error),
+    /// The shared store could not be set up.
+    #[error("redis store: {0}")]
+    Redis(#[from] redis_store::SetupError),
     /// The server key could not be made or read.
     #[error("server key: {0}")]
     Key(String),
@@ -65,12 +87,26 @@ pub struct Directory {
     pub presence: Arc<dyn PresenceStore>,
     /// Number → identity key bindings, durable.
     pub identities: Arc<dyn IdentityStore>,
-    /// The server's Noise static key.
+    /// The server's Noise static key. Every instance of one directory has the same.
     pub key: StaticKeypair,
     /// Limits and timeouts.
     pub config: Config,
     /// Presence subscriptions of this process's sessions.
     pub watchers: watchers::Watchers,
+    /// This process's sessions, by number.
+    pub roster: roster::Roster,
+    /// This instance's id in presence entries: random at each start, so a restarted instance never
+    /// takes an entry of its previous life for its own.
+    pub instance: u64,
+    /// Counters for operators.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down (a session's own token is a child of it).
+    pub shutdown: CancellationToken,
+    /// Changes from other instances, taken by [`run`] (shared stores only). In a lock only so the
+    /// directory is `Sync` although the feed's upkeep future is not.
+    feed: std::sync::Mutex<Option<Feed>>,
+    /// Where to serve metrics, taken by [`run`].
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Directory {
@@ -81,7 +117,91 @@ impl Directory {
         key: StaticKeypair,
         config: Config,
     ) -> Self {
-        Self { presence, identities, key, config, watchers: Default::default() }
+        Self {
+            presence,
+            identities,
+            key,
+            config,
+            watchers: Default::default(),
+            roster: Default::default(),
+            instance: rand::random(),
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+            feed: Default::default(),
+            metrics_listener: None,
+        }
+    }
+
+    /// Receives the changes of a shared store (see [`redis_store::RedisStore::connect`]).
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        self.feed = std::sync::Mutex::new(Some(feed));
+        self
+    }
+
+    /// Counts into `metrics` (shared with the store, which counts its errors there).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Serves the metrics on `listener` while the directory runs.
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// The key bound to `number` and where it is online: what `Lookup` and `Watch` answer.
+    pub async fn status_of(
+        &self,
+        number: &Number,
+    ) -> Result<(Option<PublicKey>, Option<Location>), StoreError> {
+        let online = match self.presence.get_now(number) {
+            Some(online) => online,
+            None => self.presence.get(number).await?,
+        };
+        match online {
+            Some(e) => Ok((Some(e.key), e.location)),
+            None => Ok((self.identities.key_of(number).await?, None)),
+        }
+    }
+
+    /// Applies a presence change here: ends the session it replaced if that one lives here (see
+    /// [`roster`]), and tells this instance's watchers where the number is.
+    pub async fn apply(&self, change: Change) {
+        let (number, key, online) = match change {
+            Change::Taken { number, replaced, .. } => {
+                if let Some(old) = replaced {
+                    self.roster.replaced(&number, old, self.instance);
+                }
+                return;
+            }
+            Change::Online { number, entry } => (number, Some(entry.key), entry.location),
+            Change::Offline { number, key } => {
+                if !self.watchers.is_watched(&number) {
+                    return;
+                }
+                // An expired entry is gone with its key: the binding still says whose it was.
+                let key = match key {
+                    Some(k) => Some(k),
+                    None => self.identities.key_of(&number).await.ok().flatten(),
+                };
+                (number, key, None)
+            }
+            Change::Missed => {
+                let watched = self.watchers.numbers();
+                info!("Sending the presence of {} watched numbers again", watched.len());
+                for number in watched {
+                    if let Ok((key, online)) = self.status_of(&number).await {
+                        let push = ServerToClient::Presence { number: number.clone(), key, online };
+                        self.metrics.pushes(0, self.watchers.notify(&number, push));
+                    }
+                }
+                return;
+            }
+        };
+        let dropped =
+            self.watchers.notify(&number, ServerToClient::Presence { number: number.clone(), key, online });
+        self.metrics.pushes(0, dropped);
     }
 }
 
@@ -91,10 +211,22 @@ pub async fn run(
     directory: Directory,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let mut directory = directory;
+    let feed = directory.feed.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+    let metrics_listener = directory.metrics_listener.take();
     let directory = Arc::new(directory);
     // Caps open sessions below the process's file limit; a connection over the cap is closed at once.
     let permits = Arc::new(Semaphore::new(directory.config.max_connections));
-    let cancel = CancellationToken::new();
+    let cancel = directory.shutdown.clone();
+    // Work of the directory as a whole, ended after the sessions.
+    let background_cancel = CancellationToken::new();
+    let mut background = JoinSet::new();
+    if let Some(feed) = feed {
+        background.spawn(follow(feed, directory.clone(), background_cancel.clone()));
+    }
+    if let Some(listener) = metrics_listener {
+        background.spawn(metrics::serve(listener, directory.metrics.clone(), background_cancel.clone()));
+    }
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -111,6 +243,7 @@ pub async fn run(
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    directory.metrics.refused(Refusal::Full);
                     warn!("Refusing {}/{}: {} sessions open", addr.ip(), addr.port(), directory.config.max_connections);
                     continue;
                 };
@@ -123,5 +256,23 @@ pub async fn run(
     info!("Shutting down: closing {} sessions", sessions.len());
     cancel.cancel();
     while sessions.join_next().await.is_some() {}
+    background_cancel.cancel();
+    while background.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Applies the changes every instance makes through a shared store, and runs the store's upkeep,
+/// until `cancel`.
+async fn follow(feed: Feed, directory: Arc<Directory>, cancel: CancellationToken) {
+    let Feed { mut changes, upkeep } = feed;
+    let apply = async {
+        while let Some(change) = changes.recv().await {
+            directory.apply(change).await;
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = upkeep => {}
+        _ = apply => {}
+    }
 }

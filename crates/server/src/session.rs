@@ -1,5 +1,7 @@
-//! One client's directory session: handshake, identity check, then requests until logout, silence
-//! or disconnect. Every exit path takes the user offline.
+//! One client's directory session: handshake, identity check, then requests until logout, silence,
+//! disconnect or replacement (a newer session of the number registered, see [`crate::roster`]).
+//! Every exit path takes the user offline, unless another session of the number owns its presence
+//! by then.
 //!
 //! A server holds tens of thousands of sessions, nearly all idle, so what an idle session keeps is
 //! what counts (at most 4 KiB each, issue 6). An async fn keeps room for its largest state for as
@@ -20,16 +22,19 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
-use whatsap2p_link::{Handshake, LinkError, SessionReader, SessionWriter};
+use whatsap2p_link::{decode_or_skip, Handshake, LinkError, SessionReader, SessionWriter};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{
-    ClientToServer, Location, LookupIntent, ServerToClient, MAX_REASON_LEN, MAX_WATCHED, MAX_WATCH_BATCH,
+    ClientToServer, CloseCode, Location, LookupIntent, ServerToClient, MAX_REASON_LEN, MAX_WATCHED,
+    MAX_WATCH_BATCH,
 };
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
 use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber, PROTOCOL_VERSION};
 
 use crate::identities::Binding;
-use crate::presence::{PresenceEntry, SessionId};
+use crate::metrics::Refusal;
+use crate::presence::{Held, PresenceEntry, Renewal};
+use crate::store::{Owner, SessionId};
 use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
 
@@ -50,6 +55,10 @@ enum End {
     Silent,
     Closed,
     Shutdown,
+    /// A newer session of the number registered (see [`crate::roster`]).
+    Replaced,
+    /// The first `Register` could not be stored; the client was told.
+    Unavailable,
     Failed(String),
 }
 
@@ -86,10 +95,12 @@ pub fn serve(
             _ = cancel.cancelled() => return,
             r = handshake => match r {
                 Err(_) => {
+                    dir.metrics.refused(Refusal::Handshake);
                     warn!("Dropping {}/{}: handshake not finished within {:?}", addr.ip(), addr.port(), dir.config.handshake_timeout);
                     return;
                 }
                 Ok(Err(e)) => {
+                    dir.metrics.refused(Refusal::Handshake);
                     warn!("Dropping {}/{}: handshake failed: {e}", addr.ip(), addr.port());
                     return;
                 }
@@ -173,6 +184,23 @@ fn check_numbers(numbers: Vec<WireNumber>) -> (Vec<Number>, Option<String>) {
     (valid, Some(short(message)))
 }
 
+/// The refusal of a session or registration that the store cannot record right now.
+fn unavailable() -> ServerToClient {
+    ServerToClient::Refused {
+        reason:
+            "the directory cannot record registrations right now (its store is unreachable); try again later"
+                .into(),
+    }
+}
+
+/// Tells a client that a newer session of its number replaced this one: a code the client acts on
+/// (it must not reconnect by itself, or two copies of one profile take the number from each other
+/// in turn), and words for its user.
+async fn tell_replaced(writer: &mut Writer) -> Result<(), LinkError> {
+    let reason = "replaced: a newer session of this number connected".to_owned();
+    writer.send_msg(&ServerToClient::Closed { code: CloseCode::Replaced, reason }).await
+}
+
 /// The next presence push; pending forever while the session watches nothing.
 async fn next_push(push: &mut Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>) -> Option<Push> {
     match push {
@@ -194,9 +222,15 @@ struct Online<'d> {
     /// watches nothing pays nothing for it.
     push: Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>,
     watched: HashSet<Number>,
-    registered: bool,
+    /// Where the client registered, once it has: kept to put the entry back if the store lost it.
+    location: Option<Location>,
     /// Answers fed to the writer and not written yet.
     unflushed: usize,
+    /// Where the frames of a batch of pipelined requests are opened; empty (unallocated) between
+    /// batches.
+    batch: Vec<u8>,
+    /// Lookups among them, for the metrics.
+    looked_up: u32,
 }
 
 impl<'d> Online<'d> {
@@ -219,8 +253,10 @@ impl<'d> Online<'d> {
             writer,
             push: None,
             watched: HashSet::new(),
-            registered: false,
+            location: None,
             unflushed: 0,
+            batch: Vec::new(),
+            looked_up: 0,
         })
     }
 
@@ -228,9 +264,43 @@ impl<'d> Online<'d> {
         if !Box::pin(self.claim()).await {
             return;
         }
+        // In the roster before taking the number, so a session that replaces this one at once
+        // finds it there.
+        self.dir.roster.join(&self.number, self.session, cancel.clone());
+        if !Box::pin(self.take_over()).await {
+            self.dir.roster.leave(&self.number, self.session);
+            return;
+        }
         info!("Connected: {}", self.number);
+        self.dir.metrics.session_opened(true);
         let end = self.requests(&cancel).await;
         Box::pin(self.close(end)).await;
+    }
+
+    /// Makes this the number's only session, replacing any other (one session per number). Refuses
+    /// the session when the store cannot record it.
+    async fn take_over(&mut self) -> bool {
+        let (dir, number) = (self.dir, &self.number);
+        match dir.presence.take_over(number, self.owner(), self.key).await {
+            Ok(applied) => {
+                if let Some(change) = applied {
+                    dir.apply(change).await;
+                }
+                true
+            }
+            Err(e) => {
+                warn!("Refused {number}: {e}");
+                dir.metrics.refused(Refusal::StoreUnavailable);
+                let _ = self.writer.send_msg(&unavailable()).await;
+                let _ = self.writer.close().await;
+                false
+            }
+        }
+    }
+
+    /// This session, as presence entries name it.
+    fn owner(&self) -> Owner {
+        Owner { instance: self.dir.instance, session: self.session }
     }
 
     /// Binds the number to the session's key, or checks that it is. Refuses the session (telling
@@ -249,6 +319,7 @@ impl<'d> Online<'d> {
                     addr.ip(),
                     addr.port()
                 );
+                self.dir.metrics.refused(Refusal::NumberTaken);
                 let reason = format!("number {number} is registered to another key");
                 let _ = self.writer.send_msg(&ServerToClient::Refused { reason }).await;
                 let _ = self.writer.close().await;
@@ -256,8 +327,9 @@ impl<'d> Online<'d> {
             }
             Err(e) => {
                 warn!("Refused {number}: {e}");
-                let _ =
-                    self.writer.send_msg(&ServerToClient::Refused { reason: "server error".into() }).await;
+                self.dir.metrics.refused(Refusal::StoreUnavailable);
+                let _ = self.writer.send_msg(&unavailable()).await;
+                let _ = self.writer.close().await;
                 false
             }
         }
@@ -273,11 +345,15 @@ impl<'d> Online<'d> {
             // Into `ready` rather than a local of its own: the future keeps one slot for it, not two.
             if ready.is_none() {
                 ready = Some(tokio::select! {
-                    _ = cancel.cancelled() => return End::Shutdown,
+                    // The server's shutdown, or the roster ending a session that was replaced.
+                    _ = cancel.cancelled() => {
+                        return if self.dir.shutdown.is_cancelled() { End::Shutdown } else { End::Replaced };
+                    }
                     Some(push) = next_push(&mut self.push) => {
                         if let Err(e) = Box::pin(self.writer.send_msg(&*push)).await {
                             return e.into();
                         }
+                        self.dir.metrics.pushes(1, 0);
                         continue;
                     }
                     // The deadline counts from the client's last frame: pushes we send do not keep it alive.
@@ -296,9 +372,11 @@ impl<'d> Online<'d> {
                 Err(e) => return e.into(),
                 Ok(Some(m)) => m,
             };
-            last_frame = tokio::time::Instant::now();
             match Box::pin(self.answer(msg)).await {
-                Ok(next) => ready = next,
+                Ok(Some(next)) => ready = Some(next),
+                // Every request read so far is answered: the last of them came in about now. One
+                // clock read per batch of pipelined requests, not one per request.
+                Ok(None) => last_frame = tokio::time::Instant::now(),
                 Err(end) => return end,
             }
         }
@@ -307,28 +385,9 @@ impl<'d> Online<'d> {
     /// Answers one request. Pipelined requests already here are answered in the same write: returns
     /// the next one if it was already read, else writes out the answers fed so far.
     async fn answer(&mut self, msg: ClientToServer) -> Result<Option<Received>, End> {
-        let (dir, number, key, addr) = (self.dir, &self.number, self.key, self.addr);
+        let (dir, number, addr) = (self.dir, &self.number, self.addr);
         let reply = match msg {
-            ClientToServer::Register { listen } => {
-                let listen = if listen.ip().is_unspecified() {
-                    SocketAddr::new(addr.ip(), listen.port())
-                } else {
-                    listen
-                };
-                let location = Location { addr: listen, since_unix_ms: now_ms() };
-                dir.presence.set_online(number, PresenceEntry { key, location, session: self.session }).await;
-                dir.watchers.notify(
-                    number,
-                    ServerToClient::Presence {
-                        number: number.clone(),
-                        key: Some(key),
-                        online: Some(location),
-                    },
-                );
-                self.registered = true;
-                info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
-                Some(ServerToClient::Registered { listen })
-            }
+            ClientToServer::Register { listen } => Some(Box::pin(self.register(listen)).await?),
             ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
                 info!("Request from {} {}", addr.ip(), addr.port());
                 let wanted = match Number::try_from(&wanted) {
@@ -343,18 +402,9 @@ impl<'d> Online<'d> {
                     LookupIntent::Address => info!("Retrieving Address of {wanted}"),
                     _ => info!("Pinging {wanted}"),
                 }
-                let online = dir.presence.get(&wanted).await;
-                let key = match &online {
-                    Some(e) => Ok(Some(e.key)),
-                    None => dir.identities.key_of(&wanted).await,
-                };
-                Some(match key {
-                    Ok(key) => ServerToClient::LookupResult {
-                        req,
-                        number: wanted,
-                        key,
-                        online: online.map(|e| e.location),
-                    },
+                self.looked_up += 1;
+                Some(match dir.status_of(&wanted).await {
+                    Ok((key, online)) => ServerToClient::LookupResult { req, number: wanted, key, online },
                     Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
                 })
             }
@@ -374,23 +424,18 @@ impl<'d> Online<'d> {
                     let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
                     for n in numbers {
                         dir.watchers.watch(&n, self.session, &push);
-                        let online = dir.presence.get(&n).await;
-                        let key = match &online {
-                            Some(e) => Some(e.key),
-                            None => dir.identities.key_of(&n).await.ok().flatten(),
-                        };
-                        let status = ServerToClient::Presence {
-                            number: n.clone(),
-                            key,
-                            online: online.map(|e| e.location),
-                        };
+                        let (key, online) = dir.status_of(&n).await.unwrap_or_default();
+                        let status = ServerToClient::Presence { number: n.clone(), key, online };
                         self.watched.insert(n);
                         self.writer.send_msg(&status).await?;
                     }
                     None
                 }
             }
-            ClientToServer::Heartbeat => Some(ServerToClient::HeartbeatAck),
+            ClientToServer::Heartbeat => {
+                Box::pin(self.renew()).await?;
+                Some(ServerToClient::HeartbeatAck)
+            }
             ClientToServer::Logout => return Err(End::Logout),
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
@@ -398,17 +443,101 @@ impl<'d> Online<'d> {
             self.writer.feed_msg(&reply).await?;
             self.unflushed += 1;
         }
-        // The read is cancel-safe, so polling it once loses nothing when no request is waiting.
         if self.unflushed < MAX_UNFLUSHED {
-            if let Some(next) = self.reader.recv_msg::<ClientToServer>().now_or_never() {
+            if let Some(next) = self.pipelined() {
                 return Ok(Some(next));
             }
         }
+        // The batch is over: its buffer goes, so an idle session holds none.
+        self.batch = Vec::new();
         if self.unflushed > 0 {
             self.writer.flush().await?;
             self.unflushed = 0;
+            // Counted once per write: a counter shared by every session is a cache line the cores
+            // would otherwise pass around on every lookup.
+            dir.metrics.looked_up(std::mem::take(&mut self.looked_up).into());
         }
         Ok(None)
+    }
+
+    /// The next request if it is already here, without waiting. The read is cancel-safe, so
+    /// polling it once loses nothing when none is; the frames of one batch are opened into one
+    /// buffer, [`Online::batch`], instead of one allocation each.
+    fn pipelined(&mut self) -> Option<Received> {
+        loop {
+            let n = match self.reader.recv_into(&mut self.batch).now_or_never()? {
+                Ok(Some(n)) => n,
+                Ok(None) => return Some(Ok(None)),
+                Err(e) => return Some(Err(e)),
+            };
+            match decode_or_skip::<ClientToServer>(&self.batch[..n]) {
+                Ok(Some(msg)) => return Some(Ok(Some(msg))),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Goes online at `listen` (or moves there). When the store cannot record it, a first
+    /// registration is refused (and the session ends); a repeated one gets an error and the
+    /// session keeps its old entry.
+    async fn register(&mut self, listen: SocketAddr) -> Result<ServerToClient, End> {
+        let (dir, number) = (self.dir, &self.number);
+        let listen = if listen.ip().is_unspecified() {
+            SocketAddr::new(self.addr.ip(), listen.port())
+        } else {
+            listen
+        };
+        let location = Location { addr: listen, since_unix_ms: now_ms() };
+        let entry = PresenceEntry { key: self.key, location: Some(location), owner: self.owner() };
+        match dir.presence.set_online(number, &entry).await {
+            Ok(Held::Replaced) => Err(End::Replaced),
+            Ok(Held::Yes(applied)) => {
+                if self.location.replace(location).is_none() {
+                    dir.metrics.registered();
+                }
+                if let Some(change) = applied {
+                    dir.apply(change).await;
+                }
+                info!("Registered {number} listening at {}/{}", listen.ip(), listen.port());
+                Ok(ServerToClient::Registered { listen })
+            }
+            Err(e) => {
+                warn!("Cannot register {number}: {e}");
+                dir.metrics.refused(Refusal::StoreUnavailable);
+                if self.location.is_some() {
+                    return Ok(ServerToClient::Error { req: None, message: short(e.to_string()) });
+                }
+                self.writer.send_msg(&unavailable()).await?;
+                Err(End::Unavailable)
+            }
+        }
+    }
+
+    /// A heartbeat: keeps the session's presence alive in the store. Puts it back if the store lost
+    /// it; ends the session if another one of the number owns it now (a replacement this instance
+    /// did not hear of). A store that fails keeps the session as it is.
+    async fn renew(&mut self) -> Result<(), End> {
+        let (dir, number) = (self.dir, &self.number);
+        match dir.presence.renew(number, self.owner()).await {
+            Ok(Renewal::Renewed) => Ok(()),
+            Ok(Renewal::Replaced) => Err(End::Replaced),
+            Ok(Renewal::Missing) => {
+                info!("The store lost {number}'s entry: putting it back");
+                let entry = PresenceEntry { key: self.key, location: self.location, owner: self.owner() };
+                match dir.presence.set_online(number, &entry).await {
+                    Ok(Held::Yes(Some(change))) => dir.apply(change).await,
+                    Ok(Held::Yes(None)) => {}
+                    Ok(Held::Replaced) => return Err(End::Replaced),
+                    Err(e) => warn!("Cannot put {number}'s entry back: {e}"),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                warn!("Cannot renew {number}'s presence: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// Takes the user offline (if this session still owns its presence), tells watchers, logs why
@@ -416,11 +545,20 @@ impl<'d> Online<'d> {
     async fn close(&mut self, end: End) {
         let (dir, number) = (self.dir, &self.number);
         dir.watchers.unwatch(self.session, &self.watched);
-        if self.registered && dir.presence.set_offline(number, self.session).await {
-            dir.watchers.notify(
-                number,
-                ServerToClient::Presence { number: number.clone(), key: Some(self.key), online: None },
-            );
+        dir.roster.leave(number, self.session);
+        dir.metrics.session_opened(false);
+        if self.location.is_some() {
+            dir.metrics.went_offline();
+        }
+        match dir.presence.set_offline(number, self.owner(), self.key).await {
+            Ok(Some(change)) => dir.apply(change).await,
+            Ok(None) => {}
+            // The entry expires by itself within the heartbeat timeout.
+            Err(e) => warn!("Cannot take {number} offline in the store: {e}"),
+        }
+        if matches!(end, End::Replaced) {
+            dir.metrics.refused(Refusal::Replaced);
+            let _ = tell_replaced(&mut self.writer).await;
         }
         match end {
             End::Logout => info!("Disconnecting {number}"),
@@ -429,6 +567,8 @@ impl<'d> Online<'d> {
             }
             End::Closed => info!("Disconnecting {number}: connection closed"),
             End::Shutdown => info!("Disconnecting {number}: server shutting down"),
+            End::Replaced => info!("Disconnecting {number}: a newer session of the number registered"),
+            End::Unavailable => warn!("Disconnecting {number}: the store cannot record its registration"),
             End::Failed(e) => warn!("Disconnecting {number}: {e}"),
         }
         let _ = self.writer.close().await;

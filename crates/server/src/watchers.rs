@@ -1,11 +1,10 @@
 //! Presence subscriptions: which sessions want to hear when a number comes online or goes offline.
 //!
 //! Pushes go through each session's bounded queue with `try_send`: a session that does not keep up
-//! loses pushes (counted and logged) instead of slowing the session that changed state. A client that
+//! loses pushes (counted in the metrics and logged) instead of slowing the session that changed state. A client that
 //! misses one still has `Lookup` to ask.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -13,7 +12,7 @@ use tracing::warn;
 use whatsap2p_proto::directory::ServerToClient;
 use whatsap2p_proto::Number;
 
-use crate::presence::SessionId;
+use crate::store::SessionId;
 
 /// Pushes waiting to be written to one session.
 pub const PUSH_QUEUE: usize = 1024;
@@ -25,7 +24,6 @@ pub type Push = Arc<ServerToClient>;
 #[derive(Default)]
 pub struct Watchers {
     by_number: Mutex<HashMap<Number, HashMap<SessionId, mpsc::Sender<Push>>>>,
-    dropped: AtomicU64,
 }
 
 impl Watchers {
@@ -48,21 +46,34 @@ impl Watchers {
         }
     }
 
-    /// Queues `msg` for every session watching `number`.
-    pub fn notify(&self, number: &Number, msg: ServerToClient) {
+    /// Every number some session here watches.
+    pub fn numbers(&self) -> Vec<Number> {
+        self.by_number.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Whether any session here watches `number`.
+    pub fn is_watched(&self, number: &Number) -> bool {
+        self.by_number.lock().unwrap_or_else(|p| p.into_inner()).contains_key(number)
+    }
+
+    /// Queues `msg` for every session watching `number`; returns how many pushes were dropped
+    /// because a queue was full (the caller counts them).
+    pub fn notify(&self, number: &Number, msg: ServerToClient) -> u64 {
         let targets: Vec<mpsc::Sender<Push>> = {
             let map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
             map.get(number).map(|w| w.values().cloned().collect()).unwrap_or_default()
         };
         if targets.is_empty() {
-            return;
+            return 0;
         }
         let msg = Arc::new(msg);
+        let mut dropped = 0;
         for tx in targets {
             if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                warn!("a watcher of {number} is not keeping up: presence push dropped ({n} so far)");
+                dropped += 1;
+                warn!("a watcher of {number} is not keeping up: presence push dropped");
             }
         }
+        dropped
     }
 }

@@ -1,40 +1,91 @@
-//! `whatsap2p-server`: the directory. Parses flags, opens the data dir, binds, and serves until
-//! Ctrl-C or SIGTERM.
+//! `whatsap2p-server`: the directory. Reads its settings (flags, then a TOML config file, then
+//! defaults), opens its stores, binds, and serves until Ctrl-C or SIGTERM.
+//!
+//! One instance keeps everything itself (presence in memory, bindings in SQLite under the data
+//! dir). With `--store redis://…`, it is one of the instances of a directory sharing that Redis;
+//! they must also share the server key (`--key-file`). See `docs/operators.md`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
-use tracing::info;
+use serde::Deserialize;
+use tracing::{info, warn};
 use whatsap2p_server::identities::SqliteIdentities;
+use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
+use whatsap2p_server::redis_store::RedisStore;
 use whatsap2p_server::{server_key, Config, Directory};
 
 /// The whatsap2p directory server: who is online and where. It never carries a message.
-#[derive(Parser)]
+///
+/// Every setting can also come from a TOML file (`--config`) under the same name as its flag
+/// (`heartbeat-timeout = 30`, `store = "redis://…"`, `port = 7000`); a flag wins over the file.
+#[derive(Parser, Default)]
 #[command(version)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one, printed at start).
-    port: u16,
-    /// Address to bind.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
-    /// Where the server key and the number → key bindings live
+    /// TCP port to listen on (0 picks a free one, printed at start). Required here or in the config file.
+    port: Option<u16>,
+    /// Address to bind [default: 0.0.0.0].
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Where the server key and (without --store) the number → key bindings live
     /// [default: $XDG_DATA_HOME/whatsap2p-server or ~/.local/share/whatsap2p-server].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Seconds without a heartbeat after which a user is offline.
-    #[arg(long, default_value_t = Config::DEFAULT_HEARTBEAT_TIMEOUT.as_secs_f64())]
-    heartbeat_timeout: f64,
-    /// Seconds a connection has to finish the handshake.
-    #[arg(long, default_value_t = Config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64())]
-    handshake_timeout: f64,
-    /// Most sessions open at once.
-    #[arg(long, default_value_t = Config::DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
+    /// The server's Noise key file (32 bytes, made if missing) [default: server.key in the data dir].
+    /// Every instance of one directory must use the same key.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Shared store of bindings and presence: `redis://[:PASSWORD@]HOST:PORT[/DB]`. Every instance
+    /// pointing at the same Redis is part of one directory [default: in this process (memory and
+    /// SQLite)].
+    #[arg(long)]
+    store: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100) [default: off].
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Seconds without a heartbeat after which a user is offline [default: 30].
+    #[arg(long)]
+    heartbeat_timeout: Option<f64>,
+    /// Seconds a connection has to finish the handshake [default: 5].
+    #[arg(long)]
+    handshake_timeout: Option<f64>,
+    /// Most sessions open at once [default: 19000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A TOML file with any of the settings above, under their flag names.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The config file: the flags' names and types (`--config` itself excepted).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    port: Option<u16>,
+    bind: Option<IpAddr>,
+    data_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    store: Option<String>,
+    metrics: Option<SocketAddr>,
+    heartbeat_timeout: Option<f64>,
+    handshake_timeout: Option<f64>,
+    max_connections: Option<usize>,
+}
+
+/// Every setting, resolved.
+struct Settings {
+    port: u16,
+    bind: IpAddr,
+    data_dir: PathBuf,
+    key_file: Option<PathBuf>,
+    store: Option<String>,
+    metrics: Option<SocketAddr>,
+    config: Config,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -53,31 +104,131 @@ fn seconds(s: f64, flag: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{flag} must be a positive number of seconds"))
 }
 
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Flags win over the file, the file over the defaults.
+fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
+    let Some(port) = args.port.or(file.port) else {
+        bail!("no port: give it as the first argument or as `port` in the config file");
+    };
+    let secs = |flag: Option<f64>, file: Option<f64>, name, default| {
+        flag.or(file).map_or(Ok(default), |s| seconds(s, name))
+    };
+    Ok(Settings {
+        port,
+        bind: args.bind.or(file.bind).unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
+        key_file: args.key_file.or(file.key_file),
+        store: args.store.or(file.store),
+        metrics: args.metrics.or(file.metrics),
+        config: Config {
+            heartbeat_timeout: secs(
+                args.heartbeat_timeout,
+                file.heartbeat_timeout,
+                "heartbeat-timeout",
+                Config::DEFAULT_HEARTBEAT_TIMEOUT,
+            )?,
+            handshake_timeout: secs(
+                args.handshake_timeout,
+                file.handshake_timeout,
+                "handshake-timeout",
+                Config::DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(Config::DEFAULT_MAX_CONNECTIONS),
+        },
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     whatsap2p_cli::logging::init_server();
-    let config = Config {
-        heartbeat_timeout: seconds(args.heartbeat_timeout, "heartbeat-timeout")?,
-        handshake_timeout: seconds(args.handshake_timeout, "handshake-timeout")?,
-        max_connections: args.max_connections,
+    let file = match args.config.take() {
+        Some(path) => read_config(&path)?,
+        None => FileConfig::default(),
     };
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let key = server_key::load_or_create(&data_dir)?;
-    let identities = SqliteIdentities::open(&data_dir.join("identities.sqlite"))
-        .with_context(|| format!("opening {}", data_dir.join("identities.sqlite").display()))?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
+    let s = resolve(args, file)?;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+    let key = match &s.key_file {
+        Some(path) => server_key::load_or_create_at(path)?,
+        None => server_key::load_or_create(&s.data_dir)?,
+    };
+    let metrics = Arc::new(if s.store.is_some() { Metrics::with_shared_store() } else { Metrics::new() });
+    let directory = match &s.store {
+        None => {
+            let db = s.data_dir.join("identities.sqlite");
+            let identities =
+                SqliteIdentities::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            Directory::new(Arc::new(MemoryPresence::new()), Arc::new(identities), key.clone(), s.config)
+        }
+        Some(url) => {
+            let (store, feed) =
+                RedisStore::connect(url, s.config.heartbeat_timeout, metrics.clone()).context("--store")?;
+            Directory::new(store.clone(), store, key.clone(), s.config).with_feed(feed)
+        }
+    }
+    .with_metrics(metrics);
+    let directory = match s.metrics {
+        None => directory,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            info!("Metrics at http://{}/metrics", l.local_addr()?);
+            directory.with_metrics_listener(l)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(s.bind, s.port))
         .await
-        .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
+        .with_context(|| format!("binding {}:{}", s.bind, s.port))?;
     let local = listener.local_addr()?;
     info!("Server key fingerprint: {}", key.public().fingerprint());
-    info!("Data dir: {}", data_dir.display());
+    info!("Data dir: {}", s.data_dir.display());
+    match &s.store {
+        None => info!("Store: this process (memory and SQLite)"),
+        Some(_) if s.key_file.is_none() => {
+            warn!("Store: shared (Redis), but no --key-file: every instance must have this same server key")
+        }
+        Some(_) => info!("Store: shared (Redis)"),
+    }
     info!("Listening on {local}");
     info!("Server online");
-    let directory = Directory::new(Arc::new(MemoryPresence::new()), Arc::new(identities), key, config);
     whatsap2p_server::run(listener, directory, whatsap2p_cli::shutdown_signal()).await?;
     info!("Server stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_flag_and_file_then_the_flag_wins_and_the_file_fills_the_rest() {
+        let file: FileConfig = toml::from_str(
+            "port = 7000\nstore = \"redis://127.0.0.1:6379/2\"\nheartbeat-timeout = 12\nmetrics = \"127.0.0.1:9100\"",
+        )
+        .expect("toml");
+        let args = Args { heartbeat_timeout: Some(9.0), ..Default::default() };
+        let s = resolve(args, file).expect("resolve");
+        assert_eq!(s.port, 7000);
+        assert_eq!(s.store.as_deref(), Some("redis://127.0.0.1:6379/2"));
+        assert_eq!(s.config.heartbeat_timeout, Duration::from_secs(9));
+        assert_eq!(s.config.handshake_timeout, Config::DEFAULT_HANDSHAKE_TIMEOUT);
+        assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().expect("addr")));
+    }
+
+    #[test]
+    fn given_unknown_key_or_no_port_then_clear_errors() {
+        let unknown = toml::from_str::<FileConfig>("prot = 7000").err().expect("refused").to_string();
+        assert!(unknown.contains("prot"), "{unknown}");
+        let none = resolve(Args::default(), FileConfig::default()).err().expect("refused").to_string();
+        assert!(none.contains("no port"), "{none}");
+    }
 }

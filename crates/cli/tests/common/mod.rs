@@ -264,6 +264,11 @@ impl Server {
     }
 
     /// Stops the server gracefully (SIGTERM) and waits for it to exit.
+    /// SIGKILL: dies at once, saying goodbye to nobody; waits until it is gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             signal(pid, "TERM");
