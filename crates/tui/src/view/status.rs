@@ -1,0 +1,39 @@
+//! The status line: our number, the directory session (connected or reconnecting), our key's
+//! fingerprint, and where help is.
+
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::Frame;
+
+use crate::app::{App, Directory};
+use crate::text;
+
+/// Draws the status line in `area` (one row).
+pub fn render(app: &App, frame: &mut Frame, area: Rect) {
+    let bar = Style::new().bg(Color::Blue).fg(Color::White);
+    let buf = frame.buffer_mut();
+    buf.set_style(area, bar);
+    let width = usize::from(area.width);
+    let (x, _) = buf.set_stringn(
+        area.x,
+        area.y,
+        format!(" {} ", app.me.number),
+        width,
+        bar.add_modifier(Modifier::BOLD),
+    );
+    let (state, style) = match app.directory {
+        Directory::Connected => ("● connected", bar.fg(Color::LightGreen)),
+        Directory::Reconnecting => ("◌ reconnecting…", bar.fg(Color::LightRed).add_modifier(Modifier::BOLD)),
+    };
+    let room = |x: u16| width.saturating_sub(usize::from(x - area.x));
+    let (x, _) = buf.set_stringn(x, area.y, state, room(x), style);
+    let help = " ? help ";
+    let key_room = room(x).saturating_sub(text::width(help) + 3);
+    if key_room > 8 {
+        let key = text::truncate(&app.me.key.fingerprint(), key_room.saturating_sub(5)).into_owned();
+        buf.set_stringn(x, area.y, format!(" · key {key}"), key_room, bar);
+    }
+    if width > text::width(help) + 20 {
+        buf.set_string(area.right() - text::width(help) as u16, area.y, help, bar);
+    }
+}
