@@ -61,14 +61,38 @@ pub fn render(app: &App, overlay: &Overlay, frame: &mut Frame, screen: Rect) {
     match overlay {
         Overlay::Help { scroll } => {
             let lines = help_lines();
-            let area = centred(screen, 76, lines.len() as u16 + 2);
-            let inner = boxed(frame, area, "Help · Esc closes · ↑↓ scroll");
             let key_width = lines.iter().map(|(k, _)| text::width(k)).max().unwrap_or(0).min(24) as u16;
+            // Narrow screens put each description under its key.
+            let stacked = screen.width < key_width + 40;
+            let rows: Vec<(String, String)> = if stacked {
+                lines
+                    .into_iter()
+                    .flat_map(|(k, v)| {
+                        let under = (!v.is_empty()).then(|| (String::new(), format!("  {v}")));
+                        std::iter::once((k, String::new())).chain(under)
+                    })
+                    .collect()
+            } else {
+                lines
+            };
+            let area = centred(screen, 76, rows.len() as u16 + 2);
+            let inner = boxed(frame, area, "Help · Esc closes · ↑↓ scroll");
             let buf = frame.buffer_mut();
             for (k, (key, what)) in
-                lines.iter().skip(usize::from(*scroll)).take(usize::from(inner.height)).enumerate()
+                rows.iter().skip(usize::from(*scroll)).take(usize::from(inner.height)).enumerate()
             {
                 let y = inner.y + k as u16;
+                if stacked {
+                    let (line, style) = if key.is_empty() { (what, Style::new()) } else { (key, bold()) };
+                    buf.set_stringn(
+                        inner.x,
+                        y,
+                        text::truncate(line, usize::from(inner.width)),
+                        usize::from(inner.width),
+                        style,
+                    );
+                    continue;
+                }
                 buf.set_stringn(inner.x, y, key, usize::from(key_width.min(inner.width)), bold());
                 let x = inner.x + key_width + 1;
                 if x < inner.right() {
