@@ -40,7 +40,7 @@ fn splash<T: ratatui::backend::Backend>(
     field: Option<&Editor>,
 ) -> io::Result<()>
 where
-    T::Error: Into<io::Error>,
+    T::Error: Send + Sync + 'static,
 {
     terminal
         .draw(|frame| {
@@ -84,7 +84,7 @@ where
             }
         })
         .map(|_| ())
-        .map_err(Into::into)
+        .map_err(io::Error::other)
 }
 
 fn is_quit(key: &KeyEvent) -> bool {
@@ -98,7 +98,7 @@ async fn ask_number<T: ratatui::backend::Backend>(
     input: &mut (impl Stream<Item = io::Result<TermEvent>> + Unpin),
 ) -> io::Result<Option<Number>>
 where
-    T::Error: Into<io::Error>,
+    T::Error: Send + Sync + 'static,
 {
     let mut editor = Editor::default();
     let mut problem = String::new();
@@ -217,14 +217,14 @@ pub async fn drive<B: Backend, T: ratatui::backend::Backend>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
-    T::Error: Into<io::Error>,
+    T::Error: Send + Sync + 'static,
 {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let mut drawn = None;
-        terminal.draw(|frame| drawn = Some(view::render(app, frame))).map_err(Into::into)?;
+        terminal.draw(|frame| drawn = Some(view::render(app, frame))).map_err(io::Error::other)?;
         if let Some(d) = drawn {
             app.drawn(d);
         }
@@ -239,7 +239,7 @@ where
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             event = input.next() => match event {
-                Some(Ok(TermEvent::Resize(..))) => terminal.autoresize().map_err(Into::into)?,
+                Some(Ok(TermEvent::Resize(..))) => terminal.autoresize().map_err(io::Error::other)?,
                 Some(Ok(e)) => app.on_terminal(e),
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use ratatui::style::{Color, Modifier};
-use whatsap2p_client::{Event, MessageId, MessageState};
+use whatsap2p_client::{Event, MessageState};
 use whatsap2p_tui::backend::{Chat, Online};
 
 fn sample(app: &mut whatsap2p_tui::App) {
@@ -179,5 +179,4 @@ fn given_control_and_bidi_characters_from_others_then_they_are_shown_neutralized
             cell.symbol()
         );
     }
-    let _ = MessageId::new();
 }

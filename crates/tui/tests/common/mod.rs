@@ -112,7 +112,13 @@ pub fn open(app: &mut App, chat: Chat, entries: Vec<Entry>, more: bool) {
 /// Renders `app` on a `w`×`h` test terminal as the event loop does (drawn → app), decoding the
 /// photos it asks for with half-blocks and drawing again, until it asks for none.
 pub fn draw(app: &mut App, w: u16, h: u16) -> Terminal<TestBackend> {
+    draw_asking(app, w, h).0
+}
+
+/// [`draw`], also returning the requests (other than photo decoding) drawing made.
+pub fn draw_asking(app: &mut App, w: u16, h: u16) -> (Terminal<TestBackend>, Vec<Request>) {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+    let mut asked = Vec::new();
     for _ in 0..3 {
         let mut drawn = None;
         terminal.draw(|f| drawn = Some(whatsap2p_tui::view::render(app, f))).expect("draw");
@@ -123,13 +129,15 @@ pub fn draw(app: &mut App, w: u16, h: u16) -> Terminal<TestBackend> {
                 let result = whatsap2p_tui::photo::encode(&Picker::halfblocks(), &path, cells).map(Box::new);
                 app.on_outcome(Outcome::Photo { id, cells, result });
                 decoded = true;
+            } else {
+                asked.push(r);
             }
         }
         if !decoded {
             break;
         }
     }
-    terminal
+    (terminal, asked)
 }
 
 /// The screen as text, one line per row, trailing spaces cut.
