@@ -14,6 +14,7 @@
 //!   client core.
 //! - [`wormhole`]: the same file transfer beside magic-wormhole, with its servers in network
 //!   namespaces of the bench's own.
+//! - [`tui`]: the terminal UI opening a long conversation and drawing a frame.
 //! - [`lean_session`]: the lean directory client the load generators use.
 //! - [`server_proc`]: the server under test in a child process (the `serve` subcommand).
 //! - [`report`], [`stats`], [`machine`]: the table, medians and percentiles, and what /proc says.
@@ -29,6 +30,7 @@ mod redis_baseline;
 mod report;
 mod server_proc;
 mod stats;
+mod tui;
 mod wormhole;
 
 use std::net::SocketAddr;
@@ -38,8 +40,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 /// Every group of figures, in the order they run.
-const GROUPS: [&str; 8] =
-    ["lookups", "registrations", "capacity", "latency", "file", "wormhole", "group", "start"];
+const GROUPS: [&str; 9] =
+    ["lookups", "registrations", "capacity", "latency", "file", "wormhole", "group", "start", "tui"];
 
 /// Benchmarks of whatsap2p against baselines measured in the same run.
 #[derive(Parser)]
@@ -49,7 +51,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these groups (comma-separated: lookups, registrations, capacity, latency, file, wormhole, group,
-    /// start); the report is printed but not written.
+    /// start, tui); the report is printed but not written.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -113,6 +115,8 @@ pub struct Scale {
     pub start_samples: usize,
     /// Members of the group in the fan-out figure.
     pub group_members: usize,
+    /// Messages in the conversation the terminal UI opens.
+    pub tui_messages: usize,
 }
 
 impl Scale {
@@ -131,6 +135,7 @@ impl Scale {
             file_runs: 3,
             start_samples: 5,
             group_members: 10,
+            tui_messages: 10_000,
         }
     }
 
@@ -149,6 +154,7 @@ impl Scale {
             file_runs: 3,
             start_samples: 20,
             group_members: 50,
+            tui_messages: 100_000,
         }
     }
 }
@@ -162,6 +168,7 @@ async fn run_group(group: &str, scale: &Scale) -> report::Section {
         "file" => peers::file(scale).await,
         "wormhole" => wormhole::wormhole(scale).await,
         "group" => peers::group(scale).await,
+        "tui" => tui::tui(scale).await,
         _ => peers::client_start(scale).await,
     }
 }
