@@ -879,61 +879,95 @@ impl App {
     // Scrolling
     // ----------------------------------------------------------------------------------------
 
-    /// Scrolls the conversation `rows` up (positive) or down (negative).
+    /// Scrolls the conversation `rows` up (positive) or down (negative). Walks only the messages
+    /// it passes and a screenful around them, whatever the size of the window.
     pub fn scroll_by(&mut self, rows: isize) {
         let Some(ctx) = self.ctx() else { return };
         let Some(open) = &self.open else { return };
-        let Some(view) = self.drawn.chat.as_ref().map(|d| usize::from(d.area.height)) else { return };
+        let Some(view) = self.drawn.chat.as_ref().map(|d| usize::from(d.area.height).max(1)) else { return };
         let n = open.entries.len();
         if n == 0 {
             return;
         }
-        let heights: Vec<usize> = (0..n).map(|i| layout::height(&open.entries, i, &ctx)).collect();
-        let total: usize = heights.iter().sum();
-        // The absolute row (from the window's top) shown on the view's last row.
-        let bottom = match open.scroll {
-            Scroll::Bottom => total - 1,
-            Scroll::At { entry, skip } => heights[..=entry].iter().sum::<usize>() - 1 - skip,
+        let height = |i: usize| layout::height(&open.entries, i, &ctx).max(1);
+        let (mut entry, mut skip) = match open.scroll {
+            Scroll::Bottom => (n - 1, 0),
+            Scroll::At { entry, skip } => (entry.min(n - 1), skip),
         };
-        let lowest = view.min(total).saturating_sub(1);
-        let target = (bottom as isize - rows).clamp(lowest as isize, total as isize - 1) as usize;
-        let scroll = if target == total - 1 && !open.more_after {
-            Scroll::Bottom
-        } else {
-            let mut top = 0;
-            let mut at = Scroll::At { entry: n - 1, skip: 0 };
-            for (i, h) in heights.iter().enumerate() {
-                if target < top + h {
-                    at = Scroll::At { entry: i, skip: top + h - 1 - target };
+        if rows > 0 {
+            skip += rows as usize;
+            loop {
+                let h = height(entry);
+                if skip < h {
                     break;
                 }
-                top += h;
+                if entry == 0 {
+                    skip = h - 1;
+                    break;
+                }
+                skip -= h;
+                entry -= 1;
             }
-            at
+        } else {
+            let mut down = rows.unsigned_abs();
+            while down > 0 {
+                if skip >= down {
+                    skip -= down;
+                    break;
+                }
+                down -= skip;
+                if entry + 1 == n {
+                    skip = 0;
+                    break;
+                }
+                entry += 1;
+                skip = height(entry);
+            }
+        }
+        // The top of the oldest message loaded never comes below the top of the view.
+        let mut above = height(entry) - skip;
+        let mut top = entry;
+        while above < view && top > 0 {
+            top -= 1;
+            above += height(top);
+        }
+        if above < view {
+            let mut filled = 0;
+            let mut last = None;
+            for i in 0..n {
+                let h = height(i);
+                if filled + h >= view {
+                    last = Some((i, filled + h - view));
+                    break;
+                }
+                filled += h;
+            }
+            match last {
+                Some((i, hidden)) => (entry, skip) = (i, hidden),
+                // Everything fits on one screen.
+                None => (entry, skip) = (n - 1, 0),
+            }
+            top = 0;
+        }
+        let scroll = if entry + 1 == n && skip == 0 && !open.more_after {
+            Scroll::Bottom
+        } else {
+            Scroll::At { entry, skip }
         };
         if let Some(open) = &mut self.open {
             open.scroll = scroll;
         }
-        self.prefetch_after_scroll(target, view, &heights);
+        self.prefetch(top, entry);
     }
 
-    /// Asks for the next page when the view nears an end of the window.
-    fn prefetch_after_scroll(&mut self, bottom_row: usize, view: usize, heights: &[usize]) {
+    /// Asks for the next page when the messages on screen (`top` to `bottom`) near an end of the
+    /// window.
+    fn prefetch(&mut self, top: usize, bottom: usize) {
         let Some(open) = &mut self.open else { return };
-        let top_row = bottom_row.saturating_sub(view);
-        let mut acc = 0;
-        let top_entry = heights.iter().position(|h| {
-            acc += h;
-            acc > top_row
-        });
-        acc = 0;
-        let bottom_entry = heights.iter().position(|h| {
-            acc += h;
-            acc > bottom_row
-        });
-        let near_top = top_entry.is_some_and(|i| i < PREFETCH);
-        let near_bottom = bottom_entry.is_some_and(|i| i + PREFETCH >= open.entries.len());
-        if near_top && open.more_before && !open.loading.before {
+        if open.loading.latest {
+            return;
+        }
+        if top < PREFETCH && open.more_before && !open.loading.before {
             if let Some(first) = open.entries.front() {
                 open.loading.before = true;
                 self.requests.push(Request::Page {
@@ -943,7 +977,7 @@ impl App {
                 });
             }
         }
-        if near_bottom && open.more_after && !open.loading.after {
+        if bottom + PREFETCH >= open.entries.len() && open.more_after && !open.loading.after {
             if let Some(last) = open.entries.back() {
                 open.loading.after = true;
                 self.requests.push(Request::Page {
@@ -980,36 +1014,11 @@ impl App {
                     }
                 }
             }
-            // Near an end of the window: the next page.
-            let first = chat_drawn.visible.iter().map(|v| v.0).min();
-            let last = chat_drawn.visible.iter().map(|v| v.0).max();
-            if first.is_some_and(|i| i < PREFETCH)
-                && open.more_before
-                && !open.loading.before
-                && !open.loading.latest
-            {
-                if let Some(e) = open.entries.front() {
-                    open.loading.before = true;
-                    self.requests.push(Request::Page {
-                        chat: open.chat.clone(),
-                        at: PageAt::Before(e.id),
-                        limit: PAGE,
-                    });
-                }
-            }
-            if last.is_some_and(|i| i + PREFETCH >= open.entries.len())
-                && open.more_after
-                && !open.loading.after
-            {
-                if let Some(e) = open.entries.back() {
-                    open.loading.after = true;
-                    self.requests.push(Request::Page {
-                        chat: open.chat.clone(),
-                        at: PageAt::After(e.id),
-                        limit: PAGE,
-                    });
-                }
-            }
+        }
+        let first = chat_drawn.visible.iter().map(|v| v.0).min();
+        let last = chat_drawn.visible.iter().map(|v| v.0).max();
+        if let (Some(first), Some(last)) = (first, last) {
+            self.prefetch(first, last);
         }
         if let Some(Overlay::Photo(id)) = &self.overlay {
             let id = *id;
