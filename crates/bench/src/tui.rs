@@ -143,8 +143,8 @@ async fn measure(root: &Path, long: usize, runs: usize) -> anyhow::Result<Figure
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
     };
-    let (client, _events) = Client::start(config).await.context("starting the client")?;
-    let backend = ClientBackend::new(client);
+    let (client, events) = Client::start(config).await.context("starting the client")?;
+    let (backend, _events) = ClientBackend::new(client, events);
     let (long_chat, short_chat) = (Chat::Peer(talker), Chat::Peer(short_talker));
     let mut figures =
         Figures { open_long: Vec::new(), open_short: Vec::new(), frame: Vec::new(), paragraph: Vec::new() };

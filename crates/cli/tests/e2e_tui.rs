@@ -203,6 +203,12 @@ async fn given_the_tui_and_json_peers_then_messages_photos_unread_counts_and_a_d
         .await;
     assert!(screen.contains("456 · online"), "the open conversation is still 456:\n{screen}");
     assert!(half_blocks(&screen) > 100, "still drawn:\n{screen}");
+    // Reading carol, then back: the photo is still there (the core's history has no files yet; the
+    // UI's backend keeps this run's).
+    pane.enter("/open 789").await;
+    pane.wait_for("carol's conversation", |s| s.contains("789 · ") && s.contains("psst, it is carol")).await;
+    pane.enter("/open 456").await;
+    pane.wait_for("the photo again", |s| s.contains("sunset.png (160×120") && half_blocks(s) > 100).await;
 
     // The directory restarts: reconnecting, then connected again.
     server.stop().await;

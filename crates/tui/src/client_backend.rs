@@ -8,13 +8,18 @@
 //!   conversation and cuts the page out of them, widening the read until it holds that message,
 //!   so it costs the length of the conversation rather than of the page.
 //!
-//! Files are not in the core's history yet: they appear in a conversation when they are sent or
-//! received while the UI runs. Cancelling a transfer is not in the core yet.
+//! Files are not in the core's history yet: the adapter remembers those sent and received while it
+//! runs (at most [`FILES_KEPT`] per peer, from the events it passes on) and adds them to the latest
+//! page of their conversation. Cancelling a transfer is not in the core yet.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use whatsap2p_client::{
-    Change, Client, Group, GroupId, MessageId, MessageState, Number, Presence, StoredMessage,
+    Change, Client, Event, Group, GroupId, MessageId, MessageState, Number, Presence, StoredMessage,
 };
 
 use crate::backend::{
@@ -27,16 +32,92 @@ use crate::clock::now_ms;
 pub const UNREAD_SCAN: usize = 500;
 /// Most messages read to find the page around a message.
 pub const MAX_SCAN: usize = 1_000_000;
+/// Files remembered per peer (see the module documentation).
+pub const FILES_KEPT: usize = 100;
+/// Events waiting between the client and the UI (the client's own queue holds as many).
+const EVENT_QUEUE: usize = 1024;
+
+/// Files of this run, by peer, oldest first.
+type Files = Arc<Mutex<HashMap<Number, VecDeque<Entry>>>>;
 
 /// The client core behind the UI.
 pub struct ClientBackend {
     client: Client,
+    files: Files,
+    /// Passes the client's events on, noting files; ends with the client's event stream.
+    relay: JoinHandle<()>,
+}
+
+fn lock(files: &Files) -> std::sync::MutexGuard<'_, HashMap<Number, VecDeque<Entry>>> {
+    files.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn remember(files: &Files, peer: &Number, entry: Entry) {
+    let mut files = lock(files);
+    let kept = files.entry(peer.clone()).or_default();
+    if kept.len() == FILES_KEPT {
+        kept.pop_front();
+    }
+    kept.push_back(entry);
+}
+
+fn set_file_state(files: &Files, id: MessageId, state: MessageState) {
+    for entry in lock(files).values_mut().flat_map(|k| k.iter_mut()).filter(|e| e.id == id) {
+        entry.state = state;
+    }
+}
+
+/// Notes what an event says about files, before the UI gets it.
+fn note(files: &Files, event: &Event) {
+    match event {
+        Event::FileReceived { id, from, name, path, size, media_type, dimensions, .. } => {
+            let file = FileInfo {
+                name: name.clone(),
+                size: *size,
+                path: path.clone(),
+                media_type: media_type.clone(),
+                dimensions: *dimensions,
+            };
+            let entry = Entry {
+                id: *id,
+                from: Some(from.clone()),
+                at_ms: now_ms(),
+                body: Body::File(file),
+                state: MessageState::Received,
+            };
+            remember(files, from, entry);
+        }
+        Event::FileSent { id, .. } => set_file_state(files, *id, MessageState::Delivered),
+        Event::FileFailed { id, outgoing: true, .. } => set_file_state(files, *id, MessageState::Failed),
+        _ => {}
+    }
 }
 
 impl ClientBackend {
-    /// Wraps a started client.
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    /// Wraps a started client and its events; returns the events for the UI.
+    pub fn new(client: Client, mut events: mpsc::Receiver<Event>) -> (Self, mpsc::Receiver<Event>) {
+        let files = Files::default();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let noted = files.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                note(&noted, &event);
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (Self { client, files, relay }, rx)
+    }
+
+    /// The files of this run with `chat`'s peer.
+    fn files_of(&self, chat: &Chat) -> Vec<Entry> {
+        match chat {
+            Chat::Peer(n) => {
+                lock(&self.files).get(n).map(|k| k.iter().cloned().collect()).unwrap_or_default()
+            }
+            Chat::Group(_) => Vec::new(),
+        }
     }
 
     async fn history(&self, chat: &Chat, limit: usize) -> Result<Vec<StoredMessage>, BackendError> {
@@ -111,7 +192,12 @@ impl Backend for ClientBackend {
         let mut list = Vec::new();
         for contact in self.client.contacts().await? {
             let chat = Chat::Peer(contact.number.clone());
-            let (last, unread, at) = summary(self.history(&chat, UNREAD_SCAN).await?);
+            let (mut last, mut unread, mut at) = summary(self.history(&chat, UNREAD_SCAN).await?);
+            let files = self.files_of(&chat);
+            unread += files.iter().filter(|f| f.state == MessageState::Received).count() as u32;
+            if let Some(f) = files.last().filter(|f| f.at_ms >= at) {
+                (last, at) = (Some(f.clone()), f.at_ms);
+            }
             list.push(Conversation {
                 name: contact.number.to_string(),
                 online: if contact.online.is_some() { Online::Yes } else { self.online(&contact.number) },
@@ -145,14 +231,21 @@ impl Backend for ClientBackend {
         // The latest page needs one more message than it shows (to say whether there are more);
         // a page around a message needs that message, somewhere further back.
         let mut scan = if at == PageAt::Latest { limit + 1 } else { 4 * limit.max(1) };
-        loop {
+        let mut page = loop {
             let history = self.history(chat, scan).await?;
             let complete = history.len() < scan || scan >= MAX_SCAN;
             if let Some(page) = cut(&history, at, limit, complete) {
-                return Ok(page);
+                break page;
             }
             scan = (scan * 4).min(MAX_SCAN);
+        };
+        if at == PageAt::Latest {
+            // This run's files go with the latest page, where they belong by time.
+            let since = if page.more { page.entries.first().map_or(0, |e| e.at_ms) } else { 0 };
+            page.entries.extend(self.files_of(chat).into_iter().filter(|f| f.at_ms >= since));
+            page.entries.sort_by_key(|e| e.at_ms);
         }
+        Ok(page)
     }
 
     async fn send_text(&self, chat: &Chat, text: &str) -> Result<Entry, BackendError> {
@@ -186,6 +279,7 @@ impl Backend for ClientBackend {
 
     async fn mark_read(&self, ids: &[MessageId]) -> Result<(), BackendError> {
         for id in ids {
+            set_file_state(&self.files, *id, MessageState::Read);
             self.client.mark_read(*id).await?;
         }
         Ok(())
@@ -222,6 +316,7 @@ impl Backend for ClientBackend {
 
     async fn logout(self) {
         self.client.logout().await;
+        self.relay.abort();
     }
 }
 

@@ -195,7 +195,8 @@ where
     let (client, events) = started?;
     let me = Me { number, key: client.identity_key() };
     let mut app = App::new(me, Zone::Local, Box::new(clock::now_ms));
-    let mut calls = Calls::new(std::sync::Arc::new(ClientBackend::new(client)), picker);
+    let (backend, events) = ClientBackend::new(client, events);
+    let mut calls = Calls::new(std::sync::Arc::new(backend), picker);
     let outcome =
         drive(&mut term.terminal, &mut input, events, &mut app, &mut calls, shutdown_signal()).await;
     let _ = splash(&mut term.terminal, "whatsap2p", &["Logging out…".to_owned()], None);
