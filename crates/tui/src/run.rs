@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use crossterm::event::{Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures::{Stream, StreamExt};
-use ratatui::layout::Rect;
-use ratatui::style::{Color, Style};
-use ratatui::widgets::{Block, Borders, Clear};
+use ratatui::style::Style;
 use ratatui::Terminal;
 use tokio::sync::mpsc;
 use whatsap2p_client::{Client, Event, Number};
@@ -25,7 +23,8 @@ use crate::client_backend::ClientBackend;
 use crate::clock::{self, Zone};
 use crate::editor::Editor;
 use crate::terminal::{self, Term};
-use crate::view;
+use crate::text;
+use crate::view::{self, overlay};
 
 /// Client events handled before the next frame is drawn: a burst of messages costs one frame.
 const EVENT_BATCH: usize = 256;
@@ -45,42 +44,21 @@ where
     terminal
         .draw(|frame| {
             let screen = frame.area();
-            let h = (lines.len() as u16 + 2 + u16::from(field.is_some())).min(screen.height);
-            let w = 64.min(screen.width);
-            let area = Rect { x: (screen.width - w) / 2, y: (screen.height - h) / 2, width: w, height: h };
-            frame.render_widget(Clear, area);
-            let block = Block::new()
-                .borders(Borders::ALL)
-                .border_style(Style::new().fg(Color::Cyan))
-                .title(format!(" {title} "));
-            let inner = block.inner(area);
-            frame.render_widget(block, area);
+            let h = lines.len() as u16 + 2 + u16::from(field.is_some());
+            let inner = overlay::boxed(frame, overlay::centred(screen, 64, h), title);
             let buf = frame.buffer_mut();
             for (k, line) in lines.iter().enumerate().take(usize::from(inner.height)) {
                 buf.set_stringn(
                     inner.x,
                     inner.y + k as u16,
-                    crate::text::clean(line),
+                    text::clean(line),
                     usize::from(inner.width),
                     Style::new(),
                 );
             }
-            if let Some(editor) = field {
-                let y = inner.y + lines.len() as u16;
-                if y < inner.bottom() {
-                    let shown = editor.shown(usize::from(inner.width.saturating_sub(2)).max(1));
-                    let row = shown.rows.get(shown.cursor.0).cloned().unwrap_or_default();
-                    buf.set_string(inner.x, y, "›", Style::new().fg(Color::Cyan));
-                    buf.set_stringn(
-                        inner.x + 2,
-                        y,
-                        row,
-                        usize::from(inner.width.saturating_sub(2)),
-                        Style::new(),
-                    );
-                    let x = (inner.x + 2 + shown.cursor.1 as u16).min(inner.right().saturating_sub(1));
-                    frame.set_cursor_position((x, y));
-                }
+            let y = inner.y + lines.len() as u16;
+            if let Some(editor) = field.filter(|_| y < inner.bottom()) {
+                overlay::field(frame, inner, y, editor);
             }
         })
         .map(|_| ())

@@ -30,12 +30,13 @@ pub const KEYS: &[(&str, &str)] = &[
 ];
 
 /// A box of `w`×`h` cells centred in `area` (shrunk to fit).
-fn centred(area: Rect, w: u16, h: u16) -> Rect {
+pub fn centred(area: Rect, w: u16, h: u16) -> Rect {
     let (w, h) = (w.min(area.width), h.min(area.height));
     Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
 }
 
-fn boxed(frame: &mut Frame, area: Rect, title: &str) -> Rect {
+/// Clears `area`, draws a titled border around it; returns the inside.
+pub fn boxed(frame: &mut Frame, area: Rect, title: &str) -> Rect {
     frame.render_widget(Clear, area);
     let block = Block::new()
         .borders(Borders::ALL)
@@ -44,6 +45,19 @@ fn boxed(frame: &mut Frame, area: Rect, title: &str) -> Rect {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     inner
+}
+
+/// Draws a one-row field being typed at row `y` of `inner` (a prompt, the cursor's row of the
+/// text) and places the cursor in it.
+pub fn field(frame: &mut Frame, inner: Rect, y: u16, editor: &crate::editor::Editor) {
+    let width = inner.width.saturating_sub(2);
+    let shown = editor.shown(usize::from(width).max(1));
+    let row = shown.rows.get(shown.cursor.0).cloned().unwrap_or_default();
+    let buf = frame.buffer_mut();
+    buf.set_string(inner.x, y, "›", Style::new().fg(Color::Cyan));
+    buf.set_stringn(inner.x + 2, y, &row, usize::from(width), Style::new());
+    let x = (inner.x + 2 + shown.cursor.1 as u16).min(inner.right().saturating_sub(1));
+    frame.set_cursor_position(Position::new(x, y));
 }
 
 /// The help's lines: keys, commands, receipts.
@@ -144,17 +158,8 @@ pub fn render(app: &App, overlay: &Overlay, frame: &mut Frame, screen: Rect) {
         Overlay::Dialog(d) => {
             let area = centred(screen, 60, 5);
             let inner = boxed(frame, area, d.ask.prompt());
-            let shown = d.editor.shown(usize::from(inner.width.saturating_sub(2)).max(1));
-            let row = shown.rows.get(shown.cursor.0).cloned().unwrap_or_default();
+            field(frame, inner, inner.y, &d.editor);
             let buf = frame.buffer_mut();
-            buf.set_string(inner.x, inner.y, "›", Style::new().fg(Color::Cyan));
-            buf.set_stringn(
-                inner.x + 2,
-                inner.y,
-                &row,
-                usize::from(inner.width.saturating_sub(2)),
-                Style::new(),
-            );
             let (line, style) = match &d.error {
                 Some(e) => (text::clean(e).into_owned(), error()),
                 None => ("Enter: OK · Esc: cancel".to_owned(), dim()),
@@ -162,8 +167,6 @@ pub fn render(app: &App, overlay: &Overlay, frame: &mut Frame, screen: Rect) {
             if inner.height > 1 {
                 buf.set_stringn(inner.x, inner.y + inner.height - 1, line, usize::from(inner.width), style);
             }
-            let x = (inner.x + 2 + shown.cursor.1 as u16).min(inner.right().saturating_sub(1));
-            frame.set_cursor_position(Position::new(x, inner.y));
         }
         Overlay::Photo(id) => {
             let area = centred(screen, screen.width, screen.height);
