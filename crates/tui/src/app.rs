@@ -264,6 +264,9 @@ pub struct App {
     clock: Box<dyn Fn() -> u64 + Send>,
     requests: Vec<Request>,
     early_states: VecDeque<(MessageId, MessageState)>,
+    /// What was typed in each conversation left with a draft, so a draft never goes to the
+    /// conversation opened next.
+    drafts: HashMap<Chat, Editor>,
 }
 
 /// How far a state is along (a late receipt never takes a message back).
@@ -305,6 +308,7 @@ impl App {
             clock,
             requests: Vec::new(),
             early_states: VecDeque::new(),
+            drafts: HashMap::new(),
         };
         app.requests.push(Request::Conversations);
         app
@@ -408,7 +412,10 @@ impl App {
             KeyCode::Char('p') if ctrl => self.step(-1),
             KeyCode::Char('a') if alt => self.next_unread(),
             KeyCode::F(1) => self.overlay = Some(Overlay::Help { scroll: 0 }),
-            KeyCode::Char('?') if empty => self.overlay = Some(Overlay::Help { scroll: 0 }),
+            // In a conversation `?` is text (a message may start with it); F1 and /help work there.
+            KeyCode::Char('?') if empty && self.focus == Focus::List => {
+                self.overlay = Some(Overlay::Help { scroll: 0 })
+            }
             KeyCode::PageUp => self.page(true),
             KeyCode::PageDown => self.page(false),
             KeyCode::Esc => self.escape(),
@@ -719,6 +726,13 @@ impl App {
         if self.index_of(&chat).is_none() {
             self.conversations.push(placeholder(&chat));
         }
+        if let Some(left) = &self.open {
+            let draft = std::mem::take(&mut self.input);
+            if !draft.is_empty() {
+                self.drafts.insert(left.chat.clone(), draft);
+            }
+        }
+        self.input = self.drafts.remove(&chat).unwrap_or_default();
         self.open = Some(OpenChat::new(chat.clone()));
         self.requests.push(Request::Page { chat, at: PageAt::Latest, limit: PAGE });
     }
@@ -1367,16 +1381,22 @@ impl App {
     }
 
     fn set_state(&mut self, id: MessageId, state: MessageState) {
+        // A group message has a receipt per member: one member's does not speak for the group.
+        let per_member = matches!(state, MessageState::Delivered | MessageState::Read);
         let mut found = false;
         if let Some(open) = &mut self.open {
             if let Some(i) = open.position(id) {
-                advance(&mut open.entries[i], state);
+                if !(per_member && matches!(open.chat, Chat::Group(_))) {
+                    advance(&mut open.entries[i], state);
+                }
                 found = true;
             }
         }
         for c in &mut self.conversations {
             if let Some(last) = c.last.as_mut().filter(|l| l.id == id) {
-                advance(last, state);
+                if !(per_member && matches!(c.chat, Chat::Group(_))) {
+                    advance(last, state);
+                }
                 found = true;
             }
         }

@@ -71,7 +71,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("/leave", "leave this group"),
     ("/ping N", "is N online?"),
     ("/contacts", "your contacts and who is online"),
-    ("/help", "this help (also ? on an empty line)"),
+    ("/help", "this help (also F1, or ? on an empty line in the list)"),
     ("/quit", "log out and leave (also Ctrl-C)"),
 ];
 

@@ -469,3 +469,41 @@ fn given_directory_lost_and_back_then_the_status_says_so_and_ctrl_c_quits() {
     app.on_key(ctrl('c'));
     assert!(app.quit);
 }
+
+#[test]
+fn given_a_draft_then_it_stays_with_its_conversation_and_question_mark_is_text_in_a_chat() {
+    let mut app = app();
+    three(&mut app);
+    app.on_key(key(KeyCode::Char('?')));
+    assert_eq!(app.overlay, Some(Overlay::Help { scroll: 0 }), "? on an empty line in the list");
+    app.on_key(key(KeyCode::Esc));
+    open(&mut app, Chat::Peer(n("456")), history(2), false);
+    typed(&mut app, "? half-written for 456");
+    app.on_key(key(KeyCode::Tab));
+    assert_eq!(app.open.as_ref().map(|o| o.chat.clone()), Some(Chat::Peer(n("789"))));
+    assert!(app.input.is_empty(), "the draft did not follow to 789");
+    app.on_key(key(KeyCode::Enter));
+    assert!(!app.take_requests().iter().any(|r| matches!(r, Request::SendText { .. })));
+    app.on_key(key(KeyCode::BackTab));
+    assert_eq!(app.input.text(), "? half-written for 456");
+    app.on_key(key(KeyCode::Enter));
+    assert!(app
+        .take_requests()
+        .contains(&Request::SendText { chat: Chat::Peer(n("456")), text: "? half-written for 456".into() }));
+}
+
+#[test]
+fn given_a_group_message_then_one_member_s_receipt_does_not_mark_it_delivered() {
+    let mut app = app();
+    three(&mut app);
+    let family = Chat::Group(GroupId([7; 16]));
+    open(&mut app, family.clone(), history(1), false);
+    let id = MessageId::new();
+    app.on_outcome(Outcome::Sent {
+        chat: family,
+        result: Ok(text(id, None, NOW, "hi all", MessageState::Sent)),
+    });
+    app.on_event(Event::Delivered { id, to: n("456") });
+    app.on_event(Event::Read { id, by: n("456") });
+    assert_eq!(app.open.as_ref().and_then(|o| o.entries.back()).map(|e| e.state), Some(MessageState::Sent));
+}

@@ -129,10 +129,10 @@ fn given_a_file_on_its_way_then_a_gauge_shows_percent_speed_and_time_left() {
 }
 
 #[test]
-fn given_question_mark_on_an_empty_line_then_the_help_lists_keys_and_commands() {
+fn given_f1_then_the_help_lists_keys_and_commands() {
     let mut app = app();
     sample(&mut app);
-    app.on_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char('?')));
+    app.on_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::F(1)));
     let terminal = draw(&mut app, 90, 34);
     insta::assert_snapshot!(screen(&terminal));
 }

@@ -48,7 +48,7 @@ fn hint(app: &App) -> String {
                     .conversation(&open.chat)
                     .map_or_else(String::new, |c| text::clean(&c.name).into_owned()),
             };
-            format!("message to {to} · ↑ selects a message · Esc list · ? help")
+            format!("message to {to} · ↑ selects a message · Esc list · F1 help")
         }
         _ => "↑↓ Enter open · 1 ping 2 write 3 contacts 4 add 5 logout · ? help".to_owned(),
     }

@@ -25,6 +25,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Ctrl-X", "cancel the selected (or last) file being sent"),
     ("Esc", "back: unselect, to the newest, to the list"),
     ("1-5 (list, empty line)", "ping · write to · contacts · add · logout"),
+    ("F1, ? (list, empty line)", "this help"),
     ("mouse", "click a conversation or a photo; wheel scrolls"),
     ("Ctrl-C", "log out and leave"),
 ];

@@ -27,7 +27,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     };
     let room = |x: u16| width.saturating_sub(usize::from(x - area.x));
     let (x, _) = buf.set_stringn(x, area.y, state, room(x), style);
-    let help = " ? help ";
+    let help = " F1 help ";
     let key_room = room(x).saturating_sub(text::width(help) + 3);
     if key_room > 8 {
         let key = text::truncate(&app.me.key.fingerprint(), key_room.saturating_sub(5)).into_owned();
