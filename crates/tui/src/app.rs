@@ -259,6 +259,8 @@ pub struct App {
     pub focused: bool,
     /// The user asked to leave.
     pub quit: bool,
+    /// The user asked for the whole screen to be drawn again (Ctrl-L).
+    pub repaint: bool,
     /// The last frame.
     pub drawn: Drawn,
     clock: Box<dyn Fn() -> u64 + Send>,
@@ -304,6 +306,7 @@ impl App {
             zone,
             focused: true,
             quit: false,
+            repaint: false,
             drawn: Drawn::default(),
             clock,
             requests: Vec::new(),
@@ -428,6 +431,7 @@ impl App {
             KeyCode::Up if empty => self.up(),
             KeyCode::Down if empty => self.down(),
             KeyCode::Char(c @ '1'..='5') if empty && self.focus == Focus::List => self.menu(c),
+            KeyCode::Char('l') if ctrl => self.repaint = true,
             KeyCode::Char('w') if ctrl => self.input.delete_word(),
             KeyCode::Char('u') if ctrl => self.input.delete_to_home(),
             KeyCode::Char('a') if ctrl => self.input.home(),
@@ -1015,10 +1019,12 @@ impl App {
         let thumb = chat_drawn.geometry.thumb();
         let mut read = Vec::new();
         let mut decode = Vec::new();
+        // Messages count as read when the user can see them: the terminal in front, nothing over them.
+        let shown = self.focused && self.overlay.is_none();
         if let Some(open) = &mut self.open {
             for &(i, _, _) in &chat_drawn.visible {
                 let Some(entry) = open.entries.get_mut(i) else { continue };
-                if self.focused && entry.from.is_some() && entry.state == MessageState::Received {
+                if shown && entry.from.is_some() && entry.state == MessageState::Received {
                     entry.state = MessageState::Read;
                     read.push(entry.id);
                 }
@@ -1076,7 +1082,7 @@ impl App {
             Outcome::Conversations(Ok(list)) => self.set_conversations(list),
             Outcome::Conversations(Err(e)) => self.complain(format!("cannot list conversations: {e}")),
             Outcome::Page { chat, at, result } => self.page_loaded(chat, at, result),
-            Outcome::Sent { chat, result } => {
+            Outcome::Sent { chat, result, text } => {
                 if let Some(open) = self.open.as_mut().filter(|o| o.chat == chat) {
                     open.sending = open.sending.saturating_sub(1);
                 }
@@ -1089,7 +1095,22 @@ impl App {
                         }
                         self.add_entry(chat, entry, false);
                     }
-                    Err(e) => self.complain(e),
+                    Err(e) => {
+                        // A refused text comes back to be edited, into the input when it is free.
+                        // Nothing is lost: it joins what is being typed there.
+                        if let Some(text) = text {
+                            let here = self.open.as_ref().is_some_and(|o| o.chat == chat);
+                            let editor =
+                                if here { &mut self.input } else { self.drafts.entry(chat).or_default() };
+                            if editor.is_empty() {
+                                editor.set(&text);
+                            } else {
+                                editor.end();
+                                editor.insert(&format!("\n{text}"));
+                            }
+                        }
+                        self.complain(e);
+                    }
                 }
             }
             Outcome::Marked(Err(e)) => self.complain(format!("read receipts: {e}")),

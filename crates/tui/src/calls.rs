@@ -126,6 +126,8 @@ pub enum Outcome {
         chat: Chat,
         /// The message, as stored.
         result: Result<Entry, String>,
+        /// The text sent (none for a file), so a refused one can be given back to edit.
+        text: Option<String>,
     },
     /// Received messages marked read.
     Marked(Result<(), String>),
@@ -293,11 +295,11 @@ async fn run<B: Backend>(backend: &B, picker: &Picker, request: Request) -> Outc
         }
         Request::SendText { chat, text: body } => {
             let result = backend.send_text(&chat, &body).await.map_err(text);
-            Outcome::Sent { chat, result }
+            Outcome::Sent { chat, result, text: Some(body) }
         }
         Request::SendFile { chat, path } => {
             let result = backend.send_file(&chat, &path).await.map_err(text);
-            Outcome::Sent { chat, result }
+            Outcome::Sent { chat, result, text: None }
         }
         Request::MarkRead(ids) => Outcome::Marked(backend.mark_read(&ids).await.map_err(text)),
         Request::AddContact(number) => {

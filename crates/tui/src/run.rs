@@ -202,6 +202,9 @@ where
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        if std::mem::take(&mut app.repaint) {
+            terminal.clear().map_err(io::Error::other)?;
+        }
         let mut drawn = None;
         terminal.draw(|frame| drawn = Some(view::render(app, frame))).map_err(io::Error::other)?;
         if let Some(d) = drawn {

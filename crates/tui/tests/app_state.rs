@@ -334,6 +334,7 @@ fn given_a_receipt_before_the_answer_to_its_send_then_it_is_not_lost() {
     app.on_outcome(Outcome::Sent {
         chat: Chat::Peer(n("456")),
         result: Ok(text(id, None, NOW, "quick", MessageState::Sent)),
+        text: None,
     });
     let open = app.open.as_ref().expect("open");
     let last = open.entries.back().expect("the sent message");
@@ -354,7 +355,9 @@ fn given_a_failed_send_then_the_error_is_shown() {
     app.on_outcome(Outcome::Sent {
         chat: Chat::Peer(n("456")),
         result: Err("message of 40000 bytes is over the limit".into()),
+        text: Some("a very long text".into()),
     });
+    assert_eq!(app.input.text(), "a very long text", "given back to edit");
     assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("over the limit")));
 }
 
@@ -502,6 +505,7 @@ fn given_a_group_message_then_one_member_s_receipt_does_not_mark_it_delivered() 
     app.on_outcome(Outcome::Sent {
         chat: family,
         result: Ok(text(id, None, NOW, "hi all", MessageState::Sent)),
+        text: None,
     });
     app.on_event(Event::Delivered { id, to: n("456") });
     app.on_event(Event::Read { id, by: n("456") });
