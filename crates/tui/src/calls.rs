@@ -27,6 +27,8 @@ pub const MAX_RUNNING: usize = 16;
 pub const MAX_WAITING: usize = 256;
 /// How long logging out waits for calls still running (sends being written) before dropping them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Photos decoded at once: each may take up to `photo::MAX_DECODE_BYTES`.
+pub const MAX_DECODING: usize = 2;
 
 /// Something the UI wants done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +187,7 @@ pub struct Busy;
 pub struct Calls<B> {
     backend: Arc<B>,
     picker: Picker,
+    decoding: Arc<tokio::sync::Semaphore>,
     running: JoinSet<(Option<Chat>, Outcome)>,
     /// Conversations with a send running; their next sends wait in `lanes`.
     busy_lanes: HashSet<Chat>,
@@ -199,6 +202,7 @@ impl<B: Backend> Calls<B> {
         Self {
             backend,
             picker,
+            decoding: Arc::new(tokio::sync::Semaphore::new(MAX_DECODING)),
             running: JoinSet::new(),
             busy_lanes: HashSet::new(),
             lanes: HashMap::new(),
@@ -239,7 +243,8 @@ impl<B: Backend> Calls<B> {
         }
         let backend = self.backend.clone();
         let picker = self.picker.clone();
-        self.running.spawn(async move { (lane, run(&*backend, &picker, request).await) });
+        let decoding = self.decoding.clone();
+        self.running.spawn(async move { (lane, run(&*backend, &picker, &decoding, request).await) });
     }
 
     /// The next outcome; pending forever while nothing runs (use beside [`Calls::is_idle`]).
@@ -285,7 +290,12 @@ impl<B: Backend> Calls<B> {
     }
 }
 
-async fn run<B: Backend>(backend: &B, picker: &Picker, request: Request) -> Outcome {
+async fn run<B: Backend>(
+    backend: &B,
+    picker: &Picker,
+    decoding: &tokio::sync::Semaphore,
+    request: Request,
+) -> Outcome {
     let text = |e: crate::backend::BackendError| e.to_string();
     match request {
         Request::Conversations => Outcome::Conversations(backend.conversations().await.map_err(text)),
@@ -330,6 +340,9 @@ async fn run<B: Backend>(backend: &B, picker: &Picker, request: Request) -> Outc
             }
         }
         Request::DecodePhoto { id, path, cells } => {
+            let Ok(_slot) = decoding.acquire().await else {
+                return Outcome::Lost("decoding a photo: shutting down".into());
+            };
             let picker = picker.clone();
             let job = move || photo::encode(&picker, &path, cells);
             let result = match tokio::task::spawn_blocking(job).await {
