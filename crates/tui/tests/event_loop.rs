@@ -147,3 +147,33 @@ async fn given_a_call_that_never_answers_then_keys_and_messages_still_show_and_c
     let first = app.conversations.first().map(|c| (c.name.clone(), c.unread));
     assert_eq!(first, Some(("789".to_owned(), 1)));
 }
+
+#[tokio::test]
+async fn given_a_stuck_call_then_other_calls_answer_and_sends_keep_their_order() {
+    let mock = Mock::default();
+    let mut calls = Calls::new(Arc::new(mock.clone()), Picker::halfblocks());
+    let chat = whatsap2p_tui::backend::Chat::Peer(n("456"));
+    calls.submit(whatsap2p_tui::calls::Request::Ping(n("789"))).expect("submit");
+    for text in ["first", "second", "third"] {
+        calls
+            .submit(whatsap2p_tui::calls::Request::SendText { chat: chat.clone(), text: text.into() })
+            .expect("submit");
+    }
+    let mut sent = Vec::new();
+    while sent.len() < 3 {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), calls.next()).await.expect("an answer");
+        match outcome {
+            whatsap2p_tui::calls::Outcome::Sent { text: Some(t), result: Ok(_), .. } => sent.push(t),
+            _ => panic!("only the sends answer while the ping is stuck"),
+        }
+    }
+    assert_eq!(sent, ["first", "second", "third"]);
+    let made = mock.calls();
+    let sends: Vec<&String> = made.iter().filter(|c| c.starts_with("send_text")).collect();
+    assert!(sends[0].ends_with("first") && sends[2].ends_with("third"), "{made:?}");
+    assert!(!calls.is_idle(), "the ping still runs");
+    mock.release_ping();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), calls.next()).await.expect("the ping");
+    assert!(matches!(outcome, whatsap2p_tui::calls::Outcome::Pinged { .. }));
+    assert!(calls.is_idle());
+}
