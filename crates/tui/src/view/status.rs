@@ -28,10 +28,20 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     let room = |x: u16| width.saturating_sub(usize::from(x - area.x));
     let (x, _) = buf.set_stringn(x, area.y, state, room(x), style);
     let help = " F1 help ";
-    let key_room = room(x).saturating_sub(text::width(help) + 3);
-    if key_room > 8 {
-        let key = text::truncate(&app.me.key.fingerprint(), key_room.saturating_sub(5)).into_owned();
-        buf.set_stringn(x, area.y, format!(" · key {key}"), key_room, bar);
+    let key_room = room(x).saturating_sub(text::width(help) + 1);
+    // As many whole groups of the fingerprint as fit, then `…`.
+    let full = app.me.key.fingerprint();
+    let groups: Vec<&str> = full.split(':').collect();
+    let shown = (1..=groups.len()).rev().find_map(|n| {
+        let mut key = groups[..n].join(":");
+        if n < groups.len() {
+            key.push('…');
+        }
+        let line = format!(" · key {key}");
+        (text::width(&line) <= key_room).then_some(line)
+    });
+    if let Some(line) = shown {
+        buf.set_stringn(x, area.y, line, key_room, bar);
     }
     if width > text::width(help) + 20 {
         buf.set_string(area.right() - text::width(help) as u16, area.y, help, bar);
