@@ -18,6 +18,16 @@ struct Pane {
     exit_file: PathBuf,
 }
 
+/// Says the test did not run, on stderr itself: a passing test's `eprintln!` is captured and
+/// never shown.
+fn skipped() {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: tmux is not installed (apt-get install -y tmux): the terminal UI was not tested end to end"
+    );
+}
+
 fn tmux_available() -> bool {
     std::process::Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
 }
@@ -147,7 +157,7 @@ fn photo(path: &Path) {
 async fn given_the_tui_and_json_peers_then_messages_photos_unread_counts_and_a_directory_restart_show_on_screen(
 ) {
     if !tmux_available() {
-        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux); the terminal UI was not tested end to end");
+        skipped();
         return;
     }
     let data = tempdir();
@@ -235,7 +245,7 @@ async fn given_the_tui_and_json_peers_then_messages_photos_unread_counts_and_a_d
 #[tokio::test]
 async fn given_no_number_then_the_tui_asks_for_it_and_ctrl_c_restores_the_terminal() {
     if !tmux_available() {
-        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux); the terminal UI was not tested end to end");
+        skipped();
         return;
     }
     let server = Server::start(&[]).await;
