@@ -262,6 +262,15 @@ async fn given_no_number_then_the_tui_asks_for_it_and_ctrl_c_restores_the_termin
     pane.press(&["BSpace", "BSpace"]).await;
     pane.enter("321").await;
     pane.wait_for("the tiny screen", |s| s.contains(" 321 ● connected")).await;
+    // Narrow: the list alone. Resized wide: the list and the welcome side by side.
+    assert!(!pane.screen().await.contains("Welcome, 321"));
+    pane.tmux(&["resize-window", "-t", "tui", "-x", "120", "-y", "30"]).await;
+    pane.wait_for("the wide layout", |s| s.contains("│ Welcome, 321.")).await;
+    pane.tmux(&["resize-window", "-t", "tui", "-x", "40", "-y", "12"]).await;
+    pane.wait_for("the narrow layout again", |s| {
+        !s.contains("Welcome, 321") && s.contains(" 321 ● connected")
+    })
+    .await;
     pane.press(&["C-c"]).await;
     assert_eq!(pane.exit_status().await, "0");
     assert_eq!(
