@@ -482,12 +482,13 @@ impl App {
             .iter()
             .find(|(_, top, bottom)| (*top..=*bottom).contains(&at.y))
             .map(|(i, _, _)| *i);
-        if let (Some(i), Some(open)) = (hit, &mut self.open) {
-            open.selected = Some(i);
-            self.focus = Focus::Chat;
-            if matches!(&open.entries[i].body, Body::File(f) if f.is_photo()) {
-                self.overlay = Some(Overlay::Photo(open.entries[i].id));
-            }
+        let Some(open) = &mut self.open else { return };
+        let Some((i, entry)) = hit.and_then(|i| open.entries.get(i).map(|e| (i, e))) else { return };
+        let photo = matches!(&entry.body, Body::File(f) if f.is_photo()).then_some(entry.id);
+        open.selected = Some(i);
+        self.focus = Focus::Chat;
+        if let Some(id) = photo {
+            self.overlay = Some(Overlay::Photo(id));
         }
     }
 
