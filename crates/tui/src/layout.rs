@@ -74,6 +74,8 @@ pub struct Ctx<'a> {
     pub geometry: Geometry,
     /// Outgoing files on their way.
     pub transfers: &'a HashMap<MessageId, Transfer>,
+    /// The first message that was unread when the conversation opened (a rule goes above it).
+    pub first_unread: Option<MessageId>,
 }
 
 /// Who wrote a message, for its colour.
@@ -138,6 +140,8 @@ impl Receipt {
 pub enum Row {
     /// `── Today ──` between days.
     Day(String),
+    /// `── new messages ──` above the first message unread when the conversation opened.
+    Unread,
     /// The sender's own row, in the stacked layout.
     Head(Head),
     /// A row of text; `head` on a message's first row (side by side layout), `receipt` on its last.
@@ -192,6 +196,9 @@ pub fn rows(entries: &VecDeque<Entry>, i: usize, ctx: &Ctx) -> Vec<Row> {
     let mut out = Vec::new();
     if new_day(entries, i, ctx.zone) {
         out.push(Row::Day(ctx.zone.day_label(entry.at_ms, ctx.now_ms)));
+    }
+    if ctx.first_unread == Some(entry.id) {
+        out.push(Row::Unread);
     }
     let receipt = if entry.from.is_none() { Receipt::of(entry.state) } else { None };
     let mut first_head = Some(head(entry, ctx));

@@ -218,6 +218,9 @@ where
         if app.quit {
             return Ok(());
         }
+        if std::mem::take(&mut app.redraw) {
+            continue;
+        }
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             event = input.next() => match event {

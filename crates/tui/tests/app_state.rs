@@ -263,29 +263,35 @@ fn given_received_messages_on_screen_then_read_receipts_go_once_for_what_is_show
     let entries: Vec<_> = (0..50)
         .map(|i| said(Some("456"), NOW - (50 - i) * MINUTE, &format!("unread {i}"), MessageState::Received))
         .collect();
+    let oldest = entries[0].id;
     open(&mut app, Chat::Peer(n("456")), entries, false);
-    let (_, asked) = draw_asking(&mut app, 80, 12);
+    // Opening goes to the first unread message, under a "new messages" rule.
+    let (terminal, asked) = draw_asking(&mut app, 80, 12);
+    let shown = screen(&terminal);
+    assert!(shown.contains(" new messages ") && shown.contains("unread 0"), "{shown}");
+    assert!(!shown.contains("unread 49"), "{shown}");
     let marked: Vec<Request> = asked.into_iter().filter(|r| matches!(r, Request::MarkRead(_))).collect();
     let [Request::MarkRead(ids)] = marked.as_slice() else { panic!("one MarkRead: {marked:?}") };
-    // 12 rows: title, 8 rows of messages, the input's two rows, the status line.
-    assert_eq!(ids.len(), 8);
+    let visible = app.drawn.chat.as_ref().map_or(0, |d| d.visible.len());
+    assert_eq!(ids.len(), visible, "what is on screen, and only that");
+    assert!(ids.contains(&oldest));
     let open = app.open.as_ref().expect("open");
-    assert!(ids.iter().all(|id| open.entries.iter().any(|e| e.id == *id && e.from.is_some())));
-    assert_eq!(open.entries.iter().filter(|e| e.state == MessageState::Read).count(), 8);
-    assert_eq!(app.conversation(&Chat::Peer(n("456"))).map(|c| c.unread), Some(42));
+    assert!(ids.iter().all(|id| open.entries.iter().any(|e| e.id == *id && e.state == MessageState::Read)));
+    assert_eq!(open.entries.iter().filter(|e| e.state == MessageState::Read).count(), ids.len());
+    assert_eq!(app.conversation(&Chat::Peer(n("456"))).map(|c| c.unread), Some(50 - ids.len() as u32));
     let (_, asked) = draw_asking(&mut app, 80, 12);
     assert!(!asked.iter().any(|r| matches!(r, Request::MarkRead(_))), "not twice");
     // Not while the terminal is in the background.
     app.on_terminal(TermEvent::FocusLost);
-    app.on_key(key(KeyCode::PageUp));
+    app.on_key(key(KeyCode::PageDown));
     let (_, asked) = draw_asking(&mut app, 80, 12);
     assert!(!asked.iter().any(|r| matches!(r, Request::MarkRead(_))));
-    assert!(app.open.as_ref().is_some_and(|o| o
-        .entries
-        .iter()
-        .filter(|e| e.state == MessageState::Read)
-        .count()
-        == 8));
+    let read =
+        app.open.as_ref().map_or(0, |o| o.entries.iter().filter(|e| e.state == MessageState::Read).count());
+    assert_eq!(read, ids.len());
+    app.on_terminal(TermEvent::FocusGained);
+    let (_, asked) = draw_asking(&mut app, 80, 12);
+    assert!(asked.iter().any(|r| matches!(r, Request::MarkRead(_))), "back in front: what is shown now");
 }
 
 #[test]

@@ -154,6 +154,12 @@ impl App {
                 open.more_before = page.more;
                 open.more_after = false;
                 open.scroll = Scroll::Bottom;
+                open.first_unread = open
+                    .entries
+                    .iter()
+                    .find(|e| e.from.is_some() && e.state == MessageState::Received)
+                    .map(|e| e.id);
+                open.jump_to_unread = open.first_unread.is_some();
             }
             PageAt::Before(first) => {
                 open.loading.before = false;

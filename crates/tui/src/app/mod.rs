@@ -194,6 +194,10 @@ pub struct OpenChat {
     pub selected: Option<usize>,
     /// Sends not answered yet.
     pub sending: usize,
+    /// The first message that was unread when it opened.
+    pub first_unread: Option<MessageId>,
+    /// Move the view to `first_unread` once the next frame says how tall things are.
+    pub jump_to_unread: bool,
 }
 
 impl OpenChat {
@@ -207,6 +211,8 @@ impl OpenChat {
             scroll: Scroll::Bottom,
             selected: None,
             sending: 0,
+            first_unread: None,
+            jump_to_unread: false,
         }
     }
 
@@ -271,6 +277,8 @@ pub struct App {
     pub quit: bool,
     /// The user asked for the whole screen to be drawn again (Ctrl-L).
     pub repaint: bool,
+    /// The last frame is out of date already: draw again before waiting for input.
+    pub redraw: bool,
     /// The last frame.
     pub drawn: Drawn,
     clock: Box<dyn Fn() -> u64 + Send>,
@@ -317,6 +325,7 @@ impl App {
             focused: true,
             quit: false,
             repaint: false,
+            redraw: false,
             drawn: Drawn::default(),
             clock,
             requests: Vec::new(),
@@ -361,6 +370,7 @@ impl App {
             zone: self.zone,
             now_ms: self.now_ms(),
             geometry: drawn.geometry,
+            first_unread: self.open.as_ref().and_then(|o| o.first_unread),
             transfers: &self.transfers,
         })
     }

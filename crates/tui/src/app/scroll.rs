@@ -123,6 +123,11 @@ impl App {
     pub fn drawn(&mut self, drawn: Drawn) {
         self.drawn = drawn;
         let Some(chat_drawn) = self.drawn.chat.clone() else { return };
+        if self.jump_to_first_unread(&chat_drawn) {
+            // The frame just drawn shows the newest messages, not what the user will see.
+            self.redraw = true;
+            return;
+        }
         let thumb = chat_drawn.geometry.thumb();
         let mut read = Vec::new();
         let mut decode = Vec::new();
@@ -177,5 +182,26 @@ impl App {
             Body::File(f) => Some(f.clone()),
             Body::Text(_) => None,
         }
+    }
+
+    /// Puts the first unread message at the top of the view, once, after opening; true if the
+    /// view moved.
+    fn jump_to_first_unread(&mut self, chat_drawn: &ChatDrawn) -> bool {
+        let Some(open) = &mut self.open else { return false };
+        if !std::mem::take(&mut open.jump_to_unread) {
+            return false;
+        }
+        let Some(open) = &self.open else { return false };
+        let Some(i) = open.first_unread.and_then(|id| open.position(id)) else { return false };
+        if chat_drawn.whole.contains(&i) {
+            return false;
+        }
+        let Some(h) = self.ctx().map(|ctx| layout::height(&open.entries, i, &ctx)) else { return false };
+        if let Some(open) = &mut self.open {
+            // Its first row on the view's last row, then down a screen less one row.
+            open.scroll = Scroll::At { entry: i, skip: h.saturating_sub(1) };
+        }
+        self.scroll_by(1 - chat_drawn.area.height as isize);
+        true
     }
 }

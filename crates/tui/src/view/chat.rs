@@ -120,6 +120,17 @@ fn draw_row(frame: &mut Frame, area: Rect, y: u16, row: &Row, g: &Geometry, base
             }
             buf.set_stringn(x, y, &label, usize::from(w), dim());
         }
+        Row::Unread => {
+            let label = " new messages ";
+            let w = text::width(label).min(usize::from(area.width)) as u16;
+            let x = area.x + (area.width - w) / 2;
+            let buf = frame.buffer_mut();
+            let rule = Style::new().fg(Color::Green);
+            for cx in area.x..area.right() {
+                buf.set_string(cx, y, "─", rule);
+            }
+            buf.set_stringn(x, y, label, usize::from(w), rule.add_modifier(Modifier::BOLD));
+        }
         Row::Head(head) => {
             head_spans(frame, area.x, y, head, g, max_x, base);
         }
@@ -187,7 +198,13 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) -> Option<ChatDrawn> {
     title(app, frame, Rect { height: 1, ..area });
     let area = Rect { y: area.y + 1, height: area.height - 1, ..area };
     let geometry = Geometry::new(area.width, layout::name_width(open.entries.iter()));
-    let ctx = Ctx { zone: app.zone, now_ms: app.now_ms(), geometry, transfers: &app.transfers };
+    let ctx = Ctx {
+        zone: app.zone,
+        now_ms: app.now_ms(),
+        geometry,
+        transfers: &app.transfers,
+        first_unread: open.first_unread,
+    };
     let mut drawn = ChatDrawn { area, geometry, visible: Vec::new(), whole: Vec::new() };
     if open.entries.is_empty() {
         let hint = if open.loading.latest { "loading…" } else { "No messages yet: say hello." };

@@ -119,7 +119,7 @@ pub fn draw(app: &mut App, w: u16, h: u16) -> Terminal<TestBackend> {
 pub fn draw_asking(app: &mut App, w: u16, h: u16) -> (Terminal<TestBackend>, Vec<Request>) {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
     let mut asked = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let mut drawn = None;
         terminal.draw(|f| drawn = Some(whatsap2p_tui::view::render(app, f))).expect("draw");
         app.drawn(drawn.expect("drawn"));
@@ -133,7 +133,8 @@ pub fn draw_asking(app: &mut App, w: u16, h: u16) -> (Terminal<TestBackend>, Vec
                 asked.push(r);
             }
         }
-        if !decoded {
+        // As the event loop does: a frame the app says is out of date is drawn again.
+        if !decoded && !std::mem::take(&mut app.redraw) {
             break;
         }
     }
