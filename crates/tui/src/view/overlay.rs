@@ -27,6 +27,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("1-5 (list, empty line)", "ping · write to · contacts · add · logout"),
     ("F1, ? (list, empty line)", "this help"),
     ("mouse", "click a conversation or a photo; wheel scrolls"),
+    ("Ctrl-L", "draw the whole screen again"),
     ("Ctrl-C", "log out and leave"),
 ];
 
