@@ -78,8 +78,9 @@ pub fn render(app: &App, overlay: &Overlay, frame: &mut Frame, screen: Rect) {
         Overlay::Help { scroll } => {
             let lines = help_lines();
             let key_width = lines.iter().map(|(k, _)| text::width(k)).max().unwrap_or(0).min(24) as u16;
-            // Narrow screens put each description under its key.
-            let stacked = screen.width < key_width + 40;
+            let widest = lines.iter().map(|(_, v)| text::width(v)).max().unwrap_or(0) as u16;
+            // Screens too narrow for key and description side by side put one under the other.
+            let stacked = screen.width < key_width + 1 + widest + 2;
             let rows: Vec<(String, String)> = if stacked {
                 lines
                     .into_iter()
@@ -91,7 +92,8 @@ pub fn render(app: &App, overlay: &Overlay, frame: &mut Frame, screen: Rect) {
             } else {
                 lines
             };
-            let area = centred(screen, 76, rows.len() as u16 + 2);
+            let width = if stacked { widest + 4 } else { key_width + 1 + widest + 2 };
+            let area = centred(screen, width, rows.len() as u16 + 2);
             let inner = boxed(frame, area, "Help · Esc closes · ↑↓ scroll");
             let buf = frame.buffer_mut();
             for (k, (key, what)) in
