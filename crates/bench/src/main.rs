@@ -16,6 +16,7 @@
 //!   client core.
 //! - [`wormhole`]: the same file transfer beside magic-wormhole, with its servers in network
 //!   namespaces of the bench's own.
+//! - [`tui`]: the terminal UI opening a long conversation and drawing a frame.
 //! - [`lean_session`]: the lean directory client the load generators use.
 //! - [`server_proc`]: the server under test in a child process (the `serve` subcommand).
 //! - [`report`], [`stats`], [`machine`]: the table, medians and percentiles, and what /proc says.
@@ -32,6 +33,7 @@ mod redis_baseline;
 mod report;
 mod server_proc;
 mod stats;
+mod tui;
 mod wormhole;
 
 use std::net::SocketAddr;
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 /// Every group of figures, in the order they run.
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 11] = [
     "lookups",
     "registrations",
     "capacity",
@@ -52,6 +54,7 @@ const GROUPS: [&str; 10] = [
     "wormhole",
     "group",
     "start",
+    "tui",
 ];
 
 /// Benchmarks of whatsap2p against baselines measured in the same run.
@@ -62,7 +65,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these groups (comma-separated: lookups, registrations, capacity, instances, spread, latency, file,
-    /// wormhole, group, start); the report is printed but not written.
+    /// wormhole, group, start, tui); the report is printed but not written.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -137,6 +140,8 @@ pub struct Scale {
     pub spread_hold_processes: usize,
     /// Runs of the spread figure.
     pub spread_runs: usize,
+    /// Messages in the conversation the terminal UI opens.
+    pub tui_messages: usize,
 }
 
 impl Scale {
@@ -159,6 +164,7 @@ impl Scale {
             spread_instances: 2,
             spread_hold_processes: 2,
             spread_runs: 1,
+            tui_messages: 10_000,
         }
     }
 
@@ -181,6 +187,7 @@ impl Scale {
             spread_instances: 6,
             spread_hold_processes: 7,
             spread_runs: 1,
+            tui_messages: 100_000,
         }
     }
 }
@@ -196,6 +203,7 @@ async fn run_group(group: &str, scale: &Scale) -> report::Section {
         "file" => peers::file(scale).await,
         "wormhole" => wormhole::wormhole(scale).await,
         "group" => peers::group(scale).await,
+        "tui" => tui::tui(scale).await,
         _ => peers::client_start(scale).await,
     }
 }

@@ -56,3 +56,16 @@ pub fn init_client() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// In the terminal UI stderr is the screen: logs go to stderr only when it is redirected
+/// (`whatsap2p --tui … 2>tui.log`), and nowhere otherwise.
+pub fn init_tui() {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter("error"))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}

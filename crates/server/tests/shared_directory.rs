@@ -109,6 +109,8 @@ async fn given_a_new_session_of_a_number_on_another_instance_then_the_old_one_is
     let mut old = Session::online(i[0].addr, &a, 2001).await;
     // A session of the same number that never registers, on a third instance: it ends too.
     let mut idle = Session::connect(i[2].addr, &a).await;
+    // The server has taken its handshake: the next session comes after it, not in a race with it.
+    idle.heartbeat().await;
     let mut watcher = Session::online(i[2].addr, &w, 2002).await;
     watcher.watch(&[&a.number, &marker.number]).await;
     watcher.presence(&a.number, Some(2001)).await;
@@ -261,6 +263,8 @@ async fn given_one_instance_without_redis_then_a_second_session_of_a_number_repl
     watcher.presence(&a.number, Some(6001)).await;
     watcher.presence(&marker.number, None).await;
     let mut idle = Session::connect(x.addr, &a).await;
+    // The server has taken its handshake: the next session comes after it, not in a race with it.
+    idle.heartbeat().await;
     let _new = Session::online(x.addr, &a, 7001).await;
     assert_eq!(old.closed().await, REPLACED);
     assert_eq!(idle.closed().await, REPLACED);

@@ -1,5 +1,5 @@
 //! `whatsap2p`: the client. Parses flags, asks for the number if needed, starts the client core and
-//! hands it to the menu or to the JSON-lines front end.
+//! hands it to the menu, the JSON-lines front end or the terminal UI (`--tui`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -31,6 +31,10 @@ struct Args {
     /// JSON lines on stdin and stdout, for scripts (see docs/json-lines.md).
     #[arg(long)]
     json: bool,
+    /// The full-screen terminal UI (conversations, photos inline, transfers); the number is asked
+    /// in it when not given.
+    #[arg(long, conflicts_with = "json")]
+    tui: bool,
     /// Where received files are saved [default: PROFILE/downloads].
     #[arg(long)]
     downloads: Option<PathBuf>,
@@ -42,14 +46,58 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    whatsap2p_cli::logging::init_client();
+    if args.tui {
+        whatsap2p_cli::logging::init_tui();
+    } else {
+        whatsap2p_cli::logging::init_client();
+    }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => ExitCode::from(e),
     }
 }
 
+/// Where the client listens, keeps its profile and saves files, for `number`.
+fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
+    let server = SocketAddr::new(args.server_ip, args.server_port);
+    let listen = args.listen.unwrap_or_else(|| {
+        let ip = if server.ip().is_loopback() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        SocketAddr::new(ip, 0)
+    });
+    let profile_dir = args.profile.clone().unwrap_or_else(|| default_dir(&number));
+    let downloads = args.downloads.clone().unwrap_or_else(|| profile_dir.join("downloads"));
+    // Absolute, so the paths reported for received files mean the same thing to any script.
+    let downloads = std::fs::create_dir_all(&downloads)
+        .and_then(|()| std::path::absolute(&downloads))
+        .map_err(|e| format!("downloads folder {}: {e}", downloads.display()))?;
+    Ok(ClientConfig {
+        profile_dir,
+        number,
+        server,
+        listen,
+        timeouts: Default::default(),
+        downloads,
+        max_file_size: args.max_file_size,
+    })
+}
+
 async fn run(args: Args) -> Result<(), u8> {
+    if args.tui {
+        let server = SocketAddr::new(args.server_ip, args.server_port);
+        let number = args.number.clone();
+        let start = move |n: Number| async move {
+            let config = config(&args, n)?;
+            Client::start(config).await.map_err(|e| e.to_string())
+        };
+        return whatsap2p_tui::run(number, server, start).await.map_err(|e| {
+            eprintln!("[!] {e}");
+            1
+        });
+    }
     let fail = |json_mode: bool, message: String| {
         if json_mode {
             json::error(&message);
@@ -61,7 +109,7 @@ async fn run(args: Args) -> Result<(), u8> {
     // One reader for the whole run: it reads ahead, so lines typed after the number (or piped with
     // it) must reach the menu through the same one.
     let mut stdin = input::stdin();
-    let number = match args.number {
+    let number = match args.number.clone() {
         Some(n) => n,
         None if args.json => return Err(fail(true, "--number is required with --json".into())),
         None => match menu::ask_number(&mut stdin).await {
@@ -70,31 +118,8 @@ async fn run(args: Args) -> Result<(), u8> {
             Err(e) => return Err(fail(false, e.to_string())),
         },
     };
-    let server = SocketAddr::new(args.server_ip, args.server_port);
-    let listen = args.listen.unwrap_or_else(|| {
-        let ip = if server.ip().is_loopback() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        };
-        SocketAddr::new(ip, 0)
-    });
-    let profile_dir = args.profile.unwrap_or_else(|| default_dir(&number));
-    let downloads = args.downloads.unwrap_or_else(|| profile_dir.join("downloads"));
-    // Absolute, so the paths reported for received files mean the same thing to any script.
-    let downloads = match std::fs::create_dir_all(&downloads).and_then(|()| std::path::absolute(&downloads)) {
-        Ok(d) => d,
-        Err(e) => return Err(fail(args.json, format!("downloads folder {}: {e}", downloads.display()))),
-    };
-    let config = ClientConfig {
-        profile_dir,
-        number,
-        server,
-        listen,
-        timeouts: Default::default(),
-        downloads,
-        max_file_size: args.max_file_size,
-    };
+    let config = config(&args, number).map_err(|e| fail(args.json, e))?;
+    let server = config.server;
     if !args.json {
         println!("[+] Connecting to server {}/{}...", server.ip(), server.port());
     }
