@@ -77,10 +77,6 @@ fn group_event(g: &Group) -> Value {
     })
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn stored(m: &StoredMessage) -> Value {
     let mut v = json!({
         "id": m.id.to_string(),
@@ -148,7 +144,7 @@ fn event(e: Event) -> Value {
                 "name": name,
                 "path": path.to_string_lossy(),
                 "size": size,
-                "blake3": hex(&blake3),
+                "blake3": hex::encode(blake3),
                 "media_type": media_type,
                 "resumed_from": resumed_from,
             });
@@ -283,7 +279,7 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Val
                 "name": f.name,
                 "size": f.size,
                 "media_type": f.media_type,
-                "blake3": hex(&f.blake3),
+                "blake3": hex::encode(f.blake3),
             })
         }
         Command::Logout => return Ok(None),

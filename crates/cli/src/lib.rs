@@ -13,6 +13,16 @@ pub mod json;
 pub mod logging;
 pub mod menu;
 
+/// Where the binaries keep their data by default: `$XDG_DATA_HOME`, falling back to
+/// `~/.local/share` (and to the working directory when neither is set).
+pub fn data_home() -> std::path::PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

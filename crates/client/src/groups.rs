@@ -14,7 +14,8 @@ use whatsap2p_proto::group::{GroupId, GroupState, SignedGroupState};
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
 
-use crate::client::{now_ms, Core, Event};
+use crate::client::{Core, Event};
+use crate::clock::now_ms;
 use crate::store::OutgoingText;
 use crate::ClientError;
 

@@ -21,8 +21,11 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod clock;
+pub mod config;
 pub mod directory;
 pub mod error;
+pub mod event;
 pub mod groups;
 pub mod outbox;
 mod partial;
@@ -32,8 +35,10 @@ pub mod safe_name;
 pub mod store;
 pub mod transfer;
 
-pub use client::{Client, ClientConfig, ContactStatus, Event, Presence, SendOutcome};
+pub use client::Client;
+pub use config::{ClientConfig, Timeouts};
 pub use error::ClientError;
+pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};
 pub use store::{FileRecord, MessageState, StoredMessage};
 pub use whatsap2p_proto::group::{GroupId, GroupState};

@@ -112,7 +112,7 @@ pub(crate) async fn send_now(
 ) -> Result<SendOutcome, ClientError> {
     let courier = courier(core, to);
     let mut written = courier.written.lock().await;
-    let new = OutgoingText { id, text: text.to_owned(), sent_at_ms: crate::client::now_ms(), group: None };
+    let new = OutgoingText { id, text: text.to_owned(), sent_at_ms: crate::clock::now_ms(), group: None };
     let link = if online { Some(peer::link_to(core, to).await) } else { None };
     let result = match link {
         // Queued, marked sent and read in one trip to the database.

@@ -212,11 +212,9 @@ pub(crate) struct Owed {
     pub awaiting: bool,
 }
 
+/// The clock as SQLite stores it.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::now_ms() as i64
 }
 
 fn key_from(bytes: Option<Vec<u8>>) -> Option<PublicKey> {

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use whatsap2p_cli::{input, json, menu};
-use whatsap2p_client::profile::default_dir;
 use whatsap2p_client::{Client, ClientConfig, Number};
 
 /// whatsap2p: a peer-to-peer messenger. The server only says who is online and where; messages go
@@ -79,7 +78,8 @@ async fn run(args: Args) -> Result<(), u8> {
         };
         SocketAddr::new(ip, 0)
     });
-    let profile_dir = args.profile.unwrap_or_else(|| default_dir(&number));
+    let profile_dir =
+        args.profile.unwrap_or_else(|| whatsap2p_cli::data_home().join("whatsap2p").join(number.as_str()));
     let downloads = args.downloads.unwrap_or_else(|| profile_dir.join("downloads"));
     // Absolute, so the paths reported for received files mean the same thing to any script.
     let downloads = match std::fs::create_dir_all(&downloads).and_then(|()| std::path::absolute(&downloads)) {
