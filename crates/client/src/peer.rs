@@ -597,7 +597,8 @@ async fn read_loop(core: Arc<Core>, peer: Number, peer_key: PublicKey, mut reade
                 | PeerMessage::FileRefuse { .. }
                 | PeerMessage::FileProgress { .. }
                 | PeerMessage::FileReceived { .. }
-                | PeerMessage::FileFailed { .. }),
+                | PeerMessage::FileFailed { .. }
+                | PeerMessage::FileAbort { .. }),
             )) => crate::transfer::route(&peer, &link, msg),
             Ok(Incoming::Message(other)) => {
                 debug!("ignoring {other:?} from {peer}");

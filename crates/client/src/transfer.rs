@@ -20,7 +20,7 @@ use std::io::{Read, Seek};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 use whatsap2p_proto::chunk::{write_chunk_header, ChunkView, MAX_CHUNK_HEADER_LEN};
-use whatsap2p_proto::peer::{PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW, MAX_FILE_NAME_LEN};
+use whatsap2p_proto::peer::{FileFailCode, PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW, MAX_FILE_NAME_LEN};
 use whatsap2p_proto::{MessageId, Number};
 
 use crate::client::{Core, Event};
@@ -110,6 +110,17 @@ enum Attempt {
     Refused(String),
     /// The link failed or stalled: try again later, from where the receiver got to.
     Retry(String),
+}
+
+impl Attempt {
+    /// The other side stopped the transfer for `code`.
+    fn aborted(code: FileFailCode, reason: String) -> Self {
+        if code.is_final() {
+            Self::Refused(reason)
+        } else {
+            Self::Retry(reason)
+        }
+    }
 }
 
 /// Hashes a file and sniffs its media type, on blocking threads.
@@ -263,6 +274,7 @@ async fn attempt(core: &Arc<Core>, file: &FileRecord) -> Attempt {
         Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::Refused(reason),
         Ok(Some(PeerMessage::FileReceived { .. })) => return Attempt::Received { resumed_from: file.size },
         Ok(Some(PeerMessage::FileFailed { reason, .. })) => return Attempt::Retry(reason),
+        Ok(Some(PeerMessage::FileAbort { code, reason, .. })) => return Attempt::aborted(code, reason),
         Ok(Some(other)) => return Attempt::Retry(format!("unexpected answer to the offer: {other:?}")),
     };
     match stream(core, file, &link, &mut rx, offset).await {
@@ -294,7 +306,8 @@ async fn stream(
                     Ok(Err(Some(e))) => {
                         let reason = format!("{} changed while sending: {e}", file.path.display());
                         // Tell the receiver, so it does not wait for bytes that will never come.
-                        let _ = link.write(PeerMessage::FileFailed { id: file.id, reason: reason.clone() }).await;
+                        let abort = PeerMessage::FileAbort { id: file.id, code: FileFailCode::SourceChanged, reason: reason.clone() };
+                        let _ = link.write(abort).await;
                         return Err(Attempt::Refused(reason));
                     }
                     Ok(Err(None)) => return Err(Attempt::Retry("link closed".into())),
@@ -324,14 +337,9 @@ async fn stream(
             // The receiver checked the whole file's hash: done, even if the reader's own end is
             // still on its way here.
             PeerMessage::FileReceived { .. } => return Ok(()),
-            PeerMessage::FileFailed { reason, .. } => {
-                // A hash mismatch cannot get better by retrying; anything else (stall, disk) can.
-                return Err(if reason.contains("hash") {
-                    Attempt::Refused(reason)
-                } else {
-                    Attempt::Retry(reason)
-                });
-            }
+            // An older receiver says why only in words: whatever failed, the next attempt may work.
+            PeerMessage::FileFailed { reason, .. } => return Err(Attempt::Retry(reason)),
+            PeerMessage::FileAbort { code, reason, .. } => return Err(Attempt::aborted(code, reason)),
             other => debug!("ignoring {other:?} during transfer"),
         }
     }
@@ -418,7 +426,8 @@ pub(crate) fn route(peer: &Number, link: &LinkHandle, msg: PeerMessage) -> Optio
         | PeerMessage::FileRefuse { id, .. }
         | PeerMessage::FileProgress { id, .. }
         | PeerMessage::FileReceived { id }
-        | PeerMessage::FileFailed { id, .. } => *id,
+        | PeerMessage::FileFailed { id, .. }
+        | PeerMessage::FileAbort { id, .. } => *id,
         _ => return None,
     };
     let Some(tx) = link.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|r| r.tx.clone())
@@ -471,7 +480,8 @@ fn deliver(
         // A full queue means the sender ignored the window: stop the transfer rather than buffer.
         Err(mpsc::error::TrySendError::Full(_)) => {
             close_route(link, id);
-            Some(PeerMessage::FileFailed { id, reason: "sender ignored flow control".into() })
+            let reason = "sender ignored flow control".into();
+            Some(PeerMessage::FileAbort { id, code: FileFailCode::Protocol, reason })
         }
         Err(mpsc::error::TrySendError::Closed(_)) => None,
     }
@@ -522,7 +532,7 @@ pub(crate) async fn on_offer(
     }
     let partial = partial_dir.join(format!("{peer}-{}-{}.part", hex::encode(offer.blake3), offer.size));
     // Not a refusal: the sender tries again later.
-    let busy = |reason: String| Some(PeerMessage::FileFailed { id, reason });
+    let busy = |reason: String| Some(PeerMessage::FileAbort { id, code: FileFailCode::Busy, reason });
     let running = || busy("transfer already running; try again later".into());
     // An attempt whose link dropped may still be writing out what it received.
     let Some(partial) = PartialClaim::take(core, &partial) else { return running() };
@@ -560,7 +570,7 @@ async fn receive(
     let id = offer.id;
     let result = receive_inner(&core, &peer, &link, &offer, &partial.path, offset, inbound).await;
     link.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    if let Err(Failure { keep_partial: false, .. }) = &result {
+    if result.as_ref().is_err_and(|f| !f.keeps_partial()) {
         let _ = tokio::fs::remove_file(&partial.path).await;
     }
     // Done with the file: a new attempt may take it while this one tells the sender and the app
@@ -571,22 +581,29 @@ async fn receive(
             let _ = link.write(PeerMessage::FileReceived { id }).await;
             let _ = core.events.send(event).await;
         }
-        Err(Failure { reason, .. }) => {
+        Err(Failure { code, reason }) => {
             warn!("receiving {} from {peer} failed: {reason}", offer.name);
-            let _ = link.write(PeerMessage::FileFailed { id, reason: reason.clone() }).await;
+            let _ = link.write(PeerMessage::FileAbort { id, code, reason: reason.clone() }).await;
             let _ = core.events.send(Event::FileFailed { id, peer, outgoing: false, reason }).await;
         }
     }
 }
 
+/// Why a receiving attempt failed: the code tells the sender whether to retry.
 struct Failure {
+    code: FileFailCode,
     reason: String,
-    /// The bytes so far are what the sender offered: keep them for a resume.
-    keep_partial: bool,
 }
 
-fn fail(reason: impl Into<String>, keep_partial: bool) -> Failure {
-    Failure { reason: reason.into(), keep_partial }
+impl Failure {
+    /// Whether the bytes so far can still be what the sender offered: kept for a resume.
+    fn keeps_partial(&self) -> bool {
+        !matches!(self.code, FileFailCode::HashMismatch | FileFailCode::TooManyBytes)
+    }
+}
+
+fn fail(code: FileFailCode, reason: impl Into<String>) -> Failure {
+    Failure { code, reason: reason.into() }
 }
 
 async fn receive_inner(
@@ -607,7 +624,10 @@ async fn receive_inner(
                 // The writer waits on the route: closing it stops the writer, keeping what it wrote.
                 close_route(link, offer.id);
                 let _ = done.await;
-                return Err(fail(format!("sender stalled at {at} of {} bytes", offer.size), true));
+                return Err(fail(
+                    FileFailCode::Stalled,
+                    format!("sender stalled at {at} of {} bytes", offer.size),
+                ));
             }
             // The writer ended: done, or failed (its result says which).
             Ok(Err(_)) => break,
@@ -631,23 +651,26 @@ async fn receive_inner(
                     {
                         close_route(link, offer.id);
                         let _ = done.await;
-                        return Err(fail("link closed", true));
+                        return Err(fail(FileFailCode::LinkClosed, "link closed"));
                     }
                 }
             }
         }
     }
     // Synced, and hashed as it was written (the bytes before `offset` read back from the partial).
-    let hash = done.await.map_err(|e| fail(format!("file writer stopped: {e}"), true))??;
+    let hash = done.await.map_err(|e| fail(FileFailCode::Disk, format!("file writer stopped: {e}")))??;
     if hash != offer.blake3 {
-        return Err(fail("hash mismatch: the bytes received are not the file offered", false));
+        return Err(fail(
+            FileFailCode::HashMismatch,
+            "hash mismatch: the bytes received are not the file offered",
+        ));
     }
     if link.write(PeerMessage::FileProgress { id: offer.id, received: offer.size }).await.is_err() {
-        return Err(fail("link closed", true));
+        return Err(fail(FileFailCode::LinkClosed, "link closed"));
     }
     let path = place(partial, &core.config.downloads, &safe_name(&offer.name))
         .await
-        .map_err(|e| fail(format!("cannot save into the downloads folder: {e}"), true))?;
+        .map_err(|e| fail(FileFailCode::Disk, format!("cannot save into the downloads folder: {e}")))?;
     // The name it was saved under, numbered if the safe name was taken.
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dimensions = image_dimensions(&path).await;
@@ -691,13 +714,13 @@ fn write_to_disk(
 ) -> (tokio::sync::watch::Receiver<u64>, tokio::task::JoinHandle<Result<[u8; 32], Failure>>) {
     let (written_tx, written) = tokio::sync::watch::channel(offset);
     let done = tokio::task::spawn_blocking(move || {
-        let io = |e: std::io::Error| fail(format!("cannot write: {e}"), true);
+        let io = |e: std::io::Error| fail(FileFailCode::Disk, format!("cannot write: {e}"));
         let Inbound { mut rx, spares } = inbound;
         let mut file = PartialFile::open(&partial, offset, spares, || {
             written_tx.send_replace(offset);
         })
         // Whatever failed (no descriptor left, a read error), the bytes held are still good.
-        .map_err(|e| fail(format!("cannot open the partial file: {e}"), true))?;
+        .map_err(|e| fail(FileFailCode::Disk, format!("cannot open the partial file: {e}")))?;
         // What was received goes to the disk before giving up, for the next attempt to resume from.
         let stop = |file: &mut PartialFile, failure: Failure| {
             let _ = file.flush();
@@ -707,10 +730,20 @@ fn write_to_disk(
         while file.received() < size {
             let at = file.received();
             let (chunk_at, data) = match rx.blocking_recv() {
-                None => return stop(&mut file, fail(format!("link closed at {at} of {size} bytes"), true)),
+                None => {
+                    return stop(
+                        &mut file,
+                        fail(FileFailCode::LinkClosed, format!("link closed at {at} of {size} bytes")),
+                    )
+                }
                 Some(Routed::Chunk { offset, bytes }) => (offset, bytes),
-                Some(Routed::Message(PeerMessage::FileFailed { reason, .. })) => {
-                    return stop(&mut file, fail(format!("sender gave up: {reason}"), true))
+                Some(Routed::Message(
+                    PeerMessage::FileFailed { reason, .. } | PeerMessage::FileAbort { reason, .. },
+                )) => {
+                    return stop(
+                        &mut file,
+                        fail(FileFailCode::SenderGaveUp, format!("sender gave up: {reason}")),
+                    )
                 }
                 Some(Routed::Message(other)) => {
                     debug!("ignoring {other:?} during transfer");
@@ -718,13 +751,16 @@ fn write_to_disk(
                 }
             };
             if chunk_at != at {
-                return stop(&mut file, fail(format!("chunk at {chunk_at} while expecting {at}"), true));
+                return stop(
+                    &mut file,
+                    fail(FileFailCode::Protocol, format!("chunk at {chunk_at} while expecting {at}")),
+                );
             }
             if data.is_empty() {
-                return stop(&mut file, fail("empty chunk", true));
+                return stop(&mut file, fail(FileFailCode::Protocol, "empty chunk"));
             }
             if at + data.len() as u64 > size {
-                return Err(fail(format!("more bytes than the {size} offered"), false));
+                return Err(fail(FileFailCode::TooManyBytes, format!("more bytes than the {size} offered")));
             }
             // A full disk fails here: the partial keeps what was written, the sender retries later.
             file.push(data).map_err(io)?;
