@@ -339,6 +339,21 @@ impl Store {
         .await
     }
 
+    /// Checks `presented` against the key pinned for a contact, pinning it on first use. A number
+    /// that is not a contact has no pin and passes.
+    pub async fn check_pin(&self, number: &Number, presented: PublicKey) -> Result<(), ClientError> {
+        let Some(contact) = self.contact(number).await? else { return Ok(()) };
+        match contact.key {
+            Some(pinned) if pinned != presented => {
+                let err = ClientError::KeyChanged { number: number.clone(), pinned, presented };
+                tracing::warn!("{err}");
+                Err(err)
+            }
+            Some(_) => Ok(()),
+            None => self.pin_contact_key(number, &presented).await,
+        }
+    }
+
     /// The key pinned for a directory server.
     pub async fn server_pin(&self, server: &str) -> Result<Option<PublicKey>, ClientError> {
         let s = server.to_owned();
