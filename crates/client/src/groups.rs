@@ -2,9 +2,10 @@
 //!
 //! Every member keeps the group's signed state (see [`whatsap2p_proto::group`]). A change is signed by
 //! the admin who makes it and sent to every member, old and new, through the outbox; each member checks
-//! it before taking it. A group message goes from the sender straight to each other member through
-//! that member's own outbox courier, so members are served in parallel and an offline or slow member
-//! delays nobody; the offline ones get everything, in order, when they come back.
+//! it before taking it. A group message goes from the sender straight to each other member: written
+//! at once on every live link (without waiting for a slow member's socket), through the member's
+//! outbox courier otherwise, so an offline or slow member delays nobody; the offline ones get
+//! everything, in order, when they come back.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -189,7 +190,7 @@ impl Groups {
             .collect())
     }
 
-    /// Queues `text` for every other member; each member's courier delivers it on its own.
+    /// Sends `text` to every other member: written at once to those linked, queued for the others.
     pub(crate) async fn send(&self, id: GroupId, text: &str) -> Result<(MessageId, usize), ClientError> {
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::TextTooLong(text.len()));
@@ -203,10 +204,7 @@ impl Groups {
         let others: Vec<Number> =
             held.state.members.iter().filter(|m| **m != self.0.parts.me).cloned().collect();
         let text = OutgoingText { id: msg, text: text.to_owned(), sent_at_ms: sent_at, group: Some(id) };
-        self.0.parts.store.queue_outgoing_to_all(&others, text).await?;
-        for to in &others {
-            self.0.parts.outbox.kick(to);
-        }
+        self.0.parts.outbox.send_to_group(&others, text).await?;
         Ok((msg, others.len()))
     }
 

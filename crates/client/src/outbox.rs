@@ -23,7 +23,7 @@ use whatsap2p_proto::{MessageId, Number};
 use crate::event::{Event, SendOutcome};
 use crate::link::{LinkHandle, Links};
 use crate::presence::PresenceCache;
-use crate::store::{MessageState, OutgoingText, Store};
+use crate::store::{MessageState, OutgoingText, Owed, Store};
 use crate::ClientError;
 
 /// First pause before retrying a failed delivery; doubles up to [`RETRY_MAX`].
@@ -45,13 +45,23 @@ struct Written {
     receipts: HashSet<MessageId>,
 }
 
+impl Written {
+    /// The texts written on `link` and not overdue (everything is forgotten on a new link).
+    fn in_flight(&mut self, link: &LinkHandle) -> HashSet<MessageId> {
+        if self.epoch != link.epoch() {
+            *self = Written { epoch: link.epoch(), ..Default::default() };
+        }
+        self.texts.iter().filter(|(_, at)| at.elapsed() < ACK_TIMEOUT).map(|(id, _)| *id).collect()
+    }
+}
+
 /// One peer's courier: its task waits on `wake`, and its lock keeps deliveries in order.
 struct Courier {
     wake: Notify,
     /// Kicked since the task last looked: it must not retire before looking again. Set and read
     /// under the couriers' map lock.
     kicked: std::sync::atomic::AtomicBool,
-    written: tokio::sync::Mutex<Written>,
+    written: Arc<tokio::sync::Mutex<Written>>,
 }
 
 /// What the outbox needs from the rest of the client.
@@ -73,6 +83,14 @@ struct Inner {
 /// The outbox and its couriers. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Outbox(Arc<Inner>);
+
+/// Whether a delivery waits until each frame is on the wire, or leaves what the socket does not
+/// take at once to the link's writer task (a fan-out, where one slow member must delay nobody).
+#[derive(Clone, Copy)]
+enum Wait {
+    Written,
+    Never,
+}
 
 /// How a courier starts: looking at once, or first after [`ACK_TIMEOUT`] (it was made to watch
 /// over a text just written).
@@ -221,10 +239,8 @@ impl Outbox {
         }
     }
 
-    /// Writes everything unconfirmed for `peer` on `link` (after queueing `new`), oldest first. A
-    /// queued message becomes `sent` (and [`Event::Sent`] goes out, except for `new`, whose sender
-    /// is told directly) just before it is written, so `sent` always comes before the `delivered`
-    /// its write can bring back. Returns whether messages still wait for an acknowledgement.
+    /// Writes everything unconfirmed for `peer` on `link` (after queueing `new`), oldest first.
+    /// Returns whether messages still wait for an acknowledgement.
     async fn write_owed(
         &self,
         peer: &Number,
@@ -232,14 +248,32 @@ impl Outbox {
         link: &LinkHandle,
         new: Option<OutgoingText>,
     ) -> Result<bool, ClientError> {
-        let p = &self.0.parts;
-        if written.epoch != link.epoch() {
-            *written = Written { epoch: link.epoch(), ..Default::default() };
-        }
         let answered = new.as_ref().map(|m| m.id);
-        let in_flight =
-            written.texts.iter().filter(|(_, at)| at.elapsed() < ACK_TIMEOUT).map(|(id, _)| *id).collect();
-        let owed = p.store.take_owed(peer, new, in_flight).await?;
+        let in_flight = written.in_flight(link);
+        let owed = self.0.parts.store.take_owed(peer, new, in_flight).await?;
+        self.deliver(peer, written, link, owed, answered, Wait::Written).await
+    }
+
+    /// Writes what [`Store::take_owed`] took for `peer` on `link`. A queued message became `sent`
+    /// just before this, and [`Event::Sent`] goes out for it (except for `answered`, whose sender is
+    /// told directly) before it is written, so `sent` always comes before the `delivered` its write
+    /// can bring back. Returns whether messages still wait for an acknowledgement.
+    async fn deliver(
+        &self,
+        peer: &Number,
+        written: &mut Written,
+        link: &LinkHandle,
+        owed: Owed,
+        answered: Option<MessageId>,
+        wait: Wait,
+    ) -> Result<bool, ClientError> {
+        let p = &self.0.parts;
+        let write = |msg: PeerMessage| async move {
+            match wait {
+                Wait::Written => link.write(msg).await,
+                Wait::Never => link.write_nowait(msg),
+            }
+        };
         // Forget what was confirmed meanwhile, so a long-lived link does not remember every message.
         written.texts.retain(|id, _| owed.in_flight.contains(id));
         written.receipts.retain(|id| owed.receipts.contains(id));
@@ -262,15 +296,61 @@ impl Outbox {
                 }
                 (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
             };
-            link.write(msg).await.map_err(lost)?;
+            write(msg).await.map_err(lost)?;
             written.texts.insert(m.id, Instant::now());
         }
         for id in owed.receipts {
             if written.receipts.insert(id) {
-                link.write(PeerMessage::Read { id }).await.map_err(lost)?;
+                write(PeerMessage::Read { id }).await.map_err(lost)?;
             }
         }
         Ok(owed.awaiting)
+    }
+
+    /// Sends a group text to `members`. Each member with a live link and an idle courier gets it
+    /// written at once, after anything it is still owed, as a one-to-one send would, but without
+    /// waiting for a slow member's socket; the database takes the text for every member in one
+    /// transaction. The others' couriers deliver it. (Through the couriers alone, 50 members took
+    /// 1.58 times as long as 50 one-to-one sends: a task wake-up and a transaction each.)
+    pub(crate) async fn send_to_group(
+        &self,
+        members: &[Number],
+        text: OutgoingText,
+    ) -> Result<(), ClientError> {
+        let mut direct = Vec::new();
+        let mut queued = Vec::new();
+        for member in members {
+            let ready = match self.0.parts.links.try_live(member) {
+                Some(link) => {
+                    let courier = self.courier(member, Start::Watching);
+                    let held = courier.written.clone().try_lock_owned().ok();
+                    held.map(|written| (link, courier, written))
+                }
+                None => None,
+            };
+            match ready {
+                Some(ready) => direct.push((member.clone(), ready)),
+                None => queued.push(member.clone()),
+            }
+        }
+        let flights: Vec<(Number, HashSet<MessageId>)> = direct
+            .iter_mut()
+            .map(|(member, (link, _, written))| (member.clone(), written.in_flight(link)))
+            .collect();
+        let owed = self.0.parts.store.take_owed_fanout(flights, queued.clone(), text).await?;
+        for ((member, (link, courier, mut written)), owed) in direct.into_iter().zip(owed) {
+            if let Err(e) = self.deliver(&member, &mut written, &link, owed, None, Wait::Never).await {
+                // The text is stored as sent: the courier writes it again on the next link.
+                debug!("writing a group text to {member} failed: {e}");
+                drop(written);
+                drop(courier);
+                self.kick(&member);
+            }
+        }
+        for member in &queued {
+            self.kick(member);
+        }
+        Ok(())
     }
 
     /// `peer` acknowledged `id`: our message (now delivered) or our read receipt.

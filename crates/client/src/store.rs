@@ -385,23 +385,6 @@ impl Store {
         self.quick(move |c| insert_outgoing(c, &to, &text, MessageState::Queued)).await
     }
 
-    /// Puts one message in the outbox of each of `members`, in one transaction (a group message).
-    pub async fn queue_outgoing_to_all(
-        &self,
-        members: &[Number],
-        text: OutgoingText,
-    ) -> Result<(), ClientError> {
-        let members: Vec<String> = members.iter().map(Number::to_string).collect();
-        self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
-            for to in &members {
-                insert_outgoing(&tx, to, &text, MessageState::Queued)?;
-            }
-            tx.commit()
-        })
-        .await
-    }
-
     /// One trip for a courier about to write to `peer`: reads what is owed, leaves out the texts in
     /// `in_flight` (written on this link and not overdue), marks the rest `sent`, and adds `new` (if
     /// any) as the last, already `sent`, all in one transaction.
@@ -411,48 +394,34 @@ impl Store {
         new: Option<OutgoingText>,
         in_flight: HashSet<MessageId>,
     ) -> Result<Owed, ClientError> {
-        let number = peer.clone();
-        let peer = peer.to_string();
+        let peer = peer.clone();
         self.quick(move |c| {
             let tx = c.unchecked_transaction()?;
-            let unconfirmed = unconfirmed(&tx, &peer)?;
-            let awaiting = !unconfirmed.is_empty() || new.is_some();
-            let mut owed = Owed { awaiting, ..Owed::default() };
-            {
-                let mut mark = tx.prepare_cached(
-                    "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state = 'queued'",
-                )?;
-                for m in unconfirmed {
-                    if in_flight.contains(&m.id) {
-                        owed.in_flight.push(m.id);
-                        continue;
-                    }
-                    if m.state == MessageState::Queued {
-                        mark.execute(params![peer, m.id.to_string()])?;
-                        if m.update.is_none() {
-                            owed.newly_sent.push((m.id, m.group));
-                        }
-                    }
-                    owed.texts.push(m);
-                }
+            let owed = take_owed(&tx, &peer, new.as_ref(), &in_flight)?;
+            tx.commit()?;
+            Ok(owed)
+        })
+        .await
+    }
+
+    /// A group text in one transaction for every member: for each of `direct` (with what is in
+    /// flight on its link), what [`Store::take_owed`] would return with the text as `new`; for each
+    /// of `queued`, the text goes in the outbox as `queued`.
+    pub(crate) async fn take_owed_fanout(
+        &self,
+        direct: Vec<(Number, HashSet<MessageId>)>,
+        queued: Vec<Number>,
+        text: OutgoingText,
+    ) -> Result<Vec<Owed>, ClientError> {
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let mut owed = Vec::with_capacity(direct.len());
+            for (peer, in_flight) in &direct {
+                owed.push(take_owed(&tx, peer, Some(&text), in_flight)?);
             }
-            // The newest of all: written last, so it goes in as `sent` at once.
-            if let Some(new) = new {
-                insert_outgoing(&tx, &peer, &new, MessageState::Sent)?;
-                owed.newly_sent.push((new.id, new.group));
-                owed.texts.push(StoredMessage {
-                    id: new.id,
-                    peer: number,
-                    outgoing: true,
-                    text: new.text,
-                    sent_at_ms: new.sent_at_ms,
-                    received_at_ms: None,
-                    state: MessageState::Sent,
-                    group: new.group,
-                    update: None,
-                });
+            for peer in &queued {
+                insert_outgoing(&tx, peer.as_str(), &text, MessageState::Queued)?;
             }
-            owed.receipts = pending_receipts(&tx, &peer)?;
             tx.commit()?;
             Ok(owed)
         })
@@ -839,6 +808,53 @@ impl Store {
         })
         .await
     }
+}
+
+/// What [`Store::take_owed`] does, inside the caller's transaction.
+fn take_owed(
+    tx: &rusqlite::Connection,
+    number: &Number,
+    new: Option<&OutgoingText>,
+    in_flight: &HashSet<MessageId>,
+) -> Result<Owed, rusqlite::Error> {
+    let peer = number.as_str();
+    let unconfirmed = unconfirmed(tx, peer)?;
+    let awaiting = !unconfirmed.is_empty() || new.is_some();
+    let mut owed = Owed { awaiting, ..Owed::default() };
+    let mut mark = tx.prepare_cached(
+        "UPDATE messages SET state = 'sent' WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state = 'queued'",
+    )?;
+    for m in unconfirmed {
+        if in_flight.contains(&m.id) {
+            owed.in_flight.push(m.id);
+            continue;
+        }
+        if m.state == MessageState::Queued {
+            mark.execute(params![peer, m.id.to_string()])?;
+            if m.update.is_none() {
+                owed.newly_sent.push((m.id, m.group));
+            }
+        }
+        owed.texts.push(m);
+    }
+    // The newest of all: written last, so it goes in as `sent` at once.
+    if let Some(new) = new {
+        insert_outgoing(tx, peer, new, MessageState::Sent)?;
+        owed.newly_sent.push((new.id, new.group));
+        owed.texts.push(StoredMessage {
+            id: new.id,
+            peer: number.clone(),
+            outgoing: true,
+            text: new.text.clone(),
+            sent_at_ms: new.sent_at_ms,
+            received_at_ms: None,
+            state: MessageState::Sent,
+            group: new.group,
+            update: None,
+        });
+    }
+    owed.receipts = pending_receipts(tx, peer)?;
+    Ok(owed)
 }
 
 fn insert_outgoing(

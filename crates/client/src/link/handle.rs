@@ -39,6 +39,9 @@ pub enum WriteError {
     /// The transfer the bytes belong to ended before they could be written.
     #[error("the transfer ended")]
     Unwanted,
+    /// The link's queue is full: the peer reads slower than we write.
+    #[error("the link is backed up")]
+    Backlog,
 }
 
 impl From<LinkError> for WriteError {
@@ -208,6 +211,36 @@ impl LinkHandle {
             }
         }
         let _ = self.enqueue(Outgoing { msg: Some(msg), written: None }).await;
+    }
+
+    /// Writes `msg` without waiting for the peer: what the socket does not take at once is left to
+    /// the writer task. Fails with [`WriteError::Backlog`] when that task's queue is full, so one
+    /// slow peer never holds up the caller (a group's fan-out, say).
+    pub(crate) fn write_nowait(&self, msg: PeerMessage) -> Result<(), WriteError> {
+        if !self.is_alive() {
+            return Err(WriteError::Closed);
+        }
+        let queue = |out: Outgoing| {
+            self.0.queued.fetch_add(1, Ordering::AcqRel);
+            self.0.tx.try_send(out).map_err(|e| {
+                self.0.queued.fetch_sub(1, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => WriteError::Backlog,
+                    mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
+                }
+            })
+        };
+        if self.0.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(mut writer) = self.0.writer.try_lock() {
+                let Some(w) = writer.as_mut() else { return Err(WriteError::Closed) };
+                let frame = whatsap2p_proto::encode(&msg)?;
+                let whole = w.send_or_buffer(&frame).inspect_err(|_| self.close())?;
+                drop(writer);
+                // The rest is buffered: the writer task finishes it, before anything queued later.
+                return if whole { Ok(()) } else { queue(Outgoing { msg: None, written: None }) };
+            }
+        }
+        queue(Outgoing { msg: Some(msg), written: None })
     }
 
     /// Writes `msg`; returns once it is on the wire.

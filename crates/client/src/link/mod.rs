@@ -147,6 +147,13 @@ impl Links {
         link
     }
 
+    /// The live link to `peer` if there is one and nobody is dialing it: never waits.
+    pub(crate) fn try_live(&self, peer: &Number) -> Option<LinkHandle> {
+        let slot = self.slots().get(peer).cloned()?;
+        let link = slot.try_lock().ok()?.as_ref().filter(|l| l.is_alive()).cloned();
+        link
+    }
+
     /// A live link to `peer`: the one in use, or a new one dialed now.
     pub(crate) async fn connect(&self, peer: &Number) -> Result<LinkHandle, ClientError> {
         let slot = self.slot(peer);
