@@ -22,7 +22,7 @@ use crate::link::{LinkParts, Links};
 use crate::outbox::{Outbox, OutboxParts};
 use crate::presence::PresenceCache;
 use crate::profile::{Identity, Profile};
-use crate::store::{FileRecord, Store, StoredMessage};
+use crate::store::{Chat, ChatItem, Conversation, FileRecord, Store, StoredMessage};
 use crate::transfer::{TransferParts, Transfers};
 use crate::transport::PeerListener;
 use crate::ClientError;
@@ -395,6 +395,24 @@ impl Client {
     /// The last `limit` messages with `peer`, oldest first.
     pub async fn history(&self, peer: &Number, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
         self.store.history(peer, limit).await
+    }
+
+    /// Every conversation, the most recent first: with whom, the last text or file, how many texts
+    /// are unread, when it last moved. Read from a table the database keeps up to date, so it costs
+    /// the same whatever the history's length.
+    pub async fn conversations(&self) -> Result<Vec<Conversation>, ClientError> {
+        self.store.conversations().await
+    }
+
+    /// A page of a conversation, texts and files: the `limit` items before `before` (the newest
+    /// when `None`), oldest first. Pass the first item's id as `before` for the page before it.
+    pub async fn history_page(
+        &self,
+        chat: &Chat,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<ChatItem>, ClientError> {
+        self.store.history_page(chat, before, limit).await
     }
 
     /// Adds a contact, pinning its key if the directory knows it. Returns whether it was new and the

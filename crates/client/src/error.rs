@@ -92,6 +92,9 @@ pub enum ClientError {
         /// What happened to the link.
         source: crate::link::WriteError,
     },
+    /// No message or file with this id in that conversation.
+    #[error("no message {0} in this conversation")]
+    UnknownMessage(whatsap2p_proto::MessageId),
     /// The text is too long for one message.
     #[error("message of {0} bytes is over the {max} byte limit", max = whatsap2p_proto::MAX_TEXT_LEN)]
     TextTooLong(usize),

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`profile`]: the profile folder, its lock and the identity keys.
-//! - [`store`]: contacts, pinned keys and message history (with the outbox) in SQLite.
+//! - [`store`]: contacts, pinned keys, history (with the outbox), files and groups in SQLite, and
+//!   the conversation list and history pages a user interface reads.
 //! - [`directory`]: the session with the directory server (register, lookups, heartbeats).
 //! - [`peer`]: direct links: dialing, accepting, the identity checks on both sides, and the per-link
 //!   task that sends, receives and acknowledges messages.
@@ -45,6 +46,8 @@ pub use config::{ClientConfig, Timeouts};
 pub use error::ClientError;
 pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};
-pub use store::{FileRecord, MessageState, StoredMessage};
+pub use store::{
+    Chat, ChatItem, Conversation, FileRecord, FileState, MessageState, StoredFile, StoredMessage,
+};
 pub use whatsap2p_proto::group::{GroupId, GroupState};
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};
