@@ -4,10 +4,12 @@
 //! - [`logging`]: the `[+] …` console format of the server and the client's stderr logs.
 //! - [`menu`]: the interactive menu of the original design.
 //! - [`input`]: size-limited, cancel-safe reading of stdin lines, shared by both front ends.
+//! - [`event_loop`]: the loop both front ends run: input, events and commands under way at once.
 //! - [`json`]: the JSON-lines interface for scripts (schema in `docs/json-lines.md`).
 
 #![forbid(unsafe_code)]
 
+pub mod event_loop;
 pub mod input;
 pub mod json;
 pub mod logging;
