@@ -80,7 +80,7 @@ impl DirectoryHandle {
     }
 }
 
-/// A registered session, ready to be driven by [`run`].
+/// A registered session, ready to be driven by the session task (see [`connect`]).
 pub struct Registered {
     /// The address the directory publishes for our listener.
     pub published: SocketAddr,

@@ -2,8 +2,8 @@
 //!
 //! Everything above this file takes a [`PeerStream`], any reliable, ordered byte stream: the Noise
 //! session (`whatsap2p_link`) runs over it and proves who is at the other end, so a stream needs no
-//! security of its own. TCP is the first transport ([`dial`] and [`PeerListener`]); a stream punched
-//! through a NAT or relayed by a third party can be handed to [`crate::link::Links::adopt`] the same
+//! security of its own. TCP is the first transport (`dial` and `PeerListener`); a stream punched
+//! through a NAT or relayed by a third party can be handed to `crate::link::Links::adopt` the same
 //! way, and nothing else in the client names `TcpStream`.
 
 use std::net::SocketAddr;

@@ -5,16 +5,16 @@
 //! connect, and require the responder to prove that key in the handshake. Accepting: require the
 //! initiator's proof, then ask the directory whether that key owns the number it claims, and check
 //! the pin. Either way the link runs over a [`PeerStream`] (see `transport.rs`): any reliable byte
-//! stream will do, so a link over another transport is established with [`Links::adopt`].
+//! stream will do, so a link over another transport is established with `Links::adopt`.
 //!
 //! Each link runs two tasks: a writer fed by a bounded queue (`write.rs`), and a reader (`read.rs`)
-//! that hands every message to the link's [`LinkOwner`] (the client's subsystems, composed in
+//! that hands every message to the link's `LinkOwner` (the client's subsystems, composed in
 //! `inbound.rs`) and writes the owner's replies. Reading and writing never wait on each other. A
 //! peer has a slot here only while a link to it is alive or being dialed: the slot goes when the
 //! link ends, so a peer that merely connected once costs nothing after.
 //!
 //! # Layout
-//! - `handle.rs`: [`LinkHandle`], what the rest of the client writes through, and [`WriteError`].
+//! - `handle.rs`: `LinkHandle`, what the rest of the client writes through, and [`WriteError`].
 //! - `read.rs`, `write.rs`: the two tasks of a link.
 
 mod handle;

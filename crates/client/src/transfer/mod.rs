@@ -15,7 +15,7 @@
 //! received or refused.
 //!
 //! # Layout
-//! - here: [`Transfers`], the handle, and the routes that take each transfer's messages from its link.
+//! - here: `Transfers`, the handle, and the routes that take each transfer's messages from its link.
 //! - `send.rs`: the sending side; `receive.rs`: the receiving side (and `crate::partial`, the file it
 //!   writes into); `hash.rs`: what the sender learns of a file before offering it.
 
