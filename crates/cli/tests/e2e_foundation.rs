@@ -741,18 +741,8 @@ async fn given_command_lines_split_around_events_then_each_is_read_whole() {
 async fn given_number_and_options_piped_at_once_then_the_menu_runs_them_all() {
     let server = Server::start(&[]).await;
     let profile = tempdir();
-    let mut child = tokio::process::Command::new(common::CLIENT_BIN)
-        .arg("--profile")
-        .arg(profile.path())
-        .arg("127.0.0.1")
-        .arg(server.port.to_string())
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning whatsap2p");
+    let mut child =
+        common::menu_command(server.port, profile.path(), &[]).spawn().expect("spawning whatsap2p");
     let mut stdin = child.stdin.take().expect("client stdin");
     // One write: the number, option 3 (contacts), option 5 (logout).
     stdin.write_all(b"123\n3\n5\n").await.expect("writing to client stdin");
@@ -781,16 +771,8 @@ async fn given_a_send_waiting_on_a_stuck_peer_then_the_menu_shows_other_messages
     let mut c456 = Client::start(server.port, "456").await;
     let c789 = Client::start(server.port, "789").await;
     let profile = tempdir();
-    let mut menu = tokio::process::Command::new(common::CLIENT_BIN)
-        .args(["--number", "123", "--profile"])
-        .arg(profile.path())
-        .arg("127.0.0.1")
-        .arg(server.port.to_string())
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    let mut menu = common::menu_command(server.port, profile.path(), &["--number", "123"])
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawning whatsap2p");
     let mut stdin = menu.stdin.take().expect("menu stdin");
