@@ -511,6 +511,49 @@ mod tests {
         assert_eq!((&list[0].chat, list[0].unread, list[0].last_activity_ms), (&Chat::Peer(n("111")), 1, 7));
     }
 
+    /// A screen's reads go through their own connection: a write transaction that holds the
+    /// writing connection (a long one, here held open on purpose) does not hold them up, and they
+    /// see the last commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn given_a_write_in_progress_then_the_list_and_history_are_read_meanwhile() {
+        let (_dir, store) = open();
+        let peer = n("456");
+        store.store_incoming(&peer, MessageId::new(), "before", 1, None).await.expect("in");
+        let (started, writing) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let late = peer.clone();
+        let write = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .with(move |c| {
+                        let tx = c.unchecked_transaction()?;
+                        tx.execute(
+                            "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state)
+                             VALUES (?1, 0, ?2, 'during', 2, 2, 'received')",
+                            params![late.as_str(), MessageId::new().to_string()],
+                        )?;
+                        let _ = started.send(());
+                        let _ = released.recv();
+                        tx.commit()
+                    })
+                    .await
+            }
+        });
+        writing.await.expect("the write started");
+        let within = std::time::Duration::from_secs(5);
+        let list =
+            tokio::time::timeout(within, store.conversations()).await.expect("the list waited for the write");
+        let texts = tokio::time::timeout(within, store.history(&peer, 10))
+            .await
+            .expect("history waited for the write");
+        assert_eq!(list.expect("list")[0].unread, 1, "the uncommitted message is not seen");
+        assert_eq!(texts.expect("history").len(), 1);
+        release.send(()).expect("releasing the write");
+        write.await.expect("write task").expect("write");
+        assert_eq!(store.history(&peer, 10).await.expect("history").len(), 2, "the commit is seen");
+    }
+
     /// What a conversation view asks must not grow with the history: each query finds its rows
     /// through an index (SQLite's plan says SCAN for a walk over a whole table).
     #[tokio::test]

@@ -29,9 +29,9 @@ impl Store {
         .await
     }
 
-    /// All contacts, in the order they were added.
+    /// All contacts, in the order they were added (from the reading connection).
     pub async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT number, key FROM contacts ORDER BY added_at_ms, number")?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)))?;

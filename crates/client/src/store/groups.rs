@@ -59,10 +59,10 @@ impl Store {
         Ok(row.and_then(|(body, left)| postcard::from_bytes(&body).ok().map(|s| (s, left))))
     }
 
-    /// Every group we know, with whether we are out of it.
+    /// Every group we know, with whether we are out of it (from the reading connection).
     pub async fn groups(&self) -> Result<Vec<(SignedGroupState, bool)>, ClientError> {
         let rows: Vec<(Vec<u8>, bool)> = self
-            .with(|c| {
+            .read(|c| {
                 let mut stmt = c.prepare("SELECT state, left_group FROM groups ORDER BY rowid")?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
