@@ -154,24 +154,6 @@ impl Store {
         .await
     }
 
-    /// Marks an incoming message read and schedules its receipt; returns its sender, or `None` if no
-    /// unread incoming message has that id.
-    pub async fn mark_read(&self, id: MessageId) -> Result<Option<Number>, ClientError> {
-        let id = id.to_string();
-        self.with(move |c| {
-            let peer: Option<String> = c
-                .query_row(
-                    "UPDATE messages SET state = 'read', receipt_pending = 1
-                     WHERE outgoing = 0 AND id = ?1 AND state = 'received' RETURNING peer",
-                    params![id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(peer.and_then(|p| Number::new(&p).ok()))
-        })
-        .await
-    }
-
     /// Read receipts waiting to go to `peer`.
     pub async fn pending_receipts(&self, peer: &Number) -> Result<Vec<MessageId>, ClientError> {
         let peer = peer.to_string();
