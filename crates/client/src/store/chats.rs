@@ -203,46 +203,68 @@ fn progress(c: &rusqlite::Connection) -> Result<(i64, i64), rusqlite::Error> {
         .map(|p| p.unwrap_or((0, 0)))
 }
 
+/// Most rows one [`index`] pass files, so it holds the writing connection a few milliseconds at
+/// most; what is left goes on the next pass (and readers take it from the tables meanwhile).
+const MAX_FILED_PER_PASS: i64 = 1000;
+
 /// Texts and files past `progress`, in the order they were stored (group changes are no part of
-/// a conversation).
-fn unfiled(c: &rusqlite::Connection, (messages, files): (i64, i64)) -> Result<Vec<Entry>, rusqlite::Error> {
-    let mut out = Vec::new();
+/// a conversation), at most `limit` rows of each table; with the last rowid looked at in each.
+fn unfiled_up_to(
+    c: &rusqlite::Connection,
+    (messages, files): (i64, i64),
+    limit: i64,
+) -> Result<(Vec<Entry>, (i64, i64)), rusqlite::Error> {
+    let (mut out, mut last) = (Vec::new(), (messages, files));
     let mut stmt = c.prepare_cached(
-        "SELECT rowid, peer, outgoing, id, group_id, COALESCE(received_at_ms, sent_at_ms), state = 'received'
-         FROM messages WHERE rowid > ?1 AND update_body IS NULL ORDER BY rowid",
+        "SELECT rowid, peer, outgoing, id, group_id, COALESCE(received_at_ms, sent_at_ms), state = 'received',
+                update_body IS NOT NULL
+         FROM messages WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
     )?;
-    let mut rows = stmt.query(params![messages])?;
+    let mut rows = stmt.query(params![messages, limit])?;
     while let Some(r) = rows.next()? {
+        last.0 = r.get(0)?;
+        if r.get::<_, bool>(7)? {
+            continue;
+        }
         let (peer, outgoing, group): (String, bool, Option<String>) = (r.get(1)?, r.get(2)?, r.get(4)?);
         out.push(Entry {
             chat: chat_key(&peer, group.as_deref()),
             at: r.get(5)?,
             id: r.get(3)?,
             kind: if outgoing { SENT } else { RECEIVED },
-            row: r.get(0)?,
+            row: last.0,
             unread: !outgoing && r.get::<_, bool>(6)?,
         });
     }
-    let mut stmt =
-        c.prepare_cached("SELECT rowid, peer, id, created_at_ms FROM files WHERE rowid > ?1 ORDER BY rowid")?;
-    let mut rows = stmt.query(params![files])?;
+    let mut stmt = c.prepare_cached(
+        "SELECT rowid, peer, id, created_at_ms FROM files WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![files, limit])?;
     while let Some(r) = rows.next()? {
+        last.1 = r.get(0)?;
         out.push(Entry {
             chat: r.get(1)?,
             at: r.get(3)?,
             id: r.get(2)?,
             kind: FILE,
-            row: r.get(0)?,
+            row: last.1,
             unread: false,
         });
     }
-    Ok(out)
+    Ok((out, last))
 }
 
-/// Files what `messages` and `files` got since the last time, in one transaction.
-pub(super) fn index(c: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+/// Every text and file past `progress`: what readers add to what is filed.
+fn unfiled(c: &rusqlite::Connection, progress: (i64, i64)) -> Result<Vec<Entry>, rusqlite::Error> {
+    Ok(unfiled_up_to(c, progress, i64::MAX)?.0)
+}
+
+/// Files what `messages` and `files` got since the last pass (up to [`MAX_FILED_PER_PASS`] rows
+/// of each), in one transaction. Returns whether rows are left for the next pass.
+pub(super) fn index(c: &rusqlite::Connection) -> Result<bool, rusqlite::Error> {
     let tx = c.unchecked_transaction()?;
-    let entries = unfiled(&tx, progress(&tx)?)?;
+    let from = progress(&tx)?;
+    let (entries, to) = unfiled_up_to(&tx, from, MAX_FILED_PER_PASS)?;
     {
         let mut item = tx.prepare_cached(
             "INSERT OR IGNORE INTO chat_items (chat, at_ms, id, kind, row) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -263,12 +285,10 @@ pub(super) fn index(c: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
             line.execute(params![e.chat, e.at, e.kind, e.row, counted as i64])?;
         }
     }
-    tx.execute(
-        "UPDATE chat_progress SET messages = (SELECT COALESCE(MAX(rowid), 0) FROM messages),
-                                  files = (SELECT COALESCE(MAX(rowid), 0) FROM files) WHERE one = 1",
-        [],
-    )?;
-    tx.commit()
+    tx.execute("UPDATE chat_progress SET messages = ?1, files = ?2 WHERE one = 1", params![to.0, to.1])?;
+    tx.commit()?;
+    let full = |done: i64, before: i64| done - before >= MAX_FILED_PER_PASS;
+    Ok(full(to.0, from.0) || full(to.1, from.1))
 }
 
 /// The text or file at `row`.
@@ -373,7 +393,7 @@ impl Store {
     /// Files new texts and files into the conversation index (see `schema.rs`), as the periodic
     /// checkpoint does.
     #[cfg(test)]
-    pub(crate) async fn index_chats(&self) -> Result<(), ClientError> {
+    pub(crate) async fn index_chats(&self) -> Result<bool, ClientError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || index(&conn.lock().unwrap_or_else(|p| p.into_inner())))
             .await
@@ -741,6 +761,29 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(filed, 1, "the first checkpoint files an older history");
+    }
+
+    /// A long backlog is filed a bounded batch at a time, and reads are whole at every step.
+    #[tokio::test]
+    async fn given_a_backlog_then_each_pass_files_a_bounded_batch_and_reads_stay_whole() {
+        let (_dir, store) = open();
+        let peer = n("456");
+        let backlog = 2 * MAX_FILED_PER_PASS as usize + 10;
+        for i in 0..backlog {
+            store.store_incoming(&peer, MessageId::new(), "x", i as u64, None).await.expect("in");
+        }
+        let mut passes = 0;
+        loop {
+            let list = store.conversations().await.expect("list");
+            assert_eq!(list[0].unread as usize, backlog, "after {passes} passes");
+            let page = store.history_page(&Chat::Peer(peer.clone()), None, 5).await.expect("page");
+            assert_eq!(page.len(), 5);
+            passes += 1;
+            if !store.index_chats().await.expect("index") {
+                break;
+            }
+        }
+        assert_eq!(passes, 3, "2 full passes and the rest");
     }
 
     /// A screen's reads go through their own connection: a write transaction that holds the

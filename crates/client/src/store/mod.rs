@@ -249,23 +249,29 @@ impl Store {
             .map_err(ClientError::Store)
     }
 
-    /// Moves what the WAL holds into the database file, on a blocking thread, if anything was
-    /// written since the last time: the client calls it every second, so the short statements
-    /// that run on async tasks never carry a checkpoint.
+    /// Files new rows into the conversation index and moves what the WAL holds into the database
+    /// file, on a blocking thread, if anything was written since the last time: the client calls
+    /// it every second, so the short statements that run on async tasks carry neither.
     pub(crate) async fn checkpoint(&self) -> Result<(), ClientError> {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
+        let behind = tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             // The conversation index catches up in the same trip (see `chats.rs`).
-            chats::index(&conn)?;
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            let behind = chats::index(&conn)?;
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            Ok(behind)
         })
         .await
         .map_err(|_| ClientError::ShuttingDown)?
-        .map_err(ClientError::Store)
+        .map_err(ClientError::Store)?;
+        if behind {
+            // The next pass goes on with what this one left.
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
