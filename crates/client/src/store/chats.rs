@@ -204,7 +204,7 @@ fn progress(c: &rusqlite::Connection) -> Result<(i64, i64), rusqlite::Error> {
 }
 
 /// Most rows one [`index`] pass files, so it holds the writing connection a few milliseconds at
-/// most; what is left goes on the next pass (and readers take it from the tables meanwhile).
+/// most; the checkpoint runs passes until none is left, letting the message path in between.
 const MAX_FILED_PER_PASS: i64 = 1000;
 
 /// Texts and files past `progress`, in the order they were stored (group changes are no part of

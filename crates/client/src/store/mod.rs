@@ -257,21 +257,16 @@ impl Store {
             return Ok(());
         }
         let conn = self.conn.clone();
-        let behind = tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            // The conversation index catches up in the same trip (see `chats.rs`).
-            let behind = chats::index(&conn)?;
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            Ok(behind)
+        tokio::task::spawn_blocking(move || {
+            let lock = || conn.lock().unwrap_or_else(|p| p.into_inner());
+            // The conversation index catches up in the same trip (see `chats.rs`), a bounded pass
+            // at a time: the message path gets the connection between two passes.
+            while chats::index(&lock())? {}
+            lock().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         })
         .await
         .map_err(|_| ClientError::ShuttingDown)?
-        .map_err(ClientError::Store)?;
-        if behind {
-            // The next pass goes on with what this one left.
-            self.dirty.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        .map_err(ClientError::Store)
     }
 }
 
