@@ -6,19 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use support::{next, number, TestDirectory};
+use support::{next, Scene};
 use tokio::time::Instant;
 use whatsap2p_client::{Event, SendOutcome, Timeouts};
 
-/// Long enough that no directory session expires during the test.
-const NO_EXPIRY: Duration = Duration::from_secs(24 * 3600);
-
 #[tokio::test(start_paused = true)]
 async fn given_an_idle_link_then_it_closes_after_link_idle_and_its_socket_is_released() {
-    let directory = TestDirectory::start(NO_EXPIRY).await;
-    let root = tempfile::tempdir().expect("tempdir");
-    let (a, mut a_events) = support::start(directory.addr, &number(123), root.path()).await;
-    let (b, mut b_events) = support::start(directory.addr, &number(456), root.path()).await;
+    let scene = Scene::start().await;
+    let (a, mut a_events) = scene.client(123).await;
+    let (b, mut b_events) = scene.client(456).await;
     let (id, outcome) = a.send(b.number(), "hello").await.expect("send");
     assert_eq!(outcome, SendOutcome::Sent);
     next(&mut b_events, |e| matches!(e, Event::Message { id: got, .. } if got == id).then_some(())).await;
@@ -41,5 +37,5 @@ async fn given_an_idle_link_then_it_closes_after_link_idle_and_its_socket_is_rel
     assert_eq!(outcome, SendOutcome::Sent);
     a.shutdown().await;
     b.shutdown().await;
-    directory.stop().await;
+    scene.stop().await;
 }

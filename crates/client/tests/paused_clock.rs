@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{next, number, BarePeer, TestDirectory};
+use support::{next, number, Scene};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use whatsap2p_client::outbox::RETRY_MAX;
-use whatsap2p_client::store::Store;
 use whatsap2p_client::transfer::STALL_TIMEOUT;
 use whatsap2p_client::{Event, MessageId, SendOutcome};
 use whatsap2p_link::{Handshake, StaticKeypair};
@@ -22,9 +21,6 @@ use whatsap2p_proto::directory::{ClientToServer, ServerToClient};
 use whatsap2p_proto::handshake::{Hello, ServerHello};
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage, FILE_CHUNK_LEN};
 use whatsap2p_proto::PROTOCOL_VERSION;
-
-/// Long enough that bare peers' directory sessions never expire during a test.
-const NO_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -48,13 +44,10 @@ async fn slammer() -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
 
 #[tokio::test(start_paused = true)]
 async fn given_an_online_peer_that_cannot_be_linked_then_the_courier_backs_off_doubling_up_to_the_maximum() {
-    let directory = TestDirectory::start(NO_EXPIRY).await;
-    let root = tempfile::tempdir().expect("tempdir");
-    let (a, _events) = support::start(directory.addr, &number(123), root.path()).await;
+    let scene = Scene::start().await;
+    let (a, _events) = scene.client(123).await;
     let (listen, attempts) = slammer().await;
-    let pins = Store::open(&root.path().join("pins.sqlite")).expect("store");
-    let peer = BarePeer::new(number(789));
-    let _session = peer.register(directory.addr, listen, &pins).await;
+    let (peer, _session) = scene.bare_peer(789, listen).await;
     let (_, outcome) = a.send(&peer.number, "are you there?").await.expect("send");
     assert!(matches!(outcome, SendOutcome::Queued { .. }), "{outcome:?}");
     let start = Instant::now();
@@ -79,20 +72,18 @@ async fn given_an_online_peer_that_cannot_be_linked_then_the_courier_backs_off_d
     }
     assert!((waits[waits.len() - 1] - secs(RETRY_MAX)).abs() < 0.05, "never reached the maximum: {gaps:?}");
     a.shutdown().await;
-    directory.stop().await;
+    scene.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn given_a_receiver_that_stops_answering_then_the_sender_calls_it_stalled_and_offers_again() {
-    let directory = TestDirectory::start(NO_EXPIRY).await;
-    let root = tempfile::tempdir().expect("tempdir");
-    let (a, mut a_events) = support::start(directory.addr, &number(123), root.path()).await;
+    let scene = Scene::start().await;
+    let (a, mut a_events) = scene.client(123).await;
     // A receiver that accepts the file, reads every chunk and never confirms any.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let listen = listener.local_addr().expect("addr");
-    let pins = Store::open(&root.path().join("pins.sqlite")).expect("store");
-    let peer = Arc::new(BarePeer::new(number(789)));
-    let _session = peer.register(directory.addr, listen, &pins).await;
+    let (peer, _session) = scene.bare_peer(789, listen).await;
+    let peer = Arc::new(peer);
     let offers = Arc::new(Mutex::new(Vec::new()));
     let (noted, receiver) = (offers.clone(), peer.clone());
     tokio::spawn(async move {
@@ -105,7 +96,7 @@ async fn given_a_receiver_that_stops_answering_then_the_sender_calls_it_stalled_
             }
         }
     });
-    let path = root.path().join("photo.bin");
+    let path = scene.root.path().join("photo.bin");
     std::fs::write(&path, vec![7u8; 4 * FILE_CHUNK_LEN]).expect("write");
     let file = a.send_file(&peer.number, &path).await.expect("send_file");
     while offers.lock().expect("offers").len() < 2 {
@@ -122,17 +113,14 @@ async fn given_a_receiver_that_stops_answering_then_the_sender_calls_it_stalled_
         assert!(!matches!(e, Event::FileFailed { id, .. } if id == file.id), "{e:?}");
     }
     a.shutdown().await;
-    directory.stop().await;
+    scene.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn given_a_sender_that_stops_sending_then_the_receiver_aborts_as_stalled_after_the_stall_timeout() {
-    let directory = TestDirectory::start(NO_EXPIRY).await;
-    let root = tempfile::tempdir().expect("tempdir");
-    let (b, mut b_events) = support::start(directory.addr, &number(456), root.path()).await;
-    let pins = Store::open(&root.path().join("pins.sqlite")).expect("store");
-    let peer = BarePeer::new(number(789));
-    let _session = peer.register(directory.addr, "127.0.0.1:9".parse().expect("addr"), &pins).await;
+    let scene = Scene::start().await;
+    let (b, mut b_events) = scene.client(456).await;
+    let (peer, _session) = scene.bare_peer(789, "127.0.0.1:9".parse().expect("addr")).await;
     b.add_contact(&peer.number).await.expect("add_contact");
     let (mut reader, mut writer) = peer.dial(b.number(), b.identity_key(), b.published_addr()).await.split();
     let id = MessageId::new();
@@ -191,7 +179,7 @@ async fn given_a_sender_that_stops_sending_then_the_receiver_aborts_as_stalled_a
     .await;
     assert!(reason.contains("stalled"), "{reason}");
     b.shutdown().await;
-    directory.stop().await;
+    scene.stop().await;
 }
 
 /// A directory that registers the client, then never says another word; it notes when each

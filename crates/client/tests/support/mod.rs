@@ -93,6 +93,39 @@ pub async fn next<T>(events: &mut mpsc::Receiver<Event>, pick: impl Fn(Event) ->
     }
 }
 
+/// A directory whose sessions never expire during a test, a temporary folder, and a client in it.
+pub struct Scene {
+    pub directory: TestDirectory,
+    pub root: tempfile::TempDir,
+}
+
+/// Long enough that no directory session expires during a test (bare peers send no heartbeats).
+pub const NO_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+impl Scene {
+    pub async fn start() -> Self {
+        Self { directory: TestDirectory::start(NO_EXPIRY).await, root: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// A client with number `n`, online.
+    pub async fn client(&self, n: u64) -> (Client, mpsc::Receiver<Event>) {
+        start(self.directory.addr, &number(n), self.root.path()).await
+    }
+
+    /// A bare peer with number `n`, registered as listening at `listen`, and its session (the
+    /// number stays bound to its key after the session ends).
+    pub async fn bare_peer(&self, n: u64, listen: SocketAddr) -> (BarePeer, Registered) {
+        let pins = Store::open(&self.root.path().join(format!("pins-{n}.sqlite"))).expect("store");
+        let peer = BarePeer::new(number(n));
+        let session = peer.register(self.directory.addr, listen, &pins).await;
+        (peer, session)
+    }
+
+    pub async fn stop(self) {
+        self.directory.stop().await;
+    }
+}
+
 /// A peer without a `Client`: keys, a number, and the client's own handshakes.
 pub struct BarePeer {
     pub number: Number,
