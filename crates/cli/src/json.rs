@@ -10,6 +10,7 @@ use whatsap2p_client::{
     Change, Client, ContactStatus, Event, Group, GroupId, Number, SendOutcome, StoredMessage,
 };
 
+use crate::event_loop::{FrontEnd, Step};
 use crate::input::{self, Line};
 
 /// A command from stdin.
@@ -75,10 +76,6 @@ fn group_event(g: &Group) -> Value {
         "by": g.changed_by,
         "left": g.left,
     })
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn stored(m: &StoredMessage) -> Value {
@@ -148,7 +145,7 @@ fn event(e: Event) -> Value {
                 "name": name,
                 "path": path.to_string_lossy(),
                 "size": size,
-                "blake3": hex(&blake3),
+                "blake3": hex::encode(blake3),
                 "media_type": media_type,
                 "resumed_from": resumed_from,
             });
@@ -182,8 +179,9 @@ pub fn online(client: &Client) {
     }));
 }
 
-async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Value>> {
-    Ok(Some(match cmd {
+/// Runs one command (never `logout`, which the loop handles) and gives its answer.
+async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Value> {
+    Ok(match cmd {
         Command::Ping { number } => {
             let mut v = presence(&client.ping(&number).await?);
             v["event"] = json!("presence");
@@ -283,71 +281,87 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Option<Val
                 "name": f.name,
                 "size": f.size,
                 "media_type": f.media_type,
-                "blake3": hex(&f.blake3),
+                "blake3": hex::encode(f.blake3),
             })
         }
-        Command::Logout => return Ok(None),
-    }))
+        Command::Logout => anyhow::bail!("logout is not a command to run"),
+    })
 }
 
-/// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
-pub async fn run(
-    client: Client,
-    mut events: mpsc::Receiver<Event>,
-    mut stdin: input::Stdin,
-) -> anyhow::Result<()> {
-    online(&client);
-    let signal = crate::shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            _ = &mut signal => break,
-            Some(e) = events.recv() => emit(&event(e)),
-            // Cancel safe: a line partly read when an event wins is finished on the next turn.
-            line = stdin.next_line() => {
-                let line = match line? {
-                    None => break,
-                    Some(Line::Text(l)) if l.trim().is_empty() => continue,
-                    Some(Line::Text(l)) => l,
-                    Some(Line::TooLong(n)) => { error(format!("input line of {n} bytes is over the limit")); continue }
-                    Some(Line::NotUtf8) => { error("input line is not UTF-8"); continue }
-                };
-                let cmd = match serde_json::from_str::<Command>(&line) {
-                    Ok(c) => c,
-                    Err(e) => { error(format!("bad command: {e}")); continue }
-                };
-                // Commands run one at a time. Events keep being taken off the queue while one runs (so
-                // the client never stalls on a full queue, and a signal still stops it), but they are
-                // printed after the command's answer: `sent` always comes before its `delivered`.
-                let command = run_command(&client, cmd);
-                tokio::pin!(command);
-                let mut held = Vec::new();
-                let result = loop {
-                    tokio::select! {
-                        r = &mut command => break Some(r),
-                        Some(e) = events.recv() => held.push(e),
-                        _ = &mut signal => break None,
-                    }
-                };
-                match &result {
-                    Some(Ok(Some(v))) => emit(v),
-                    Some(Err(e)) => error(e),
-                    None | Some(Ok(None)) => {}
-                }
-                for e in held {
-                    emit(&event(e));
-                }
-                if matches!(result, None | Some(Ok(None))) {
-                    break;
-                }
+/// The JSON-lines front end: answers each command in order, and holds the events that arrive
+/// while a command runs until its answer is out, so a message's `sent` always comes before its
+/// `delivered`.
+#[derive(Default)]
+struct Json {
+    held: Vec<Event>,
+}
+
+impl FrontEnd for Json {
+    type Done = anyhow::Result<Value>;
+
+    fn start(&mut self, client: &Client) {
+        online(client);
+    }
+
+    fn line<'c>(&mut self, client: &'c Client, line: Line) -> Step<'c, Self::Done> {
+        let line = match line {
+            Line::Text(l) if l.trim().is_empty() => return Step::Done,
+            Line::Text(l) => l,
+            Line::TooLong(n) => {
+                error(format!("input line of {n} bytes is over the limit"));
+                return Step::Done;
+            }
+            Line::NotUtf8 => {
+                error("input line is not UTF-8");
+                return Step::Done;
+            }
+        };
+        match serde_json::from_str::<Command>(&line) {
+            Ok(Command::Logout) => Step::Quit,
+            Ok(cmd) => Step::Run(Box::pin(run_command(client, cmd))),
+            Err(e) => {
+                error(format!("bad command: {e}"));
+                Step::Done
             }
         }
     }
-    client.logout().await;
-    // Events that arrived while logging out still reach the script.
-    while let Ok(e) = events.try_recv() {
+
+    fn finished(&mut self, _client: &Client, done: Self::Done) -> bool {
+        match done {
+            Ok(v) => emit(&v),
+            Err(e) => error(e),
+        }
+        for e in self.held.drain(..) {
+            emit(&event(e));
+        }
+        true
+    }
+
+    async fn event(&mut self, _client: &Client, e: Event, busy: bool) {
+        if busy {
+            self.held.push(e);
+        } else {
+            emit(&event(e));
+        }
+    }
+
+    fn stopping(&mut self, _client: &Client) {
+        // A signal stopped a command midway: what it held back still goes out.
+        for e in self.held.drain(..) {
+            emit(&event(e));
+        }
+    }
+
+    fn late_event(&mut self, e: Event) {
         emit(&event(e));
     }
-    emit(&json!({"event": "bye"}));
-    Ok(())
+
+    fn stopped(&mut self) {
+        emit(&json!({"event": "bye"}));
+    }
+}
+
+/// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
+pub async fn run(client: Client, events: mpsc::Receiver<Event>, stdin: input::Stdin) -> anyhow::Result<()> {
+    crate::event_loop::run(client, events, stdin, Json::default()).await
 }

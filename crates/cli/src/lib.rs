@@ -4,14 +4,26 @@
 //! - [`logging`]: the `[+] …` console format of the server and the client's stderr logs.
 //! - [`menu`]: the interactive menu of the original design.
 //! - [`input`]: size-limited, cancel-safe reading of stdin lines, shared by both front ends.
+//! - [`event_loop`]: the loop both front ends run: input, events and commands under way at once.
 //! - [`json`]: the JSON-lines interface for scripts (schema in `docs/json-lines.md`).
 
 #![forbid(unsafe_code)]
 
+pub mod event_loop;
 pub mod input;
 pub mod json;
 pub mod logging;
 pub mod menu;
+
+/// Where the binaries keep their data by default: `$XDG_DATA_HOME`, falling back to
+/// `~/.local/share` (and to the working directory when neither is set).
+pub fn data_home() -> std::path::PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+}
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

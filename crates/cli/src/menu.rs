@@ -7,8 +7,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-use whatsap2p_client::{Change, Client, Event, GroupId, MessageId, Number, Presence, SendOutcome};
+use std::future::Future;
 
+use whatsap2p_client::{
+    Change, Client, Event, FileRecord, GroupId, MessageId, Number, Presence, SendOutcome,
+};
+
+use crate::event_loop::{FrontEnd, Step};
 use crate::input::{self, Line};
 
 const OPTIONS: &str = "[+] Options:
@@ -216,12 +221,14 @@ async fn show_event(client: &Client, transfers: &mut Transfers, e: Event) -> boo
     true
 }
 
-async fn show_groups(client: &Client) {
+/// The groups we are in, each with its members and their status.
+async fn show_groups(client: &Client) -> Vec<String> {
+    let mut out = Vec::new();
     match client.groups().await {
-        Ok(groups) if groups.is_empty() => say("[+] No groups yet"),
+        Ok(groups) if groups.is_empty() => out.push("[+] No groups yet".to_owned()),
         Ok(groups) => {
             for g in groups.iter().filter(|g| !g.left) {
-                say(format!("[+] {} ({})", g.state.name, g.state.id));
+                out.push(format!("[+] {} ({})", g.state.name, g.state.id));
                 for m in &g.state.members {
                     let admin = if g.state.admins.contains(m) { " (admin)" } else { "" };
                     let status = if m == client.number() {
@@ -233,12 +240,13 @@ async fn show_groups(client: &Client) {
                             None => "?".to_owned(),
                         }
                     };
-                    say(format!("    {m}{admin} - {status}"));
+                    out.push(format!("    {m}{admin} - {status}"));
                 }
             }
         }
-        Err(e) => say(format!("[!] {e}")),
+        Err(e) => out.push(format!("[!] {e}")),
     }
+    out
 }
 
 /// Runs one line of the group sub-menu; returns what to tell the user.
@@ -335,7 +343,8 @@ async fn group_name(client: &Client, id: GroupId) -> String {
 }
 
 /// The last messages with a number or, when `with` is not one, in the group it names.
-async fn show_history(client: &Client, with: &str) {
+async fn show_history(client: &Client, with: &str) -> Vec<String> {
+    let mut out = Vec::new();
     let (list, whom) = match Number::new(with) {
         Ok(n) => (client.history(&n, HISTORY_LINES).await.map_err(anyhow::Error::from), n.to_string()),
         Err(_) => {
@@ -355,9 +364,9 @@ async fn show_history(client: &Client, with: &str) {
         }
     };
     match list {
-        Ok(list) if list.is_empty() => say(format!("[+] No messages with {whom} yet")),
+        Ok(list) if list.is_empty() => out.push(format!("[+] No messages with {whom} yet")),
         Ok(list) => {
-            say(format!("[+] Last {} messages with {whom}:", list.len()));
+            out.push(format!("[+] Last {} messages with {whom}:", list.len()));
             for m in list {
                 let who = if m.outgoing { "You".to_owned() } else { m.peer.to_string() };
                 // A group message went to every member: its state is one member's, so none is shown.
@@ -366,15 +375,16 @@ async fn show_history(client: &Client, with: &str) {
                 } else {
                     String::new()
                 };
-                say(format!(
+                out.push(format!(
                     "    {} {who}: {}{state}",
                     clock(m.received_at_ms.unwrap_or(m.sent_at_ms)),
                     m.text
                 ));
             }
         }
-        Err(e) => say(format!("[!] {e}")),
+        Err(e) => out.push(format!("[!] {e}")),
     }
+    out
 }
 
 /// `HH:MM` (UTC) of a millisecond timestamp.
@@ -410,88 +420,112 @@ pub fn banner(client: &Client) {
     say(format!("[+] Listening at {}", slash(client.published_addr())));
 }
 
-/// Runs the menu until Logout, end of input or a signal.
-pub async fn run(
-    client: Client,
-    mut events: mpsc::Receiver<Event>,
-    mut stdin: input::Stdin,
-) -> anyhow::Result<()> {
-    banner(&client);
-    say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
-    let mut state = Prompt::Choice;
-    let mut transfers = Transfers::default();
-    prompt(&state);
-    let signal = crate::shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        let line = tokio::select! {
-            _ = &mut signal => break,
-            Some(e) = events.recv() => {
-                if show_event(&client, &mut transfers, e).await {
-                    prompt(&state);
-                }
-                continue;
-            }
-            // Cancel safe: a line partly read when an event wins is finished on the next turn.
-            line = stdin.next_line() => line?,
-        };
+/// What a menu command gives back: the lines to show, and the file it queued, if any.
+#[derive(Default)]
+struct Done {
+    lines: Vec<String>,
+    file: Option<FileRecord>,
+}
+
+impl Done {
+    /// `lines`, then the short list of options.
+    fn then_options(mut lines: Vec<String>) -> Self {
+        lines.push(SHORT_OPTIONS.to_owned());
+        Self { lines, file: None }
+    }
+}
+
+/// The menu's state: what the next line answers, and the files it follows.
+struct Menu {
+    state: Prompt,
+    transfers: Transfers,
+}
+
+impl Menu {
+    /// Starts `job`, whose answer the user sees before the prompt of `next`.
+    fn run<'c>(&mut self, next: Prompt, job: impl Future<Output = Done> + 'c) -> Step<'c, Done> {
+        self.state = next;
+        Step::Run(Box::pin(job))
+    }
+
+    /// Shows `line` and stays at the main options.
+    fn back(&mut self, line: Option<String>) -> Step<'static, Done> {
+        if let Some(line) = line {
+            say(line);
+        }
+        say(SHORT_OPTIONS);
+        self.state = Prompt::Choice;
+        prompt(&self.state);
+        Step::Done
+    }
+
+    /// Moves to `next` and asks for it.
+    fn ask(&mut self, next: Prompt) -> Step<'static, Done> {
+        self.state = next;
+        prompt(&self.state);
+        Step::Done
+    }
+}
+
+impl FrontEnd for Menu {
+    type Done = Done;
+
+    fn start(&mut self, client: &Client) {
+        banner(client);
+        say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
+        prompt(&self.state);
+    }
+
+    fn line<'c>(&mut self, client: &'c Client, line: Line) -> Step<'c, Done> {
         let line = match line {
-            None => break,
-            Some(Line::Text(t)) => t,
-            Some(Line::TooLong(n)) => {
+            Line::Text(t) => t,
+            Line::TooLong(n) => {
                 say(format!("[!] That line is {n} bytes; too long"));
-                prompt(&state);
-                continue;
+                prompt(&self.state);
+                return Step::Done;
             }
-            Some(Line::NotUtf8) => {
+            Line::NotUtf8 => {
                 say("[!] That line is not valid UTF-8");
-                prompt(&state);
-                continue;
+                prompt(&self.state);
+                return Step::Done;
             }
         };
-        state = match (state, line.trim()) {
-            (Prompt::Choice, "") => Prompt::Choice,
-            (Prompt::Choice, "1") => Prompt::PingNumber,
-            (Prompt::Choice, "2") => Prompt::SendNumber,
-            (Prompt::Choice, "3") => {
-                match client.contacts().await {
-                    Ok(list) if list.is_empty() => say("[+] No contacts yet: add one with 4"),
-                    Ok(list) => {
-                        say("[+] Contacts:");
-                        for c in &list {
-                            say(format!("    {}", describe(c)));
-                        }
-                    }
-                    Err(e) => say(format!("[!] {e}")),
-                }
-                say(SHORT_OPTIONS);
-                Prompt::Choice
-            }
-            (Prompt::Choice, "4") => Prompt::AddNumber,
-            (Prompt::Choice, "5") => break,
-            (Prompt::Choice, "6") => Prompt::HistoryNumber,
-            (Prompt::Choice, "7") => Prompt::FileNumber,
-            (Prompt::Choice, "8") => {
-                show_groups(&client).await;
-                say(GROUP_HELP);
-                Prompt::GroupCommand
-            }
-            (Prompt::GroupCommand, "") => {
-                say(SHORT_OPTIONS);
-                Prompt::Choice
-            }
+        let state = std::mem::replace(&mut self.state, Prompt::Choice);
+        match (state, line.trim()) {
+            (Prompt::Choice, "") => self.ask(Prompt::Choice),
+            (Prompt::Choice, "1") => self.ask(Prompt::PingNumber),
+            (Prompt::Choice, "2") => self.ask(Prompt::SendNumber),
+            (Prompt::Choice, "3") => self.run(Prompt::Choice, async move {
+                let lines = match client.contacts().await {
+                    Ok(list) if list.is_empty() => vec!["[+] No contacts yet: add one with 4".to_owned()],
+                    Ok(list) => std::iter::once("[+] Contacts:".to_owned())
+                        .chain(list.iter().map(|c| format!("    {}", describe(c))))
+                        .collect(),
+                    Err(e) => vec![format!("[!] {e}")],
+                };
+                Done::then_options(lines)
+            }),
+            (Prompt::Choice, "4") => self.ask(Prompt::AddNumber),
+            (Prompt::Choice, "5") => Step::Quit,
+            (Prompt::Choice, "6") => self.ask(Prompt::HistoryNumber),
+            (Prompt::Choice, "7") => self.ask(Prompt::FileNumber),
+            (Prompt::Choice, "8") => self.run(Prompt::GroupCommand, async move {
+                let mut lines = show_groups(client).await;
+                lines.push(GROUP_HELP.to_owned());
+                Done { lines, file: None }
+            }),
+            (Prompt::GroupCommand, "") => self.back(None),
             (Prompt::GroupCommand, command) => {
-                match group_command(&client, command).await {
-                    Ok(done) => say(format!("[+] {done}")),
-                    Err(e) => say(format!("[!] {e}")),
-                }
-                Prompt::GroupCommand
+                let command = command.to_owned();
+                self.run(Prompt::GroupCommand, async move {
+                    let line = match group_command(client, &command).await {
+                        Ok(done) => format!("[+] {done}"),
+                        Err(e) => format!("[!] {e}"),
+                    };
+                    Done { lines: vec![line], file: None }
+                })
             }
-            (Prompt::Choice, other) => {
-                say(format!("[!] '{other}' is not an option"));
-                say(SHORT_OPTIONS);
-                Prompt::Choice
-            }
+            (Prompt::Choice, other) => self.back(Some(format!("[!] '{other}' is not an option"))),
             (
                 Prompt::PingNumber
                 | Prompt::SendNumber
@@ -499,14 +533,10 @@ pub async fn run(
                 | Prompt::HistoryNumber
                 | Prompt::FileNumber,
                 "",
-            ) => {
-                say(SHORT_OPTIONS);
-                Prompt::Choice
-            }
+            ) => self.back(None),
             (Prompt::HistoryNumber, with) => {
-                show_history(&client, with).await;
-                say(SHORT_OPTIONS);
-                Prompt::Choice
+                let with = with.to_owned();
+                self.run(Prompt::Choice, async move { Done::then_options(show_history(client, &with).await) })
             }
             (
                 p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::FileNumber),
@@ -514,67 +544,88 @@ pub async fn run(
             ) => match Number::new(text) {
                 Err(e) => {
                     say(format!("[!] {e}"));
-                    p
+                    self.ask(p)
                 }
                 Ok(n) => match p {
-                    Prompt::PingNumber => {
-                        match client.ping(&n).await {
-                            Ok(p) => say(format!("[+] {}", describe(&p))),
-                            Err(e) => say(format!("[!] {e}")),
-                        }
-                        say(SHORT_OPTIONS);
-                        Prompt::Choice
-                    }
-                    Prompt::AddNumber => {
-                        match client.add_contact(&n).await {
-                            Ok((true, Some(k))) => say(format!("[+] Added {n} (key {k})")),
-                            Ok((true, None)) => say(format!("[+] Added {n} (not registered yet)")),
-                            Ok((false, _)) => say(format!("[+] {n} is already a contact")),
-                            Err(e) => say(format!("[!] {e}")),
-                        }
-                        say(SHORT_OPTIONS);
-                        Prompt::Choice
-                    }
-                    Prompt::FileNumber => Prompt::FilePath(n),
-                    _ => Prompt::SendText(n),
+                    Prompt::PingNumber => self.run(Prompt::Choice, async move {
+                        let line = match client.ping(&n).await {
+                            Ok(p) => format!("[+] {}", describe(&p)),
+                            Err(e) => format!("[!] {e}"),
+                        };
+                        Done::then_options(vec![line])
+                    }),
+                    Prompt::AddNumber => self.run(Prompt::Choice, async move {
+                        let line = match client.add_contact(&n).await {
+                            Ok((true, Some(k))) => format!("[+] Added {n} (key {k})"),
+                            Ok((true, None)) => format!("[+] Added {n} (not registered yet)"),
+                            Ok((false, _)) => format!("[+] {n} is already a contact"),
+                            Err(e) => format!("[!] {e}"),
+                        };
+                        Done::then_options(vec![line])
+                    }),
+                    Prompt::FileNumber => self.ask(Prompt::FilePath(n)),
+                    _ => self.ask(Prompt::SendText(n)),
                 },
             },
-            (Prompt::FilePath(_), "") => {
-                say(SHORT_OPTIONS);
-                Prompt::Choice
-            }
+            (Prompt::FilePath(_), "") => self.back(None),
             (Prompt::FilePath(to), path) => {
-                match client.send_file(&to, std::path::Path::new(path)).await {
-                    Ok(f) => {
-                        say(format!("[+] Sending {} ({}) to {to}", f.name, size(f.size)));
-                        transfers.start(f.id, f.name, to.clone(), f.size);
+                let path = std::path::PathBuf::from(path);
+                self.run(Prompt::Choice, async move {
+                    match client.send_file(&to, &path).await {
+                        Ok(f) => {
+                            let line = format!("[+] Sending {} ({}) to {to}", f.name, size(f.size));
+                            Done { file: Some(f), ..Done::then_options(vec![line]) }
+                        }
+                        Err(e) => Done::then_options(vec![format!("[!] {e}")]),
                     }
-                    Err(e) => say(format!("[!] {e}")),
-                }
-                say(SHORT_OPTIONS);
-                Prompt::Choice
+                })
             }
-            (Prompt::SendText(to), _) => {
-                match client.send(&to, &line).await {
-                    Ok((_, SendOutcome::Sent)) => say(format!("[+] Sent to {to}")),
+            (Prompt::SendText(to), _) => self.run(Prompt::Choice, async move {
+                let line = match client.send(&to, &line).await {
+                    Ok((_, SendOutcome::Sent)) => format!("[+] Sent to {to}"),
                     Ok((_, SendOutcome::Queued { reason })) => {
-                        say(format!("[+] Queued for {to} ({reason}); it goes out as soon as they are online"))
+                        format!("[+] Queued for {to} ({reason}); it goes out as soon as they are online")
                     }
-                    Err(e) => say(format!("[!] {e}")),
-                }
-                say(SHORT_OPTIONS);
-                Prompt::Choice
-            }
-        };
-        prompt(&state);
+                    Err(e) => format!("[!] {e}"),
+                };
+                Done::then_options(vec![line])
+            }),
+        }
     }
-    say("\n[+] Logging out...");
-    while let Ok(e) = events.try_recv() {
-        show_event(&client, &mut transfers, e).await;
+
+    fn finished(&mut self, _client: &Client, done: Done) -> bool {
+        if let Some(f) = done.file {
+            self.transfers.start(f.id, f.name, f.peer, f.size);
+        }
+        for line in done.lines {
+            say(line);
+        }
+        prompt(&self.state);
+        true
     }
-    client.logout().await;
-    say("[+] Bye!");
-    Ok(())
+
+    async fn event(&mut self, client: &Client, e: Event, busy: bool) {
+        // While a command runs there is no prompt to draw again.
+        if show_event(client, &mut self.transfers, e).await && !busy {
+            prompt(&self.state);
+        }
+    }
+
+    fn stopping(&mut self, _client: &Client) {
+        say("\n[+] Logging out...");
+    }
+
+    fn late_event(&mut self, _event: Event) {}
+
+    fn stopped(&mut self) {
+        say("[+] Bye!");
+    }
+}
+
+/// Runs the menu until Logout, end of input or a signal.
+pub async fn run(client: Client, events: mpsc::Receiver<Event>, stdin: input::Stdin) -> anyhow::Result<()> {
+    let menu = Menu { state: Prompt::Choice, transfers: Transfers::default() };
+    crate::event_loop::run(client, events, stdin, menu).await
 }
 
 #[cfg(test)]

@@ -741,18 +741,8 @@ async fn given_command_lines_split_around_events_then_each_is_read_whole() {
 async fn given_number_and_options_piped_at_once_then_the_menu_runs_them_all() {
     let server = Server::start(&[]).await;
     let profile = tempdir();
-    let mut child = tokio::process::Command::new(common::CLIENT_BIN)
-        .arg("--profile")
-        .arg(profile.path())
-        .arg("127.0.0.1")
-        .arg(server.port.to_string())
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning whatsap2p");
+    let mut child =
+        common::menu_command(server.port, profile.path(), &[]).spawn().expect("spawning whatsap2p");
     let mut stdin = child.stdin.take().expect("client stdin");
     // One write: the number, option 3 (contacts), option 5 (logout).
     stdin.write_all(b"123\n3\n5\n").await.expect("writing to client stdin");
@@ -769,4 +759,41 @@ async fn given_number_and_options_piped_at_once_then_the_menu_runs_them_all() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("[+] No contacts yet"), "option 3 was lost:\n{stdout}");
+}
+
+/// The menu runs a command beside its events: while a send waits on a peer that takes the
+/// connection and never answers the handshake (stopped with SIGSTOP, so the directory still lists
+/// it), a message from someone else is shown at once, and the send's answer comes when the
+/// handshake gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_send_waiting_on_a_stuck_peer_then_the_menu_shows_other_messages_meanwhile() {
+    let server = Server::start(&[]).await;
+    let mut c456 = Client::start(server.port, "456").await;
+    let c789 = Client::start(server.port, "789").await;
+    let profile = tempdir();
+    let mut menu = common::menu_command(server.port, profile.path(), &["--number", "123"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning whatsap2p");
+    let mut stdin = menu.stdin.take().expect("menu stdin");
+    let out = common::Lines::collect(menu.stdout.take().expect("menu stdout"));
+    out.wait_for(common::TIMEOUT, |l| l.contains("[+] Listening at")).await.expect("the menu is online");
+    c789.stop().await;
+    let started = Instant::now();
+    stdin.write_all(b"2\n789\nare you there?\n").await.expect("writing to the menu");
+    c456.send_text("123", "meanwhile").await;
+    let shown = |l: &str| l.contains("> Message from 456: meanwhile");
+    let answered = |l: &str| l.contains("Queued for 789") || l.contains("Sent to 789") || l.contains("[!]");
+    out.wait_for(common::TIMEOUT, shown).await.expect("the message was shown");
+    let shown_after = started.elapsed();
+    out.wait_for(common::TIMEOUT, answered).await.expect("the send was answered");
+    let lines = out.snapshot();
+    let (message, answer) = (lines.iter().position(|l| shown(l)), lines.iter().position(|l| answered(l)));
+    assert!(message < answer, "the message waited for the send:\n{}", lines.join("\n"));
+    // The handshake gives up after 5 s; the message did not wait for that.
+    assert!(shown_after < Duration::from_secs(4), "shown after {shown_after:?}");
+    c789.signal("CONT");
+    stdin.write_all(b"5\n").await.expect("writing to the menu");
+    let status = tokio::time::timeout(common::TIMEOUT, menu.wait()).await.expect("menu exit").expect("menu");
+    assert!(status.success(), "{status}");
 }

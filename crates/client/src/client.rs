@@ -1,350 +1,131 @@
-//! [`Client`]: what a user interface drives, and the [`Event`]s it shows.
+//! [`Client`]: what a user interface drives. It composes the subsystems, each a handle owning its
+//! own state (`link`, `outbox`, `transfer`, `groups`, `directory`, `presence`, `store`), starts and
+//! stops their tasks, and answers the user interface's calls by asking the one that owns the answer.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use whatsap2p_proto::directory::{Location, LookupIntent};
+use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
 
 use crate::directory::{self, DirectoryHandle, Note};
-use crate::groups::{Change, Group};
-use crate::outbox::Outbox;
-use crate::peer::{self, Links};
+use crate::groups::{Change, Group, GroupParts, Groups};
+use crate::inbound::Router;
+use crate::inbox::Inbox;
+use crate::link::{LinkParts, Links};
+use crate::outbox::{Outbox, OutboxParts};
+use crate::presence::PresenceCache;
 use crate::profile::{Identity, Profile};
-use crate::store::{FileRecord, Store, StoredMessage};
+use crate::store::{Chat, ChatItem, Conversation, FileRecord, Store, StoredMessage};
+use crate::transfer::{TransferParts, Transfers};
+use crate::transport::PeerListener;
 use crate::ClientError;
+
+pub use crate::config::{ClientConfig, Timeouts};
+pub use crate::event::{ContactStatus, Event, Presence, SendOutcome};
 
 /// Events waiting for the UI. Peers wait (back-pressure) rather than lose an event.
 const EVENT_QUEUE: usize = 1024;
 /// How often the profile database is checkpointed (see `Store::checkpoint`).
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the client's tasks to end.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
-/// Timeouts of the client, each bounding one kind of wait.
-#[derive(Clone, Debug)]
-pub struct Timeouts {
-    /// TCP connect to the directory or a peer.
-    pub connect: Duration,
-    /// A whole Noise handshake.
-    pub handshake: Duration,
-    /// A directory request's answer.
-    pub request: Duration,
-    /// Interval between heartbeats to the directory (its timeout is three times this by default).
-    pub heartbeat: Duration,
-    /// A peer link with no traffic for this long is closed (it is redialed when needed).
-    pub link_idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(5),
-            handshake: Duration::from_secs(5),
-            request: Duration::from_secs(5),
-            heartbeat: Duration::from_secs(10),
-            link_idle: Duration::from_secs(600),
-        }
-    }
-}
-
-/// How to start a client.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// Our number.
-    pub number: Number,
-    /// The profile folder.
-    pub profile_dir: PathBuf,
-    /// The directory server.
-    pub server: SocketAddr,
-    /// Where to accept peers. An unspecified IP is published as the address the server sees.
-    pub listen: SocketAddr,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-    /// Where received files are saved.
-    pub downloads: PathBuf,
-    /// Largest file accepted automatically from a contact.
-    pub max_file_size: u64,
-}
-
-impl ClientConfig {
-    /// Default for [`ClientConfig::max_file_size`]: 2 GiB.
-    pub const DEFAULT_MAX_FILE_SIZE: u64 = 2 * 1024 * 1024 * 1024;
-}
-
-/// Something the user should see.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the client holds: a count of each kind of thing a remote party can make it keep, for
+/// tests and diagnostics (see [`Client::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Event {
-    /// A message arrived.
-    Message {
-        /// Its id.
-        id: MessageId,
-        /// The sender (its key was checked).
-        from: Number,
-        /// The text.
-        text: String,
-        /// The sender's clock at sending.
-        sent_at_ms: u64,
-        /// The group it was sent to, if any.
-        group: Option<GroupId>,
-    },
-    /// A group was created with us in it, or changed (we may have been removed: `left`).
-    Group(Group),
-    /// The recipient confirmed it has the message.
-    Delivered {
-        /// The message.
-        id: MessageId,
-        /// The recipient.
-        to: Number,
-    },
-    /// A queued message (or one member's copy of a group message) is being written to the recipient.
-    Sent {
-        /// The message.
-        id: MessageId,
-        /// The recipient.
-        to: Number,
-        /// The group, for a group message.
-        group: Option<GroupId>,
-    },
-    /// The recipient has seen the message.
-    Read {
-        /// The message.
-        id: MessageId,
-        /// Who read it.
-        by: Number,
-    },
-    /// A message will never be delivered (the recipient's key changed, say); it stays in history.
-    Failed {
-        /// The message.
-        id: MessageId,
-        /// The recipient.
-        to: Number,
-        /// Why.
-        reason: String,
-    },
-    /// A watched number (a contact, or someone we wrote to) came online or went offline.
-    Presence {
-        /// Who.
-        number: Number,
-        /// Where it listens, if online.
-        online: Option<SocketAddr>,
-    },
-    /// A security-relevant refusal nobody asked about (a peer with the wrong key, say).
-    Warning {
-        /// What happened.
-        message: String,
-    },
-    /// The directory session ended unexpectedly; the client reconnects by itself.
-    DirectoryLost {
-        /// Why.
-        reason: String,
-    },
-    /// The directory session is back.
-    Reconnected,
-    /// Bytes of an outgoing file the receiver has written (at most a few per second).
-    Progress {
-        /// The transfer.
-        id: MessageId,
-        /// Bytes confirmed so far.
-        bytes: u64,
-        /// The file's size.
-        total: u64,
-    },
-    /// The receiver verified and kept a file we sent.
-    FileSent {
-        /// The transfer.
-        id: MessageId,
-        /// The receiver.
-        to: Number,
-        /// Where the last attempt started (non-zero when it resumed).
-        resumed_from: u64,
-    },
-    /// A file arrived, verified, and was saved.
-    FileReceived {
-        /// The transfer.
-        id: MessageId,
-        /// The sender.
-        from: Number,
-        /// The (safe) name it was saved under.
-        name: String,
-        /// Where it was saved.
-        path: PathBuf,
-        /// Size in bytes.
-        size: u64,
-        /// BLAKE3 of the content (verified).
-        blake3: [u8; 32],
-        /// Media type the sender announced.
-        media_type: String,
-        /// Width and height, when the content is an image.
-        dimensions: Option<(u32, u32)>,
-        /// Where the last attempt started (non-zero when it resumed).
-        resumed_from: u64,
-    },
-    /// A file transfer failed for good (refused, wrong hash, …), or an incoming attempt failed.
-    FileFailed {
-        /// The transfer.
-        id: MessageId,
-        /// The other side.
-        peer: Number,
-        /// True when we were sending.
-        outgoing: bool,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// What became of a sent message right away.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// Written to the recipient; a receipt follows.
-    Sent,
-    /// Kept in the outbox; delivered when the recipient is reachable.
-    Queued {
-        /// Why it could not go now.
-        reason: String,
-    },
-}
-
-/// A number's status as the directory sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Presence {
-    /// Who.
-    pub number: Number,
-    /// Where it listens, if online.
-    pub online: Option<SocketAddr>,
-    /// Its identity key, if it ever registered.
-    pub key: Option<PublicKey>,
-}
-
-/// A contact and its status.
-pub type ContactStatus = Presence;
-
-/// State shared by the client's tasks.
-pub(crate) struct Core {
-    pub(crate) number: Number,
-    pub(crate) identity: Identity,
-    pub(crate) store: Store,
-    pub(crate) directory: DirectoryHandle,
-    pub(crate) events: mpsc::Sender<Event>,
-    pub(crate) links: Links,
-    pub(crate) outbox: Outbox,
-    /// Serializes group changes and group texts, so a member never shows a group's message before
-    /// the group itself (or takes a text against a state that is being replaced).
-    pub(crate) groups_lock: tokio::sync::Mutex<()>,
-    /// The last status the directory pushed for each watched number.
-    pub(crate) presence: Mutex<HashMap<Number, Option<Location>>>,
-    /// Partial files a receiving attempt is writing, on whatever link: an attempt on a new link
-    /// (the old one dropped) must not open a file the old attempt's writer is still finishing.
-    pub(crate) receiving: Mutex<std::collections::HashSet<std::path::PathBuf>>,
-    pub(crate) config: ClientConfig,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) tracker: TaskTracker,
+pub struct ClientStats {
+    /// The client's tasks alive (links have two each, couriers and transfers one).
+    pub tasks: usize,
+    /// Peers with a link slot: a live link or a dial under way.
+    pub links: usize,
+    /// Peers with a courier: something owed to them, or a text just written.
+    pub couriers: usize,
+    /// Outgoing files not yet delivered, and incoming ones being written.
+    pub transfers: usize,
 }
 
 /// A running client.
 pub struct Client {
-    core: Arc<Core>,
+    number: Number,
+    identity: Identity,
+    config: ClientConfig,
+    store: Store,
+    directory: DirectoryHandle,
+    presence: PresenceCache,
+    links: Links,
+    outbox: Outbox,
+    transfers: Transfers,
+    groups: Groups,
     published: SocketAddr,
     server_key: PublicKey,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
     // Held for its lock on the profile folder.
     _profile: Profile,
 }
 
-impl Core {
-    /// A lookup found `number` online: a watched number cached as offline is online now. A push
-    /// saying so may still be on its way (a watch answered before the number registered again, on
-    /// a busy machine); until it comes, a send would queue instead of writing. Only this direction
-    /// is taken from lookups, and a cached "online" is never touched. An answer that lands after a
-    /// later "offline" push costs a failed dial, after which the courier retries with backoff.
-    pub(crate) fn saw_online(&self, number: &Number, location: Option<Location>) {
-        let Some(location) = location else { return };
-        let mut presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(cached @ None) = presence.get_mut(number) {
-            *cached = Some(location);
-        }
-    }
-
-    /// True when the directory told us `number` is offline (and nothing since said otherwise).
-    pub(crate) fn known_offline(&self, number: &Number) -> bool {
-        matches!(self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(number), Some(None))
-    }
-
-    fn presence_of(&self, number: &Number) -> Option<Option<Location>> {
-        self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(number).copied()
-    }
-}
-
 /// Checkpoints the profile database every second while the client runs (see `Store::checkpoint`).
-async fn checkpoints(core: Arc<Core>) {
+async fn checkpoints(store: Store, cancel: CancellationToken) {
     loop {
         tokio::select! {
-            _ = core.cancel.cancelled() => return,
+            _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
         }
-        if let Err(e) = core.store.checkpoint().await {
+        if let Err(e) = store.checkpoint().await {
             warn!("checkpointing the profile database: {e}");
         }
     }
 }
 
-/// Applies what the directory task reports: presence changes (waking couriers), losses and returns.
-async fn route_notes(core: Arc<Core>, mut notes: mpsc::Receiver<Note>) {
-    while let Some(note) = notes.recv().await {
-        match note {
-            Note::Presence { number, online, .. } => {
-                let before =
-                    core.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(number.clone(), online);
-                let changed = before.map(|b| b.map(|l| l.addr)) != Some(online.map(|l| l.addr));
-                if online.is_some() {
-                    crate::outbox::kick(&core, &number);
-                }
-                if changed {
-                    let event = Event::Presence { number, online: online.map(|l| l.addr) };
-                    if core.events.send(event).await.is_err() {
-                        return;
+/// What the directory's notes change: the presence cache, and whoever waits for a peer.
+struct NoteRoute {
+    presence: PresenceCache,
+    outbox: Outbox,
+    transfers: Transfers,
+    events: mpsc::Sender<Event>,
+}
+
+impl NoteRoute {
+    /// Applies what the directory task reports: presence changes (waking couriers and waiting
+    /// files), losses and returns.
+    async fn run(self, mut notes: mpsc::Receiver<Note>) {
+        while let Some(note) = notes.recv().await {
+            match note {
+                Note::Presence { number, online, .. } => {
+                    let changed = self.presence.update(number.clone(), online);
+                    if online.is_some() {
+                        self.outbox.kick(&number);
+                        self.transfers.wake(&number);
+                    }
+                    if changed {
+                        let event = Event::Presence { number, online: online.map(|l| l.addr) };
+                        if self.events.send(event).await.is_err() {
+                            return;
+                        }
                     }
                 }
-            }
-            Note::Lost { reason } => {
-                core.presence.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                let _ = core.events.send(Event::DirectoryLost { reason }).await;
-            }
-            Note::Refused { reason } => {
-                let _ = core.events.send(Event::Warning { message: reason }).await;
-            }
-            Note::Reconnected => {
-                let _ = core.events.send(Event::Reconnected).await;
-                kick_all(&core).await;
+                Note::Lost { reason } => {
+                    self.presence.clear();
+                    let _ = self.events.send(Event::DirectoryLost { reason }).await;
+                }
+                Note::Refused { reason } => {
+                    let _ = self.events.send(Event::Warning { message: reason }).await;
+                }
+                Note::Reconnected => {
+                    let _ = self.events.send(Event::Reconnected).await;
+                    self.outbox.kick_all().await;
+                }
             }
         }
     }
-}
-
-/// Wakes the courier of every peer with something to deliver.
-async fn kick_all(core: &Arc<Core>) {
-    match core.store.peers_with_work().await {
-        Ok(peers) => {
-            for p in peers {
-                crate::outbox::kick(core, &p);
-            }
-        }
-        Err(e) => tracing::error!("cannot read the outbox: {e}"),
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Client {
@@ -352,19 +133,12 @@ impl Client {
     pub async fn start(config: ClientConfig) -> Result<(Self, mpsc::Receiver<Event>), ClientError> {
         let profile = Profile::open(&config.profile_dir)?;
         let store = Store::open(&profile.dir.join("profile.sqlite"))?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(ClientError::io(format!("listening for peers on {}", config.listen)))?;
-        let bound = listener.local_addr().map_err(ClientError::io("reading the listen address"))?;
-        let session = directory::connect(
-            config.server,
-            &config.number,
-            &profile.identity,
-            bound,
-            &store,
-            &config.timeouts,
-        )
-        .await?;
+        let listener = PeerListener::bind(config.listen).await?;
+        let bound = listener.local_addr()?;
+        let number = config.number.clone();
+        let identity = profile.identity.clone();
+        let t = &config.timeouts;
+        let session = directory::connect(config.server, &number, &identity, bound, &store, t).await?;
         let (published, server_key) = (session.published, session.server_key);
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (notes_tx, notes) = mpsc::channel(EVENT_QUEUE);
@@ -372,47 +146,102 @@ impl Client {
         let tracker = TaskTracker::new();
         let params = directory::Params {
             server: config.server,
-            number: config.number.clone(),
-            identity: profile.identity.clone(),
+            number: number.clone(),
+            identity: identity.clone(),
             listen: bound,
             store: store.clone(),
             timeouts: config.timeouts.clone(),
         };
         let directory = directory::spawn(session, params, notes_tx, cancel.clone(), &tracker);
-        let core = Arc::new(Core {
-            number: config.number.clone(),
-            identity: profile.identity.clone(),
+        let presence = PresenceCache::default();
+        let links = Links::new(LinkParts {
+            me: number.clone(),
+            identity: identity.clone(),
+            directory: directory.clone(),
+            store: store.clone(),
+            presence: presence.clone(),
+            events: events.clone(),
+            timeouts: config.timeouts.clone(),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+        let outbox = Outbox::new(OutboxParts {
+            links: links.clone(),
+            store: store.clone(),
+            events: events.clone(),
+            presence: presence.clone(),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+        let transfers = Transfers::new(TransferParts {
+            me: number.clone(),
+            links: links.clone(),
+            store: store.clone(),
+            events: events.clone(),
+            presence: presence.clone(),
+            downloads: config.downloads.clone(),
+            max_file_size: config.max_file_size,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+        let inbox = Inbox::new(store.clone(), events.clone());
+        let groups = Groups::new(GroupParts {
+            me: number.clone(),
+            signing: identity.signing.clone(),
+            store: store.clone(),
+            directory: directory.clone(),
+            outbox: outbox.clone(),
+            inbox: inbox.clone(),
+            events: events.clone(),
+        });
+        links.set_owner(Arc::new(Router {
+            inbox,
+            outbox: outbox.clone(),
+            transfers: transfers.clone(),
+            groups: groups.clone(),
+        }));
+        links.accept(listener);
+        let route = NoteRoute {
+            presence: presence.clone(),
+            outbox: outbox.clone(),
+            transfers: transfers.clone(),
+            events: events.clone(),
+        };
+        tracker.spawn(route.run(notes));
+        tracker.spawn(checkpoints(store.clone(), cancel.clone()));
+        let client = Self {
+            number,
+            identity,
+            config,
             store,
             directory,
-            events,
-            links: Links::default(),
-            outbox: Outbox::default(),
-            groups_lock: tokio::sync::Mutex::new(()),
-            presence: Mutex::new(HashMap::new()),
-            receiving: Mutex::default(),
-            config,
+            presence,
+            links,
+            outbox,
+            transfers,
+            groups,
+            published,
+            server_key,
             cancel,
             tracker,
-        });
-        core.tracker.spawn(peer::accept_loop(core.clone(), listener));
-        core.tracker.spawn(route_notes(core.clone(), notes));
-        core.tracker.spawn(checkpoints(core.clone()));
+            _profile: profile,
+        };
         // Contacts, and whoever the outbox still owes something, so a push wakes their courier.
-        let mut watched: Vec<Number> = core.store.contacts().await?.into_iter().map(|c| c.number).collect();
-        watched.extend(core.store.peers_with_work().await?);
-        core.directory.watch(watched).await;
+        let mut watched: Vec<Number> = client.store.contacts().await?.into_iter().map(|c| c.number).collect();
+        watched.extend(client.store.peers_with_work().await?);
+        client.directory.watch(watched).await;
         // An outbox written before a crash or a restart goes out now, files included.
-        kick_all(&core).await;
-        for file in core.store.pending_files().await? {
-            crate::transfer::spawn_sender(&core, file);
+        client.outbox.kick_all().await;
+        for file in client.store.pending_files().await? {
+            client.transfers.send(file);
         }
-        info!("online as {} at {published}", core.number);
-        Ok((Self { core, published, server_key, _profile: profile }, events_rx))
+        info!("online as {} at {published}", client.number);
+        Ok((client, events_rx))
     }
 
     /// Our number.
     pub fn number(&self) -> &Number {
-        &self.core.number
+        &self.number
     }
 
     /// The address the directory gives peers for us.
@@ -422,7 +251,7 @@ impl Client {
 
     /// Our identity key.
     pub fn identity_key(&self) -> PublicKey {
-        self.core.identity.public()
+        self.identity.public()
     }
 
     /// The directory server's (pinned) key.
@@ -430,10 +259,20 @@ impl Client {
         self.server_key
     }
 
+    /// How many tasks, links, couriers and transfers the client holds right now.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            tasks: self.tracker.len(),
+            links: self.links.count(),
+            couriers: self.outbox.count(),
+            transfers: self.transfers.count(),
+        }
+    }
+
     /// Is `number` online, and where?
     pub async fn ping(&self, number: &Number) -> Result<Presence, ClientError> {
-        let a = self.core.directory.lookup(number, LookupIntent::Ping).await?;
-        self.core.saw_online(number, a.online);
+        let a = self.directory.lookup(number, LookupIntent::Ping).await?;
+        self.presence.saw_online(number, a.online);
         Ok(Presence { number: a.number, online: a.online.map(|l| l.addr), key: a.key })
     }
 
@@ -444,26 +283,25 @@ impl Client {
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::TextTooLong(text.len()));
         }
-        if *to == self.core.number {
+        if *to == self.number {
             return Err(ClientError::OwnNumber);
         }
-        let core = &self.core;
         // A status in the cache means the number is watched already; otherwise ask, and watch it.
-        let online = match core.presence_of(to) {
+        let online = match self.presence.status(to) {
             Some(status) => status.is_some(),
             None => {
-                let online = match core.directory.lookup(to, LookupIntent::Address).await {
+                let online = match self.directory.lookup(to, LookupIntent::Address).await {
                     Ok(a) if a.key.is_none() => return Err(ClientError::UnknownNumber(to.clone())),
                     Ok(a) => a.online.is_some(),
                     // The directory is away: keep the message; the courier delivers it later.
                     Err(_) => false,
                 };
-                core.directory.watch(vec![to.clone()]).await;
+                self.directory.watch(vec![to.clone()]).await;
                 online
             }
         };
         let id = MessageId::new();
-        let outcome = crate::outbox::send_now(core, to, id, text, online).await?;
+        let outcome = self.outbox.send(to, id, text, online).await?;
         Ok((id, outcome))
     }
 
@@ -471,17 +309,17 @@ impl Client {
     /// the background, resuming where a previous attempt stopped. [`Event::Progress`] reports the
     /// bytes confirmed, then [`Event::FileSent`] or [`Event::FileFailed`].
     pub async fn send_file(&self, to: &Number, path: &std::path::Path) -> Result<FileRecord, ClientError> {
-        if *to == self.core.number {
+        if *to == self.number {
             return Err(ClientError::OwnNumber);
         }
-        if self.core.presence_of(to).is_none() {
-            if let Ok(a) = self.core.directory.lookup(to, LookupIntent::Address).await {
+        if self.presence.status(to).is_none() {
+            if let Ok(a) = self.directory.lookup(to, LookupIntent::Address).await {
                 if a.key.is_none() {
                     return Err(ClientError::UnknownNumber(to.clone()));
                 }
             }
         }
-        self.core.directory.watch(vec![to.clone()]).await;
+        self.directory.watch(vec![to.clone()]).await;
         let path =
             std::path::absolute(path).map_err(ClientError::io(format!("reading {}", path.display())))?;
         let (size, blake3, media_type) = crate::transfer::describe(&path).await?;
@@ -497,14 +335,14 @@ impl Client {
             media_type,
             blake3,
         };
-        self.core.store.insert_file(&file, "pending").await?;
-        crate::transfer::spawn_sender(&self.core, file.clone());
+        self.store.insert_file(&file, "pending").await?;
+        self.transfers.send(file.clone());
         Ok(file)
     }
 
     /// Creates a group of contacts; we are its first admin.
     pub async fn group_create(&self, name: &str, members: &[Number]) -> Result<Group, ClientError> {
-        crate::groups::create(&self.core, name, members).await
+        self.groups.create(name, members).await
     }
 
     /// Adds, removes or promotes a member (admins only).
@@ -514,40 +352,40 @@ impl Client {
         who: &Number,
         change: Change,
     ) -> Result<Group, ClientError> {
-        crate::groups::change(&self.core, id, who, change).await
+        self.groups.change(id, who, change).await
     }
 
     /// Leaves a group.
     pub async fn group_leave(&self, id: GroupId) -> Result<Group, ClientError> {
-        crate::groups::leave(&self.core, id).await
+        self.groups.leave(id).await
     }
 
     /// Every group we know.
     pub async fn groups(&self) -> Result<Vec<Group>, ClientError> {
-        crate::groups::list(&self.core).await
+        self.groups.list().await
     }
 
     /// Sends a text to every other member of a group; returns its id and how many members it goes to.
     pub async fn send_group(&self, id: GroupId, text: &str) -> Result<(MessageId, usize), ClientError> {
-        crate::groups::send(&self.core, id, text).await
+        self.groups.send(id, text).await
     }
 
     /// The last `limit` messages of a group, oldest first.
     pub async fn group_history(&self, id: GroupId, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
-        self.core.store.group_history(id, limit).await
+        self.store.group_history(id, limit).await
     }
 
     /// Whether the directory last said `number` is online (None: not watched yet).
     pub fn presence_of(&self, number: &Number) -> Option<Option<SocketAddr>> {
-        self.core.presence_of(number).map(|o| o.map(|l| l.addr))
+        self.presence.status(number).map(|o| o.map(|l| l.addr))
     }
 
     /// Marks a received message as read and sends the sender a read receipt (through the outbox).
     /// Returns false if no unread received message has this id.
     pub async fn mark_read(&self, id: MessageId) -> Result<bool, ClientError> {
-        match self.core.store.mark_read(id).await? {
+        match self.store.mark_read(id).await? {
             Some(sender) => {
-                crate::outbox::kick(&self.core, &sender);
+                self.outbox.kick(&sender);
                 Ok(true)
             }
             None => Ok(false),
@@ -556,36 +394,54 @@ impl Client {
 
     /// The last `limit` messages with `peer`, oldest first.
     pub async fn history(&self, peer: &Number, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
-        self.core.store.history(peer, limit).await
+        self.store.history(peer, limit).await
+    }
+
+    /// Every conversation, the most recent first: with whom, the last text or file, how many texts
+    /// are unread, when it last moved. Read from a table the database keeps up to date, so it costs
+    /// the same whatever the history's length.
+    pub async fn conversations(&self) -> Result<Vec<Conversation>, ClientError> {
+        self.store.conversations().await
+    }
+
+    /// A page of a conversation, texts and files: the `limit` items before `before` (the newest
+    /// when `None`), oldest first. Pass the first item's id as `before` for the page before it.
+    pub async fn history_page(
+        &self,
+        chat: &Chat,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<ChatItem>, ClientError> {
+        self.store.history_page(chat, before, limit).await
     }
 
     /// Adds a contact, pinning its key if the directory knows it. Returns whether it was new and the
     /// pinned key.
     pub async fn add_contact(&self, number: &Number) -> Result<(bool, Option<PublicKey>), ClientError> {
-        if *number == self.core.number {
+        if *number == self.number {
             return Err(ClientError::OwnNumber);
         }
-        let new = self.core.store.add_contact(number).await?;
-        self.core.directory.watch(vec![number.clone()]).await;
-        if let Ok(answer) = self.core.directory.lookup(number, LookupIntent::Ping).await {
+        let new = self.store.add_contact(number).await?;
+        self.directory.watch(vec![number.clone()]).await;
+        if let Ok(answer) = self.directory.lookup(number, LookupIntent::Ping).await {
             if let Some(key) = answer.key {
-                peer::check_pin(&self.core, number, key).await?;
+                self.store.check_pin(number, key).await?;
             }
         }
-        let key = self.core.store.contact(number).await?.and_then(|c| c.key);
+        let key = self.store.contact(number).await?.and_then(|c| c.key);
         Ok((new, key))
     }
 
     /// Every contact with its status, from the presence the directory pushes (no round trip per
     /// contact; a contact not heard of yet is looked up).
     pub async fn contacts(&self) -> Result<Vec<ContactStatus>, ClientError> {
-        let contacts = self.core.store.contacts().await?;
+        let contacts = self.store.contacts().await?;
         let mut out = Vec::with_capacity(contacts.len());
         for c in contacts {
-            let online = match self.core.presence_of(&c.number) {
+            let online = match self.presence.status(&c.number) {
                 Some(status) => status.map(|l| l.addr),
                 // Not pushed yet (or the directory is away): ask, and show offline if we cannot.
-                None => match self.core.directory.lookup(&c.number, LookupIntent::Ping).await {
+                None => match self.directory.lookup(&c.number, LookupIntent::Ping).await {
                     Ok(a) => a.online.map(|l| l.addr),
                     Err(_) => None,
                 },
@@ -595,17 +451,22 @@ impl Client {
         Ok(out)
     }
 
+    /// The configuration the client was started with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// Tells the directory we leave, closes every link and waits for the tasks to end.
     pub async fn logout(self) {
-        self.core.directory.logout().await;
+        self.directory.logout().await;
         self.shutdown().await;
     }
 
     /// Closes every link and waits (at most a few seconds) for the tasks to end.
     pub async fn shutdown(self) {
-        self.core.links.close_all();
-        self.core.cancel.cancel();
-        self.core.tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.core.tracker.wait()).await;
+        self.links.close_all();
+        self.cancel.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.tracker.wait()).await;
     }
 }

@@ -10,19 +10,20 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use whatsap2p_link::{Handshake, LinkError, SessionReader, SessionWriter};
+use whatsap2p_link::{LinkError, SessionReader, SessionWriter};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient, MAX_WATCH_BATCH};
-use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
-use whatsap2p_proto::{IdentityProof, Number, PublicKey, PROTOCOL_VERSION};
+use whatsap2p_proto::handshake::{Purpose, ServerHello};
+use whatsap2p_proto::{Number, PublicKey, PROTOCOL_VERSION};
 
-use crate::client::Timeouts;
+use crate::config::Timeouts;
+use crate::handshake::{self, Answer};
 use crate::profile::Identity;
 use crate::store::Store;
+use crate::transport::{self, PeerStream};
 use crate::ClientError;
 
 /// Requests waiting in the session task's queue; a full queue makes callers wait, not fail.
@@ -79,7 +80,7 @@ impl DirectoryHandle {
     }
 }
 
-/// A registered session, ready to be driven by [`run`].
+/// A registered session, ready to be driven by the session task (see [`connect`]).
 pub struct Registered {
     /// The address the directory publishes for our listener.
     pub published: SocketAddr,
@@ -87,11 +88,11 @@ pub struct Registered {
     pub server_key: PublicKey,
     /// How often to send heartbeats: a third of the server's timeout, at most the configured interval.
     heartbeat: Duration,
-    reader: SessionReader<TcpStream>,
+    reader: SessionReader<PeerStream>,
     writer: Writer,
 }
 
-type Writer = SessionWriter<TcpStream>;
+type Writer = SessionWriter<PeerStream>;
 
 /// Dials the directory, authenticates both ways and registers `listen`.
 pub async fn connect(
@@ -103,41 +104,28 @@ pub async fn connect(
     timeouts: &Timeouts,
 ) -> Result<Registered, ClientError> {
     let what = format!("directory {server}");
-    let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(server))
-        .await
-        .map_err(|_| ClientError::Timeout("connecting to the directory"))?
-        .map_err(ClientError::io(format!("connecting to {what}")))?;
-    let _ = stream.set_nodelay(true);
-    let handshake = async {
-        let link_err = || ClientError::link(format!("handshake with {what}"));
-        let mut hs = Handshake::initiator(stream, &identity.noise).map_err(link_err())?;
-        let hello = Hello { version: PROTOCOL_VERSION, purpose: Purpose::Directory };
-        hs.send(&whatsap2p_proto::encode(&hello).map_err(|e| link_err()(e.into()))?)
-            .await
-            .map_err(link_err())?;
-        let payload = hs.recv().await.map_err(link_err())?;
-        let server_hello: ServerHello = decode_struct(&payload).map_err(|e| link_err()(e.into()))?;
+    let stream = transport::dial(server, timeouts.connect, "connecting to the directory").await?;
+    let context = &what;
+    let check = |answer: Answer| async move {
+        let server_hello: ServerHello = decode_struct(&answer.payload)
+            .map_err(|e| ClientError::link(format!("handshake with {context}"))(e.into()))?;
         if server_hello.version != PROTOCOL_VERSION {
             return Err(ClientError::Directory(format!(
                 "server speaks protocol version {}",
                 server_hello.version
             )));
         }
-        let server_key = hs.remote_static().ok_or(ClientError::Directory("no server key".into()))?;
+        let server_key = answer.remote_static.ok_or(ClientError::Directory("no server key".into()))?;
         check_server_pin(store, &server.to_string(), server_key).await?;
-        let proof =
-            IdentityProof::sign(&identity.signing, number.clone(), &hs.hash(), &identity.noise.public().0);
-        hs.send(&whatsap2p_proto::encode(&proof).map_err(|e| link_err()(e.into()))?)
-            .await
-            .map_err(link_err())?;
-        let (reader, writer) = hs.finish().map_err(link_err())?.split();
         let heartbeat = (Duration::from_millis(server_hello.heartbeat_timeout_ms) / 3)
             .clamp(Duration::from_millis(100), timeouts.heartbeat);
-        Ok::<_, ClientError>((server_key, heartbeat, reader, writer))
+        Ok((server_key, heartbeat))
     };
-    let (server_key, heartbeat, mut reader, mut writer) = tokio::time::timeout(timeouts.handshake, handshake)
+    let handshake = handshake::initiate(stream, identity, number, Purpose::Directory, &what, check);
+    let ((server_key, heartbeat), session) = tokio::time::timeout(timeouts.handshake, handshake)
         .await
         .map_err(|_| ClientError::Timeout("directory handshake"))??;
+    let (mut reader, mut writer) = session.split();
     writer
         .send_msg(&ClientToServer::Register { listen })
         .await

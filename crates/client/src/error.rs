@@ -76,6 +76,25 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
+    /// A peer's hello asks for something we do not serve (another protocol version, say).
+    #[error("peer {addr} sent an unsupported hello {hello}")]
+    UnsupportedHello {
+        /// Where it connected from.
+        addr: SocketAddr,
+        /// What it sent, for people.
+        hello: String,
+    },
+    /// A message could not be written to a peer: the link is gone (it is redialed when needed).
+    #[error("sending to {peer}: {source}")]
+    LinkLost {
+        /// The peer.
+        peer: Number,
+        /// What happened to the link.
+        source: crate::link::WriteError,
+    },
+    /// No message or file with this id in that conversation.
+    #[error("no message {0} in this conversation")]
+    UnknownMessage(whatsap2p_proto::MessageId),
     /// The text is too long for one message.
     #[error("message of {0} bytes is over the {max} byte limit", max = whatsap2p_proto::MAX_TEXT_LEN)]
     TextTooLong(usize),

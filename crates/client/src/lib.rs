@@ -5,36 +5,55 @@
 //! [`Event`]s; nothing here prints.
 //!
 //! # Layout
+//! Each subsystem owns its state behind a handle with methods; [`Client`] composes them, and none
+//! reaches into another's fields.
+//! - [`client`]: [`Client`], which starts, composes and stops the subsystems; [`event`]: the
+//!   [`Event`]s a user interface shows; [`config`]: [`ClientConfig`] and its [`Timeouts`].
 //! - [`profile`]: the profile folder, its lock and the identity keys.
-//! - [`store`]: contacts, pinned keys and message history (with the outbox) in SQLite.
-//! - [`directory`]: the session with the directory server (register, lookups, heartbeats).
-//! - [`peer`]: direct links: dialing, accepting, the identity checks on both sides, and the per-link
-//!   task that sends, receives and acknowledges messages.
+//! - [`store`]: the SQLite database, split by what it stores (contacts and pins, messages and the
+//!   outbox, files, groups), with a reading connection for the conversation list and history pages.
+//! - [`directory`]: the session with the directory server (register, lookups, heartbeats,
+//!   reconnection); `presence`: what it last pushed about each watched number.
+//! - [`transport`]: the byte streams links run over (TCP first); [`handshake`]: the handshake
+//!   steps (hello, identity proofs) for peers and the directory, in one place.
+//! - [`link`]: one live link per peer: dialing, accepting, reading and writing; what arrives goes
+//!   to its owner through `inbound` (texts to `inbox`, receipts to the outbox, files, groups).
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
-//! - [`transfer`]: files over the peer link: offer, accept, chunks under flow control, verify, resume.
-//! - `partial`: the file a transfer is received into: aligned writes, hashed as written.
+//! - [`transfer`]: files over the peer link, both directions: offer, accept, chunks under flow
+//!   control, verify, resume; `partial`: the file a transfer is received into.
+//! - [`groups`]: group conversations: signed membership, fan-out on live links and the outbox.
 //! - [`safe_name`]: file names from peers made safe for the downloads folder.
-//! - [`groups`]: group conversations: signed membership, fan-out through the outbox.
-//! - [`client`]: [`Client`], which ties them together, and [`Event`].
-//! - [`error`]: the error type, [`ClientError`].
+//! - [`error`]: the error type, [`ClientError`]; `clock`: the wall clock the store records.
 
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod clock;
+pub mod config;
 pub mod directory;
 pub mod error;
+pub mod event;
 pub mod groups;
+pub mod handshake;
+mod inbound;
+mod inbox;
+pub mod link;
 pub mod outbox;
 mod partial;
-pub mod peer;
+mod presence;
 pub mod profile;
 pub mod safe_name;
 pub mod store;
 pub mod transfer;
+pub mod transport;
 
-pub use client::{Client, ClientConfig, ContactStatus, Event, Presence, SendOutcome};
+pub use client::{Client, ClientStats};
+pub use config::{ClientConfig, Timeouts};
 pub use error::ClientError;
+pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};
-pub use store::{FileRecord, MessageState, StoredMessage};
+pub use store::{
+    Chat, ChatItem, Conversation, FileRecord, FileState, MessageState, StoredFile, StoredMessage,
+};
 pub use whatsap2p_proto::group::{GroupId, GroupState};
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};

@@ -5,29 +5,35 @@
 //! online, when a link to the peer ends with messages unconfirmed, and on a retry timer with backoff.
 //! Only one delivery per peer runs at a time (the courier's lock), which keeps messages in order; the
 //! receiver drops a message it already stored, so a resend after a lost acknowledgement is harmless.
+//! A courier (and its task) exists only while its peer is owed something: once everything is
+//! confirmed it retires, and the next kick makes a new one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::Instant;
 
-use tokio::sync::Notify;
-use tracing::{debug, info, info_span, Instrument};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, info_span, warn, Instrument};
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{MessageId, Number};
 
-use crate::client::{Core, Event, SendOutcome};
-use crate::store::{MessageState, OutgoingText};
-use crate::{peer, ClientError};
+use crate::event::{Event, SendOutcome};
+use crate::link::{LinkHandle, Links};
+use crate::presence::PresenceCache;
+use crate::store::{MessageState, OutgoingText, Owed, Store};
+use crate::ClientError;
 
 /// First pause before retrying a failed delivery; doubles up to [`RETRY_MAX`].
-const RETRY_MIN: Duration = Duration::from_secs(1);
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest pause between retries while the peer seems online.
-const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Safety net while idle or waiting for a peer to come online (a missed presence push).
-const IDLE_RECHECK: Duration = Duration::from_secs(60);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Safety net while waiting for a peer to come online (a missed presence push).
+pub const IDLE_RECHECK: Duration = Duration::from_secs(60);
 /// A text written but not acknowledged for this long is written again.
-const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What was written on the current link, so one link never carries the same thing twice.
 #[derive(Default)]
@@ -39,169 +45,401 @@ struct Written {
     receipts: HashSet<MessageId>,
 }
 
-struct Courier {
-    wake: Notify,
-    /// File transfers waiting to retry listen here (all of them wake at once).
-    files: Arc<Notify>,
-    written: tokio::sync::Mutex<Written>,
+impl Written {
+    /// The texts written on `link` and not overdue (everything is forgotten on a new link).
+    fn in_flight(&mut self, link: &LinkHandle) -> HashSet<MessageId> {
+        if self.epoch != link.epoch() {
+            *self = Written { epoch: link.epoch(), ..Default::default() };
+        }
+        self.texts.iter().filter(|(_, at)| at.elapsed() < ACK_TIMEOUT).map(|(id, _)| *id).collect()
+    }
 }
 
-/// The couriers, one per peer that ever had something to deliver.
-#[derive(Default)]
-pub(crate) struct Outbox {
+/// One peer's courier: its task waits on `wake`, and its lock keeps deliveries in order.
+struct Courier {
+    wake: Notify,
+    /// Kicked since the task last looked: it must not retire before looking again. Set and read
+    /// under the couriers' map lock.
+    kicked: std::sync::atomic::AtomicBool,
+    written: Arc<tokio::sync::Mutex<Written>>,
+}
+
+/// What the outbox needs from the rest of the client.
+pub(crate) struct OutboxParts {
+    pub(crate) links: Links,
+    pub(crate) store: Store,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) presence: PresenceCache,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+struct Inner {
+    parts: OutboxParts,
+    /// The couriers of peers owed something.
     couriers: Mutex<HashMap<Number, Arc<Courier>>>,
 }
 
-fn courier(core: &Arc<Core>, peer: &Number) -> Arc<Courier> {
-    let mut map = core.outbox.couriers.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = map.get(peer) {
-        return c.clone();
+/// The outbox and its couriers. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Outbox(Arc<Inner>);
+
+/// Whether a delivery waits until each frame is on the wire, or leaves what the socket does not
+/// take at once to the link's writer task (a fan-out, where one slow member must delay nobody).
+#[derive(Clone, Copy)]
+enum Wait {
+    Written,
+    Never,
+}
+
+/// How a courier starts: looking at once, or first after [`ACK_TIMEOUT`] (it was made to watch
+/// over a text just written).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Now,
+    Watching,
+}
+
+impl Outbox {
+    pub(crate) fn new(parts: OutboxParts) -> Self {
+        Self(Arc::new(Inner { parts, couriers: Mutex::default() }))
     }
-    let c = Arc::new(Courier {
-        wake: Notify::new(),
-        files: Arc::new(Notify::new()),
-        written: Default::default(),
-    });
-    map.insert(peer.clone(), c.clone());
-    let span = info_span!("courier", peer = %peer);
-    core.tracker.spawn(run(core.clone(), peer.clone(), c.clone()).instrument(span));
-    c
-}
 
-/// Wakes `peer`'s courier (creating it): there may be something to deliver.
-pub(crate) fn kick(core: &Arc<Core>, peer: &Number) {
-    if core.cancel.is_cancelled() {
-        return;
+    fn couriers(&self) -> std::sync::MutexGuard<'_, HashMap<Number, Arc<Courier>>> {
+        self.0.couriers.lock().unwrap_or_else(|p| p.into_inner())
     }
-    let c = courier(core, peer);
-    c.wake.notify_one();
-    c.files.notify_waiters();
-}
 
-/// What file transfers to `peer` wait on between attempts: woken by [`kick`].
-pub(crate) fn file_wake(core: &Arc<Core>, peer: &Number) -> Arc<Notify> {
-    courier(core, peer).files.clone()
-}
-
-/// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.
-/// Returns whether messages still wait for an acknowledgement.
-pub(crate) async fn flush(core: &Arc<Core>, peer: &Number) -> Result<bool, ClientError> {
-    let courier = courier(core, peer);
-    let mut written = courier.written.lock().await;
-    let link = match peer::live_link(core, peer).await {
-        Some(link) => link,
-        None => {
-            // Dial only when something is owed: a peer coming online with nothing for it costs no link.
-            if !core.store.has_owed(peer).await? {
-                return Ok(false);
+    /// `peer`'s courier, made (with its task) if it has none.
+    fn courier(&self, peer: &Number, start: Start) -> Arc<Courier> {
+        let mut map = self.couriers();
+        if let Some(c) = map.get(peer) {
+            if start == Start::Now {
+                c.kicked.store(true, std::sync::atomic::Ordering::Relaxed);
+                c.wake.notify_one();
             }
-            peer::link_to(core, peer).await?
+            return c.clone();
         }
-    };
-    write_owed(core, peer, &mut written, &link, None).await
-}
+        let c = Arc::new(Courier {
+            wake: Notify::new(),
+            kicked: (start == Start::Now).into(),
+            written: Default::default(),
+        });
+        map.insert(peer.clone(), c.clone());
+        let span = info_span!("courier", peer = %peer);
+        let first = if start == Start::Now { Duration::ZERO } else { ACK_TIMEOUT };
+        self.0.parts.tracker.spawn(self.clone().run(peer.clone(), c.clone(), first).instrument(span));
+        c
+    }
 
-/// Queues a text for `to` and, if `to` is online, writes it at once. The courier's lock is held from
-/// queueing to writing, so the courier cannot take the message in between and answer for it.
-pub(crate) async fn send_now(
-    core: &Arc<Core>,
-    to: &Number,
-    id: MessageId,
-    text: &str,
-    online: bool,
-) -> Result<SendOutcome, ClientError> {
-    let courier = courier(core, to);
-    let mut written = courier.written.lock().await;
-    let new = OutgoingText { id, text: text.to_owned(), sent_at_ms: crate::client::now_ms(), group: None };
-    let link = if online { Some(peer::link_to(core, to).await) } else { None };
-    let result = match link {
-        // Queued, marked sent and read in one trip to the database.
-        Some(Ok(link)) => match write_owed(core, to, &mut written, &link, Some(new.clone())).await {
-            // The transaction rolled back, so the text is not stored: store it, or say it failed.
-            Err(ClientError::Store(e)) => {
-                tracing::warn!("writing to {to} failed in the database ({e}); queueing the message");
-                core.store.queue_outgoing(to, new).await?;
-                Err(ClientError::Store(e))
-            }
-            result => result,
-        },
-        Some(Err(e)) => {
-            core.store.queue_outgoing(to, new).await?;
-            Err(e)
-        }
-        None => {
-            core.store.queue_outgoing(to, new).await?;
-            drop(written);
-            kick(core, to);
-            return Ok(SendOutcome::Queued { reason: format!("{to} is offline") });
-        }
-    };
-    drop(written);
-    match result {
-        Ok(_) => Ok(SendOutcome::Sent),
-        Err(e) if is_permanent(&e) => {
-            fail_all(core, to, &e.to_string()).await;
-            Err(e)
-        }
-        Err(e) => {
-            kick(core, to);
-            Ok(SendOutcome::Queued { reason: e.to_string() })
+    /// Wakes `peer`'s courier (making one): there may be something to deliver.
+    pub(crate) fn kick(&self, peer: &Number) {
+        if !self.0.parts.cancel.is_cancelled() {
+            self.courier(peer, Start::Now);
         }
     }
-}
 
-/// Writes everything unconfirmed for `peer` on `link` (after queueing `new`), oldest first. A
-/// queued message becomes `sent` (and [`Event::Sent`] goes out, except for `new`, whose sender is
-/// told directly) just before it is written, so `sent` always comes before the `delivered` its
-/// write can bring back. Returns whether messages still wait for an acknowledgement.
-async fn write_owed(
-    core: &Arc<Core>,
-    peer: &Number,
-    written: &mut Written,
-    link: &peer::LinkHandle,
-    new: Option<OutgoingText>,
-) -> Result<bool, ClientError> {
-    if written.epoch != link.epoch {
-        *written = Written { epoch: link.epoch, ..Default::default() };
-    }
-    let answered = new.as_ref().map(|m| m.id);
-    let in_flight =
-        written.texts.iter().filter(|(_, at)| at.elapsed() < ACK_TIMEOUT).map(|(id, _)| *id).collect();
-    let owed = core.store.take_owed(peer, new, in_flight).await?;
-    // Forget what was confirmed meanwhile, so a long-lived link does not remember every message.
-    written.texts.retain(|id, _| owed.in_flight.contains(id));
-    written.receipts.retain(|id| owed.receipts.contains(id));
-    for (id, group) in owed.newly_sent.into_iter().filter(|(id, _)| answered != Some(*id)) {
-        let _ = core.events.send(Event::Sent { id, to: peer.clone(), group }).await;
-    }
-    let lost = |reason: String| ClientError::Link {
-        context: format!("sending to {peer}"),
-        source: whatsap2p_link::LinkError::Io(std::io::Error::other(reason)),
-    };
-    for m in owed.texts {
-        let msg = match (m.group, m.update) {
-            (_, Some(body)) => match postcard::from_bytes(&body) {
-                Ok(update) => PeerMessage::GroupUpdate { id: m.id, update },
-                Err(e) => {
-                    tracing::error!("dropping undecodable group change {} from the outbox: {e}", m.id);
-                    core.store.advance_outgoing(peer, m.id, MessageState::Failed).await?;
-                    continue;
+    /// Wakes the courier of every peer with something to deliver.
+    pub(crate) async fn kick_all(&self) {
+        match self.0.parts.store.peers_with_work().await {
+            Ok(peers) => {
+                for p in peers {
+                    self.kick(&p);
                 }
-            },
-            (Some(group), None) => {
-                PeerMessage::GroupText { group, id: m.id, sent_at_ms: m.sent_at_ms, text: m.text }
             }
-            (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
-        };
-        link.write(msg).await.map_err(lost)?;
-        written.texts.insert(m.id, Instant::now());
-    }
-    for id in owed.receipts {
-        if written.receipts.insert(id) {
-            link.write(PeerMessage::Read { id }).await.map_err(lost)?;
+            Err(e) => error!("cannot read the outbox: {e}"),
         }
     }
-    Ok(owed.awaiting)
+
+    /// Couriers at work.
+    pub(crate) fn count(&self) -> usize {
+        self.couriers().len()
+    }
+
+    /// Removes `courier` unless it was kicked since it last looked or someone else holds it (a send
+    /// writing through it). Returns whether it is gone.
+    fn retire(&self, peer: &Number, courier: &Arc<Courier>) -> bool {
+        let mut map = self.couriers();
+        // The map and the courier's task hold it; clones are only made under this lock.
+        if courier.kicked.load(std::sync::atomic::Ordering::Relaxed) || Arc::strong_count(courier) > 2 {
+            return false;
+        }
+        if map.get(peer).is_some_and(|c| Arc::ptr_eq(c, courier)) {
+            map.remove(peer);
+        }
+        true
+    }
+
+    /// Writes everything unconfirmed for `peer` on a live link (dialing one if needed), oldest first.
+    /// Returns whether messages still wait for an acknowledgement.
+    async fn flush(&self, peer: &Number, courier: &Courier) -> Result<bool, ClientError> {
+        let p = &self.0.parts;
+        let mut written = courier.written.lock().await;
+        let link = match p.links.live(peer).await {
+            Some(link) => link,
+            None => {
+                // Dial only when something is owed: a peer coming online with nothing for it costs no link.
+                if !p.store.has_owed(peer).await? {
+                    return Ok(false);
+                }
+                p.links.connect(peer).await?
+            }
+        };
+        self.write_owed(peer, &mut written, &link, None).await
+    }
+
+    /// Queues a text for `to` and, if `to` is online, writes it at once. The courier's lock is held
+    /// from queueing to writing, so the courier cannot take the message in between and answer for it.
+    pub(crate) async fn send(
+        &self,
+        to: &Number,
+        id: MessageId,
+        text: &str,
+        online: bool,
+    ) -> Result<SendOutcome, ClientError> {
+        let p = &self.0.parts;
+        let courier = self.courier(to, Start::Watching);
+        let mut written = courier.written.lock().await;
+        let new = OutgoingText { id, text: text.to_owned(), sent_at_ms: crate::clock::now_ms(), group: None };
+        let link = if online { Some(p.links.connect(to).await) } else { None };
+        let result = match link {
+            // Queued, marked sent and read in one trip to the database.
+            Some(Ok(link)) => match self.write_owed(to, &mut written, &link, Some(new.clone())).await {
+                // The transaction rolled back, so the text is not stored: store it, or say it failed.
+                Err(ClientError::Store(e)) => {
+                    warn!("writing to {to} failed in the database ({e}); queueing the message");
+                    p.store.queue_outgoing(to, new).await?;
+                    Err(ClientError::Store(e))
+                }
+                result => result,
+            },
+            Some(Err(e)) => {
+                p.store.queue_outgoing(to, new).await?;
+                Err(e)
+            }
+            None => {
+                p.store.queue_outgoing(to, new).await?;
+                drop(written);
+                drop(courier);
+                self.kick(to);
+                return Ok(SendOutcome::Queued { reason: format!("{to} is offline") });
+            }
+        };
+        drop(written);
+        drop(courier);
+        match result {
+            Ok(_) => Ok(SendOutcome::Sent),
+            Err(e) if is_permanent(&e) => {
+                self.fail_all(to, &e.to_string()).await;
+                Err(e)
+            }
+            Err(e) => {
+                self.kick(to);
+                Ok(SendOutcome::Queued { reason: e.to_string() })
+            }
+        }
+    }
+
+    /// Writes everything unconfirmed for `peer` on `link` (after queueing `new`), oldest first.
+    /// Returns whether messages still wait for an acknowledgement.
+    async fn write_owed(
+        &self,
+        peer: &Number,
+        written: &mut Written,
+        link: &LinkHandle,
+        new: Option<OutgoingText>,
+    ) -> Result<bool, ClientError> {
+        let answered = new.as_ref().map(|m| m.id);
+        let in_flight = written.in_flight(link);
+        let owed = self.0.parts.store.take_owed(peer, new, in_flight).await?;
+        self.deliver(peer, written, link, owed, answered, Wait::Written).await
+    }
+
+    /// Writes what [`Store::take_owed`] took for `peer` on `link`. A queued message became `sent`
+    /// just before this, and [`Event::Sent`] goes out for it (except for `answered`, whose sender is
+    /// told directly) before it is written, so `sent` always comes before the `delivered` its write
+    /// can bring back. Returns whether messages still wait for an acknowledgement.
+    async fn deliver(
+        &self,
+        peer: &Number,
+        written: &mut Written,
+        link: &LinkHandle,
+        owed: Owed,
+        answered: Option<MessageId>,
+        wait: Wait,
+    ) -> Result<bool, ClientError> {
+        let p = &self.0.parts;
+        let write = |msg: PeerMessage| async move {
+            match wait {
+                Wait::Written => link.write(msg).await,
+                Wait::Never => link.write_nowait(msg),
+            }
+        };
+        // Forget what was confirmed meanwhile, so a long-lived link does not remember every message.
+        written.texts.retain(|id, _| owed.in_flight.contains(id));
+        written.receipts.retain(|id| owed.receipts.contains(id));
+        for (id, group) in owed.newly_sent.into_iter().filter(|(id, _)| answered != Some(*id)) {
+            let _ = p.events.send(Event::Sent { id, to: peer.clone(), group }).await;
+        }
+        let lost = |source| ClientError::LinkLost { peer: peer.clone(), source };
+        for m in owed.texts {
+            let msg = match (m.group, m.update) {
+                (_, Some(body)) => match postcard::from_bytes(&body) {
+                    Ok(update) => PeerMessage::GroupUpdate { id: m.id, update },
+                    Err(e) => {
+                        error!("dropping undecodable group change {} from the outbox: {e}", m.id);
+                        p.store.advance_outgoing(peer, m.id, MessageState::Failed).await?;
+                        continue;
+                    }
+                },
+                (Some(group), None) => {
+                    PeerMessage::GroupText { group, id: m.id, sent_at_ms: m.sent_at_ms, text: m.text }
+                }
+                (None, None) => PeerMessage::Text { id: m.id, sent_at_ms: m.sent_at_ms, text: m.text },
+            };
+            write(msg).await.map_err(lost)?;
+            written.texts.insert(m.id, Instant::now());
+        }
+        for id in owed.receipts {
+            if written.receipts.insert(id) {
+                write(PeerMessage::Read { id }).await.map_err(lost)?;
+            }
+        }
+        Ok(owed.awaiting)
+    }
+
+    /// Sends a group text to `members`. Each member with a live link and an idle courier gets it
+    /// written at once, after anything it is still owed, as a one-to-one send would, but without
+    /// waiting for a slow member's socket; the database takes the text for every member in one
+    /// transaction. The others' couriers deliver it. (Through the couriers alone, 50 members took
+    /// 1.58 times as long as 50 one-to-one sends: a task wake-up and a transaction each.)
+    pub(crate) async fn send_to_group(
+        &self,
+        members: &[Number],
+        text: OutgoingText,
+    ) -> Result<(), ClientError> {
+        let mut direct = Vec::new();
+        let mut queued = Vec::new();
+        for member in members {
+            let ready = match self.0.parts.links.try_live(member) {
+                Some(link) => {
+                    let courier = self.courier(member, Start::Watching);
+                    let held = courier.written.clone().try_lock_owned().ok();
+                    held.map(|written| (link, courier, written))
+                }
+                None => None,
+            };
+            match ready {
+                Some(ready) => direct.push((member.clone(), ready)),
+                None => queued.push(member.clone()),
+            }
+        }
+        let flights: Vec<(Number, HashSet<MessageId>)> = direct
+            .iter_mut()
+            .map(|(member, (link, _, written))| (member.clone(), written.in_flight(link)))
+            .collect();
+        let owed = self.0.parts.store.take_owed_fanout(flights, queued.clone(), text).await?;
+        for ((member, (link, courier, mut written)), owed) in direct.into_iter().zip(owed) {
+            if let Err(e) = self.deliver(&member, &mut written, &link, owed, None, Wait::Never).await {
+                // The text is stored as sent: the courier writes it again on the next link.
+                debug!("writing a group text to {member} failed: {e}");
+                drop(written);
+                drop(courier);
+                self.kick(&member);
+            }
+        }
+        for member in &queued {
+            self.kick(member);
+        }
+        Ok(())
+    }
+
+    /// `peer` acknowledged `id`: our message (now delivered) or our read receipt.
+    pub(crate) async fn on_ack(&self, peer: &Number, id: MessageId) {
+        let p = &self.0.parts;
+        match p.store.advance_outgoing(peer, id, MessageState::Delivered).await {
+            Ok(true) => {
+                let _ = p.events.send(Event::Delivered { id, to: peer.clone() }).await;
+            }
+            Ok(false) => {
+                if !p.store.receipt_delivered(peer, id).await.unwrap_or(false) {
+                    debug!("{peer} acknowledged {id}, which we did not send it");
+                }
+            }
+            Err(e) => error!("cannot record receipt of {id}: {e}"),
+        }
+    }
+
+    /// `peer` read our message `id`; returns the acknowledgement to write back.
+    pub(crate) async fn on_read(&self, peer: &Number, id: MessageId) -> Option<PeerMessage> {
+        let p = &self.0.parts;
+        match p.store.advance_outgoing(peer, id, MessageState::Read).await {
+            Ok(true) => {
+                let _ = p.events.send(Event::Read { id, by: peer.clone() }).await;
+                Some(PeerMessage::Ack { id })
+            }
+            Ok(false) => Some(PeerMessage::Ack { id }),
+            Err(e) => {
+                error!("cannot record read receipt of {id}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Gives up on every unconfirmed message to `peer`, telling the user why.
+    async fn fail_all(&self, peer: &Number, reason: &str) {
+        let p = &self.0.parts;
+        let Ok(texts) = p.store.unconfirmed(peer).await else { return };
+        for m in texts {
+            if p.store.advance_outgoing(peer, m.id, MessageState::Failed).await.unwrap_or(false) {
+                let event = Event::Failed { id: m.id, to: peer.clone(), reason: reason.to_owned() };
+                let _ = p.events.send(event).await;
+            }
+        }
+    }
+
+    /// The courier's task: delivers when woken or when its timer runs out, and retires once
+    /// nothing is owed.
+    async fn run(self, peer: Number, courier: Arc<Courier>, first: Duration) {
+        let mut retry = first;
+        let mut backoff = RETRY_MIN;
+        let cancel = self.0.parts.cancel.clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = courier.wake.notified() => {}
+                _ = tokio::time::sleep(retry) => {}
+            }
+            // A kick from now on makes the courier look again before it may retire.
+            courier.kicked.store(false, std::sync::atomic::Ordering::Relaxed);
+            let outcome = if self.0.parts.presence.known_offline(&peer) {
+                // Nothing can go now: wait for the push that says the peer is back (or the recheck).
+                self.0.parts.store.has_owed(&peer).await.map(|owed| (owed, IDLE_RECHECK))
+            } else {
+                match self.flush(&peer, &courier).await {
+                    // Acknowledgements still due: look again when the first may be overdue.
+                    Ok(awaiting) => {
+                        backoff = RETRY_MIN;
+                        Ok((awaiting, ACK_TIMEOUT))
+                    }
+                    Err(e) if is_permanent(&e) => {
+                        info!("giving up on messages to {peer}: {e}");
+                        self.fail_all(&peer, &e.to_string()).await;
+                        Ok((false, IDLE_RECHECK))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match outcome {
+                Ok((false, _)) if self.retire(&peer, &courier) => return,
+                Ok((_, next)) => retry = next,
+                Err(e) => {
+                    debug!("delivery to {peer} failed, retrying in {backoff:?}: {e}");
+                    retry = backoff;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
 }
 
 /// Errors after which retrying cannot help until a person acts.
@@ -210,48 +448,4 @@ fn is_permanent(e: &ClientError) -> bool {
         e,
         ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. } | ClientError::UnknownNumber(_)
     )
-}
-
-/// Gives up on every unconfirmed message to `peer`, telling the user why.
-pub(crate) async fn fail_all(core: &Arc<Core>, peer: &Number, reason: &str) {
-    let Ok(texts) = core.store.unconfirmed(peer).await else { return };
-    for m in texts {
-        if core.store.advance_outgoing(peer, m.id, MessageState::Failed).await.unwrap_or(false) {
-            let event = Event::Failed { id: m.id, to: peer.clone(), reason: reason.to_owned() };
-            let _ = core.events.send(event).await;
-        }
-    }
-}
-
-async fn run(core: Arc<Core>, peer: Number, courier: Arc<Courier>) {
-    let mut retry = IDLE_RECHECK;
-    let mut backoff = RETRY_MIN;
-    loop {
-        tokio::select! {
-            _ = core.cancel.cancelled() => return,
-            _ = courier.wake.notified() => {}
-            _ = tokio::time::sleep(retry) => {}
-        }
-        if core.known_offline(&peer) {
-            retry = IDLE_RECHECK;
-            continue;
-        }
-        match flush(&core, &peer).await {
-            Ok(awaiting) => {
-                backoff = RETRY_MIN;
-                // Acknowledgements still due: look again when the first may be overdue.
-                retry = if awaiting { ACK_TIMEOUT } else { IDLE_RECHECK };
-            }
-            Err(e) if is_permanent(&e) => {
-                info!("giving up on messages to {peer}: {e}");
-                fail_all(&core, &peer, &e.to_string()).await;
-                retry = IDLE_RECHECK;
-            }
-            Err(e) => {
-                debug!("delivery to {peer} failed, retrying in {backoff:?}: {e}");
-                retry = backoff;
-                backoff = (backoff * 2).min(RETRY_MAX);
-            }
-        }
-    }
 }

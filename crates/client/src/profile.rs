@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use whatsap2p_link::StaticKeypair;
-use whatsap2p_proto::{Number, PublicKey};
+use whatsap2p_proto::PublicKey;
 
 use crate::ClientError;
 
@@ -36,17 +36,6 @@ pub struct Profile {
     pub identity: Identity,
     // Held open for the lock's sake; released when the profile is dropped.
     _lock: File,
-}
-
-/// The default profile folder for `number`: `$XDG_DATA_HOME/whatsap2p/<number>`, falling back to
-/// `~/.local/share/whatsap2p/<number>`.
-pub fn default_dir(number: &Number) -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("whatsap2p").join(number.as_str())
 }
 
 impl Profile {

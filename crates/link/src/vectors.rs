@@ -19,7 +19,7 @@ use whatsap2p_proto::codec::{decode_struct, kind, WireEnum};
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::group::{GroupId, GroupState, SignedGroupState};
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello, NOISE_PARAMS, PROLOGUE};
-use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::peer::{FileFailCode, PeerMessage};
 use whatsap2p_proto::version::{self, HelloReply, Versions};
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
 
@@ -125,6 +125,7 @@ fn peer_messages() -> Vec<PeerMessage> {
             text: "hi all".into(),
         },
         PeerMessage::GroupUpdate { id: id(4), update: signed_family() },
+        PeerMessage::FileAbort { id: id(2), code: FileFailCode::HashMismatch, reason: "hash mismatch".into() },
     ]
 }
 

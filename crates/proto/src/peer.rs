@@ -173,6 +173,95 @@ pub enum PeerMessage {
         /// The signed state.
         update: crate::group::SignedGroupState,
     },
+    /// The transfer failed on the side that sends this, with a reason the other side acts on (see
+    /// [`FileFailCode::is_final`]). Replaces [`PeerMessage::FileFailed`], which older peers send:
+    /// a receiver takes that one as retryable whatever its text says.
+    FileAbort {
+        /// The transfer.
+        id: MessageId,
+        /// Why, for the other side to act on.
+        code: FileFailCode,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// Why a file transfer stopped, as [`PeerMessage::FileAbort`] carries it: one varint on the wire.
+/// A code from a newer version decodes as [`FileFailCode::Unknown`] and is taken as retryable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileFailCode {
+    /// 0. The bytes received do not hash to the offered hash: final.
+    HashMismatch,
+    /// 1. More bytes came than the offered size: final.
+    TooManyBytes,
+    /// 2. The file changed on the sender's disk since it was offered: final.
+    SourceChanged,
+    /// 3. The receiver already runs this transfer, or as many as it takes: retry later.
+    Busy,
+    /// 4. The other side made no progress for too long: retry.
+    Stalled,
+    /// 5. The receiver cannot write or place the file (a full disk, say): retry.
+    Disk,
+    /// 6. The link closed under the transfer: retry.
+    LinkClosed,
+    /// 7. The other side broke the transfer's rules (flow control, chunk order): retry.
+    Protocol,
+    /// 8. The sender gave up on this attempt: the receiver keeps what it has for a resume.
+    SenderGaveUp,
+    /// A code this version does not know (the number on the wire).
+    Unknown(u32),
+}
+
+impl FileFailCode {
+    /// Whether retrying cannot help: the transfer is over for good.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::HashMismatch | Self::TooManyBytes | Self::SourceChanged)
+    }
+
+    /// The number on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::HashMismatch => 0,
+            Self::TooManyBytes => 1,
+            Self::SourceChanged => 2,
+            Self::Busy => 3,
+            Self::Stalled => 4,
+            Self::Disk => 5,
+            Self::LinkClosed => 6,
+            Self::Protocol => 7,
+            Self::SenderGaveUp => 8,
+            Self::Unknown(code) => code,
+        }
+    }
+
+    /// The code a number on the wire stands for.
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            0 => Self::HashMismatch,
+            1 => Self::TooManyBytes,
+            2 => Self::SourceChanged,
+            3 => Self::Busy,
+            4 => Self::Stalled,
+            5 => Self::Disk,
+            6 => Self::LinkClosed,
+            7 => Self::Protocol,
+            8 => Self::SenderGaveUp,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+impl Serialize for FileFailCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for FileFailCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(Self::from_code)
+    }
 }
 
 /// Largest file chunk: one chunk and its envelope fit in one frame.
@@ -185,7 +274,7 @@ pub const FILE_WINDOW: u64 = 8 * 1024 * 1024;
 pub const MAX_FILE_NAME_LEN: usize = 4096;
 
 impl WireEnum for PeerMessage {
-    const KNOWN_VARIANTS: u32 = 12;
+    const KNOWN_VARIANTS: u32 = 13;
 }
 
 #[cfg(test)]
@@ -198,5 +287,33 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let text = ids[0].to_string();
         assert_eq!(text.parse::<MessageId>().ok(), Some(ids[0]));
+    }
+
+    #[test]
+    fn given_a_file_abort_then_its_bytes_are_kind_12_id_code_and_reason() {
+        let id = MessageId([7; 16]);
+        let m = PeerMessage::FileAbort { id, code: FileFailCode::Busy, reason: "busy".into() };
+        let mut want = vec![12];
+        want.extend_from_slice(&[7; 16]);
+        want.extend_from_slice(&[3, 4]);
+        want.extend_from_slice(b"busy");
+        assert_eq!(crate::encode(&m).expect("encode"), want);
+    }
+
+    #[test]
+    fn given_an_unknown_fail_code_then_it_decodes_as_unknown_retryable_and_encodes_back() {
+        // Kind 12, the id, code 300 (varint ac 02), an empty reason.
+        let mut bytes = vec![12];
+        bytes.extend_from_slice(&[1; 16]);
+        bytes.extend_from_slice(&[0xac, 0x02, 0]);
+        let m: PeerMessage = crate::decode(&bytes).expect("decode");
+        let PeerMessage::FileAbort { code, .. } = &m else { panic!("{m:?}") };
+        assert_eq!(*code, FileFailCode::Unknown(300));
+        assert!(!code.is_final());
+        assert_eq!(crate::encode(&m).expect("encode"), bytes);
+        for known in 0..9 {
+            assert_eq!(FileFailCode::from_code(known).code(), known);
+            assert!(!matches!(FileFailCode::from_code(known), FileFailCode::Unknown(_)));
+        }
     }
 }

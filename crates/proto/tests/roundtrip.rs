@@ -7,7 +7,7 @@ use whatsap2p_proto::chunk::{view_chunk, write_chunk_header, MAX_CHUNK_HEADER_LE
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::Hello;
-use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::peer::{FileFailCode, PeerMessage};
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
 
 fn number() -> impl Strategy<Value = Number> {
@@ -92,6 +92,11 @@ fn peer_msg() -> impl Strategy<Value = PeerMessage> {
         any::<[u8; 16]>().prop_map(|id| PeerMessage::FileReceived { id: MessageId(id) }),
         (any::<[u8; 16]>(), ".{0,40}")
             .prop_map(|(id, reason)| PeerMessage::FileFailed { id: MessageId(id), reason }),
+        (any::<[u8; 16]>(), any::<u32>(), ".{0,40}").prop_map(|(id, code, reason)| PeerMessage::FileAbort {
+            id: MessageId(id),
+            code: FileFailCode::from_code(code),
+            reason
+        }),
     ]
 }
 

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use whatsap2p_cli::{input, json, menu};
-use whatsap2p_client::profile::default_dir;
 use whatsap2p_client::{Client, ClientConfig, Number};
 
 /// whatsap2p: a peer-to-peer messenger. The server only says who is online and where; messages go
@@ -68,7 +67,10 @@ fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
         };
         SocketAddr::new(ip, 0)
     });
-    let profile_dir = args.profile.clone().unwrap_or_else(|| default_dir(&number));
+    let profile_dir = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| whatsap2p_cli::data_home().join("whatsap2p").join(number.as_str()));
     let downloads = args.downloads.clone().unwrap_or_else(|| profile_dir.join("downloads"));
     // Absolute, so the paths reported for received files mean the same thing to any script.
     let downloads = std::fs::create_dir_all(&downloads)

@@ -292,6 +292,23 @@ pub fn is(v: &Value, name: &str) -> bool {
     v["event"] == name
 }
 
+/// The `whatsap2p` menu (no `--json`) for the server on `server_port` with `profile` and the flags
+/// `extra`, stdin, stdout and stderr piped: a command to adjust and spawn.
+pub fn menu_command(server_port: u16, profile: &Path, extra: &[&str]) -> Command {
+    let mut menu = Command::new(CLIENT_BIN);
+    menu.args(extra)
+        .arg("--profile")
+        .arg(profile)
+        .arg("127.0.0.1")
+        .arg(server_port.to_string())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    menu
+}
+
 /// A `whatsap2p --json` process.
 pub struct Client {
     child: Child,

@@ -1,0 +1,59 @@
+//! How a client is configured: where it keeps its profile, whom it talks to, and how long each kind
+//! of wait may take.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use whatsap2p_proto::Number;
+
+/// Timeouts of the client, each bounding one kind of wait.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    /// TCP connect to the directory or a peer.
+    pub connect: Duration,
+    /// A whole Noise handshake.
+    pub handshake: Duration,
+    /// A directory request's answer.
+    pub request: Duration,
+    /// Interval between heartbeats to the directory (its timeout is three times this by default).
+    pub heartbeat: Duration,
+    /// A peer link with no traffic for this long is closed (it is redialed when needed).
+    pub link_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(5),
+            request: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(10),
+            link_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How to start a client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Our number.
+    pub number: Number,
+    /// The profile folder.
+    pub profile_dir: PathBuf,
+    /// The directory server.
+    pub server: SocketAddr,
+    /// Where to accept peers. An unspecified IP is published as the address the server sees.
+    pub listen: SocketAddr,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Where received files are saved.
+    pub downloads: PathBuf,
+    /// Largest file accepted automatically from a contact.
+    pub max_file_size: u64,
+}
+
+impl ClientConfig {
+    /// Default for [`ClientConfig::max_file_size`]: 2 GiB.
+    pub const DEFAULT_MAX_FILE_SIZE: u64 = 2 * 1024 * 1024 * 1024;
+}

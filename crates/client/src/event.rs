@@ -1,0 +1,157 @@
+//! What a client tells its user interface: [`Event`]s, and the answers of some of its methods.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use whatsap2p_proto::group::GroupId;
+use whatsap2p_proto::{MessageId, Number, PublicKey};
+
+use crate::groups::Group;
+
+/// Something the user should see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message arrived.
+    Message {
+        /// Its id.
+        id: MessageId,
+        /// The sender (its key was checked).
+        from: Number,
+        /// The text.
+        text: String,
+        /// The sender's clock at sending.
+        sent_at_ms: u64,
+        /// The group it was sent to, if any.
+        group: Option<GroupId>,
+    },
+    /// A group was created with us in it, or changed (we may have been removed: `left`).
+    Group(Group),
+    /// The recipient confirmed it has the message.
+    Delivered {
+        /// The message.
+        id: MessageId,
+        /// The recipient.
+        to: Number,
+    },
+    /// A queued message (or one member's copy of a group message) is being written to the recipient.
+    Sent {
+        /// The message.
+        id: MessageId,
+        /// The recipient.
+        to: Number,
+        /// The group, for a group message.
+        group: Option<GroupId>,
+    },
+    /// The recipient has seen the message.
+    Read {
+        /// The message.
+        id: MessageId,
+        /// Who read it.
+        by: Number,
+    },
+    /// A message will never be delivered (the recipient's key changed, say); it stays in history.
+    Failed {
+        /// The message.
+        id: MessageId,
+        /// The recipient.
+        to: Number,
+        /// Why.
+        reason: String,
+    },
+    /// A watched number (a contact, or someone we wrote to) came online or went offline.
+    Presence {
+        /// Who.
+        number: Number,
+        /// Where it listens, if online.
+        online: Option<SocketAddr>,
+    },
+    /// A security-relevant refusal nobody asked about (a peer with the wrong key, say).
+    Warning {
+        /// What happened.
+        message: String,
+    },
+    /// The directory session ended unexpectedly; the client reconnects by itself.
+    DirectoryLost {
+        /// Why.
+        reason: String,
+    },
+    /// The directory session is back.
+    Reconnected,
+    /// Bytes of an outgoing file the receiver has written (at most a few per second).
+    Progress {
+        /// The transfer.
+        id: MessageId,
+        /// Bytes confirmed so far.
+        bytes: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// The receiver verified and kept a file we sent.
+    FileSent {
+        /// The transfer.
+        id: MessageId,
+        /// The receiver.
+        to: Number,
+        /// Where the last attempt started (non-zero when it resumed).
+        resumed_from: u64,
+    },
+    /// A file arrived, verified, and was saved.
+    FileReceived {
+        /// The transfer.
+        id: MessageId,
+        /// The sender.
+        from: Number,
+        /// The (safe) name it was saved under.
+        name: String,
+        /// Where it was saved.
+        path: PathBuf,
+        /// Size in bytes.
+        size: u64,
+        /// BLAKE3 of the content (verified).
+        blake3: [u8; 32],
+        /// Media type the sender announced.
+        media_type: String,
+        /// Width and height, when the content is an image.
+        dimensions: Option<(u32, u32)>,
+        /// Where the last attempt started (non-zero when it resumed).
+        resumed_from: u64,
+    },
+    /// A file transfer failed for good (refused, wrong hash, …), or an incoming attempt failed.
+    FileFailed {
+        /// The transfer.
+        id: MessageId,
+        /// The other side.
+        peer: Number,
+        /// True when we were sending.
+        outgoing: bool,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What became of a sent message right away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Written to the recipient; a receipt follows.
+    Sent,
+    /// Kept in the outbox; delivered when the recipient is reachable.
+    Queued {
+        /// Why it could not go now.
+        reason: String,
+    },
+}
+
+/// A number's status as the directory sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Who.
+    pub number: Number,
+    /// Where it listens, if online.
+    pub online: Option<SocketAddr>,
+    /// Its identity key, if it ever registered.
+    pub key: Option<PublicKey>,
+}
+
+/// A contact and its status.
+pub type ContactStatus = Presence;

@@ -1,0 +1,82 @@
+//! What a remote party makes the client hold ends with it: thousands of distinct, authenticated
+//! peers connect, each sends a message and leaves, and the client's tasks, link slots, couriers
+//! and sockets come back to where they were.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use support::{number, BarePeer, TestDirectory};
+use whatsap2p_client::store::Store;
+use whatsap2p_client::{Event, MessageId};
+use whatsap2p_proto::peer::PeerMessage;
+
+const PEERS: u64 = 3_000;
+/// Peers connected at once (the client takes 1 024).
+const WAVE: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_three_thousand_peers_that_connect_and_leave_then_the_client_holds_nothing_for_them() {
+    let directory = TestDirectory::start(whatsap2p_server::Config::DEFAULT_HEARTBEAT_TIMEOUT).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let me = number(100);
+    let (client, mut events) = support::start(directory.addr, &me, root.path()).await;
+    let counted = tokio::spawn(async move {
+        let mut messages = 0u64;
+        while let Some(e) = events.recv().await {
+            if matches!(e, Event::Message { .. }) {
+                messages += 1;
+            }
+        }
+        messages
+    });
+    let (addr, key) = (client.published_addr(), client.identity_key());
+    let pins = Store::open(&root.path().join("bare-peers.sqlite")).expect("store");
+    let idle = client.stats();
+    let fds = support::open_fds();
+    let mut peak = client.stats();
+    let ids: Vec<u64> = (0..PEERS).collect();
+    for wave in ids.chunks(WAVE) {
+        let visits = wave.iter().map(|i| {
+            let (pins, me) = (&pins, &me);
+            async move {
+                let peer = BarePeer::new(number(1_000_000 + i));
+                drop(peer.register(directory.addr, "127.0.0.1:9".parse().expect("addr"), pins).await);
+                let (mut reader, mut writer) = peer.dial(me, key, addr).await.split();
+                let id = MessageId::new();
+                let text = PeerMessage::Text { id, sent_at_ms: 1, text: format!("hello from {i}") };
+                writer.send_msg(&text).await.expect("sending");
+                loop {
+                    match reader.recv_msg::<PeerMessage>().await.expect("reading") {
+                        Some(PeerMessage::Ack { id: acked }) if acked == id => break,
+                        Some(_) => continue,
+                        None => panic!("the client closed the link before acknowledging"),
+                    }
+                }
+            }
+        });
+        join_all(visits).await;
+        let now = client.stats();
+        peak.links = peak.links.max(now.links);
+        peak.tasks = peak.tasks.max(now.tasks);
+    }
+    // Every peer has left: what the client held for them goes, without anyone asking.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while client.stats() != idle || support::open_fds() > fds {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still held after every peer left: {:?} (idle: {idle:?}), {} descriptors (idle: {fds})",
+            client.stats(),
+            support::open_fds()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        peak.links > 0 && peak.tasks > idle.tasks,
+        "nothing was ever held, the test proves nothing: {peak:?}"
+    );
+    client.shutdown().await;
+    assert_eq!(counted.await.expect("event counter"), PEERS, "every peer's message arrived");
+    directory.stop().await;
+}

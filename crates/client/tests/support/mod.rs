@@ -1,0 +1,188 @@
+//! What the client core's in-process tests share: a directory server on 127.0.0.1:0, clients in
+//! temporary profiles, and bare peers built from the client's own handshake (no `Client`), which
+//! can play a peer that misbehaves on purpose.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use whatsap2p_client::directory::{self, Registered};
+use whatsap2p_client::profile::Identity;
+use whatsap2p_client::store::Store;
+use whatsap2p_client::{Client, ClientConfig, Event, Number, Timeouts};
+use whatsap2p_link::{Session, StaticKeypair};
+use whatsap2p_server::identities::SqliteIdentities;
+use whatsap2p_server::presence::MemoryPresence;
+
+/// A directory server in this process, on a port of its own.
+pub struct TestDirectory {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _data: tempfile::TempDir,
+}
+
+impl TestDirectory {
+    /// Starts one whose sessions expire after `heartbeat_timeout` without a frame.
+    pub async fn start(heartbeat_timeout: Duration) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let identities = SqliteIdentities::open(&data.path().join("identities.sqlite")).expect("identities");
+        let key = StaticKeypair::generate().expect("server key");
+        let config = whatsap2p_server::Config { heartbeat_timeout, ..Default::default() };
+        let directory = whatsap2p_server::Directory::new(
+            Arc::new(MemoryPresence::new()),
+            Arc::new(identities),
+            key,
+            config,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = whatsap2p_server::run(listener, directory, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Self { addr, stop: Some(stop), task, _data: data }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+pub fn number(n: u64) -> Number {
+    Number::new(&n.to_string()).expect("number")
+}
+
+/// A client's configuration in its own folder under `root`.
+pub fn config(server: SocketAddr, number: &Number, root: &Path) -> ClientConfig {
+    let dir = root.join(number.as_str());
+    ClientConfig {
+        number: number.clone(),
+        profile_dir: dir.join("profile"),
+        server,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        timeouts: Timeouts::default(),
+        downloads: dir.join("downloads"),
+        max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+    }
+}
+
+pub async fn start(server: SocketAddr, number: &Number, root: &Path) -> (Client, mpsc::Receiver<Event>) {
+    Client::start(config(server, number, root)).await.expect("client start")
+}
+
+/// Waits for the first event `pick` takes, skipping the others.
+pub async fn next<T>(events: &mut mpsc::Receiver<Event>, pick: impl Fn(Event) -> Option<T>) -> T {
+    loop {
+        let e = events.recv().await.expect("the client's events ended");
+        if let Some(t) = pick(e) {
+            return t;
+        }
+    }
+}
+
+/// A directory whose sessions never expire during a test, a temporary folder, and a client in it.
+pub struct Scene {
+    pub directory: TestDirectory,
+    pub root: tempfile::TempDir,
+}
+
+/// Long enough that no directory session expires during a test (bare peers send no heartbeats).
+pub const NO_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+impl Scene {
+    pub async fn start() -> Self {
+        Self { directory: TestDirectory::start(NO_EXPIRY).await, root: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// A client with number `n`, online.
+    pub async fn client(&self, n: u64) -> (Client, mpsc::Receiver<Event>) {
+        start(self.directory.addr, &number(n), self.root.path()).await
+    }
+
+    /// A bare peer with number `n`, registered as listening at `listen`, and its session (the
+    /// number stays bound to its key after the session ends).
+    pub async fn bare_peer(&self, n: u64, listen: SocketAddr) -> (BarePeer, Registered) {
+        let pins = Store::open(&self.root.path().join(format!("pins-{n}.sqlite"))).expect("store");
+        let peer = BarePeer::new(number(n));
+        let session = peer.register(self.directory.addr, listen, &pins).await;
+        (peer, session)
+    }
+
+    pub async fn stop(self) {
+        self.directory.stop().await;
+    }
+}
+
+/// A peer without a `Client`: keys, a number, and the client's own handshakes.
+pub struct BarePeer {
+    pub number: Number,
+    pub identity: Identity,
+}
+
+impl BarePeer {
+    pub fn new(number: Number) -> Self {
+        let identity = Identity {
+            signing: SigningKey::generate(&mut rand::rngs::OsRng),
+            noise: StaticKeypair::generate().expect("noise key"),
+        };
+        Self { number, identity }
+    }
+
+    /// Registers with the directory, publishing `listen`; the session lasts as long as what is
+    /// returned (the number stays bound to the key after).
+    pub async fn register(&self, server: SocketAddr, listen: SocketAddr, pins: &Store) -> Registered {
+        directory::connect(server, &self.number, &self.identity, listen, pins, &Timeouts::default())
+            .await
+            .expect("registering a bare peer")
+    }
+
+    /// Dials `client` at `addr` and proves who we are.
+    pub async fn dial(
+        &self,
+        client: &Number,
+        key: whatsap2p_client::PublicKey,
+        addr: SocketAddr,
+    ) -> Session<TcpStream> {
+        let stream = TcpStream::connect(addr).await.expect("dialing the client");
+        // As the client's own links: on a paused clock, Nagle's wait for an acknowledgement would
+        // be real time during which virtual time runs on.
+        stream.set_nodelay(true).expect("nodelay");
+        whatsap2p_client::handshake::dial_peer(stream, &self.identity, &self.number, client, key, addr)
+            .await
+            .expect("handshake with the client")
+    }
+
+    /// Answers a client that dialed us on `stream`, trusting whoever it proves to be.
+    pub async fn answer(&self, stream: TcpStream, addr: SocketAddr) -> Session<TcpStream> {
+        stream.set_nodelay(true).expect("nodelay");
+        let (_, _, session) = whatsap2p_client::handshake::accept_peer(
+            stream,
+            &self.identity,
+            &self.number,
+            addr,
+            |_, _| async { Ok(()) },
+        )
+        .await
+        .expect("handshake with the dialing client");
+        session
+    }
+}
+
+/// Descriptors this process holds open.
+#[cfg(target_os = "linux")]
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
