@@ -125,7 +125,11 @@ fn peer_messages() -> Vec<PeerMessage> {
             text: "hi all".into(),
         },
         PeerMessage::GroupUpdate { id: id(4), update: signed_family() },
-        PeerMessage::FileAbort { id: id(2), code: FileFailCode::HashMismatch, reason: "hash mismatch".into() },
+        PeerMessage::FileAbort {
+            id: id(2),
+            code: FileFailCode::HashMismatch,
+            reason: "hash mismatch".into(),
+        },
     ]
 }
 
