@@ -19,6 +19,10 @@ use whatsap2p_proto::codec::{decode_struct, kind, WireEnum};
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::group::{GroupId, GroupState, SignedGroupState};
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello, NOISE_PARAMS, PROLOGUE};
+use whatsap2p_proto::nat::{
+    self, Candidate, Datagram, NatKind, RelayReason, RelayStatus, RelayTicket, Source, Transport,
+    TICKET_MAC_LEN,
+};
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage};
 use whatsap2p_proto::version::{self, HelloReply, Versions};
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
@@ -76,7 +80,36 @@ fn client_to_server() -> Vec<ClientToServer> {
         ClientToServer::Heartbeat,
         ClientToServer::Logout,
         ClientToServer::Watch { numbers: vec![WireNumber::new("5550002"), WireNumber::new("5550003")] },
+        ClientToServer::Announce {
+            candidates: vec![
+                candidate(Transport::Tcp, "192.168.1.20:40000", Source::Local),
+                candidate(Transport::Udp, "192.168.1.20:40001", Source::Local),
+            ],
+            nat: NatKind::Cone,
+        },
+        ClientToServer::Introduce { req: 9, number: WireNumber::new("5550002") },
+        ClientToServer::RelayRequest {
+            req: 10,
+            number: WireNumber::new("5550002"),
+            reason: RelayReason::PunchTimedOut,
+        },
     ]
+}
+
+fn candidate(transport: Transport, addr: &str, source: Source) -> Candidate {
+    Candidate { transport, addr: addr.parse().expect("addr"), source }
+}
+
+/// The relay ticket of the vectors, sealed with an all-zero MAC (the MAC's key is the directory's
+/// own; its layout, not its value, is what a client needs).
+fn sealed_ticket() -> Vec<u8> {
+    let mut sealed = encode(&ticket()).expect("encode");
+    sealed.extend_from_slice(&[0; TICKET_MAC_LEN]);
+    sealed
+}
+
+fn ticket() -> RelayTicket {
+    RelayTicket { a: n("5550001"), b: n("5550002"), expires_unix_ms: 1_717_200_030_000, nonce: [0x3c; 16] }
 }
 
 fn server_to_client() -> Vec<ServerToClient> {
@@ -97,6 +130,33 @@ fn server_to_client() -> Vec<ServerToClient> {
         ServerToClient::Error { req: None, message: "not watching 1 of the numbers".into() },
         ServerToClient::Presence { number: n("5550002"), key: Some(key(0xa2)), online: None },
         ServerToClient::Closed { code: CloseCode::Replaced, reason: "a newer session for 5550001".into() },
+        ServerToClient::Reachability {
+            token: [0x5a; 16],
+            udp_port: Some(15001),
+            relay: Some("0.0.0.0:15002".parse().expect("addr")),
+        },
+        ServerToClient::Introduction {
+            req: 9,
+            number: n("5550002"),
+            candidates: vec![
+                candidate(Transport::Udp, "10.2.0.2:50000", Source::Local),
+                candidate(Transport::Udp, "203.0.113.102:50000", Source::Observed),
+                candidate(Transport::Tcp, "203.0.113.102:40000", Source::Observed),
+            ],
+            nat: NatKind::Cone,
+        },
+        ServerToClient::Introduced {
+            from: n("5550001"),
+            candidates: vec![candidate(Transport::Udp, "203.0.113.101:50000", Source::Observed)],
+            nat: NatKind::Symmetric,
+        },
+        ServerToClient::RelayOffer {
+            req: Some(10),
+            number: n("5550002"),
+            relay: "203.0.113.1:15002".parse().expect("addr"),
+            ticket: sealed_ticket(),
+            reason: RelayReason::BothSymmetric,
+        },
     ]
 }
 
@@ -465,6 +525,42 @@ fn version_vectors() -> Value {
     })
 }
 
+/// Datagrams (with their magic), the relay ticket and the relay preamble and answers.
+fn nat_vectors() -> Value {
+    let datagrams = [
+        Datagram::ProbeRequest { token: [0x5a; 16], nonce: 0x0102_0304 },
+        Datagram::ProbeReply { nonce: 0x0102_0304, observed: "203.0.113.101:50000".parse().expect("addr") },
+        Datagram::Punch { nonce: 7 },
+    ];
+    let datagrams: Vec<Value> = datagrams
+        .iter()
+        .map(|d| {
+            let value = serde_json::to_value(d).expect("json");
+            json!({ "name": variant(&value), "value": value, "hex": hex::encode(nat::encode_datagram(d).expect("encode")) })
+        })
+        .collect();
+    let sealed = sealed_ticket();
+    let statuses: Vec<Value> = [
+        RelayStatus::Paired,
+        RelayStatus::BadTicket,
+        RelayStatus::Expired,
+        RelayStatus::Used,
+        RelayStatus::Busy,
+        RelayStatus::NoPartner,
+        RelayStatus::BadPreamble,
+    ]
+    .iter()
+    .map(|s| json!({ "name": serde_json::to_value(s).expect("json"), "hex": hex::encode(encode(s).expect("encode")) }))
+    .collect();
+    json!({
+        "datagrams": datagrams,
+        "ticket": payload_vector("RelayTicket", &ticket()),
+        "sealed_ticket_hex": hex::encode(&sealed),
+        "relay_preamble_hex": hex::encode(nat::relay_preamble(&sealed).expect("preamble")),
+        "relay_status": statuses,
+    })
+}
+
 /// The whole document.
 async fn generate() -> Value {
     let mut messages = Vec::new();
@@ -486,6 +582,7 @@ async fn generate() -> Value {
         "rejects": rejects(),
         "signatures": signatures(),
         "version_negotiation": version_vectors(),
+        "nat": nat_vectors(),
         "transcripts": [transcript(Connection::Directory).await, transcript(Connection::Peer).await],
     })
 }
@@ -616,6 +713,26 @@ fn given_the_version_vectors_then_hellos_and_replies_are_as_stated() {
     }
     for r in vv["reply"].as_array().expect("replies") {
         check_payload::<HelloReply>(r);
+    }
+}
+
+#[test]
+fn given_the_nat_vectors_then_datagrams_tickets_and_preambles_are_as_stated() {
+    let doc = read();
+    let v = &doc["nat"];
+    let datagrams = v["datagrams"].as_array().expect("datagrams");
+    assert_eq!(datagrams.len() as u32, <Datagram as WireEnum>::KNOWN_VARIANTS, "every datagram has a vector");
+    for d in datagrams {
+        let stated: Datagram = serde_json::from_value(d["value"].clone()).expect("value");
+        assert_eq!(nat::decode_datagram(&bytes(&d["hex"])), Ok(stated.clone()), "{d}");
+        assert_eq!(nat::encode_datagram(&stated).expect("encode"), bytes(&d["hex"]), "{d}");
+    }
+    check_payload::<RelayTicket>(&v["ticket"]);
+    let sealed = bytes(&v["sealed_ticket_hex"]);
+    assert_eq!(nat::relay_preamble(&sealed).expect("preamble"), bytes(&v["relay_preamble_hex"]));
+    for s in v["relay_status"].as_array().expect("statuses") {
+        let status: RelayStatus = serde_json::from_value(s["name"].clone()).expect("status");
+        assert_eq!(encode(&status).expect("encode"), bytes(&s["hex"]));
     }
 }
 

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::WireEnum;
+use crate::nat::{Candidate, NatKind, ProbeToken, RelayReason};
+#[cfg(doc)]
+use crate::nat::{Source, MAX_CANDIDATES};
 use crate::{Number, PublicKey, WireNumber};
 
 /// Most numbers in one [`ClientToServer::Watch`].
@@ -51,6 +54,34 @@ pub enum ClientToServer {
         /// At most [`MAX_WATCH_BATCH`] numbers.
         numbers: Vec<WireNumber>,
     },
+    /// (v3) The addresses this client says it may be reached at (its LAN addresses, usually) and
+    /// what its NAT does; the directory adds the addresses it observed. Answered with
+    /// [`ServerToClient::Error`] only when refused (more than [`MAX_CANDIDATES`], say).
+    Announce {
+        /// At most [`MAX_CANDIDATES`], each with [`Source::Local`].
+        candidates: Vec<Candidate>,
+        /// What the client's probes found.
+        nat: NatKind,
+    },
+    /// (v3) "Introduce me to `number`": the directory answers with its candidates
+    /// ([`ServerToClient::Introduction`]) and, at the same moment, sends it ours
+    /// ([`ServerToClient::Introduced`]), so both sides try the paths between them together.
+    Introduce {
+        /// Echoed in the answer.
+        req: u32,
+        /// Who to reach.
+        number: WireNumber,
+    },
+    /// (v3) "No direct path to `number` works": the directory answers with a relay ticket
+    /// ([`ServerToClient::RelayOffer`]) and sends the same ticket to `number`.
+    RelayRequest {
+        /// Echoed in the answer.
+        req: u32,
+        /// Who to reach.
+        number: WireNumber,
+        /// Why, for the other side to show and the relay's log.
+        reason: RelayReason,
+    },
 }
 
 /// Why a client looks a number up.
@@ -64,7 +95,7 @@ pub enum LookupIntent {
 }
 
 impl WireEnum for ClientToServer {
-    const KNOWN_VARIANTS: u32 = 5;
+    const KNOWN_VARIANTS: u32 = 8;
 }
 
 /// Where an online user listens, and since when.
@@ -126,10 +157,58 @@ pub enum ServerToClient {
         /// Why, for people (at most [`MAX_REASON_LEN`] characters).
         reason: String,
     },
+    /// (v3) Sent once, right after the handshake: how this session's client finds its public UDP
+    /// address and its NAT's kind ([`crate::nat`]).
+    Reachability {
+        /// What the client's UDP probes carry.
+        token: ProbeToken,
+        /// The directory's UDP port for probes, on the address the client reached it at; none when
+        /// it has none.
+        udp_port: Option<u16>,
+        /// The relay, if the directory has one; an unspecified IP means the address the client
+        /// reached the directory at. It answers probes on the same port number over UDP.
+        relay: Option<SocketAddr>,
+    },
+    /// (v3) Answer to [`ClientToServer::Introduce`]: where `number` may be reached. `number` has
+    /// been sent ours at the same moment.
+    Introduction {
+        /// The request's id.
+        req: u32,
+        /// Who.
+        number: Number,
+        /// Its candidates: what it announced and what the directory observed.
+        candidates: Vec<Candidate>,
+        /// What its NAT does.
+        nat: NatKind,
+    },
+    /// (v3) `from` wants to reach this client and is trying these paths now: send punches to the
+    /// UDP ones, so this side's NAT lets its packets in.
+    Introduced {
+        /// Who asked.
+        from: Number,
+        /// Its candidates.
+        candidates: Vec<Candidate>,
+        /// What its NAT does.
+        nat: NatKind,
+    },
+    /// (v3) A relay ticket for reaching `number`: the answer to [`ClientToServer::RelayRequest`]
+    /// (with its `req`), or, without one, sent to the side that was asked for.
+    RelayOffer {
+        /// The request's id, for the side that asked.
+        req: Option<u32>,
+        /// The other side.
+        number: Number,
+        /// The relay to connect to; an unspecified IP as in [`ServerToClient::Reachability`].
+        relay: SocketAddr,
+        /// The sealed ticket both sides present ([`crate::nat::RelayTicket`]).
+        ticket: Vec<u8>,
+        /// Why the link is relayed.
+        reason: RelayReason,
+    },
 }
 
 impl WireEnum for ServerToClient {
-    const KNOWN_VARIANTS: u32 = 7;
+    const KNOWN_VARIANTS: u32 = 11;
 }
 
 /// Why the server ends a session on its own, for the client to act on (the text beside it is for
