@@ -1,33 +1,69 @@
-//! The client's session with the directory server.
+//! The client's session with the directory.
 //!
-//! [`connect`] dials, runs the initiator side of the handshake (pinning the server's key on first use
-//! and refusing a changed one), proves our identity and registers. A task then owns the session: it
-//! sends the heartbeats, matches answers to requests by id, forwards presence pushes, and when the
-//! session is lost reconnects with backoff, re-registers and re-watches by itself. Callers talk to it
-//! through a cloneable [`DirectoryHandle`], which stays valid across reconnections.
+//! A directory may have several addresses (the user gives several, or a host name that resolves to
+//! several instances); they are one directory, with one key (see `register.rs`). [`start`] makes
+//! the first attempt: a round over every address, in the order given, until one registers. A task
+//! then owns the session: it sends the heartbeats, matches answers to requests by id, and forwards
+//! presence pushes. Callers talk to it through a cloneable [`DirectoryHandle`], which stays valid
+//! across reconnections.
+//!
+//! **When the session ends**, the task acts on why:
+//! - lost (the connection failed or went silent, the instance shut down, its store is down, or a
+//!   code this version does not know): a round at once over every address, the lost one last, so
+//!   a client moves to another instance without a pause and the user sees only that it
+//!   reconnected (if it takes over a second, or the directory has one address only, the user is
+//!   told the directory is lost first), and rounds follow with backoff (0.2 s doubling to 5 s)
+//!   until one registers. Watches are restored on every new
+//!   session, and the outbox is kicked;
+//! - replaced (another copy of this profile registered): it stops, and says so; reconnecting
+//!   would replace the other copy in turn, for ever;
+//! - the number is bound to another key: it stops, and says so (final until a person acts).
+//!
+//! Refusals a person must hear of (the directory's key changed, no protocol version in common,
+//! refusals in words from a version 2 directory) are said once each while the rounds go on.
+//!
+//! # Layout
+//! - `address.rs`: [`ServerAddr`], and the order a round tries addresses in.
+//! - `register.rs`: one attempt: dial, handshake, key check and pin, registration.
+//! - `session.rs`: driving one registered session.
 
-use std::collections::{HashMap, HashSet};
+mod address;
+mod register;
+mod session;
+
+use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use whatsap2p_link::{LinkError, SessionReader, SessionWriter};
-use whatsap2p_proto::codec::decode_struct;
-use whatsap2p_proto::directory::{ClientToServer, Location, LookupIntent, ServerToClient, MAX_WATCH_BATCH};
-use whatsap2p_proto::handshake::{Purpose, ServerHello};
-use whatsap2p_proto::{Number, PublicKey, PROTOCOL_VERSION};
+use whatsap2p_proto::directory::{CloseCode, Location, LookupIntent};
+use whatsap2p_proto::version;
+use whatsap2p_proto::{Number, PublicKey};
+
+pub use address::{AddrError, ServerAddr};
+pub(crate) use register::Params;
+pub use register::Registered;
 
 use crate::config::Timeouts;
-use crate::handshake::{self, Answer};
 use crate::profile::Identity;
 use crate::store::Store;
-use crate::transport::{self, PeerStream};
 use crate::ClientError;
 
 /// Requests waiting in the session task's queue; a full queue makes callers wait, not fail.
 const REQUEST_QUEUE: usize = 256;
+
+/// How long a lost session may take to move to another address of the directory before the user
+/// is told it is lost: a failover that takes less is only a reconnection.
+const FAILOVER_GRACE: Duration = Duration::from_secs(1);
+
+/// First and longest pause between rounds of reconnection attempts.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// What the directory knows about a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,11 +82,21 @@ enum Request {
     Logout { done: oneshot::Sender<()> },
 }
 
+/// What the session task shows its handles: the current session's version and published address.
+#[derive(Default)]
+struct Current {
+    /// The protocol version of the session; 0 while there is none.
+    version: AtomicU16,
+    /// Where the directory publishes us, once registered (kept while reconnecting).
+    published: Mutex<Option<SocketAddr>>,
+}
+
 /// Cheap handle to the session task.
 #[derive(Clone)]
 pub struct DirectoryHandle {
     tx: mpsc::Sender<Request>,
     request_timeout: Duration,
+    current: Arc<Current>,
 }
 
 impl DirectoryHandle {
@@ -78,23 +124,22 @@ impl DirectoryHandle {
             let _ = tokio::time::timeout(self.request_timeout, rx).await;
         }
     }
+
+    /// The protocol version the current session agreed, `None` while there is no session. What a
+    /// later version adds to the directory's messages is sent only when this says it may.
+    pub fn version(&self) -> Option<u16> {
+        Some(self.current.version.load(Ordering::Relaxed)).filter(|v| *v != 0)
+    }
+
+    /// Where the directory publishes us; `None` until the first registration.
+    pub fn published(&self) -> Option<SocketAddr> {
+        *self.current.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// A registered session, ready to be driven by the session task (see [`connect`]).
-pub struct Registered {
-    /// The address the directory publishes for our listener.
-    pub published: SocketAddr,
-    /// The server's key (pinned).
-    pub server_key: PublicKey,
-    /// How often to send heartbeats: a third of the server's timeout, at most the configured interval.
-    heartbeat: Duration,
-    reader: SessionReader<PeerStream>,
-    writer: Writer,
-}
-
-type Writer = SessionWriter<PeerStream>;
-
-/// Dials the directory, authenticates both ways and registers `listen`.
+/// Dials the one directory address `server`, authenticates both ways (pinning its key under that
+/// address), and registers `listen`, speaking this code's versions. (A client tries every address
+/// of its directory: see [`start`].)
 pub async fn connect(
     server: SocketAddr,
     number: &Number,
@@ -103,55 +148,18 @@ pub async fn connect(
     store: &Store,
     timeouts: &Timeouts,
 ) -> Result<Registered, ClientError> {
-    let what = format!("directory {server}");
-    let stream = transport::dial(server, timeouts.connect, "connecting to the directory").await?;
-    let context = &what;
-    let check = |answer: Answer| async move {
-        let server_hello: ServerHello = decode_struct(&answer.payload)
-            .map_err(|e| ClientError::link(format!("handshake with {context}"))(e.into()))?;
-        if server_hello.version != PROTOCOL_VERSION {
-            return Err(ClientError::Directory(format!(
-                "server speaks protocol version {}",
-                server_hello.version
-            )));
-        }
-        let server_key = answer.remote_static.ok_or(ClientError::Directory("no server key".into()))?;
-        check_server_pin(store, &server.to_string(), server_key).await?;
-        let heartbeat = (Duration::from_millis(server_hello.heartbeat_timeout_ms) / 3)
-            .clamp(Duration::from_millis(100), timeouts.heartbeat);
-        Ok((server_key, heartbeat))
+    let params = Params {
+        servers: vec![server.into()],
+        number: number.clone(),
+        identity: identity.clone(),
+        listen,
+        store: store.clone(),
+        timeouts: timeouts.clone(),
+        versions: version::SPOKEN,
     };
-    let handshake = handshake::initiate(stream, identity, number, Purpose::Directory, &what, check);
-    let ((server_key, heartbeat), session) = tokio::time::timeout(timeouts.handshake, handshake)
-        .await
-        .map_err(|_| ClientError::Timeout("directory handshake"))??;
-    let (mut reader, mut writer) = session.split();
-    writer
-        .send_msg(&ClientToServer::Register { listen })
-        .await
-        .map_err(ClientError::link(format!("registering with {what}")))?;
-    let answer = tokio::time::timeout(timeouts.request, reader.recv_msg::<ServerToClient>())
-        .await
-        .map_err(|_| ClientError::Timeout("registration"))?
-        .map_err(ClientError::link(format!("registering with {what}")))?;
-    match answer {
-        Some(ServerToClient::Registered { listen }) => {
-            Ok(Registered { published: listen, server_key, heartbeat, reader, writer })
-        }
-        Some(ServerToClient::Refused { reason }) => Err(ClientError::Refused(reason)),
-        Some(other) => Err(ClientError::Directory(format!("unexpected answer to registration: {other:?}"))),
-        None => Err(ClientError::Directory("server closed the connection during registration".into())),
-    }
-}
-
-async fn check_server_pin(store: &Store, server: &str, presented: PublicKey) -> Result<(), ClientError> {
-    match store.server_pin(server).await? {
-        Some(pinned) if pinned != presented => {
-            Err(ClientError::ServerKeyChanged { server: server.to_owned(), pinned, presented })
-        }
-        Some(_) => Ok(()),
-        None => store.pin_server(server, &presented).await,
-    }
+    let (targets, _) = address::targets(&params.servers, None, timeouts.connect).await;
+    let target = targets.first().ok_or(ClientError::NotConnected)?;
+    register::register(target, &params).await
 }
 
 /// What the session task tells the rest of the client.
@@ -159,199 +167,257 @@ async fn check_server_pin(store: &Store, server: &str, presented: PublicKey) -> 
 pub(crate) enum Note {
     /// A watched number's status (at watch time and on every change).
     Presence { number: Number, online: Option<Location> },
-    /// The session ended unexpectedly; the task is reconnecting.
+    /// No session, and none could be made at once; the task keeps trying with backoff. Also the
+    /// first note of a client that started while its directory was unreachable.
     Lost { reason: String },
-    /// The session is back: registered and watching again.
+    /// A session again: registered and watching again (after `Lost`, or at once on another address).
     Reconnected,
-    /// Reconnecting fails for a reason a person must know (the server's key changed, the number
-    /// is refused); said once per reason.
+    /// Reconnecting fails for a reason a person must know (the server's key changed, no version in
+    /// common, the number is refused); said once per reason.
     Refused { reason: String },
+    /// Another copy of this profile registered: the task has stopped talking to the directory.
+    Replaced { reason: String },
 }
 
-/// What the session task needs to reconnect on its own.
-pub(crate) struct Params {
-    pub(crate) server: SocketAddr,
-    pub(crate) number: Number,
-    pub(crate) identity: Identity,
-    pub(crate) listen: SocketAddr,
-    pub(crate) store: Store,
-    pub(crate) timeouts: Timeouts,
+/// How a round of attempts ended.
+pub(crate) enum Round {
+    /// A session (boxed: a round's other outcomes are small).
+    Registered(Box<Registered>),
+    /// A refusal that ends the trying: the number is bound to another key (or, at once, replaced).
+    Final(ClientError),
+    /// Nothing registered: errors a person must hear of, and what every attempt met.
+    Failed { loud: Vec<ClientError>, reason: String },
 }
 
-/// First and longest pause between reconnection attempts.
-const RECONNECT_MIN: Duration = Duration::from_millis(200);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Whether an attempt's error ends the trying, must be said, or is passing.
+enum Weight {
+    Final,
+    Loud,
+    Passing,
+}
 
-/// Spawns the session task and returns its handle. The task reconnects (with backoff) whenever the
-/// session is lost, re-registers and re-watches, and reports through `notes`.
+fn weigh(e: &ClientError) -> Weight {
+    match e {
+        ClientError::Closed { code: CloseCode::NumberTaken | CloseCode::Replaced, .. } => Weight::Final,
+        ClientError::ServerKeyChanged { .. }
+        | ClientError::NotOneDirectory { .. }
+        | ClientError::Version { .. }
+        | ClientError::Refused(_)
+        | ClientError::Directory(_) => Weight::Loud,
+        _ => Weight::Passing,
+    }
+}
+
+/// One round: every address of the directory once, in the order given, `last` (the address just
+/// lost) at the end, until one registers.
+pub(crate) async fn round(p: &Params, last: Option<SocketAddr>) -> Round {
+    let (targets, mut reasons) = address::targets(&p.servers, last, p.timeouts.connect).await;
+    let mut loud = Vec::new();
+    for target in &targets {
+        match register::register(target, p).await {
+            Ok(session) => return Round::Registered(Box::new(session)),
+            Err(e) => {
+                debug!("registering at {} failed: {e}", target.addr);
+                let text = e.to_string();
+                let at = target.addr.to_string();
+                reasons.push(if text.contains(&at) { text } else { format!("{at}: {text}") });
+                match weigh(&e) {
+                    Weight::Final => return Round::Final(e),
+                    Weight::Loud => loud.push(e),
+                    Weight::Passing => {}
+                }
+            }
+        }
+    }
+    if targets.is_empty() && reasons.is_empty() {
+        reasons.push("no address to try".into());
+    }
+    Round::Failed { loud, reason: reasons.join("; ") }
+}
+
+/// The key pinned for the directory at `servers`, if this profile ever reached it.
+pub(crate) async fn pinned_key(
+    store: &Store,
+    servers: &[ServerAddr],
+) -> Result<Option<PublicKey>, ClientError> {
+    let pins = store.server_pins(servers.iter().map(ToString::to_string).collect()).await?;
+    register::directory_key(&pins)
+}
+
+/// How the session task begins.
+pub(crate) enum Begin {
+    /// With this session.
+    Online(Box<Registered>),
+    /// Without one (the directory was unreachable at start): it says why, then keeps trying.
+    Offline { reason: String },
+}
+
+/// Spawns the session task and returns its handle.
 pub(crate) fn spawn(
-    first: Registered,
+    begin: Begin,
     params: Params,
     notes: mpsc::Sender<Note>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> DirectoryHandle {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-    let handle = DirectoryHandle { tx, request_timeout: params.timeouts.request };
-    tracker.spawn(supervise(first, params, rx, notes, cancel));
+    let current = Arc::new(Current::default());
+    let handle = DirectoryHandle { tx, request_timeout: params.timeouts.request, current: current.clone() };
+    let task = Task { params, rx, notes, cancel, current, watched: HashSet::new() };
+    tracker.spawn(task.supervise(begin));
     handle
 }
 
-async fn supervise(
-    first: Registered,
+/// The session task's state.
+struct Task {
     params: Params,
-    mut rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Request>,
     notes: mpsc::Sender<Note>,
     cancel: CancellationToken,
-) {
-    let mut watched: HashSet<Number> = HashSet::new();
-    let mut session = Some(first);
-    loop {
-        if let Some(s) = session.take() {
-            match run(s, &mut rx, &mut watched, &notes, &cancel).await {
-                None => return,
-                Some(reason) => {
-                    warn!("directory session lost: {reason}; reconnecting");
-                    let _ = notes.send(Note::Lost { reason }).await;
+    current: Arc<Current>,
+    /// Numbers watched, restored on every new session.
+    watched: HashSet<Number>,
+}
+
+impl Task {
+    async fn note(&self, note: Note) {
+        let _ = self.notes.send(note).await;
+    }
+
+    async fn supervise(mut self, begin: Begin) {
+        let mut session = match begin {
+            Begin::Online(s) => s,
+            Begin::Offline { reason } => {
+                self.note(Note::Lost { reason }).await;
+                match self.seek(None).await {
+                    Some(s) => s,
+                    None => return,
                 }
             }
+        };
+        loop {
+            let last = session.target.addr;
+            *self.current.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.published);
+            self.current.version.store(session.version, Ordering::Relaxed);
+            let ended =
+                session::run(*session, &mut self.rx, &mut self.watched, &self.notes, &self.cancel).await;
+            self.current.version.store(0, Ordering::Relaxed);
+            let reason = match ended {
+                session::Ended::Stop => return,
+                session::Ended::Closed(code, reason) => {
+                    let e = ClientError::Closed { number: self.params.number.clone(), code, reason };
+                    if matches!(weigh(&e), Weight::Final) {
+                        return self.stop(e).await;
+                    }
+                    e.to_string()
+                }
+                session::Ended::Lost(reason) => reason,
+            };
+            warn!("directory session at {last} lost: {reason}; reconnecting");
+            session = match self.seek(Some((last, reason))).await {
+                Some(s) => s,
+                None => return,
+            };
         }
+    }
+
+    /// Rounds until a session: the first at once (after a session at `lost` ended, that address
+    /// last), then with backoff. Says the directory is lost unless another address takes the
+    /// client back within [`FAILOVER_GRACE`] (at once when there is no other address), and says
+    /// when it is back. `None` after logout, shutdown or a final refusal.
+    async fn seek(&mut self, lost: Option<(SocketAddr, String)>) -> Option<Box<Registered>> {
+        let (mut last, mut unsaid) = match lost {
+            Some((addr, reason)) => (Some(addr), Some(reason)),
+            None => (None, None),
+        };
         let mut backoff = RECONNECT_MIN;
-        let mut told: Option<String> = None;
-        while session.is_none() {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                req = rx.recv() => match req {
-                    None => return,
-                    Some(Request::Logout { done }) => { let _ = done.send(()); return; }
-                    Some(Request::Lookup { reply, .. }) => { let _ = reply.send(Err(ClientError::NotConnected)); }
-                    Some(Request::Watch { numbers }) => watched.extend(numbers),
-                },
-                _ = tokio::time::sleep(backoff) => {
-                    let p = &params;
-                    match connect(p.server, &p.number, &p.identity, p.listen, &p.store, &p.timeouts).await {
-                        Ok(s) => {
-                            info!("directory session restored");
-                            let _ = notes.send(Note::Reconnected).await;
-                            session = Some(s);
+        let mut told: HashSet<String> = HashSet::new();
+        loop {
+            let outcome = {
+                let attempt = round(&self.params, last.take());
+                tokio::pin!(attempt);
+                let grace = if unsaid.is_some() && self.can_move() { FAILOVER_GRACE } else { Duration::ZERO };
+                let quick = tokio::time::timeout(grace, &mut attempt);
+                match serve(&mut self.rx, &mut self.watched, &self.cancel, quick).await? {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        if let Some(reason) = unsaid.take() {
+                            self.note(Note::Lost { reason }).await;
                         }
-                        Err(e) => {
-                            debug!("reconnecting to the directory failed: {e}");
-                            if matches!(e, ClientError::ServerKeyChanged { .. } | ClientError::Refused(_)) {
-                                let reason = e.to_string();
-                                if told.as_ref() != Some(&reason) {
-                                    warn!("{reason}");
-                                    let _ = notes.send(Note::Refused { reason: reason.clone() }).await;
-                                    told = Some(reason);
-                                }
-                            }
-                            backoff = (backoff * 2).min(RECONNECT_MAX);
-                        }
+                        serve(&mut self.rx, &mut self.watched, &self.cancel, &mut attempt).await?
                     }
                 }
-            }
-        }
-    }
-}
-
-type Pending = HashMap<u32, oneshot::Sender<Result<LookupAnswer, ClientError>>>;
-
-async fn send_watch(writer: &mut Writer, numbers: Vec<Number>) -> Result<(), LinkError> {
-    for chunk in numbers.chunks(MAX_WATCH_BATCH) {
-        writer.send_msg(&ClientToServer::Watch { numbers: chunk.iter().map(Into::into).collect() }).await?;
-    }
-    Ok(())
-}
-
-/// Drives one session; returns why it was lost, or `None` after logout or shutdown.
-async fn run(
-    session: Registered,
-    rx: &mut mpsc::Receiver<Request>,
-    watched: &mut HashSet<Number>,
-    notes: &mpsc::Sender<Note>,
-    cancel: &CancellationToken,
-) -> Option<String> {
-    let Registered { mut reader, mut writer, heartbeat, .. } = session;
-    let mut pending: Pending = HashMap::new();
-    let mut next_req: u32 = 0;
-    let mut ticker = tokio::time::interval(heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut last_heard = tokio::time::Instant::now();
-    let lost = 'session: {
-        if !watched.is_empty() {
-            if let Err(e) = send_watch(&mut writer, watched.iter().cloned().collect()).await {
-                break 'session e.to_string();
-            }
-        }
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    let _ = writer.close().await;
+            };
+            match outcome {
+                Round::Registered(s) => {
+                    info!("directory session at {} (protocol version {})", s.target.addr, s.version);
+                    self.note(Note::Reconnected).await;
+                    return Some(s);
+                }
+                Round::Final(e) => {
+                    self.stop(e).await;
                     return None;
                 }
-                req = rx.recv() => match req {
-                    None => return None,
-                    Some(Request::Logout { done }) => {
-                        let _ = writer.send_msg(&ClientToServer::Logout).await;
-                        let _ = writer.close().await;
-                        let _ = done.send(());
-                        return None;
-                    }
-                    Some(Request::Lookup { number, intent, reply }) => {
-                        next_req = next_req.wrapping_add(1);
-                        pending.insert(next_req, reply);
-                        let lookup = ClientToServer::Lookup { req: next_req, number: number.into(), intent };
-                        if let Err(e) = writer.send_msg(&lookup).await {
-                            break e.to_string();
+                Round::Failed { loud, reason } => {
+                    debug!("no directory address took us: {reason}");
+                    for e in loud {
+                        let text = e.to_string();
+                        if told.insert(text.clone()) {
+                            warn!("{text}");
+                            self.note(Note::Refused { reason: text }).await;
                         }
                     }
-                    Some(Request::Watch { numbers }) => {
-                        let new: Vec<Number> = numbers.into_iter().filter(|n| watched.insert(n.clone())).collect();
-                        if !new.is_empty() {
-                            if let Err(e) = send_watch(&mut writer, new).await {
-                                break e.to_string();
-                            }
-                        }
-                    }
-                },
-                msg = reader.recv_msg::<ServerToClient>() => {
-                    last_heard = tokio::time::Instant::now();
-                    match msg {
-                        Ok(Some(ServerToClient::LookupResult { req, number, key, online })) => {
-                            if let Some(reply) = pending.remove(&req) {
-                                let _ = reply.send(Ok(LookupAnswer { number, key, online }));
-                            }
-                        }
-                        Ok(Some(ServerToClient::Presence { number, online, .. })) => {
-                            let _ = notes.send(Note::Presence { number, online }).await;
-                        }
-                        Ok(Some(ServerToClient::Error { req: Some(req), message })) => {
-                            if let Some(reply) = pending.remove(&req) {
-                                let _ = reply.send(Err(ClientError::Directory(message)));
-                            }
-                        }
-                        Ok(Some(ServerToClient::Refused { reason })) => break format!("refused: {reason}"),
-                        Ok(Some(other)) => debug!("directory says {other:?}"),
-                        Ok(None) => break "the server closed the connection".to_owned(),
-                        Err(e) => break e.to_string(),
-                    }
-                }
-                _ = ticker.tick() => {
-                    // Three silent heartbeats: the server or the path is gone even if TCP has not noticed.
-                    if last_heard.elapsed() > heartbeat * 3 {
-                        break format!("no answer from the server for {:?}", last_heard.elapsed());
-                    }
-                    pending.retain(|_, reply| !reply.is_closed());
-                    if let Err(e) = writer.send_msg(&ClientToServer::Heartbeat).await {
-                        break e.to_string();
+                    if let Some(reason) = unsaid.take() {
+                        self.note(Note::Lost { reason }).await;
                     }
                 }
             }
+            self.serving(tokio::time::sleep(backoff)).await?;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
         }
-    };
-    for (_, reply) in pending.drain() {
-        let _ = reply.send(Err(ClientError::NotConnected));
     }
-    Some(lost)
+
+    /// Whether the directory may have another address to move to.
+    fn can_move(&self) -> bool {
+        let servers = &self.params.servers;
+        servers.len() > 1 || servers.iter().any(ServerAddr::is_name)
+    }
+
+    /// Answers requests while `fut` runs; `None` if logout or shutdown came first.
+    async fn serving<T>(&mut self, fut: impl Future<Output = T>) -> Option<T> {
+        serve(&mut self.rx, &mut self.watched, &self.cancel, fut).await
+    }
+
+    /// Stops talking to the directory for `e` (replaced, or the number is taken): says so, then
+    /// answers requests with `NotConnected` until logout or shutdown.
+    async fn stop(&mut self, e: ClientError) {
+        let reason = e.to_string();
+        warn!("{reason}");
+        let replaced = matches!(e, ClientError::Closed { code: CloseCode::Replaced, .. });
+        self.note(if replaced { Note::Replaced { reason } } else { Note::Refused { reason } }).await;
+        self.serving(std::future::pending::<()>()).await;
+    }
+}
+
+/// Answers requests (there is no session: lookups fail, watches are kept for the next one) while
+/// `fut` runs; `None` if logout or shutdown came first.
+async fn serve<T>(
+    rx: &mut mpsc::Receiver<Request>,
+    watched: &mut HashSet<Number>,
+    cancel: &CancellationToken,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            done = &mut fut => return Some(done),
+            req = rx.recv() => match req {
+                None => return None,
+                Some(Request::Logout { done }) => { let _ = done.send(()); return None; }
+                Some(Request::Lookup { reply, .. }) => { let _ = reply.send(Err(ClientError::NotConnected)); }
+                Some(Request::Watch { numbers }) => watched.extend(numbers),
+            },
+        }
+    }
 }

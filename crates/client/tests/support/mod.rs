@@ -17,6 +17,7 @@ use whatsap2p_client::profile::Identity;
 use whatsap2p_client::store::Store;
 use whatsap2p_client::{Client, ClientConfig, Event, Number, Timeouts};
 use whatsap2p_link::{Session, StaticKeypair};
+use whatsap2p_proto::version::{self, Versions};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::presence::MemoryPresence;
 
@@ -71,11 +72,12 @@ pub fn config(server: SocketAddr, number: &Number, root: &Path) -> ClientConfig 
     ClientConfig {
         number: number.clone(),
         profile_dir: dir.join("profile"),
-        server,
+        servers: vec![server.into()],
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         timeouts: Timeouts::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        versions: whatsap2p_proto::version::SPOKEN,
     }
 }
 
@@ -130,6 +132,8 @@ impl Scene {
 pub struct BarePeer {
     pub number: Number,
     pub identity: Identity,
+    /// The protocol versions its handshakes speak.
+    pub versions: Versions,
 }
 
 impl BarePeer {
@@ -138,7 +142,7 @@ impl BarePeer {
             signing: SigningKey::generate(&mut rand::rngs::OsRng),
             noise: StaticKeypair::generate().expect("noise key"),
         };
-        Self { number, identity }
+        Self { number, identity, versions: version::SPOKEN }
     }
 
     /// Registers with the directory, publishing `listen`; the session lasts as long as what is
@@ -156,28 +160,35 @@ impl BarePeer {
         key: whatsap2p_client::PublicKey,
         addr: SocketAddr,
     ) -> Session<TcpStream> {
-        let stream = TcpStream::connect(addr).await.expect("dialing the client");
-        // As the client's own links: on a paused clock, Nagle's wait for an acknowledgement would
-        // be real time during which virtual time runs on.
-        stream.set_nodelay(true).expect("nodelay");
-        whatsap2p_client::handshake::dial_peer(stream, &self.identity, &self.number, client, key, addr)
+        let dial = || async move {
+            let stream = TcpStream::connect(addr).await.expect("dialing the client");
+            // As the client's own links: on a paused clock, Nagle's wait for an acknowledgement
+            // would be real time during which virtual time runs on.
+            stream.set_nodelay(true).expect("nodelay");
+            Ok(stream)
+        };
+        let (me, identity) = (&self.number, &self.identity);
+        whatsap2p_client::handshake::dial_peer(dial, identity, me, client, key, addr, self.versions)
             .await
             .expect("handshake with the client")
+            .session
     }
 
     /// Answers a client that dialed us on `stream`, trusting whoever it proves to be.
     pub async fn answer(&self, stream: TcpStream, addr: SocketAddr) -> Session<TcpStream> {
         stream.set_nodelay(true).expect("nodelay");
-        let (_, _, session) = whatsap2p_client::handshake::accept_peer(
+        whatsap2p_client::handshake::accept_peer(
             stream,
             &self.identity,
             &self.number,
             addr,
+            self.versions,
             |_, _| async { Ok(()) },
         )
         .await
-        .expect("handshake with the dialing client");
-        session
+        .expect("handshake with the dialing client")
+        .linked
+        .session
     }
 }
 
