@@ -100,13 +100,15 @@ fn closed(e: &LinkError) -> bool {
     }
 }
 
-/// The initiator's side: makes a connection with `dial`, sends our hello (the version 3 one, then
-/// once the version 2 one on a second connection if the first was closed before an answer), lets
+/// The initiator's side over `stream`: sends our hello (the version 3 one, then once the version 2
+/// one on a second connection made with `redial`, if the first was closed before an answer), lets
 /// `check` judge the responder's answer, then proves our identity. Returns what `check` gave, the
 /// version agreed and the session. `context` names the other side in errors ("directory
-/// 10.0.0.1:7000").
+/// 10.0.0.1:7000"). The caller bounds the whole with its handshake deadline.
+#[allow(clippy::too_many_arguments)]
 pub async fn initiate<S, D, DF, T, F>(
-    mut dial: D,
+    stream: S,
+    redial: D,
     identity: &Identity,
     number: &Number,
     purpose: Purpose,
@@ -116,16 +118,16 @@ pub async fn initiate<S, D, DF, T, F>(
 ) -> Result<(T, u16, Session<S>), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    D: FnMut() -> DF,
+    D: FnOnce() -> DF,
     DF: Future<Output = Result<S, ClientError>>,
     F: Future<Output = Result<T, ClientError>>,
 {
-    let first = open(dial().await?, identity, purpose, ours, HelloForm::V3, context).await;
+    let first = open(stream, identity, purpose, ours, HelloForm::V3, context).await;
     let (mut hs, answer) = match first {
         Ok(opened) => opened,
         Err(Opening::Closed(e)) if ours.contains(V2) && ours.highest() > V2 => {
             info!("{context} closed after our version 3 hello ({e}): trying the version 2 hello");
-            match open(dial().await?, identity, purpose, ours, HelloForm::V2, context).await {
+            match open(redial().await?, identity, purpose, ours, HelloForm::V2, context).await {
                 Ok(opened) => opened,
                 Err(Opening::Closed(e) | Opening::Failed(e)) => return Err(e),
             }
@@ -148,12 +150,13 @@ pub struct Linked<S> {
     pub version: u16,
 }
 
-/// Dials peer `to` at `addr` with `dial` (called a second time only to retry with the version 2
-/// hello): the responder must prove, in this very session, that it owns `to` with the key
-/// `expected` (the one the directory lists and we pinned).
+/// Runs the handshake with peer `to` at `addr` over `stream` (and, to retry with the version 2
+/// hello, a second connection made with `redial`): the responder must prove, in this very
+/// session, that it owns `to` with the key `expected` (the one the directory lists and we pinned).
 #[allow(clippy::too_many_arguments)]
 pub async fn dial_peer<S, D, DF>(
-    dial: D,
+    stream: S,
+    redial: D,
     identity: &Identity,
     me: &Number,
     to: &Number,
@@ -163,7 +166,7 @@ pub async fn dial_peer<S, D, DF>(
 ) -> Result<Linked<S>, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    D: FnMut() -> DF,
+    D: FnOnce() -> DF,
     DF: Future<Output = Result<S, ClientError>>,
 {
     let refuse = |reason: String| ClientError::PeerIdentity { number: to.clone(), addr, reason };
@@ -184,7 +187,8 @@ where
         }
         Ok(())
     };
-    let ((), version, session) = initiate(dial, identity, me, Purpose::Peer, ours, &context, check).await?;
+    let ((), version, session) =
+        initiate(stream, redial, identity, me, Purpose::Peer, ours, &context, check).await?;
     Ok(Linked { session, version })
 }
 

@@ -111,12 +111,13 @@ pub(crate) async fn register(target: &Target, p: &Params) -> Result<Registered, 
             .clamp(Duration::from_millis(100), p.timeouts.heartbeat);
         Ok((server_key, heartbeat))
     };
+    let stream = dial().await?;
+    let (identity, number) = (&p.identity, &p.number);
     let handshake =
-        handshake::initiate(dial, &p.identity, &p.number, Purpose::Directory, p.versions, &what, check);
-    let ((server_key, heartbeat), version, session) =
-        tokio::time::timeout(p.timeouts.connect + p.timeouts.handshake, handshake)
-            .await
-            .map_err(|_| ClientError::Timeout("directory handshake"))??;
+        handshake::initiate(stream, dial, identity, number, Purpose::Directory, p.versions, &what, check);
+    let ((server_key, heartbeat), version, session) = tokio::time::timeout(p.timeouts.handshake, handshake)
+        .await
+        .map_err(|_| ClientError::Timeout("directory handshake"))??;
     let (mut reader, mut writer) = session.split();
     writer
         .send_msg(&ClientToServer::Register { listen: p.listen })

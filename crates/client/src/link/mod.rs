@@ -205,8 +205,10 @@ impl Links {
         p.store.check_pin(to, key).await?;
         let addr = location.addr;
         let dial = || transport::dial(addr, p.timeouts.connect, "connecting to the peer");
-        let handshake = crate::handshake::dial_peer(dial, &p.identity, &p.me, to, key, addr, p.versions);
-        let linked = match tokio::time::timeout(p.timeouts.connect + p.timeouts.handshake, handshake).await {
+        let stream = dial().await?;
+        let handshake =
+            crate::handshake::dial_peer(stream, dial, &p.identity, &p.me, to, key, addr, p.versions);
+        let linked = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
             Err(_) => return Err(ClientError::Timeout("peer handshake")),
             Ok(Err(e)) => {
                 if let ClientError::Version { source, .. } = &e {

@@ -167,8 +167,9 @@ impl BarePeer {
             stream.set_nodelay(true).expect("nodelay");
             Ok(stream)
         };
+        let stream = dial().await.expect("dialing the client");
         let (me, identity) = (&self.number, &self.identity);
-        whatsap2p_client::handshake::dial_peer(dial, identity, me, client, key, addr, self.versions)
+        whatsap2p_client::handshake::dial_peer(stream, dial, identity, me, client, key, addr, self.versions)
             .await
             .expect("handshake with the client")
             .session
