@@ -90,9 +90,14 @@ impl Instance {
 
     /// A single instance with the embedded stores.
     pub async fn memory(key: &StaticKeypair) -> Instance {
+        Instance::memory_with(key, config()).await
+    }
+
+    /// The same with other limits (or other protocol versions).
+    pub async fn memory_with(key: &StaticKeypair, config: Config) -> Instance {
         let data = tempfile::tempdir().expect("tempdir");
         let ids = SqliteIdentities::open(&data.path().join("ids.sqlite")).expect("db");
-        let directory = Directory::new(Arc::new(MemoryPresence::new()), Arc::new(ids), key.clone(), config());
+        let directory = Directory::new(Arc::new(MemoryPresence::new()), Arc::new(ids), key.clone(), config);
         Instance::serve(directory, Some(data)).await
     }
 
