@@ -91,6 +91,14 @@ struct Current {
     published: Mutex<Option<SocketAddr>>,
 }
 
+impl Current {
+    /// `session` is the current one.
+    fn set(&self, session: &Registered) {
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.published);
+        self.version.store(session.version, Ordering::Relaxed);
+    }
+}
+
 /// Cheap handle to the session task.
 #[derive(Clone)]
 pub struct DirectoryHandle {
@@ -262,6 +270,9 @@ pub(crate) fn spawn(
 ) -> DirectoryHandle {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let current = Arc::new(Current::default());
+    if let Begin::Online(s) = &begin {
+        current.set(s);
+    }
     let handle = DirectoryHandle { tx, request_timeout: params.timeouts.request, current: current.clone() };
     let task = Task { params, rx, notes, cancel, current, watched: HashSet::new() };
     tracker.spawn(task.supervise(begin));
@@ -297,8 +308,7 @@ impl Task {
         };
         loop {
             let last = session.target.addr;
-            *self.current.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.published);
-            self.current.version.store(session.version, Ordering::Relaxed);
+            self.current.set(&session);
             let ended =
                 session::run(*session, &mut self.rx, &mut self.watched, &self.notes, &self.cancel).await;
             self.current.version.store(0, Ordering::Relaxed);
@@ -321,16 +331,21 @@ impl Task {
         }
     }
 
-    /// Rounds until a session: the first at once (after a session at `lost` ended, that address
-    /// last), then with backoff. Says the directory is lost unless another address takes the
+    /// Rounds until a session: the first at once after a session at `lost` ended (that address
+    /// last), then with backoff (without `lost`, the first after a pause too). Says the directory is lost unless another address takes the
     /// client back within [`FAILOVER_GRACE`] (at once when there is no other address), and says
     /// when it is back. `None` after logout, shutdown or a final refusal.
     async fn seek(&mut self, lost: Option<(SocketAddr, String)>) -> Option<Box<Registered>> {
+        let mut backoff = RECONNECT_MIN;
         let (mut last, mut unsaid) = match lost {
             Some((addr, reason)) => (Some(addr), Some(reason)),
-            None => (None, None),
+            // A start without the directory: its first round just failed.
+            None => {
+                self.serving(tokio::time::sleep(backoff)).await?;
+                backoff *= 2;
+                (None, None)
+            }
         };
-        let mut backoff = RECONNECT_MIN;
         let mut told: HashSet<String> = HashSet::new();
         loop {
             let outcome = {
@@ -351,6 +366,7 @@ impl Task {
             match outcome {
                 Round::Registered(s) => {
                     info!("directory session at {} (protocol version {})", s.target.addr, s.version);
+                    self.current.set(&s);
                     self.note(Note::Reconnected).await;
                     return Some(s);
                 }
