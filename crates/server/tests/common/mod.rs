@@ -43,6 +43,8 @@ use whatsap2p_server::Directory;
 /// How long any one expected event may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+// Not every test file starts a Redis.
+#[allow(unused_imports)]
 pub use whatsap2p_server::testing::Redis;
 
 /// A directory instance in this process.
