@@ -108,7 +108,7 @@ async fn given_three_servers_on_one_redis_then_clients_on_each_chat_and_outlive_
 }
 
 /// `--server` flags for every other address, in this order.
-fn others<'a>(servers: &[&'a Server]) -> Vec<String> {
+fn others(servers: &[&Server]) -> Vec<String> {
     servers.iter().flat_map(|s| ["--server".to_owned(), s.addr()]).collect()
 }
 
