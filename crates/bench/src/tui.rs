@@ -144,7 +144,9 @@ async fn measure(root: &Path, long: usize, runs: usize) -> anyhow::Result<Figure
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
     };
     let (client, events) = Client::start(config).await.context("starting the client")?;
-    let (backend, _events) = ClientBackend::new(client, events);
+    // Held, so the client's tasks keep someone to tell.
+    let _events = events;
+    let backend = ClientBackend::new(client);
     let (long_chat, short_chat) = (Chat::Peer(talker), Chat::Peer(short_talker));
     let mut figures =
         Figures { open_long: Vec::new(), open_short: Vec::new(), frame: Vec::new(), paragraph: Vec::new() };

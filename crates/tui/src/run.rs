@@ -173,7 +173,7 @@ where
     let (client, events) = started?;
     let me = Me { number, key: client.identity_key() };
     let mut app = App::new(me, Zone::Local, Box::new(clock::now_ms));
-    let (backend, events) = ClientBackend::new(client, events);
+    let backend = ClientBackend::new(client);
     let mut calls = Calls::new(std::sync::Arc::new(backend), picker);
     let outcome =
         drive(&mut term.terminal, &mut input, events, &mut app, &mut calls, shutdown_signal()).await;
