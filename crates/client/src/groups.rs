@@ -195,9 +195,7 @@ impl Groups {
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::TextTooLong(text.len()));
         }
-        let t0 = std::time::Instant::now(); // TIMING
         let (held, left) = self.load(id).await?;
-        eprintln!("TIMING send load {:?}", t0.elapsed()); // TIMING
         if left || !held.state.members.contains(&self.0.parts.me) {
             return Err(group_error(format!("you are not in {}", held.state.name)));
         }
@@ -220,10 +218,7 @@ impl Groups {
         text: String,
     ) -> Option<PeerMessage> {
         let _serial = self.0.serial.lock().await;
-        let t0 = std::time::Instant::now(); // TIMING
-        let got = self.0.parts.store.group(group).await;
-        eprintln!("TIMING on_text group {:?}", t0.elapsed()); // TIMING
-        match got {
+        match self.0.parts.store.group(group).await {
             Ok(Some((held, false)))
                 if held.state.members.contains(from) && held.state.members.contains(&self.0.parts.me) =>
             {

@@ -317,7 +317,6 @@ impl Outbox {
         members: &[Number],
         text: OutgoingText,
     ) -> Result<(), ClientError> {
-        let t0 = std::time::Instant::now(); // TIMING
         let mut direct = Vec::new();
         let mut queued = Vec::new();
         for member in members {
@@ -338,9 +337,7 @@ impl Outbox {
             .iter_mut()
             .map(|(member, (link, _, written))| (member.clone(), written.in_flight(link)))
             .collect();
-        let t1 = std::time::Instant::now(); // TIMING
         let owed = self.0.parts.store.take_owed_fanout(flights, queued.clone(), text).await?;
-        let t2 = std::time::Instant::now(); // TIMING
         for ((member, (link, courier, mut written)), owed) in direct.into_iter().zip(owed) {
             if let Err(e) = self.deliver(&member, &mut written, &link, owed, None, Wait::Never).await {
                 // The text is stored as sent: the courier writes it again on the next link.
@@ -353,7 +350,6 @@ impl Outbox {
         for member in &queued {
             self.kick(member);
         }
-        eprintln!("TIMING fanout prep {:?} txn {:?} writes {:?}", t1 - t0, t2 - t1, t2.elapsed()); // TIMING
         Ok(())
     }
 
