@@ -132,6 +132,8 @@ pub struct Scale {
     pub start_samples: usize,
     /// Members of the group in the fan-out figure.
     pub group_members: usize,
+    /// Timed runs of the fan-out figure (each a few milliseconds, so many).
+    pub group_runs: usize,
     /// Clients held across instances on one Redis.
     pub spread_clients: usize,
     /// Instances they are spread over.
@@ -160,6 +162,7 @@ impl Scale {
             file_runs: 3,
             start_samples: 5,
             group_members: 10,
+            group_runs: 5,
             spread_clients: 2_000,
             spread_instances: 2,
             spread_hold_processes: 2,
@@ -183,6 +186,7 @@ impl Scale {
             file_runs: 3,
             start_samples: 20,
             group_members: 50,
+            group_runs: 40,
             spread_clients: 100_000,
             spread_instances: 6,
             spread_hold_processes: 7,

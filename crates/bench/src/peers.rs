@@ -886,7 +886,7 @@ async fn fanout(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Resul
         }
     }
     let (mut grouped, mut one_to_one) = (Vec::new(), Vec::new());
-    for _ in 0..scale.runs {
+    for _ in 0..scale.group_runs {
         let t0 = Instant::now();
         let (id, _) = sender.client.send_group(group, &text()).await?;
         grouped.push(millis(last_arrival(id, t0).await?));
@@ -942,8 +942,8 @@ pub async fn group(scale: &Scale) -> Section {
             "One sender and {n} members, each a real `Client` with its own profile in one process, all online and \
              linked (two warm-up rounds). Clock: from `Client::send_group` until the last member's `Event::Message`; \
              baseline in the same run: `Client::send` to each member in turn (each answered once written), until the \
-             last member's `Event::Message`. {} runs of each.",
-            scale.runs
+             last member's `Event::Message`. {} runs of each, alternating.",
+            scale.group_runs
         )],
     }
 }

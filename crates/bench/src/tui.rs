@@ -1,10 +1,11 @@
 //! The terminal UI's figures, on a real client whose profile holds a long conversation: opening it
-//! (the backend's page of history, the state, the first frame at 300×100) beside opening a short
-//! one, and drawing a frame beside ratatui drawing the same text as a plain paragraph.
+//! (the conversation list, the backend's page of history, the state, the first frame at 300×100)
+//! beside opening a short one, and drawing a frame beside ratatui drawing the same text as a plain
+//! paragraph.
 //!
-//! The open time goes through [`Backend::history_page`], so it measures whatever query the client
-//! core offers: today the adapter reads the last messages with `Client::history`, and the figure
-//! moves when the core's cursor query replaces it.
+//! The open time goes through [`Backend::conversations`] and [`Backend::history_page`], so it
+//! measures the client core's queries: `Client::conversations` and `Client::history_page` on the
+//! conversation index.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,11 +61,14 @@ fn app(me: &Number) -> App {
     app
 }
 
-/// Opens `chat` as the UI does: the latest page from the backend, into the state, one frame.
+/// Opens `chat` as the UI does at start: the conversation list and the latest page from the
+/// backend, into the state, one frame.
 async fn open(backend: &ClientBackend, me: &Number, chat: &Chat) -> anyhow::Result<(Duration, App)> {
     let mut app = app(me);
     let mut terminal = terminal()?;
     let t0 = Instant::now();
+    let list = backend.conversations().await?;
+    app.on_outcome(Outcome::Conversations(Ok(list)));
     app.open_chat(chat.clone());
     app.take_requests();
     let page = backend.history_page(chat, PageAt::Latest, PAGE).await?;
@@ -145,7 +149,9 @@ async fn measure(root: &Path, long: usize, runs: usize) -> anyhow::Result<Figure
         versions: whatsap2p_proto::version::SPOKEN,
     };
     let (client, events) = Client::start(config).await.context("starting the client")?;
-    let (backend, _events) = ClientBackend::new(client, events);
+    // Held, so the client's tasks keep someone to tell.
+    let _events = events;
+    let backend = ClientBackend::new(client);
     let (long_chat, short_chat) = (Chat::Peer(talker), Chat::Peer(short_talker));
     let mut figures =
         Figures { open_long: Vec::new(), open_short: Vec::new(), frame: Vec::new(), paragraph: Vec::new() };
@@ -189,7 +195,7 @@ pub async fn tui(scale: &Scale) -> Section {
         rows: vec![
             Row {
                 group: "tui",
-                figure: format!("TUI: open a conversation of {n} messages (page + first frame)"),
+                figure: format!("TUI: open a conversation of {n} messages (list + page + first frame)"),
                 unit: Unit::Millis,
                 ours: summary(&result, |f| &f.open_long),
                 baseline: baseline(|f| &f.open_short),
@@ -211,8 +217,9 @@ pub async fn tui(scale: &Scale) -> Section {
                  character and an emoji."
             ),
             format!(
-                "Open: `App::open_chat`, `ClientBackend::history_page(Latest, {PAGE})` (today `Client::history` under \
-                 it), the page into the state, one frame on a {}×{} `TestBackend`. Baseline: the same for the \
+                "Open: `ClientBackend::conversations` (`Client::conversations`) into the state, `App::open_chat`, \
+                 `ClientBackend::history_page(Latest, {PAGE})` (`Client::history_page` on the conversation index), \
+                 the page into the state, one frame on a {}×{} `TestBackend`. Baseline: the same for the \
                  conversation of {SHORT} messages.",
                 SCREEN.0, SCREEN.1
             ),

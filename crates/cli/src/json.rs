@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use whatsap2p_client::{
-    Change, Client, ContactStatus, Event, Group, GroupId, Number, SendOutcome, StoredMessage,
+    Change, Client, ContactStatus, Event, FileFailCode, Group, GroupId, Number, SendOutcome, StoredMessage,
 };
 
 use crate::event_loop::{FrontEnd, Step};
@@ -24,6 +24,7 @@ enum Command {
     History { with: Option<Number>, group: Option<String>, limit: Option<usize> },
     Read { id: String },
     SendFile { to: Number, path: std::path::PathBuf },
+    CancelFile { id: String },
     GroupCreate { name: String, members: Vec<Number> },
     GroupAdd { id: String, number: Number },
     GroupRemove { id: String, number: Number },
@@ -131,9 +132,24 @@ fn event(e: Event) -> Value {
             v
         }
         Event::Reconnected => json!({"event": "reconnected"}),
-        Event::Progress { id, bytes, total } => {
-            json!({"event": "progress", "id": id.to_string(), "bytes": bytes, "total": total})
+        Event::Progress { id, peer, outgoing, bytes, total } => {
+            let mut v = json!({"event": "progress", "id": id.to_string(), "bytes": bytes, "total": total});
+            // An outgoing file's progress is as it always was; an incoming one says so.
+            if !outgoing {
+                v["direction"] = json!("in");
+                v["from"] = json!(peer);
+            }
+            v
         }
+        Event::FileIncoming { id, from, name, size, media_type, resumed_from } => json!({
+            "event": "file_incoming",
+            "id": id.to_string(),
+            "from": from,
+            "name": name,
+            "size": size,
+            "media_type": media_type,
+            "resumed_from": resumed_from,
+        }),
         Event::FileSent { id, to, resumed_from } => {
             json!({"event": "file_sent", "id": id.to_string(), "to": to, "resumed_from": resumed_from})
         }
@@ -155,17 +171,40 @@ fn event(e: Event) -> Value {
             }
             v
         }
-        Event::FileFailed { id, peer, outgoing, reason } => json!({
-            "event": "file_failed",
-            "id": id.to_string(),
-            "peer": peer,
-            "direction": if outgoing { "out" } else { "in" },
-            "reason": reason,
-        }),
+        Event::FileFailed { id, peer, outgoing, reason, code } => {
+            let mut v = json!({
+                "event": "file_failed",
+                "id": id.to_string(),
+                "peer": peer,
+                "direction": if outgoing { "out" } else { "in" },
+                "reason": reason,
+            });
+            if let Some(code) = code {
+                v["code"] = json!(fail_code(code));
+            }
+            v
+        }
         Event::Warning { message } => json!({"event": "warning", "message": message}),
         Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
         Event::Replaced { message } => json!({"event": "replaced", "message": message}),
         other => json!({"event": "unknown", "debug": format!("{other:?}")}),
+    }
+}
+
+/// A transfer's failure code as `file_failed` names it.
+fn fail_code(code: FileFailCode) -> &'static str {
+    match code {
+        FileFailCode::HashMismatch => "hash_mismatch",
+        FileFailCode::TooManyBytes => "too_many_bytes",
+        FileFailCode::SourceChanged => "source_changed",
+        FileFailCode::Busy => "busy",
+        FileFailCode::Stalled => "stalled",
+        FileFailCode::Disk => "disk",
+        FileFailCode::LinkClosed => "link_closed",
+        FileFailCode::Protocol => "protocol",
+        FileFailCode::SenderGaveUp => "sender_gave_up",
+        FileFailCode::Cancelled => "cancelled",
+        _ => "unknown",
     }
 }
 
@@ -285,6 +324,11 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Value> {
                 "media_type": f.media_type,
                 "blake3": hex::encode(f.blake3),
             })
+        }
+        Command::CancelFile { id } => {
+            let Ok(parsed) = id.parse() else { anyhow::bail!("'{id}' is not a transfer id") };
+            client.cancel_transfer(parsed).await?;
+            json!({"event": "file_cancelled", "id": id})
         }
         Command::Logout => anyhow::bail!("logout is not a command to run"),
     })

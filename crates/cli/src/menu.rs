@@ -13,6 +13,8 @@ use whatsap2p_client::{
     Change, Client, Event, FileRecord, GroupId, MessageId, Number, Presence, SendOutcome,
 };
 
+use whatsap2p_tui::transfer::size;
+
 use crate::event_loop::{FrontEnd, Step};
 use crate::input::{self, Line};
 
@@ -140,21 +142,6 @@ impl Transfers {
 fn rate(bytes: u64, took: Duration) -> String {
     let per_sec = bytes as f64 / took.as_secs_f64().max(1e-6);
     format!("{}/s", size(per_sec as u64))
-}
-
-/// `412 KiB`, `1.5 MiB`.
-fn size(bytes: u64) -> String {
-    const K: f64 = 1024.0;
-    let b = bytes as f64;
-    if b < K {
-        format!("{bytes} B")
-    } else if b < K * K {
-        format!("{:.0} KiB", b / K)
-    } else if b < K * K * K {
-        format!("{:.1} MiB", b / K / K)
-    } else {
-        format!("{:.2} GiB", b / K / K / K)
-    }
 }
 
 /// Shows an event; a message shown is a message read, so its sender gets a read receipt.

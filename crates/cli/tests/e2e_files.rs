@@ -803,3 +803,125 @@ async fn given_large_transfer_running_then_chat_messages_pass_ahead_of_it_both_w
     let r = received(&mut receiver, &id, "100", BIG).await;
     check_saved(&r, &folders.downloads(), size, &hash).await;
 }
+
+/// The first `progress` of outgoing file `id`: the transfer is under way (and not over).
+async fn under_way(sender: &mut Client, id: &str) {
+    let p = sender
+        .expect_within(BIG, "first progress", |v| {
+            v["id"] == id && (is(v, "progress") || is(v, "file_sent") || is(v, "file_failed"))
+        })
+        .await;
+    assert!(is(&p, "progress"), "{p}");
+}
+
+/// `cancel_file` of `id`; returns the answer after checking it is `file_cancelled`.
+async fn cancel(c: &mut Client, id: &str) {
+    c.send(json!({"cmd": "cancel_file", "id": id})).await;
+    let v = c.reply("file_cancelled", |v| is(v, "file_cancelled")).await;
+    assert_eq!((v["event"].as_str(), v["id"].as_str()), (Some("file_cancelled"), Some(id)), "{v}");
+}
+
+/// The `file_failed` of transfer `id` with code `cancelled`, going `direction`.
+async fn cancelled(c: &mut Client, id: &str, direction: &str, peer: &str, by: &str) {
+    let v = seen_or_expect_within(c, TIMEOUT, "file_failed (cancelled)", |v| {
+        is(v, "file_failed") && v["id"] == id
+    })
+    .await;
+    assert_eq!(
+        (v["direction"].as_str(), v["peer"].as_str(), v["code"].as_str()),
+        (Some(direction), Some(peer), Some("cancelled")),
+        "{}: {v}",
+        c.number
+    );
+    assert_eq!(v["reason"], format!("cancelled by {by}"), "{v}");
+}
+
+/// 7a. The receiver cancels a file halfway (the sender frozen meanwhile, so it cannot finish):
+///     the receiver keeps nothing of it, the sender hears it once it runs again and gives the
+///     file up for good, and incoming progress and `file_incoming` were reported before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_receiver_cancels_halfway_then_both_sides_stop_for_good_and_nothing_is_kept() {
+    let src = tempdir();
+    let path = src.path().join("unwanted.bin");
+    let size = 200 * MIB;
+    write_random_async(&path, size, 71).await;
+    let (_server, mut sender, folders, mut receiver) = linked(&[]).await;
+
+    let id = id_of(&send_file(&mut sender, "200", &path).await);
+    under_way(&mut sender, &id).await;
+    sender.stop().await;
+    let incoming = seen_or_expect_within(&mut receiver, TIMEOUT, "file_incoming", |v| {
+        is(v, "file_incoming") && v["id"] == id.as_str()
+    })
+    .await;
+    assert_eq!(
+        (incoming["from"].as_str(), incoming["name"].as_str(), incoming["size"].as_u64()),
+        (Some("100"), Some("unwanted.bin"), Some(size)),
+        "{incoming}"
+    );
+    assert_eq!(incoming["resumed_from"], 0, "{incoming}");
+
+    cancel(&mut receiver, &id).await;
+    cancelled(&mut receiver, &id, "in", "100", "200").await;
+    assert_eq!(folders.partials(), vec![], "the partial file is gone");
+    assert_eq!(folders.saved(), BTreeSet::new());
+
+    sender.signal("CONT");
+    cancelled(&mut sender, &id, "out", "200", "200").await;
+    // No new attempt: a text sent after it is the next thing the receiver hears of 100.
+    let m = sender.send_text("200", "ok, never mind").await;
+    receiver.message(&m, "100", "ok, never mind").await;
+    let offers = receiver.events_so_far().into_iter().filter(|v| is(v, "file_incoming")).count();
+    assert_eq!(offers, 1, "offered once:\n{}", receiver.report());
+    assert_eq!(folders.partials(), vec![]);
+    assert_eq!(folders.saved(), BTreeSet::new());
+    assert_eq!(std::fs::metadata(&path).map(|m| m.len()).ok(), Some(size), "the sender's own file is kept");
+}
+
+/// 7b. The sender cancels a file halfway (the receiver frozen meanwhile): the receiver drops its
+///     partial file, the sender never offers it again (not even after a restart), and a second
+///     cancel is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_sender_cancels_halfway_then_the_receiver_drops_it_and_it_is_never_offered_again() {
+    let src = tempdir();
+    let path = src.path().join("oops.bin");
+    let size = 200 * MIB;
+    write_random_async(&path, size, 72).await;
+    let server = Server::start(&[]).await;
+    let sender_profile = tempdir();
+    let mut sender = Client::start_with(server.port, "100", sender_profile.path(), &[]).await;
+    let folders = Folders::new();
+    let mut receiver = start_receiver(server.port, "200", &folders, &[]).await;
+    add_contact(&mut receiver, "100").await;
+
+    let id = id_of(&send_file(&mut sender, "200", &path).await);
+    under_way(&mut sender, &id).await;
+    // Frozen, the receiver lets the sender run at most a window ahead: the file cannot finish.
+    receiver.stop().await;
+    sender.send(json!({"cmd": "cancel_file", "id": id})).await;
+    // The cancel tells the receiver on the link, which the frozen receiver may have left full.
+    receiver.signal("CONT");
+    let v = sender.reply("file_cancelled", |v| is(v, "file_cancelled")).await;
+    assert!(is(&v, "file_cancelled"), "{v}");
+    cancelled(&mut sender, &id, "out", "200", "100").await;
+    cancelled(&mut receiver, &id, "in", "100", "100").await;
+    assert_eq!(folders.partials(), vec![], "the partial file is gone");
+    assert_eq!(folders.saved(), BTreeSet::new());
+
+    sender.send(json!({"cmd": "cancel_file", "id": id})).await;
+    let again = sender.reply("an error", |v| is(v, "file_cancelled")).await;
+    assert!(
+        is(&again, "error") && again["message"].as_str().is_some_and(|m| m.contains("no file transfer")),
+        "{again}"
+    );
+
+    // A restart of the sender does not bring the file back.
+    sender.logout().await;
+    let mut sender = Client::start_with(server.port, "100", sender_profile.path(), &[]).await;
+    let m = sender.send_text("200", "forget that file").await;
+    receiver.message(&m, "100", "forget that file").await;
+    let offers = receiver.events_so_far().into_iter().filter(|v| is(v, "file_incoming")).count();
+    assert_eq!(offers, 1, "offered once:\n{}", receiver.report());
+    assert_eq!(folders.partials(), vec![]);
+    assert_eq!(folders.saved(), BTreeSet::new());
+}

@@ -213,8 +213,7 @@ async fn given_the_tui_and_json_peers_then_messages_photos_unread_counts_and_a_d
         .await;
     assert!(screen.contains("456 · online"), "the open conversation is still 456:\n{screen}");
     assert!(half_blocks(&screen) > 100, "still drawn:\n{screen}");
-    // Reading carol, then back: the photo is still there (the core's history has no files yet; the
-    // UI's backend keeps this run's).
+    // Reading carol, then back: the photo comes back with the page of history.
     pane.enter("/open 789").await;
     pane.wait_for("carol's conversation", |s| s.contains("789 · ") && s.contains("psst, it is carol")).await;
     pane.enter("/open 456").await;
@@ -240,6 +239,64 @@ async fn given_the_tui_and_json_peers_then_messages_photos_unread_counts_and_a_d
         "terminal restored"
     );
     server.wait_line("123 logging out", |l| l == "[+] Disconnecting 123").await;
+
+    // The next run finds the photo in history, and the conversations in the list.
+    drop(pane);
+    let pane = Pane::start(&command, 100, 30).await;
+    pane.wait_for("the status line again", |s| s.contains(" 123 ● connected")).await;
+    let screen = pane.wait_for("both conversations", |s| s.contains("456") && s.contains("789")).await;
+    assert!(line_with(&screen, "789").is_some_and(|l| !l.contains(" 1 ")), "carol's was read:\n{screen}");
+    pane.enter("/open 456").await;
+    pane.wait_for("the photo of the last run", |s| s.contains("sunset.png (160×120") && half_blocks(s) > 100)
+        .await;
+    pane.enter("/quit").await;
+    assert_eq!(pane.exit_status().await, "0");
+}
+
+/// The process id of the program a pane runs (the child of its shell).
+async fn program_pid(pane: &Pane) -> u32 {
+    let shell: u32 = pane.flag("#{pane_pid}").await.parse().expect("the pane's pid");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pane runs no program");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn given_the_tui_at_300x100_then_sigterm_and_sighup_log_out_and_restore_the_terminal() {
+    if !tmux_available() {
+        skipped();
+        return;
+    }
+    let server = Server::start(&[]).await;
+    let profile = tempdir();
+    let command = format!(
+        "{CLIENT_BIN} --tui --number 654 --profile {} 127.0.0.1 {} 2>/dev/null",
+        profile.path().display(),
+        server.port
+    );
+    for (round, (signal, name)) in [("TERM", "SIGTERM"), ("HUP", "SIGHUP")].into_iter().enumerate() {
+        let pane = Pane::start(&command, 300, 100).await;
+        let screen = pane.wait_for("the status line", |s| s.contains(" 654 ● connected")).await;
+        // Wide: the list and the welcome side by side, the status line on the last row.
+        assert!(screen.contains("│ Welcome, 654."), "{screen}");
+        assert!(screen.lines().nth(99).is_some_and(|l| l.contains(" 654 ● connected")), "{screen}");
+        assert_eq!(pane.flag("#{alternate_on} #{mouse_any_flag}").await, "1 1", "full screen, mouse on");
+        common::signal(program_pid(&pane).await, signal);
+        assert_eq!(pane.exit_status().await, "0", "{name}");
+        assert_eq!(
+            pane.flag("#{alternate_on} #{mouse_any_flag} #{cursor_flag}").await,
+            "0 0 1",
+            "terminal restored after {name}"
+        );
+        server.wait_count("654 logging out", round + 1, |l| l == "[+] Disconnecting 654").await;
+    }
 }
 
 #[tokio::test]

@@ -386,6 +386,16 @@ impl Client {
         Ok(file)
     }
 
+    /// Cancels a file transfer for good, sending or receiving: the attempt under way stops, the
+    /// other side is told (if a link to it is up) and drops what it has, the partial file here
+    /// goes, and the file is recorded as cancelled (an outgoing one is not retried, an incoming
+    /// one is refused if offered again). [`Event::FileFailed`] reports it, as for any end, before
+    /// this returns. [`ClientError::NoTransfer`] when the transfer is not under way (delivered,
+    /// failed, or unknown).
+    pub async fn cancel_transfer(&self, id: MessageId) -> Result<(), ClientError> {
+        self.transfers.cancel(id).await
+    }
+
     /// Creates a group of contacts; we are its first admin.
     pub async fn group_create(&self, name: &str, members: &[Number]) -> Result<Group, ClientError> {
         self.groups.create(name, members).await
@@ -459,6 +469,17 @@ impl Client {
         limit: usize,
     ) -> Result<Vec<ChatItem>, ClientError> {
         self.store.history_page(chat, before, limit).await
+    }
+
+    /// A page of a conversation, texts and files: the `limit` items after `after`, oldest first.
+    /// Pass the last item's id for the page after it.
+    pub async fn history_after(
+        &self,
+        chat: &Chat,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<ChatItem>, ClientError> {
+        self.store.history_after(chat, after, limit).await
     }
 
     /// Adds a contact, pinning its key if the directory knows it. Returns whether it was new and the

@@ -135,6 +135,10 @@ pub enum ClientError {
     /// No message or file with this id in that conversation.
     #[error("no message {0} in this conversation")]
     UnknownMessage(whatsap2p_proto::MessageId),
+    /// No file transfer with this id is under way (it was delivered, failed or cancelled, or
+    /// never existed).
+    #[error("no file transfer {0} is under way")]
+    NoTransfer(whatsap2p_proto::MessageId),
     /// The text is too long for one message.
     #[error("message of {0} bytes is over the {max} byte limit", max = whatsap2p_proto::MAX_TEXT_LEN)]
     TextTooLong(usize),

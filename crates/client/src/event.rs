@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use whatsap2p_proto::group::GroupId;
+use whatsap2p_proto::peer::FileFailCode;
 use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::groups::Group;
@@ -89,14 +90,36 @@ pub enum Event {
         /// What happened, for people.
         message: String,
     },
-    /// Bytes of an outgoing file the receiver has written (at most a few per second).
+    /// Bytes of a file on its way (at most a few reports per second): for an outgoing file, what
+    /// the receiver has written; for an incoming one, what we have written.
     Progress {
         /// The transfer.
         id: MessageId,
+        /// The other side.
+        peer: Number,
+        /// True when we are sending.
+        outgoing: bool,
         /// Bytes confirmed so far.
         bytes: u64,
         /// The file's size.
         total: u64,
+    },
+    /// A file is on its way to us: an offer was accepted (again, for each attempt after an
+    /// interruption). [`Event::Progress`] follows, then [`Event::FileReceived`] or
+    /// [`Event::FileFailed`].
+    FileIncoming {
+        /// The transfer.
+        id: MessageId,
+        /// The sender.
+        from: Number,
+        /// The name offered, made safe (the saved file may get a number added).
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Media type the sender announced.
+        media_type: String,
+        /// Where this attempt starts (non-zero when it resumes).
+        resumed_from: u64,
     },
     /// The receiver verified and kept a file we sent.
     FileSent {
@@ -128,7 +151,8 @@ pub enum Event {
         /// Where the last attempt started (non-zero when it resumed).
         resumed_from: u64,
     },
-    /// A file transfer failed for good (refused, wrong hash, …), or an incoming attempt failed.
+    /// A file transfer failed for good (refused, wrong hash, cancelled, …), or an incoming attempt
+    /// failed (the sender retries, unless `code` is final).
     FileFailed {
         /// The transfer.
         id: MessageId,
@@ -136,8 +160,11 @@ pub enum Event {
         peer: Number,
         /// True when we were sending.
         outgoing: bool,
-        /// Why.
+        /// Why, for people.
         reason: String,
+        /// Why, to act on, when the transfer's rules name it (none for a refused offer or a
+        /// peer that cannot be reached; see [`FileFailCode::is_final`]).
+        code: Option<FileFailCode>,
     },
 }
 

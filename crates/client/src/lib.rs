@@ -56,4 +56,5 @@ pub use store::{
     Chat, ChatItem, Conversation, FileRecord, FileState, MessageState, StoredFile, StoredMessage,
 };
 pub use whatsap2p_proto::group::{GroupId, GroupState};
+pub use whatsap2p_proto::peer::FileFailCode;
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};

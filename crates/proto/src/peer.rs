@@ -209,6 +209,9 @@ pub enum FileFailCode {
     Protocol,
     /// 8. The sender gave up on this attempt: the receiver keeps what it has for a resume.
     SenderGaveUp,
+    /// 9. A user cancelled the transfer, on the side that sends this: final. The receiver drops
+    ///    what it has, and a receiver that cancelled refuses the file if it is offered again.
+    Cancelled,
     /// A code this version does not know (the number on the wire).
     Unknown(u32),
 }
@@ -216,7 +219,7 @@ pub enum FileFailCode {
 impl FileFailCode {
     /// Whether retrying cannot help: the transfer is over for good.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::HashMismatch | Self::TooManyBytes | Self::SourceChanged)
+        matches!(self, Self::HashMismatch | Self::TooManyBytes | Self::SourceChanged | Self::Cancelled)
     }
 
     /// The number on the wire.
@@ -231,6 +234,7 @@ impl FileFailCode {
             Self::LinkClosed => 6,
             Self::Protocol => 7,
             Self::SenderGaveUp => 8,
+            Self::Cancelled => 9,
             Self::Unknown(code) => code,
         }
     }
@@ -247,6 +251,7 @@ impl FileFailCode {
             6 => Self::LinkClosed,
             7 => Self::Protocol,
             8 => Self::SenderGaveUp,
+            9 => Self::Cancelled,
             other => Self::Unknown(other),
         }
     }
@@ -311,7 +316,7 @@ mod tests {
         assert_eq!(*code, FileFailCode::Unknown(300));
         assert!(!code.is_final());
         assert_eq!(crate::encode(&m).expect("encode"), bytes);
-        for known in 0..9 {
+        for known in 0..10 {
             assert_eq!(FileFailCode::from_code(known).code(), known);
             assert!(!matches!(FileFailCode::from_code(known), FileFailCode::Unknown(_)));
         }

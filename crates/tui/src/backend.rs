@@ -73,7 +73,7 @@ pub struct FileInfo {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// Sender: the file being sent. Receiver: where it was saved.
+    /// Sender: the file being sent. Receiver: where it was saved (empty until it is).
     pub path: PathBuf,
     /// Media type, e.g. `image/png`.
     pub media_type: String,
@@ -82,9 +82,11 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
-    /// Whether to draw it as a picture.
+    /// Whether to draw it as a picture: an image with a place on disk (a file still on its way in,
+    /// or one whose transfer was cancelled, has none).
     pub fn is_photo(&self) -> bool {
-        self.dimensions.is_some() || self.media_type.starts_with("image/")
+        !self.path.as_os_str().is_empty()
+            && (self.dimensions.is_some() || self.media_type.starts_with("image/"))
     }
 }
 
@@ -204,7 +206,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Leaves a group.
     fn group_leave(&self, id: GroupId) -> impl Future<Output = Result<Group, BackendError>> + Send;
 
-    /// Stops sending a file.
+    /// Stops sending or receiving a file, for good.
     fn cancel_transfer(&self, id: MessageId) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Tells the directory we leave and stops.

@@ -1,25 +1,15 @@
-//! [`Backend`] for the real client core, on the core's API as it is today.
-//!
-//! Two calls are built from what the core offers now and will be replaced when it grows them:
-//! - the conversation list comes from the contacts, the groups and the last [`UNREAD_SCAN`]
-//!   messages of each (last message, unread count); someone who wrote to us without being a
-//!   contact appears when their message arrives, not at start;
-//! - a page of history before or after a message reads the last messages with the whole
-//!   conversation and cuts the page out of them, widening the read until it holds that message,
-//!   so it costs the length of the conversation rather than of the page.
-//!
-//! Files are not in the core's history yet: the adapter remembers those sent and received while it
-//! runs (at most [`FILES_KEPT`] per peer, from the events it passes on) and adds them to the latest
-//! page of their conversation. Cancelling a transfer is not in the core yet.
+//! [`Backend`] for the real client core: each call is one of the core's, its answer put in the
+//! UI's terms. The conversation list is `Client::conversations` (one line per conversation the
+//! database keeps up to date, however long the history), with the contacts that have no history
+//! yet added; a page is `Client::history_page` or `Client::history_after` (texts and files, found
+//! through an index from the cursor), one item more than asked to tell whether there are more.
 
-use std::collections::{HashMap, VecDeque};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use whatsap2p_client::{
-    Change, Client, Event, Group, GroupId, MessageId, MessageState, Number, Presence, StoredMessage,
+    Change, ChatItem, Client, ClientError, FileState, Group, GroupId, MessageId, MessageState, Number,
+    Presence, StoredFile, StoredMessage,
 };
 
 use crate::backend::{
@@ -27,104 +17,15 @@ use crate::backend::{
 };
 use crate::clock::now_ms;
 
-/// Messages read per conversation to find its last message and count its unread ones (an older
-/// unread message is not counted).
-pub const UNREAD_SCAN: usize = 500;
-/// Most messages read to find the page around a message.
-pub const MAX_SCAN: usize = 1_000_000;
-/// Files remembered per peer (see the module documentation).
-pub const FILES_KEPT: usize = 100;
-/// Events waiting between the client and the UI (the client's own queue holds as many).
-const EVENT_QUEUE: usize = 1024;
-
-/// Files of this run, by peer, oldest first.
-type Files = Arc<Mutex<HashMap<Number, VecDeque<Entry>>>>;
-
 /// The client core behind the UI.
 pub struct ClientBackend {
     client: Client,
-    files: Files,
-    /// Passes the client's events on, noting files; ends with the client's event stream.
-    relay: JoinHandle<()>,
-}
-
-fn lock(files: &Files) -> std::sync::MutexGuard<'_, HashMap<Number, VecDeque<Entry>>> {
-    files.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn remember(files: &Files, peer: &Number, entry: Entry) {
-    let mut files = lock(files);
-    let kept = files.entry(peer.clone()).or_default();
-    if kept.len() == FILES_KEPT {
-        kept.pop_front();
-    }
-    kept.push_back(entry);
-}
-
-fn set_file_state(files: &Files, id: MessageId, state: MessageState) {
-    for entry in lock(files).values_mut().flat_map(|k| k.iter_mut()).filter(|e| e.id == id) {
-        entry.state = state;
-    }
-}
-
-/// Notes what an event says about files, before the UI gets it.
-fn note(files: &Files, event: &Event) {
-    match event {
-        Event::FileReceived { id, from, name, path, size, media_type, dimensions, .. } => {
-            let file = FileInfo {
-                name: name.clone(),
-                size: *size,
-                path: path.clone(),
-                media_type: media_type.clone(),
-                dimensions: *dimensions,
-            };
-            let entry = Entry {
-                id: *id,
-                from: Some(from.clone()),
-                at_ms: now_ms(),
-                body: Body::File(file),
-                state: MessageState::Received,
-            };
-            remember(files, from, entry);
-        }
-        Event::FileSent { id, .. } => set_file_state(files, *id, MessageState::Delivered),
-        Event::FileFailed { id, outgoing: true, .. } => set_file_state(files, *id, MessageState::Failed),
-        _ => {}
-    }
 }
 
 impl ClientBackend {
-    /// Wraps a started client and its events; returns the events for the UI.
-    pub fn new(client: Client, mut events: mpsc::Receiver<Event>) -> (Self, mpsc::Receiver<Event>) {
-        let files = Files::default();
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let noted = files.clone();
-        let relay = tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                note(&noted, &event);
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-            }
-        });
-        (Self { client, files, relay }, rx)
-    }
-
-    /// The files of this run with `chat`'s peer.
-    fn files_of(&self, chat: &Chat) -> Vec<Entry> {
-        match chat {
-            Chat::Peer(n) => {
-                lock(&self.files).get(n).map(|k| k.iter().cloned().collect()).unwrap_or_default()
-            }
-            Chat::Group(_) => Vec::new(),
-        }
-    }
-
-    async fn history(&self, chat: &Chat, limit: usize) -> Result<Vec<StoredMessage>, BackendError> {
-        Ok(match chat {
-            Chat::Peer(n) => self.client.history(n, limit).await?,
-            Chat::Group(id) => self.client.group_history(*id, limit).await?,
-        })
+    /// Wraps a started client (the UI reads its events itself).
+    pub fn new(client: Client) -> Self {
+        Self { client }
     }
 
     fn online(&self, number: &Number) -> Online {
@@ -136,8 +37,16 @@ impl ClientBackend {
     }
 }
 
-/// A stored message as the UI shows it.
-pub fn entry(m: StoredMessage) -> Entry {
+/// The core's name for a conversation.
+fn core_chat(chat: &Chat) -> whatsap2p_client::Chat {
+    match chat {
+        Chat::Peer(n) => whatsap2p_client::Chat::Peer(n.clone()),
+        Chat::Group(g) => whatsap2p_client::Chat::Group(*g),
+    }
+}
+
+/// A stored text as the UI shows it.
+pub fn text_entry(m: StoredMessage) -> Entry {
     Entry {
         id: m.id,
         from: (!m.outgoing).then_some(m.peer),
@@ -147,105 +56,134 @@ pub fn entry(m: StoredMessage) -> Entry {
     }
 }
 
-/// The last message and the unread count of a conversation's recent history.
-fn summary(history: Vec<StoredMessage>) -> (Option<Entry>, u32, u64) {
-    let unread = history.iter().filter(|m| !m.outgoing && m.state == MessageState::Received).count() as u32;
-    let last = history.into_iter().next_back().map(entry);
-    let at = last.as_ref().map_or(0, |e| e.at_ms);
-    (last, unread, at)
+/// A stored file as the UI shows it (its picture's size is read later, see [`with_dimensions`]).
+pub fn file_entry(f: StoredFile) -> Entry {
+    let state = match f.state {
+        FileState::Pending => MessageState::Queued,
+        FileState::Sent => MessageState::Delivered,
+        // Files are not counted unread by the core, nor are read receipts sent for them.
+        FileState::Received => MessageState::Read,
+        _ => MessageState::Failed,
+    };
+    let file =
+        FileInfo { name: f.name, size: f.size, path: f.path, media_type: f.media_type, dimensions: None };
+    Entry { id: f.id, from: (!f.outgoing).then_some(f.peer), at_ms: f.at_ms, body: Body::File(file), state }
 }
 
-/// Cuts the page `at` out of `history` (oldest first, the newest of the conversation last);
-/// `None` when `history` does not reach far enough back to hold it.
-pub fn cut(history: &[StoredMessage], at: PageAt, limit: usize, complete: bool) -> Option<Page> {
-    let page = |range: std::ops::Range<usize>, more: bool| Page {
-        entries: history[range].iter().cloned().map(entry).collect(),
-        more,
-    };
-    match at {
-        PageAt::Latest => {
-            let start = history.len().saturating_sub(limit);
-            Some(page(start..history.len(), start > 0 || !complete))
-        }
-        PageAt::Before(id) => match history.iter().position(|m| m.id == id) {
-            Some(pos) if pos >= limit || complete => {
-                let start = pos.saturating_sub(limit);
-                Some(page(start..pos, start > 0 || !complete))
-            }
-            Some(_) => None,
-            None if complete => Some(Page::default()),
-            None => None,
-        },
-        PageAt::After(id) => match history.iter().position(|m| m.id == id) {
-            Some(pos) => {
-                let end = (pos + 1 + limit).min(history.len());
-                Some(page(pos + 1..end, end < history.len()))
-            }
-            None if complete => Some(Page::default()),
-            None => None,
-        },
+/// An item of history as the UI shows it.
+pub fn entry(item: ChatItem) -> Option<Entry> {
+    match item {
+        ChatItem::Text(m) => Some(text_entry(m)),
+        ChatItem::File(f) => Some(file_entry(f)),
+        _ => None,
     }
+}
+
+/// Width and height of the picture at `path`, from its header alone.
+fn dimensions(path: &Path) -> Option<(u32, u32)> {
+    image::ImageReader::open(path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()
+}
+
+/// Fills in the size of the pictures among `entries` (a header read each, on a blocking thread).
+async fn with_dimensions(entries: &mut [Entry]) {
+    let photos: Vec<(usize, PathBuf)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.body {
+            Body::File(f) if f.is_photo() && f.dimensions.is_none() => Some((i, f.path.clone())),
+            _ => None,
+        })
+        .collect();
+    if photos.is_empty() {
+        return;
+    }
+    let read = tokio::task::spawn_blocking(move || {
+        photos.into_iter().map(|(i, path)| (i, dimensions(&path))).collect::<Vec<_>>()
+    });
+    for (i, dims) in read.await.unwrap_or_default() {
+        if let Some(Body::File(f)) = entries.get_mut(i).map(|e| &mut e.body) {
+            f.dimensions = dims;
+        }
+    }
+}
+
+/// Cuts one extra item (asked for to learn whether more exist) off the far end of `items`,
+/// oldest first: the oldest when paging back, the newest when paging forward.
+fn trim(mut items: Vec<ChatItem>, limit: usize, forward: bool) -> (Vec<ChatItem>, bool) {
+    let more = items.len() > limit;
+    if more {
+        if forward {
+            items.truncate(limit);
+        } else {
+            items.drain(..items.len() - limit);
+        }
+    }
+    (items, more)
 }
 
 impl Backend for ClientBackend {
     async fn conversations(&self) -> Result<Vec<Conversation>, BackendError> {
+        let left: HashSet<GroupId> =
+            self.client.groups().await?.into_iter().filter(|g| g.left).map(|g| g.state.id).collect();
         let mut list = Vec::new();
+        for c in self.client.conversations().await? {
+            let (chat, name, online) = match c.chat {
+                whatsap2p_client::Chat::Peer(n) => (Chat::Peer(n.clone()), n.to_string(), self.online(&n)),
+                whatsap2p_client::Chat::Group(g) => {
+                    (Chat::Group(g), c.name.unwrap_or_else(|| g.to_string()), Online::Unknown)
+                }
+            };
+            let mut last: Vec<Entry> = c.last.and_then(entry).into_iter().collect();
+            with_dimensions(&mut last).await;
+            list.push(Conversation {
+                left: matches!(chat, Chat::Group(g) if left.contains(&g)),
+                chat,
+                name,
+                online,
+                route: None,
+                unread: c.unread.min(u64::from(u32::MAX)) as u32,
+                last: last.pop(),
+                last_activity_ms: c.last_activity_ms,
+            });
+        }
+        // Contacts nobody has written with yet, after every conversation.
         for contact in self.client.contacts().await? {
             let chat = Chat::Peer(contact.number.clone());
-            let (mut last, mut unread, mut at) = summary(self.history(&chat, UNREAD_SCAN).await?);
-            let files = self.files_of(&chat);
-            unread += files.iter().filter(|f| f.state == MessageState::Received).count() as u32;
-            if let Some(f) = files.last().filter(|f| f.at_ms >= at) {
-                (last, at) = (Some(f.clone()), f.at_ms);
+            if list.iter().any(|c| c.chat == chat) {
+                continue;
             }
             list.push(Conversation {
                 name: contact.number.to_string(),
                 online: if contact.online.is_some() { Online::Yes } else { self.online(&contact.number) },
                 route: None,
-                unread,
-                last,
-                last_activity_ms: at,
+                unread: 0,
+                last: None,
+                last_activity_ms: 0,
                 left: false,
                 chat,
             });
         }
-        for group in self.client.groups().await? {
-            let chat = Chat::Group(group.state.id);
-            let (last, unread, at) = summary(self.history(&chat, UNREAD_SCAN).await?);
-            list.push(Conversation {
-                name: group.state.name,
-                online: Online::Unknown,
-                route: None,
-                unread,
-                last,
-                last_activity_ms: at,
-                left: group.left,
-                chat,
-            });
-        }
-        list.sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms).then_with(|| a.name.cmp(&b.name)));
         Ok(list)
     }
 
     async fn history_page(&self, chat: &Chat, at: PageAt, limit: usize) -> Result<Page, BackendError> {
-        // The latest page needs one more message than it shows (to say whether there are more);
-        // a page around a message needs that message, somewhere further back.
-        let mut scan = if at == PageAt::Latest { limit + 1 } else { 4 * limit.max(1) };
-        let mut page = loop {
-            let history = self.history(chat, scan).await?;
-            let complete = history.len() < scan || scan >= MAX_SCAN;
-            if let Some(page) = cut(&history, at, limit, complete) {
-                break page;
-            }
-            scan = (scan * 4).min(MAX_SCAN);
+        let core = core_chat(chat);
+        let asked = limit.saturating_add(1);
+        let read = match at {
+            PageAt::Latest => self.client.history_page(&core, None, asked).await,
+            PageAt::Before(id) => self.client.history_page(&core, Some(id), asked).await,
+            PageAt::After(id) => self.client.history_after(&core, id, asked).await,
         };
-        if at == PageAt::Latest {
-            // This run's files go with the latest page, where they belong by time.
-            let since = if page.more { page.entries.first().map_or(0, |e| e.at_ms) } else { 0 };
-            page.entries.extend(self.files_of(chat).into_iter().filter(|f| f.at_ms >= since));
-            page.entries.sort_by_key(|e| e.at_ms);
-        }
-        Ok(page)
+        let items = match read {
+            Ok(items) => items,
+            // A message the history does not have (one still on its way in): nothing around it.
+            Err(ClientError::UnknownMessage(_)) => return Ok(Page::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let (items, more) = trim(items, limit, matches!(at, PageAt::After(_)));
+        let mut entries: Vec<Entry> = items.into_iter().filter_map(entry).collect();
+        with_dimensions(&mut entries).await;
+        Ok(Page { entries, more })
     }
 
     async fn send_text(&self, chat: &Chat, text: &str) -> Result<Entry, BackendError> {
@@ -268,18 +206,20 @@ impl Backend for ClientBackend {
         let f = self.client.send_file(to, path).await?;
         let file =
             FileInfo { name: f.name, size: f.size, path: f.path, media_type: f.media_type, dimensions: None };
-        Ok(Entry {
+        let mut sent = [Entry {
             id: f.id,
             from: None,
             at_ms: now_ms(),
             body: Body::File(file),
             state: MessageState::Queued,
-        })
+        }];
+        with_dimensions(&mut sent).await;
+        let [entry] = sent;
+        Ok(entry)
     }
 
     async fn mark_read(&self, ids: &[MessageId]) -> Result<(), BackendError> {
         for id in ids {
-            set_file_state(&self.files, *id, MessageState::Read);
             self.client.mark_read(*id).await?;
         }
         Ok(())
@@ -310,13 +250,12 @@ impl Backend for ClientBackend {
         Ok(self.client.group_leave(id).await?)
     }
 
-    async fn cancel_transfer(&self, _id: MessageId) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported("cancelling a transfer"))
+    async fn cancel_transfer(&self, id: MessageId) -> Result<(), BackendError> {
+        Ok(self.client.cancel_transfer(id).await?)
     }
 
     async fn logout(self) {
         self.client.logout().await;
-        self.relay.abort();
     }
 }
 
@@ -324,47 +263,80 @@ impl Backend for ClientBackend {
 mod tests {
     use super::*;
 
-    fn messages(n: usize) -> Vec<StoredMessage> {
+    fn texts(n: usize) -> Vec<ChatItem> {
         let peer = Number::new("456").expect("number");
         (0..n)
-            .map(|i| StoredMessage {
-                id: MessageId::new(),
-                peer: peer.clone(),
-                outgoing: i % 2 == 0,
-                text: format!("m{i}"),
-                sent_at_ms: i as u64,
-                received_at_ms: None,
-                state: MessageState::Sent,
-                group: None,
-                update: None,
+            .map(|i| {
+                ChatItem::Text(StoredMessage {
+                    id: MessageId::new(),
+                    peer: peer.clone(),
+                    outgoing: i % 2 == 0,
+                    text: format!("m{i}"),
+                    sent_at_ms: i as u64,
+                    received_at_ms: None,
+                    state: MessageState::Sent,
+                    group: None,
+                    update: None,
+                })
             })
             .collect()
     }
 
-    fn texts(p: &Page) -> Vec<String> {
-        p.entries
+    fn names(items: &[ChatItem]) -> Vec<String> {
+        items
             .iter()
-            .map(|e| match &e.body {
-                Body::Text(t) => t.clone(),
-                Body::File(f) => f.name.clone(),
+            .map(|i| match i {
+                ChatItem::Text(m) => m.text.clone(),
+                _ => String::new(),
             })
             .collect()
     }
 
     #[test]
-    fn given_a_history_then_pages_are_cut_around_a_message_and_say_if_more_exist() {
-        let h = messages(10);
-        let latest = cut(&h, PageAt::Latest, 3, true).expect("latest");
-        assert_eq!((texts(&latest), latest.more), (vec!["m7".into(), "m8".into(), "m9".into()], true));
-        let before = cut(&h, PageAt::Before(h[7].id), 3, true).expect("before");
-        assert_eq!((texts(&before), before.more), (vec!["m4".into(), "m5".into(), "m6".into()], true));
-        let first = cut(&h, PageAt::Before(h[2].id), 3, true).expect("first page");
-        assert_eq!((texts(&first), first.more), (vec!["m0".into(), "m1".into()], false));
-        let after = cut(&h, PageAt::After(h[7].id), 3, true).expect("after");
-        assert_eq!((texts(&after), after.more), (vec!["m8".into(), "m9".into()], false));
-        // A read that does not go back far enough asks for more.
-        assert!(cut(&h[5..], PageAt::Before(h[6].id), 3, false).is_none());
-        assert!(cut(&h[5..], PageAt::Before(h[1].id), 3, false).is_none());
-        assert_eq!(cut(&h, PageAt::Before(MessageId::new()), 3, true), Some(Page::default()));
+    fn given_one_item_more_than_asked_then_the_far_end_goes_and_more_is_said() {
+        let (back, more) = trim(texts(4), 3, false);
+        assert_eq!((names(&back), more), (vec!["m1".into(), "m2".into(), "m3".into()], true));
+        let (forward, more) = trim(texts(4), 3, true);
+        assert_eq!((names(&forward), more), (vec!["m0".into(), "m1".into(), "m2".into()], true));
+        let (all, more) = trim(texts(3), 3, true);
+        assert_eq!((all.len(), more), (3, false));
+    }
+
+    #[test]
+    fn given_stored_files_then_their_states_read_as_receipts_and_received_ones_are_not_unread() {
+        let file = |state| StoredFile {
+            id: MessageId::new(),
+            peer: Number::new("456").expect("number"),
+            outgoing: state != FileState::Received,
+            name: "cat.png".into(),
+            path: PathBuf::from("/nowhere/cat.png"),
+            size: 3,
+            media_type: "image/png".into(),
+            state,
+            at_ms: 7,
+        };
+        let states: Vec<(MessageState, bool)> = [
+            FileState::Pending,
+            FileState::Sent,
+            FileState::Failed,
+            FileState::Cancelled,
+            FileState::Received,
+        ]
+        .into_iter()
+        .map(|s| {
+            let e = file_entry(file(s));
+            (e.state, e.from.is_some())
+        })
+        .collect();
+        assert_eq!(
+            states,
+            [
+                (MessageState::Queued, false),
+                (MessageState::Delivered, false),
+                (MessageState::Failed, false),
+                (MessageState::Failed, false),
+                (MessageState::Read, true),
+            ]
+        );
     }
 }

@@ -169,7 +169,7 @@ pub enum Row {
         /// Our message's receipt.
         receipt: Option<Receipt>,
     },
-    /// The gauge of an outgoing file.
+    /// The gauge of a file on its way, either way.
     Gauge(Transfer),
 }
 
@@ -200,7 +200,12 @@ pub fn rows(entries: &VecDeque<Entry>, i: usize, ctx: &Ctx) -> Vec<Row> {
     if ctx.first_unread == Some(entry.id) {
         out.push(Row::Unread);
     }
-    let receipt = if entry.from.is_none() { Receipt::of(entry.state) } else { None };
+    // Receipts on ours; and a ✗ on a file of theirs that never came (cancelled, or bad).
+    let receipt = if entry.from.is_none() || entry.state == MessageState::Failed {
+        Receipt::of(entry.state)
+    } else {
+        None
+    };
     let mut first_head = Some(head(entry, ctx));
     if g.stacked {
         out.push(Row::Head(first_head.take().unwrap_or_else(|| head(entry, ctx))));
@@ -244,7 +249,10 @@ pub fn rows(entries: &VecDeque<Entry>, i: usize, ctx: &Ctx) -> Vec<Row> {
                 let caption = format!("{name} ({dims}{})", transfer::size(file.size));
                 out.push(Row::File { head: None, text: caption, receipt });
             } else {
-                let line = format!("[file] {name} · {} · {path}", transfer::size(file.size));
+                let mut line = format!("[file] {name} · {}", transfer::size(file.size));
+                if !path.is_empty() {
+                    line = format!("{line} · {path}");
+                }
                 out.push(Row::File { head: first_head.take(), text: line, receipt });
             }
             if let Some(t) = ctx.transfers.get(&entry.id) {

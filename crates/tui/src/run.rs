@@ -106,28 +106,37 @@ where
     }
 }
 
-/// Resolves on SIGTERM, SIGHUP (the terminal went away) or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM, SIGHUP (the terminal went away) or SIGINT. The handlers are installed when
+/// this is called, not when the future is first polled: a signal in between would otherwise kill
+/// the process with the default action and leave the terminal in raw mode.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let wait = |kind: SignalKind| async move {
-            match signal(kind) {
-                Ok(mut s) => {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        let installed =
+            [SignalKind::terminate(), SignalKind::hangup(), SignalKind::interrupt()].map(|k| signal(k).ok());
+        let wait = |s: Option<Signal>| async move {
+            match s {
+                Some(mut s) => {
                     s.recv().await;
                 }
-                Err(_) => std::future::pending::<()>().await,
+                None => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
-            _ = wait(SignalKind::terminate()) => {}
-            _ = wait(SignalKind::hangup()) => {}
-            _ = wait(SignalKind::interrupt()) => {}
+        let [term, hup, int] = installed;
+        async move {
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(hup) => {}
+                _ = wait(int) => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -139,6 +148,7 @@ where
     F: FnOnce(Number) -> Fut,
     Fut: Future<Output = Result<(Client, mpsc::Receiver<Event>), String>> + Send + 'static,
 {
+    let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut term = Term::enter().map_err(|e| format!("cannot use the terminal: {e}"))?;
     let picker = terminal::graphics();
     let mut input = EventStream::new();
@@ -156,6 +166,10 @@ where
         splash(&mut term.terminal, "whatsap2p", &connecting, None).map_err(|e| format!("terminal: {e}"))?;
         tokio::select! {
             done = &mut starting => break done.map_err(|e| format!("starting the client: {e}"))?,
+            () = &mut shutdown => {
+                starting.abort();
+                return Err("stopped by a signal while connecting".into());
+            }
             event = input.next() => match event {
                 Some(Ok(TermEvent::Key(key))) if is_quit(&key) => {
                     starting.abort();
@@ -172,10 +186,9 @@ where
     let (client, events) = started?;
     let me = Me { number, key: client.identity_key() };
     let mut app = App::new(me, Zone::Local, Box::new(clock::now_ms));
-    let (backend, events) = ClientBackend::new(client, events);
+    let backend = ClientBackend::new(client);
     let mut calls = Calls::new(std::sync::Arc::new(backend), picker);
-    let outcome =
-        drive(&mut term.terminal, &mut input, events, &mut app, &mut calls, shutdown_signal()).await;
+    let outcome = drive(&mut term.terminal, &mut input, events, &mut app, &mut calls, &mut shutdown).await;
     let _ = splash(&mut term.terminal, "whatsap2p", &["Logging out…".to_owned()], None);
     if let Some(backend) = calls.finish().await {
         backend.logout().await;

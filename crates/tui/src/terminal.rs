@@ -1,8 +1,9 @@
 //! The terminal, taken and given back: raw mode, the alternate screen, mouse, bracketed paste and
-//! focus reports on [`Term::enter`], all undone on drop, and by a panic hook before a panic's
-//! message is printed. Restoring twice is harmless, so every way out restores.
+//! focus reports on [`Term::enter`], all undone when the [`Term`] is dropped (however the UI ends:
+//! a return, an error, or a panic unwinding through it), and by a panic hook before a panic's
+//! message is printed. Giving back twice is harmless, so every way out gives back.
 
-use std::io::{self, Stdout};
+use std::io::{self, Stdout, Write};
 use std::sync::Once;
 
 use crossterm::cursor::Show;
@@ -13,22 +14,26 @@ use crossterm::event::{
 use crossterm::execute;
 use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
 use ratatui::backend::CrosstermBackend;
-use ratatui::Terminal;
+use ratatui::layout::Rect;
+use ratatui::{Terminal, TerminalOptions, Viewport};
 use ratatui_image::picker::Picker;
 
-/// The terminal while the UI owns it.
-pub struct Term {
+/// A screen while the UI owns it: the process's terminal ([`Term::enter`]), or any writer that
+/// takes the terminal's escape sequences ([`Term::on`]).
+pub struct Term<W: Write = Stdout> {
     /// The ratatui terminal.
-    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+    pub terminal: Terminal<CrosstermBackend<W>>,
+    /// The process's terminal is in raw mode because of us.
+    raw: bool,
 }
 
 static PANIC_HOOK: Once = Once::new();
 
-/// Gives the terminal back: cooked mode, main screen, no mouse reports, cursor shown.
-pub fn restore() {
-    let _ = disable_raw_mode();
+/// Writes what gives a screen back: no focus, paste or mouse reports, the main screen, the cursor
+/// shown.
+pub fn give_back(out: &mut impl Write) {
     let _ = execute!(
-        io::stdout(),
+        out,
         DisableFocusChange,
         DisableBracketedPaste,
         DisableMouseCapture,
@@ -37,8 +42,14 @@ pub fn restore() {
     );
 }
 
+/// Gives the process's terminal back: cooked mode, and the screen (see [`give_back`]).
+pub fn restore() {
+    let _ = disable_raw_mode();
+    give_back(&mut io::stdout());
+}
+
 impl Term {
-    /// Takes the terminal over.
+    /// Takes the process's terminal over (raw mode, then the screen as [`Term::on`] does).
     pub fn enter() -> io::Result<Self> {
         PANIC_HOOK.call_once(|| {
             let previous = std::panic::take_hook();
@@ -48,30 +59,35 @@ impl Term {
             }));
         });
         enable_raw_mode()?;
-        let entered = execute!(
-            io::stdout(),
-            EnterAlternateScreen,
-            EnableMouseCapture,
-            EnableBracketedPaste,
-            EnableFocusChange
-        );
-        if let Err(e) = entered {
-            restore();
-            return Err(e);
-        }
-        match Terminal::new(CrosstermBackend::new(io::stdout())) {
-            Ok(terminal) => Ok(Self { terminal }),
-            Err(e) => {
-                restore();
-                Err(e)
-            }
-        }
+        let terminal = Self::take(io::stdout(), Viewport::Fullscreen).inspect_err(|_| restore())?;
+        Ok(Self { terminal, raw: true })
     }
 }
 
-impl Drop for Term {
+impl<W: Write> Term<W> {
+    /// Takes over the screen that `out` draws on, `area` large: the alternate screen, mouse,
+    /// bracketed paste and focus reports. (The process's terminal, in raw mode: [`Term::enter`].)
+    pub fn on(out: W, area: Rect) -> io::Result<Self> {
+        Ok(Self { terminal: Self::take(out, Viewport::Fixed(area))?, raw: false })
+    }
+
+    fn take(mut out: W, viewport: Viewport) -> io::Result<Terminal<CrosstermBackend<W>>> {
+        let entered =
+            execute!(out, EnterAlternateScreen, EnableMouseCapture, EnableBracketedPaste, EnableFocusChange);
+        if let Err(e) = entered {
+            give_back(&mut out);
+            return Err(e);
+        }
+        Terminal::with_options(CrosstermBackend::new(out), TerminalOptions { viewport })
+    }
+}
+
+impl<W: Write> Drop for Term<W> {
     fn drop(&mut self) {
-        restore();
+        if self.raw {
+            let _ = disable_raw_mode();
+        }
+        give_back(self.terminal.backend_mut());
     }
 }
 

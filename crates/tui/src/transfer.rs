@@ -61,7 +61,7 @@ impl Transfer {
     }
 }
 
-/// `412 KiB`, `1.5 MiB`.
+/// `412 KiB`, `1.5 MiB`: a size for people (the menu's too).
 pub fn size(bytes: u64) -> String {
     const K: f64 = 1024.0;
     let b = bytes as f64;

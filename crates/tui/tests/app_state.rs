@@ -7,7 +7,7 @@ use common::*;
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
-use whatsap2p_client::{Change, Event, GroupId, MessageId, MessageState};
+use whatsap2p_client::{Change, Event, FileFailCode, GroupId, MessageId, MessageState};
 use whatsap2p_tui::app::{Ask, Focus, Overlay, Scroll, MAX_WINDOW, PAGE};
 use whatsap2p_tui::backend::{Body, Chat, Online, Page, PageAt};
 use whatsap2p_tui::calls::{Outcome, Request};
@@ -375,14 +375,11 @@ fn given_a_transfer_then_progress_shows_and_ctrl_x_asks_to_cancel_it() {
     let big = file(None, NOW, "big.bin", path, 1 << 30, "application/octet-stream");
     let id = big.id;
     open(&mut app, Chat::Peer(n("456")), vec![big], false);
-    app.on_event(Event::Progress { id, bytes: 1 << 20, total: 1 << 30 });
+    app.on_event(Event::Progress { id, peer: n("456"), outgoing: true, bytes: 1 << 20, total: 1 << 30 });
     assert!(app.transfers.contains_key(&id));
     app.on_key(ctrl('x'));
     assert_eq!(app.take_requests(), vec![Request::CancelTransfer(id)]);
-    app.on_outcome(Outcome::Cancelled {
-        id,
-        result: Err("cancelling a transfer is not supported by this client yet".into()),
-    });
+    app.on_outcome(Outcome::Cancelled { id, result: Err("no file transfer is under way".into()) });
     assert!(app.transfers.contains_key(&id), "still running when the cancel failed");
     app.on_event(Event::FileSent { id, to: n("456"), resumed_from: 0 });
     assert!(!app.transfers.contains_key(&id));
@@ -390,6 +387,122 @@ fn given_a_transfer_then_progress_shows_and_ctrl_x_asks_to_cancel_it() {
         app.open.as_ref().and_then(|o| o.entries.back()).map(|e| e.state),
         Some(MessageState::Delivered)
     );
+}
+
+#[test]
+fn given_a_cancel_that_succeeds_then_the_gauge_goes_and_the_file_is_marked_failed() {
+    let mut app = app();
+    three(&mut app);
+    let path = std::path::Path::new("/tmp/big.bin");
+    let waiting = file(None, NOW, "big.bin", path, 1 << 30, "application/octet-stream");
+    let id = waiting.id;
+    open(&mut app, Chat::Peer(n("456")), vec![waiting], false);
+    // Queued for a recipient who is offline: no progress yet, and still cancellable.
+    app.on_key(ctrl('x'));
+    assert_eq!(app.take_requests(), vec![Request::CancelTransfer(id)]);
+    app.on_outcome(Outcome::Cancelled { id, result: Ok(()) });
+    let last = app.open.as_ref().and_then(|o| o.entries.back()).expect("the file");
+    assert_eq!(last.state, MessageState::Failed);
+    assert!(app.notice.as_ref().is_some_and(|n| !n.error && n.text == "transfer cancelled"));
+    // Its end, as the core reports it, changes nothing more; nothing is left to cancel.
+    app.on_event(Event::FileFailed {
+        id,
+        peer: n("456"),
+        outgoing: true,
+        reason: "cancelled by 123".into(),
+        code: Some(FileFailCode::Cancelled),
+    });
+    assert!(app.notice.as_ref().is_some_and(|n| !n.error && n.text.contains("cancelled")));
+    app.on_key(ctrl('x'));
+    assert!(app.take_requests().is_empty());
+    assert!(app.notice.as_ref().is_some_and(|n| n.text == "no transfer to cancel here"));
+}
+
+#[test]
+fn given_an_incoming_file_then_its_line_and_gauge_show_and_ctrl_x_cancels_it() {
+    let mut app = app();
+    three(&mut app);
+    open(&mut app, Chat::Peer(n("456")), history(2), false);
+    let id = MessageId::new();
+    app.on_event(Event::FileIncoming {
+        id,
+        from: n("456"),
+        name: "film.mkv".into(),
+        size: 100 << 20,
+        media_type: "video/x-matroska".into(),
+        resumed_from: 0,
+    });
+    app.on_event(Event::Progress { id, peer: n("456"), outgoing: false, bytes: 40 << 20, total: 100 << 20 });
+    let shown = screen(&draw(&mut app, 80, 24));
+    assert!(shown.contains("[file] film.mkv · 100.0 MiB"), "{shown}");
+    assert!(shown.contains("40%"), "the gauge: {shown}");
+    assert_eq!(app.conversations[0].unread, 0, "not counted before it is here");
+    app.on_key(ctrl('x'));
+    assert_eq!(app.take_requests(), vec![Request::CancelTransfer(id)]);
+    app.on_event(Event::FileFailed {
+        id,
+        peer: n("456"),
+        outgoing: false,
+        reason: "cancelled by 123".into(),
+        code: Some(FileFailCode::Cancelled),
+    });
+    app.on_outcome(Outcome::Cancelled { id, result: Ok(()) });
+    assert!(app.transfers.is_empty());
+    let shown = screen(&draw(&mut app, 80, 24));
+    assert!(shown.lines().any(|l| l.contains("film.mkv") && l.contains('✗')), "{shown}");
+}
+
+#[test]
+fn given_an_incoming_attempt_that_fails_then_the_gauge_waits_for_the_retry_and_the_file_replaces_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("p.png");
+    gradient_png(&path);
+    let mut app = app();
+    three(&mut app);
+    open(&mut app, Chat::Peer(n("456")), history(2), false);
+    let id = MessageId::new();
+    let incoming = |resumed_from| Event::FileIncoming {
+        id,
+        from: n("456"),
+        name: "p.png".into(),
+        size: 100,
+        media_type: "image/png".into(),
+        resumed_from,
+    };
+    app.on_event(incoming(0));
+    let shown = screen(&draw(&mut app, 80, 24));
+    assert!(shown.contains("[file] p.png"), "a line, not a picture, until it is here: {shown}");
+    assert!(app.photos.is_empty(), "nothing to decode yet");
+    app.on_event(Event::FileFailed {
+        id,
+        peer: n("456"),
+        outgoing: false,
+        reason: "link closed".into(),
+        code: Some(FileFailCode::LinkClosed),
+    });
+    assert!(app.transfers.is_empty());
+    assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("resumes")));
+    app.on_event(incoming(40));
+    assert_eq!(app.transfers.get(&id).map(|t| t.bytes), Some(40));
+    app.on_event(Event::FileReceived {
+        id,
+        from: n("456"),
+        name: "p.png".into(),
+        path: path.clone(),
+        size: 100,
+        blake3: [0; 32],
+        media_type: "image/png".into(),
+        dimensions: Some((96, 64)),
+        resumed_from: 40,
+    });
+    assert!(app.transfers.is_empty());
+    let open = app.open.as_ref().expect("open");
+    let ours: Vec<_> = open.entries.iter().filter(|e| e.id == id).collect();
+    assert_eq!(ours.len(), 1, "one line for the file");
+    assert!(matches!(&ours[0].body, Body::File(f) if f.path == path && f.is_photo()));
+    let shown = screen(&draw(&mut app, 80, 24));
+    assert!(shown.contains("p.png (96×64"), "{shown}");
+    assert!(shown.matches(['▀', '▄']).count() > 20, "drawn: {shown}");
 }
 
 #[test]

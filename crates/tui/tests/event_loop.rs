@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
+use futures::StreamExt;
 use ratatui::backend::{ClearType, TestBackend, WindowSize};
 use ratatui::buffer::Cell;
 use ratatui::layout::{Position, Size};
@@ -176,4 +177,69 @@ async fn given_a_stuck_call_then_other_calls_answer_and_sends_keep_their_order()
     let outcome = tokio::time::timeout(Duration::from_secs(10), calls.next()).await.expect("the ping");
     assert!(matches!(outcome, whatsap2p_tui::calls::Outcome::Pinged { .. }));
     assert!(calls.is_idle());
+}
+
+/// What a screen was sent, readable while the UI writes to it.
+#[derive(Clone, Default)]
+struct Written(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Written {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("written").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A bug deep in the loop: the loop runs on a [`Term`] (as `run` does, drawing real escape
+/// sequences into a buffer), takes a paste, then its input panics. The panic unwinds out of the
+/// runtime as it would out of `main`, and the screen is given back on its way.
+#[test]
+fn given_a_panic_inside_the_loop_then_the_screen_is_given_back() {
+    use whatsap2p_tui::terminal::{give_back, Term};
+    let written = Written::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mock = Mock::default();
+    *mock.conversations.lock().expect("conversations") = vec![peer("456", Online::Yes, 0, None)];
+    let out = written.clone();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async move {
+            let mut term = Term::on(out, ratatui::layout::Rect::new(0, 0, 80, 16)).expect("the screen");
+            let mut calls = Calls::new(Arc::new(mock), Picker::halfblocks());
+            let mut app = App::new(me(), Zone::utc(), Box::new(|| NOW));
+            let typed = [Ok(TermEvent::Paste("typed-before-the-bug".into()))];
+            let mut input = futures::stream::iter(typed)
+                .chain(futures::stream::poll_fn(|_| -> std::task::Poll<Option<std::io::Result<TermEvent>>> {
+                    panic!("a bug in the loop")
+                }))
+                .boxed();
+            let (_events, events_rx) = tokio::sync::mpsc::channel(16);
+            let _ = drive(
+                &mut term.terminal,
+                &mut input,
+                events_rx,
+                &mut app,
+                &mut calls,
+                std::future::pending(),
+            )
+            .await;
+        })
+    }));
+    assert!(unwound.is_err(), "the loop panicked");
+    let bytes = written.0.lock().expect("written").clone();
+    let mut taken = Vec::new();
+    crossterm::execute!(
+        taken,
+        crossterm::terminal::EnterAlternateScreen,
+        crossterm::event::EnableMouseCapture
+    )
+    .expect("sequences");
+    assert!(bytes.starts_with(&taken), "the screen was taken first");
+    let shown = String::from_utf8_lossy(&bytes);
+    assert!(shown.contains("typed-before-the-bug"), "the loop drew what came before it panicked");
+    let mut given_back = Vec::new();
+    give_back(&mut given_back);
+    assert!(bytes.ends_with(&given_back), "the last thing written gives the screen back");
 }

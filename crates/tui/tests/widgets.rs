@@ -117,7 +117,7 @@ fn given_a_file_on_its_way_then_a_gauge_shows_percent_speed_and_time_left() {
     );
     let id = big.id;
     open(&mut app, Chat::Peer(n("456")), vec![big], false);
-    app.on_event(Event::Progress { id, bytes: 0, total: 700 << 20 });
+    app.on_event(Event::Progress { id, peer: n("456"), outgoing: true, bytes: 0, total: 700 << 20 });
     // A second report two seconds later (the app's clock is fixed: the transfer is fed directly).
     if let Some(t) = app.transfers.get_mut(&id) {
         t.progress(280 << 20, 700 << 20, t.first.0 + 20_000);

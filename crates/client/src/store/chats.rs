@@ -47,6 +47,8 @@ pub enum FileState {
     Failed,
     /// Incoming, verified and saved.
     Received,
+    /// Cancelled by a user, on this side or the other: given up for good, nothing kept.
+    Cancelled,
 }
 
 impl FileState {
@@ -57,14 +59,16 @@ impl FileState {
             Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Received => "received",
+            Self::Cancelled => "cancelled",
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(super) fn parse(s: &str) -> Self {
         match s {
             "pending" => Self::Pending,
             "sent" => Self::Sent,
             "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
             _ => Self::Received,
         }
     }
@@ -331,23 +335,40 @@ fn cursor_of(c: &rusqlite::Connection, chat: &Chat, id: &str) -> Result<Option<i
     }
 }
 
-/// The `limit` newest items of `chat` before the cursor `(at, id)`, oldest first; texts only when
-/// `texts_only`. Filed items come from `chat_items` through its key, the others from the rows not
-/// filed yet.
+/// Which way a page goes from its cursor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// The items just older than the cursor.
+    Before,
+    /// The items just newer than the cursor.
+    After,
+}
+
+/// The `limit` items of `chat` nearest the cursor `(at, id)` on its `way` side, oldest first;
+/// texts only when `texts_only`. Filed items come from `chat_items` through its key (a range of
+/// it, in key order either way), the others from the rows not filed yet.
 fn page(
     c: &rusqlite::Connection,
     chat: &Chat,
     (at, id): (i64, &str),
+    way: Way,
     limit: usize,
     texts_only: bool,
 ) -> Result<Vec<ChatItem>, rusqlite::Error> {
     let key = key_of(chat);
     let last_kind = if texts_only { SENT } else { FILE };
-    let mut entries: Vec<Entry> = c
-        .prepare_cached(
+    let sql = match way {
+        Way::Before => {
             "SELECT at_ms, id, kind, row FROM chat_items
-             WHERE chat = ?1 AND (at_ms, id) < (?2, ?3) AND kind <= ?4 ORDER BY at_ms DESC, id DESC LIMIT ?5",
-        )?
+             WHERE chat = ?1 AND (at_ms, id) < (?2, ?3) AND kind <= ?4 ORDER BY at_ms DESC, id DESC LIMIT ?5"
+        }
+        Way::After => {
+            "SELECT at_ms, id, kind, row FROM chat_items
+             WHERE chat = ?1 AND (at_ms, id) > (?2, ?3) AND kind <= ?4 ORDER BY at_ms, id LIMIT ?5"
+        }
+    };
+    let mut entries: Vec<Entry> = c
+        .prepare_cached(sql)?
         .query_map(params![key, at, id, last_kind, limit as i64], |r| {
             Ok(Entry {
                 chat: String::new(),
@@ -360,17 +381,23 @@ fn page(
         })?
         .collect::<Result<_, _>>()?;
     let fresh = unfiled(c, progress(c)?)?;
-    entries.extend(
-        fresh
-            .into_iter()
-            .filter(|e| e.chat == key && e.kind <= last_kind && (e.at, e.id.as_str()) < (at, id)),
-    );
-    // Newest first; a group text sent to several members once.
-    entries.sort_by(|a, b| b.order().cmp(&a.order()));
+    let beyond = |e: &Entry| match way {
+        Way::Before => (e.at, e.id.as_str()) < (at, id),
+        Way::After => (e.at, e.id.as_str()) > (at, id),
+    };
+    entries.extend(fresh.into_iter().filter(|e| e.chat == key && e.kind <= last_kind && beyond(e)));
+    // Nearest the cursor first; a group text sent to several members once.
+    entries.sort_by(|a, b| match way {
+        Way::Before => b.order().cmp(&a.order()),
+        Way::After => a.order().cmp(&b.order()),
+    });
     entries.dedup_by(|a, b| a.order() == b.order());
     entries.truncate(limit);
+    if way == Way::Before {
+        entries.reverse();
+    }
     let mut items = Vec::with_capacity(entries.len());
-    for e in entries.iter().rev() {
+    for e in &entries {
         if let Some(item) = item(c, e.kind, e.row)? {
             items.push(item);
         }
@@ -416,7 +443,9 @@ impl Store {
     }
 
     async fn texts(&self, chat: Chat, limit: usize) -> Result<Vec<StoredMessage>, ClientError> {
-        let items = self.read(move |c| snapshot(c, |c| page(c, &chat, (i64::MAX, ""), limit, true))).await?;
+        let items = self
+            .read(move |c| snapshot(c, |c| page(c, &chat, (i64::MAX, ""), Way::Before, limit, true)))
+            .await?;
         Ok(items
             .into_iter()
             .filter_map(|item| match item {
@@ -435,23 +464,48 @@ impl Store {
         before: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<ChatItem>, ClientError> {
+        match before {
+            Some(id) => self.page_from(chat, id, Way::Before, limit).await,
+            None => {
+                let chat = chat.clone();
+                self.read(move |c| snapshot(c, |c| page(c, &chat, (i64::MAX, ""), Way::Before, limit, false)))
+                    .await
+            }
+        }
+    }
+
+    /// A page of `chat`: the `limit` items after `after`, oldest first (texts and, with a peer,
+    /// files). An id the chat does not have gives [`ClientError::UnknownMessage`].
+    pub async fn history_after(
+        &self,
+        chat: &Chat,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<ChatItem>, ClientError> {
+        self.page_from(chat, after, Way::After, limit).await
+    }
+
+    /// The page on the `way` side of item `id` of `chat`.
+    async fn page_from(
+        &self,
+        chat: &Chat,
+        id: MessageId,
+        way: Way,
+        limit: usize,
+    ) -> Result<Vec<ChatItem>, ClientError> {
         let chat = chat.clone();
         let page = self
             .read(move |c| {
                 snapshot(c, |c| {
-                    let id = before.map(|b| b.to_string()).unwrap_or_default();
-                    let at = match before {
-                        None => i64::MAX,
-                        Some(_) => match cursor_of(c, &chat, &id)? {
-                            Some(at) => at,
-                            None => return Ok(None),
-                        },
-                    };
-                    page(c, &chat, (at, &id), limit, false).map(Some)
+                    let cursor = id.to_string();
+                    match cursor_of(c, &chat, &cursor)? {
+                        Some(at) => page(c, &chat, (at, &cursor), way, limit, false).map(Some),
+                        None => Ok(None),
+                    }
                 })
             })
             .await?;
-        page.ok_or_else(|| ClientError::UnknownMessage(before.unwrap_or_default()))
+        page.ok_or(ClientError::UnknownMessage(id))
     }
 
     /// Every conversation, the most recent first: each peer and group with history, then the
@@ -663,6 +717,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn given_texts_and_files_then_pages_walk_forward_through_both_from_a_cursor() {
+        let (_dir, store) = open();
+        let peer = n("456");
+        let all = history_of_texts_and_files(&store, &peer).await;
+        let chat = Chat::Peer(peer.clone());
+        // From a filed item into the ones not filed yet, and on to the end.
+        let after = store.history_after(&chat, all[1], 3).await.expect("page");
+        assert_eq!(ids(&after), all[2..5]);
+        assert!(matches!(after[0], ChatItem::File(ref f) if f.name == "f2.png"));
+        let next = store.history_after(&chat, after[2].id(), 3).await.expect("page");
+        assert_eq!(ids(&next), all[5..7]);
+        assert!(store.history_after(&chat, all[6], 3).await.expect("page").is_empty());
+        // Filed or not, the same pages.
+        store.index_chats().await.expect("index");
+        assert_eq!(ids(&store.history_after(&chat, all[1], 3).await.expect("page")), all[2..5]);
+        assert_eq!(ids(&store.history_page(&chat, Some(all[5]), 3).await.expect("page")), all[2..5]);
+        let unknown = store.history_after(&chat, MessageId::new(), 3).await;
+        assert!(matches!(unknown, Err(ClientError::UnknownMessage(_))), "{unknown:?}");
+        // Another conversation's item is no cursor here.
+        let elsewhere = store.history_after(&Chat::Peer(n("789")), all[1], 3).await;
+        assert!(matches!(elsewhere, Err(ClientError::UnknownMessage(_))), "{elsewhere:?}");
+    }
+
+    #[tokio::test]
     async fn given_conversations_then_the_list_has_the_last_item_unread_counts_and_quiet_groups_last() {
         let (_dir, store) = open();
         let (alice, bob) = (n("111"), n("222"));
@@ -839,6 +917,8 @@ mod tests {
                 let queries = [
                     "SELECT at_ms, id, kind, row FROM chat_items
                      WHERE chat = '1' AND (at_ms, id) < (5, 'x') AND kind <= 2 ORDER BY at_ms DESC, id DESC LIMIT 50",
+                    "SELECT at_ms, id, kind, row FROM chat_items
+                     WHERE chat = '1' AND (at_ms, id) > (5, 'x') AND kind <= 2 ORDER BY at_ms, id LIMIT 50",
                     "SELECT rowid FROM messages WHERE rowid > 5 AND update_body IS NULL ORDER BY rowid",
                     "SELECT rowid FROM files WHERE rowid > 5 ORDER BY rowid",
                     "SELECT row, chat FROM unread WHERE id = 'x'",

@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension};
 use whatsap2p_proto::{MessageId, Number};
 
-use super::{now_ms, FileRecord, Store};
+use super::{now_ms, FileRecord, FileState, Store};
 use crate::ClientError;
 
 impl Store {
@@ -32,26 +32,31 @@ impl Store {
         .await
     }
 
-    /// Sets a file's state (`sent`, `failed`).
-    pub async fn set_file_state(&self, id: MessageId, state: &'static str) -> Result<(), ClientError> {
+    /// Sets a file's state.
+    pub async fn set_file_state(&self, id: MessageId, state: FileState) -> Result<(), ClientError> {
         let id = id.to_string();
         self.with(move |c| {
-            c.execute("UPDATE files SET state = ?2 WHERE id = ?1", params![id, state]).map(|_| ())
+            c.execute("UPDATE files SET state = ?2 WHERE id = ?1", params![id, state.as_str()]).map(|_| ())
         })
         .await
     }
 
-    /// True if we already saved the file `id` from `peer` (a retry of a finished transfer).
-    pub async fn has_received_file(&self, peer: &Number, id: MessageId) -> Result<bool, ClientError> {
+    /// Where the file `id` from `peer` stands here, if it was ever recorded: saved (a retry of a
+    /// finished transfer), or cancelled by our user.
+    pub async fn incoming_file_state(
+        &self,
+        peer: &Number,
+        id: MessageId,
+    ) -> Result<Option<FileState>, ClientError> {
         let (peer, id) = (peer.to_string(), id.to_string());
         self.with(move |c| {
             c.query_row(
-                "SELECT 1 FROM files WHERE id = ?1 AND peer = ?2 AND outgoing = 0 AND state = 'received'",
+                "SELECT state FROM files WHERE id = ?1 AND peer = ?2 AND outgoing = 0",
                 params![id, peer],
-                |_| Ok(()),
+                |r| r.get::<_, String>(0),
             )
             .optional()
-            .map(|r| r.is_some())
+            .map(|state| state.map(|s| FileState::parse(&s)))
         })
         .await
     }

@@ -11,6 +11,10 @@
 //! never overwrites anything, into the downloads folder. Either side stops a transfer with a
 //! [`FileFailCode`]: the sender gives up on a final one and retries after any other.
 //!
+//! A user cancels a transfer on either side ([`Transfers::cancel`]): the attempt under way stops,
+//! the other side gets a `FileAbort` with the final code `Cancelled`, and neither keeps anything
+//! of it but a line in history.
+//!
 //! A pending outgoing file is kept in the profile database and retried, like a message, until it is
 //! received or refused.
 //!
@@ -28,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -44,6 +48,7 @@ use crate::link::{LinkHandle, Links};
 use crate::partial::{ChunkBytes, Spares};
 use crate::presence::PresenceCache;
 use crate::store::Store;
+use crate::ClientError;
 
 /// How long either side waits for the other's next step before calling the transfer stalled.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +56,8 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const ROUTE_QUEUE: usize = (FILE_WINDOW as usize / FILE_CHUNK_LEN) + 8;
 /// Most transfers running at once on one link (both directions).
 const MAX_TRANSFERS_PER_LINK: usize = 8;
+/// Progress events, at most this often per transfer.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// What arrives for a transfer on its link.
 pub(crate) enum Routed {
@@ -86,6 +93,39 @@ pub(crate) struct TransferParts {
     pub(crate) tracker: TaskTracker,
 }
 
+/// A transfer under way, as [`Transfers::cancel`] reaches it.
+#[derive(Clone)]
+struct Running {
+    /// Cancelled to stop the transfer for good.
+    stop: CancellationToken,
+    /// How it ended, once it has: `Some(true)` when the cancel ended it.
+    ended: watch::Receiver<Option<bool>>,
+}
+
+/// The transfer's own side of its [`Running`]: it says how it ended. Dropped without a word (the
+/// client shutting down), it tells a waiting cancel that the transfer is gone.
+struct Ending(watch::Sender<Option<bool>>);
+
+impl Ending {
+    fn new() -> (Self, Running) {
+        let (tx, ended) = watch::channel(None);
+        (Self(tx), Running { stop: CancellationToken::new(), ended })
+    }
+
+    fn ended(&self, cancelled: bool) {
+        self.0.send_replace(Some(cancelled));
+    }
+}
+
+/// An outgoing file not yet delivered.
+struct Sending {
+    /// Whom to.
+    peer: Number,
+    /// Ends its wait between attempts.
+    wake: Arc<Notify>,
+    running: Running,
+}
+
 struct Inner {
     parts: TransferParts,
     /// Running transfers' routes, by link (its epoch) and transfer: a link's entry goes with it.
@@ -93,8 +133,10 @@ struct Inner {
     /// Partial files a receiving attempt is writing, on whatever link: an attempt on a new link
     /// (the old one dropped) must not open a file the old attempt's writer is still finishing.
     receiving: Mutex<HashSet<PathBuf>>,
-    /// Outgoing files not yet delivered: whom to, and what wakes their wait between attempts.
-    sending: Mutex<HashMap<MessageId, (Number, Arc<Notify>)>>,
+    /// Outgoing files not yet delivered.
+    sending: Mutex<HashMap<MessageId, Sending>>,
+    /// Incoming transfers being received, by id (one attempt at a time per id).
+    incoming: Mutex<HashMap<MessageId, Running>>,
 }
 
 /// File transfers in both directions. Cheap to clone.
@@ -111,7 +153,25 @@ impl Transfers {
             routes: Mutex::default(),
             receiving: Mutex::default(),
             sending: Mutex::default(),
+            incoming: Mutex::default(),
         }))
+    }
+
+    /// Cancels transfer `id`, in either direction, and waits until it has stopped (the other side
+    /// told, the event sent). [`ClientError::NoTransfer`] if it is not under way, or ended
+    /// otherwise before the cancel reached it.
+    pub(crate) async fn cancel(&self, id: MessageId) -> Result<(), ClientError> {
+        let outgoing =
+            self.0.sending.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|s| s.running.clone());
+        let running =
+            outgoing.or_else(|| self.0.incoming.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned());
+        let Some(Running { stop, mut ended }) = running else { return Err(ClientError::NoTransfer(id)) };
+        stop.cancel();
+        match ended.wait_for(Option::is_some).await.map(|v| *v) {
+            Ok(Some(true)) => Ok(()),
+            Ok(_) => Err(ClientError::NoTransfer(id)),
+            Err(_) => Err(ClientError::ShuttingDown),
+        }
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HashMap<MessageId, Route>>> {
@@ -121,14 +181,15 @@ impl Transfers {
     /// Outgoing files not yet delivered and incoming ones being written.
     pub(crate) fn count(&self) -> usize {
         let sending = self.0.sending.lock().unwrap_or_else(|p| p.into_inner()).len();
+        // (An incoming transfer also holds its partial file in `receiving`, counted there.)
         sending + self.0.receiving.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Wakes the files waiting to go to `peer` (it came online, or a link to it ended).
     pub(crate) fn wake(&self, peer: &Number) {
-        for (to, wake) in self.0.sending.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            if to == peer {
-                wake.notify_waiters();
+        for s in self.0.sending.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            if s.peer == *peer {
+                s.wake.notify_waiters();
             }
         }
     }

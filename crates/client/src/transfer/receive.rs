@@ -1,6 +1,7 @@
 //! The receiving side of a transfer: decide on an offer, write the chunks into a partial file (on a
 //! blocking thread, straight from the link), open the sender's window as bytes reach the disk, check
-//! the hash, and place the file in the downloads folder.
+//! the hash, and place the file in the downloads folder. Reports [`Event::FileIncoming`] when an
+//! attempt starts and [`Event::Progress`] as bytes reach the disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant as StdInstant;
@@ -11,12 +12,15 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage, MAX_FILE_NAME_LEN};
 use whatsap2p_proto::MessageId;
 
-use super::{Busy, Inbound, Route, Routed, Transfers, ROUTE_QUEUE, STALL_TIMEOUT};
+use tokio_util::sync::CancellationToken;
+
+use super::send::cancelled_by;
+use super::{Busy, Ending, Inbound, Route, Routed, Transfers, PROGRESS_EVERY, ROUTE_QUEUE, STALL_TIMEOUT};
 use crate::event::Event;
 use crate::link::LinkHandle;
 use crate::partial::{PartialFile, Spares};
 use crate::safe_name::{numbered, safe_name};
-use crate::store::FileRecord;
+use crate::store::{FileRecord, FileState};
 
 /// How often the receiver opens the window (bytes written between credits).
 const CREDIT_EVERY: u64 = 1024 * 1024;
@@ -49,6 +53,42 @@ impl Drop for PartialClaim {
     }
 }
 
+/// An incoming transfer's entry in `incoming`, where [`Transfers::cancel`] finds it, held by its
+/// receiving task and removed when that ends.
+struct Reachable {
+    transfers: Transfers,
+    id: MessageId,
+    ending: Ending,
+    stop: CancellationToken,
+}
+
+impl Reachable {
+    /// The entry for `id`, unless an attempt of that id is under way already.
+    fn take(transfers: &Transfers, id: MessageId) -> Option<Self> {
+        let mut incoming = transfers.0.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        if incoming.contains_key(&id) {
+            return None;
+        }
+        let (ending, running) = Ending::new();
+        let stop = running.stop.clone();
+        incoming.insert(id, running);
+        Some(Self { transfers: transfers.clone(), id, ending, stop })
+    }
+}
+
+impl Drop for Reachable {
+    fn drop(&mut self) {
+        self.transfers.0.incoming.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+/// What a receiving task holds while it runs: its partial file, and its place where a cancel
+/// finds it.
+struct Claims {
+    partial: PartialClaim,
+    reachable: Reachable,
+}
+
 /// A file offer as the receiver sees it.
 pub(crate) struct Offer {
     pub(crate) id: MessageId,
@@ -65,9 +105,10 @@ struct Failure {
 }
 
 impl Failure {
-    /// Whether the bytes so far can still be what the sender offered: kept for a resume.
+    /// Whether the bytes so far are worth keeping for a resume: not when they cannot be right, nor
+    /// when the transfer is over for good (cancelled, or the sender gave the file up).
     fn keeps_partial(&self) -> bool {
-        !matches!(self.code, FileFailCode::HashMismatch | FileFailCode::TooManyBytes)
+        !self.code.is_final()
     }
 }
 
@@ -84,9 +125,12 @@ impl Transfers {
             info!("refusing file {id} from {peer}: {reason}");
             Some(PeerMessage::FileRefuse { id, reason })
         };
-        // The sender may not have heard our confirmation (it crashed, the link dropped): confirm again.
-        if p.store.has_received_file(peer, id).await.unwrap_or(false) {
-            return Some(PeerMessage::FileReceived { id });
+        match p.store.incoming_file_state(peer, id).await {
+            // The sender may not have heard our confirmation (it crashed, the link dropped): confirm again.
+            Ok(Some(FileState::Received)) => return Some(PeerMessage::FileReceived { id }),
+            // Our user cancelled it: a sender that took the cancel for a retry hears it for good.
+            Ok(Some(FileState::Cancelled)) => return refuse(cancelled_by(&p.me)),
+            _ => {}
         }
         if offer.name.len() > MAX_FILE_NAME_LEN {
             return refuse(format!("file name over {MAX_FILE_NAME_LEN} bytes"));
@@ -114,6 +158,9 @@ impl Transfers {
         let Some(partial) = PartialClaim::take(self, &partial) else {
             return busy("transfer already running; try again later".into());
         };
+        let Some(reachable) = Reachable::take(self, id) else {
+            return busy("transfer already running; try again later".into());
+        };
         let held = tokio::fs::metadata(&partial.path).await.map(|m| m.len()).unwrap_or(0);
         let offset = if held <= offer.size { held } else { 0 };
         let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
@@ -121,21 +168,27 @@ impl Transfers {
         if let Err(Busy(reason)) = self.try_add_route(link, id, Route { tx, spares: spares.clone() }) {
             return busy(reason);
         }
-        let task = self.clone().receive(link.clone(), offer, partial, offset, Inbound { rx, spares });
+        let claims = Claims { partial, reachable };
+        let task = self.clone().receive(link.clone(), offer, claims, offset, Inbound { rx, spares });
         p.tracker.spawn(task.instrument(info_span!("file", %id, from = %peer)));
         Some(PeerMessage::FileAccept { id, offset })
     }
 
-    async fn receive(
-        self,
-        link: LinkHandle,
-        offer: Offer,
-        partial: PartialClaim,
-        offset: u64,
-        inbound: Inbound,
-    ) {
+    async fn receive(self, link: LinkHandle, offer: Offer, claims: Claims, offset: u64, inbound: Inbound) {
         let (id, peer) = (offer.id, link.peer().clone());
-        let result = self.receive_inner(&link, &offer, &partial.path, offset, inbound).await;
+        let Claims { partial, reachable } = claims;
+        let p = &self.0.parts;
+        let incoming = Event::FileIncoming {
+            id,
+            from: peer.clone(),
+            name: safe_name(&offer.name),
+            size: offer.size,
+            media_type: offer.media_type.clone(),
+            resumed_from: offset,
+        };
+        let _ = p.events.send(incoming).await;
+        let stop = reachable.stop.clone();
+        let result = self.receive_inner(&link, &offer, &partial.path, offset, inbound, &stop).await;
         self.remove_route(link.epoch(), id);
         if result.as_ref().is_err_and(|f| !f.keeps_partial()) {
             let _ = tokio::fs::remove_file(&partial.path).await;
@@ -143,18 +196,38 @@ impl Transfers {
         // Done with the file: a new attempt may take it while this one tells the sender and the app
         // (a write to a dead link can take its whole timeout).
         drop(partial);
+        let cancelled = matches!(&result, Err(f) if f.code == FileFailCode::Cancelled && stop.is_cancelled());
         match result {
             Ok(event) => {
                 let _ = link.write(PeerMessage::FileReceived { id }).await;
-                let _ = self.0.parts.events.send(event).await;
+                let _ = p.events.send(event).await;
             }
             Err(Failure { code, reason }) => {
-                warn!("receiving {} from {peer} failed: {reason}", offer.name);
+                if cancelled {
+                    info!("receiving {} from {peer} cancelled", offer.name);
+                    // Kept in history, and to refuse the file if it is offered again.
+                    let record = FileRecord {
+                        id,
+                        peer: peer.clone(),
+                        outgoing: false,
+                        path: PathBuf::new(),
+                        name: safe_name(&offer.name),
+                        size: offer.size,
+                        media_type: offer.media_type.clone(),
+                        blake3: offer.blake3,
+                    };
+                    if let Err(e) = p.store.insert_file(&record, FileState::Cancelled.as_str()).await {
+                        warn!("cancelled file {id} not recorded: {e}");
+                    }
+                } else {
+                    warn!("receiving {} from {peer} failed: {reason}", offer.name);
+                }
                 let _ = link.write(PeerMessage::FileAbort { id, code, reason: reason.clone() }).await;
-                let _ =
-                    self.0.parts.events.send(Event::FileFailed { id, peer, outgoing: false, reason }).await;
+                let event = Event::FileFailed { id, peer, outgoing: false, reason, code: Some(code) };
+                let _ = p.events.send(event).await;
             }
         }
+        reachable.ending.ended(cancelled);
     }
 
     async fn receive_inner(
@@ -164,12 +237,22 @@ impl Transfers {
         partial: &Path,
         offset: u64,
         inbound: Inbound,
+        stop: &CancellationToken,
     ) -> Result<Event, Failure> {
         let (p, peer) = (&self.0.parts, link.peer());
         let (mut written, done) = write_to_disk(partial.to_path_buf(), offset, offer.size, inbound);
         let (mut credited, mut last_said) = (offset, Instant::now());
+        let mut last_event = Instant::now();
         loop {
-            match tokio::time::timeout(STALL_TIMEOUT, written.changed()).await {
+            let changed = tokio::select! {
+                changed = tokio::time::timeout(STALL_TIMEOUT, written.changed()) => changed,
+                _ = stop.cancelled() => {
+                    self.close_route(link.epoch(), offer.id);
+                    let _ = done.await;
+                    return Err(fail(FileFailCode::Cancelled, cancelled_by(&p.me)));
+                }
+            };
+            match changed {
                 Err(_) => {
                     let at = *written.borrow();
                     // The writer waits on the route: closing it stops the writer, keeping what it wrote.
@@ -185,6 +268,17 @@ impl Transfers {
                 Ok(Ok(())) => {
                     // Credit only what is on disk: the sender's progress is what a resume would keep.
                     let at = *written.borrow_and_update();
+                    if last_event.elapsed() >= PROGRESS_EVERY {
+                        last_event = Instant::now();
+                        // A report the UI has no room for is skipped: the next one says more.
+                        let _ = p.events.try_send(Event::Progress {
+                            id: offer.id,
+                            peer: peer.clone(),
+                            outgoing: false,
+                            bytes: at,
+                            total: offer.size,
+                        });
+                    }
                     // Progress every MiB; and while bytes trickle or the held part is read back, the
                     // last figure again now and then, so the sender does not take this side for stalled.
                     let said = if at - credited >= CREDIT_EVERY && at < offer.size {
@@ -290,6 +384,10 @@ fn write_to_disk(
                     )
                 }
                 Some(Routed::Chunk { offset, bytes }) => (offset, bytes),
+                Some(Routed::Message(PeerMessage::FileAbort { code, reason, .. })) if code.is_final() => {
+                    // Over for good (cancelled, the file changed): nothing of it is worth keeping.
+                    return Err(fail(code, reason));
+                }
                 Some(Routed::Message(
                     PeerMessage::FileFailed { reason, .. } | PeerMessage::FileAbort { reason, .. },
                 )) => {

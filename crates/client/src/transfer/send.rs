@@ -1,26 +1,27 @@
 //! The sending side of a transfer: offer, stream from where the receiver got to under its credit
-//! window, wait for its verdict; retried with backoff until the file is received or refused.
+//! window, wait for its verdict; retried with backoff until the file is received, refused or
+//! cancelled.
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use whatsap2p_proto::chunk::{write_chunk_header, MAX_CHUNK_HEADER_LEN};
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW};
 use whatsap2p_proto::MessageId;
 
-use super::{Route, Routed, Transfers, ROUTE_QUEUE, STALL_TIMEOUT};
+use super::{Ending, Route, Routed, Sending, Transfers, PROGRESS_EVERY, ROUTE_QUEUE, STALL_TIMEOUT};
 use crate::event::Event;
 use crate::link::LinkHandle;
 use crate::partial::Spares;
-use crate::store::FileRecord;
+use crate::store::{FileRecord, FileState};
 use crate::ClientError;
 
-/// Progress events, at most this often.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// First pause between attempts to send a pending file; doubles up to [`RETRY_MAX`].
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest pause between attempts to send a pending file.
@@ -31,20 +32,27 @@ enum Attempt {
     Received {
         resumed_from: u64,
     },
-    /// The receiver refused, or the file cannot be right: retrying cannot help.
-    Refused(String),
+    /// The receiver refused, or the file cannot be right: retrying cannot help. The code, when
+    /// the transfer's rules name the reason.
+    Refused(String, Option<FileFailCode>),
     /// The link failed or stalled: try again later, from where the receiver got to.
     Retry(String),
+    /// Our user cancelled it (the receiver was told, if a link was up).
+    Cancelled,
 }
 
 impl Attempt {
     /// The other side stopped the transfer for `code`.
     fn aborted(code: FileFailCode, reason: String) -> Self {
         if code.is_final() {
-            Self::Refused(reason)
+            Self::Refused(reason, Some(code))
         } else {
             Self::Retry(reason)
         }
+    }
+
+    fn refused(reason: impl Into<String>) -> Self {
+        Self::Refused(reason.into(), None)
     }
 }
 
@@ -64,57 +72,78 @@ impl Drop for RouteGuard<'_> {
 impl Transfers {
     /// Starts (or resumes after a restart) delivering a pending outgoing file.
     pub(crate) fn send(&self, file: FileRecord) {
-        let wake = Arc::new(Notify::new());
-        self.0
-            .sending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(file.id, (file.peer.clone(), wake.clone()));
+        let (ending, running) = Ending::new();
+        let stop = running.stop.clone();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let sending = Sending { peer: file.peer.clone(), wake: wake.clone(), running };
+        self.0.sending.lock().unwrap_or_else(|p| p.into_inner()).insert(file.id, sending);
         let span = info_span!("file", id = %file.id, to = %file.peer);
         let this = self.clone();
         let delivering = async move {
             let id = file.id;
-            this.deliver_file(file, wake).await;
+            let cancelled = this.deliver_file(file, &wake, &stop).await;
+            ending.ended(cancelled);
             this.0.sending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         };
         self.0.parts.tracker.spawn(delivering.instrument(span));
     }
 
-    /// Attempts until the file is received or refused; `wake` ends a wait between attempts.
-    async fn deliver_file(&self, file: FileRecord, wake: Arc<Notify>) {
+    /// Attempts until the file is received, refused or cancelled (`stop`); `wake` ends a wait
+    /// between attempts. Returns whether the cancel ended it.
+    async fn deliver_file(&self, file: FileRecord, wake: &Notify, stop: &CancellationToken) -> bool {
         let p = &self.0.parts;
         let mut backoff = RETRY_MIN;
         loop {
             if p.cancel.is_cancelled() {
-                return;
+                return false;
             }
-            let outcome = if p.presence.known_offline(&file.peer) {
+            let outcome = if stop.is_cancelled() {
+                Attempt::Cancelled
+            } else if p.presence.known_offline(&file.peer) {
                 Attempt::Retry(format!("{} is offline", file.peer))
             } else {
-                self.attempt(&file).await
+                self.attempt(&file, stop).await
+            };
+            let failed = |reason: String, code: Option<FileFailCode>| Event::FileFailed {
+                id: file.id,
+                peer: file.peer.clone(),
+                outgoing: true,
+                reason,
+                code,
             };
             match outcome {
                 Attempt::Received { resumed_from } => {
-                    let _ = p.store.set_file_state(file.id, "sent").await;
+                    let _ = p.store.set_file_state(file.id, FileState::Sent).await;
                     info!("{} received {}", file.peer, file.name);
                     let _ = p
                         .events
                         .send(Event::FileSent { id: file.id, to: file.peer.clone(), resumed_from })
                         .await;
-                    return;
+                    return false;
                 }
-                Attempt::Refused(reason) => {
+                Attempt::Refused(reason, code) => {
                     warn!("{} refused {}: {reason}", file.peer, file.name);
-                    let _ = p.store.set_file_state(file.id, "failed").await;
-                    let event =
-                        Event::FileFailed { id: file.id, peer: file.peer.clone(), outgoing: true, reason };
-                    let _ = p.events.send(event).await;
-                    return;
+                    // The receiver's user cancelled: as final as ours.
+                    let state = if code == Some(FileFailCode::Cancelled) {
+                        FileState::Cancelled
+                    } else {
+                        FileState::Failed
+                    };
+                    let _ = p.store.set_file_state(file.id, state).await;
+                    let _ = p.events.send(failed(reason, code)).await;
+                    return false;
+                }
+                Attempt::Cancelled => {
+                    info!("sending {} to {} cancelled", file.name, file.peer);
+                    let _ = p.store.set_file_state(file.id, FileState::Cancelled).await;
+                    let _ = p.events.send(failed(cancelled_by(&p.me), Some(FileFailCode::Cancelled))).await;
+                    return true;
                 }
                 Attempt::Retry(reason) => {
                     debug!("sending {} to {} will be retried: {reason}", file.name, file.peer);
                     tokio::select! {
-                        _ = p.cancel.cancelled() => return,
+                        _ = p.cancel.cancelled() => return false,
+                        _ = stop.cancelled() => {}
                         _ = wake.notified() => backoff = RETRY_MIN,
                         _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(RETRY_MAX),
                     }
@@ -123,17 +152,41 @@ impl Transfers {
         }
     }
 
-    async fn attempt(&self, file: &FileRecord) -> Attempt {
-        let link = match self.0.parts.links.connect(&file.peer).await {
+    /// One attempt; a cancel (`stop`) ends it at any point, telling the receiver once a link is up.
+    async fn attempt(&self, file: &FileRecord, stop: &CancellationToken) -> Attempt {
+        let connected = tokio::select! {
+            c = self.0.parts.links.connect(&file.peer) => c,
+            _ = stop.cancelled() => return Attempt::Cancelled,
+        };
+        let link = match connected {
             Ok(l) => l,
             Err(e @ (ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. })) => {
-                return Attempt::Refused(e.to_string())
+                return Attempt::refused(e.to_string())
             }
             Err(e) => return Attempt::Retry(e.to_string()),
         };
         let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
         self.add_route(&link, file.id, Route { tx, spares: Spares::default() });
         let _guard = RouteGuard { transfers: self, epoch: link.epoch(), id: file.id };
+        tokio::select! {
+            attempt = self.offer_and_stream(file, &link, &mut rx) => attempt,
+            _ = stop.cancelled() => {
+                // Dropping the attempt closed its window, which stops the reader thread; the
+                // receiver drops what it has when it reads this.
+                let reason = cancelled_by(&self.0.parts.me);
+                let _ = link.write(PeerMessage::FileAbort { id: file.id, code: FileFailCode::Cancelled, reason }).await;
+                Attempt::Cancelled
+            }
+        }
+    }
+
+    /// Offers the file on `link`, then streams it from where the receiver got to.
+    async fn offer_and_stream(
+        &self,
+        file: &FileRecord,
+        link: &LinkHandle,
+        rx: &mut mpsc::Receiver<Routed>,
+    ) -> Attempt {
         let offer = PeerMessage::FileOffer {
             id: file.id,
             name: file.name.clone(),
@@ -144,14 +197,14 @@ impl Transfers {
         if let Err(e) = link.write(offer).await {
             return Attempt::Retry(e.to_string());
         }
-        let offset = match tokio::time::timeout(STALL_TIMEOUT, next_message(&mut rx)).await {
+        let offset = match tokio::time::timeout(STALL_TIMEOUT, next_message(rx)).await {
             Err(_) => return Attempt::Retry("no answer to the offer".into()),
             Ok(None) => return Attempt::Retry("link closed".into()),
             Ok(Some(PeerMessage::FileAccept { offset, .. })) if offset <= file.size => offset,
             Ok(Some(PeerMessage::FileAccept { offset, .. })) => {
-                return Attempt::Refused(format!("receiver asked for offset {offset} past the end"))
+                return Attempt::refused(format!("receiver asked for offset {offset} past the end"))
             }
-            Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::Refused(reason),
+            Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::refused(reason),
             Ok(Some(PeerMessage::FileReceived { .. })) => {
                 return Attempt::Received { resumed_from: file.size }
             }
@@ -159,7 +212,7 @@ impl Transfers {
             Ok(Some(PeerMessage::FileAbort { code, reason, .. })) => return Attempt::aborted(code, reason),
             Ok(Some(other)) => return Attempt::Retry(format!("unexpected answer to the offer: {other:?}")),
         };
-        match self.stream(file, &link, &mut rx, offset).await {
+        match self.stream(file, link, rx, offset).await {
             Ok(()) => Attempt::Received { resumed_from: offset },
             Err(a) => a,
         }
@@ -179,7 +232,13 @@ impl Transfers {
         let mut reader = send_chunks(file.clone(), offset, link.clone(), window.clone());
         let (mut all_sent, mut acked) = (false, offset);
         let mut last_event = Instant::now() - PROGRESS_EVERY;
-        let progress = |bytes: u64| Event::Progress { id: file.id, bytes, total: file.size };
+        let progress = |bytes: u64| Event::Progress {
+            id: file.id,
+            peer: file.peer.clone(),
+            outgoing: true,
+            bytes,
+            total: file.size,
+        };
         loop {
             let msg = tokio::select! {
                 read = &mut reader, if !all_sent => {
@@ -188,9 +247,10 @@ impl Transfers {
                         Ok(Err(Some(e))) => {
                             let reason = format!("{} changed while sending: {e}", file.path.display());
                             // Tell the receiver, so it does not wait for bytes that will never come.
-                            let abort = PeerMessage::FileAbort { id: file.id, code: FileFailCode::SourceChanged, reason: reason.clone() };
+                            let code = FileFailCode::SourceChanged;
+                            let abort = PeerMessage::FileAbort { id: file.id, code, reason: reason.clone() };
                             let _ = link.write(abort).await;
-                            return Err(Attempt::Refused(reason));
+                            return Err(Attempt::Refused(reason, Some(code)));
                         }
                         Ok(Err(None)) => return Err(Attempt::Retry("link closed".into())),
                         Err(e) => return Err(Attempt::Retry(format!("the file reader stopped: {e}"))),
@@ -226,6 +286,11 @@ impl Transfers {
             }
         }
     }
+}
+
+/// What either side says when its user cancels a transfer.
+pub(super) fn cancelled_by(me: &whatsap2p_proto::Number) -> String {
+    format!("cancelled by {me}")
 }
 
 /// The next message on a sending attempt's route: file bytes have no business there.

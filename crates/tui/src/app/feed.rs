@@ -1,6 +1,7 @@
 //! What comes into the [`App`] from outside: the answers to its requests and the client's events.
 
 use super::*;
+use whatsap2p_client::FileFailCode;
 
 impl App {
     /// The answer to a request.
@@ -94,7 +95,7 @@ impl App {
             Outcome::Group(Err(e)) => self.complain(e),
             Outcome::Cancelled { id, result } => match result {
                 Ok(()) => {
-                    self.transfers.remove(&id);
+                    self.file_failed(id);
                     self.say("transfer cancelled");
                 }
                 Err(e) => self.complain(e),
@@ -243,7 +244,24 @@ impl App {
                 };
                 self.add_entry(chat, entry, true);
             }
+            Event::FileIncoming { id, from, name, size, media_type, resumed_from } => {
+                self.transfers
+                    .entry(id)
+                    .and_modify(|t| t.progress(resumed_from, size, now))
+                    .or_insert_with(|| Transfer::new(resumed_from, size, now));
+                // Its line, with the gauge, until it is on disk (no path: not drawn as a picture yet).
+                let file = FileInfo { name, size, path: Default::default(), media_type, dimensions: None };
+                let entry = Entry {
+                    id,
+                    from: Some(from.clone()),
+                    at_ms: now,
+                    body: Body::File(file),
+                    state: MessageState::Read,
+                };
+                self.add_entry(Chat::Peer(from), entry, false);
+            }
             Event::FileReceived { id, from, name, path, size, media_type, dimensions, .. } => {
+                self.transfers.remove(&id);
                 let file = FileInfo { name, size, path, media_type, dimensions };
                 let entry = Entry {
                     id,
@@ -279,7 +297,7 @@ impl App {
                 self.directory = Directory::Replaced;
                 self.complain(message);
             }
-            Event::Progress { id, bytes, total } => {
+            Event::Progress { id, bytes, total, .. } => {
                 self.transfers
                     .entry(id)
                     .and_modify(|t| t.progress(bytes, total, now))
@@ -290,15 +308,28 @@ impl App {
                 self.set_state(id, MessageState::Delivered);
                 self.say(format!("file delivered to {to}"));
             }
-            Event::FileFailed { id, peer, outgoing, reason } => {
-                if outgoing {
-                    self.transfers.remove(&id);
-                    self.set_state(id, MessageState::Failed);
-                    self.complain(format!("sending a file to {peer} failed: {reason}"));
+            Event::FileFailed { id, peer, outgoing, reason, code } => {
+                let cancelled = code == Some(FileFailCode::Cancelled);
+                let over = outgoing || code.is_some_and(FileFailCode::is_final);
+                if over {
+                    self.file_failed(id);
+                    if outgoing {
+                        self.set_state(id, MessageState::Failed);
+                    }
                 } else {
-                    self.complain(format!(
+                    // The sender tries again; its next attempt brings the gauge back.
+                    self.transfers.remove(&id);
+                }
+                match (outgoing, cancelled) {
+                    (true, true) => self.say(format!("the file to {peer} was cancelled")),
+                    (false, true) => self.say(format!("the file from {peer} was cancelled")),
+                    (true, false) => self.complain(format!("sending a file to {peer} failed: {reason}")),
+                    (false, false) if over => {
+                        self.complain(format!("receiving a file from {peer} failed: {reason}"))
+                    }
+                    (false, false) => self.complain(format!(
                         "receiving a file from {peer} failed ({reason}); it resumes when they retry"
-                    ));
+                    )),
                 }
             }
             _ => {}
@@ -331,11 +362,32 @@ impl App {
             }
         }
         if let Some(open) = self.open.as_mut().filter(|o| o.chat == chat) {
-            if !open.more_after && open.position(entry.id).is_none() {
-                open.entries.push_back(entry);
-                self.trim_front();
+            match open.position(entry.id) {
+                // A file that was on its way, now saved: its line becomes the file.
+                Some(i) if incoming => open.entries[i] = entry,
+                Some(_) => {}
+                None if open.more_after => {}
+                None => {
+                    open.entries.push_back(entry);
+                    self.trim_front();
+                }
             }
         }
+    }
+
+    /// A file transfer over for good without the file (cancelled, refused, bad): its gauge goes
+    /// and its line gets a ✗, whichever way it was going.
+    fn file_failed(&mut self, id: MessageId) {
+        self.transfers.remove(&id);
+        let fail = |e: &mut Entry| {
+            if e.id == id && matches!(e.body, Body::File(_)) {
+                e.state = MessageState::Failed;
+            }
+        };
+        if let Some(open) = &mut self.open {
+            open.entries.iter_mut().for_each(fail);
+        }
+        self.conversations.iter_mut().filter_map(|c| c.last.as_mut()).for_each(fail);
     }
 
     fn set_state(&mut self, id: MessageId, state: MessageState) {

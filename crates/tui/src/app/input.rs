@@ -449,10 +449,13 @@ impl App {
 
     fn cancel_transfer(&mut self) {
         let Some(open) = &self.open else { return };
-        let selected = open.selected.and_then(|i| open.entries.get(i)).map(|e| e.id);
-        let target = selected
-            .filter(|id| self.transfers.contains_key(id))
-            .or_else(|| open.entries.iter().rev().find(|e| self.transfers.contains_key(&e.id)).map(|e| e.id));
+        // A file on its way, either way, or one of ours still waiting for its recipient.
+        let cancellable = |e: &&Entry| {
+            self.transfers.contains_key(&e.id)
+                || (e.from.is_none() && matches!(e.body, Body::File(_)) && e.state == MessageState::Queued)
+        };
+        let selected = open.selected.and_then(|i| open.entries.get(i)).filter(cancellable);
+        let target = selected.or_else(|| open.entries.iter().rev().find(cancellable)).map(|e| e.id);
         match target {
             Some(id) => self.requests.push(Request::CancelTransfer(id)),
             None => self.say("no transfer to cancel here"),

@@ -22,7 +22,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Alt-A", "next conversation with unread messages"),
     ("PgUp / PgDn", "scroll (older pages load as you go)"),
     ("↑ / ↓ (empty line)", "select a message; Enter shows a photo large"),
-    ("Ctrl-X", "cancel the selected (or last) file being sent"),
+    ("Ctrl-X", "cancel the selected (or last) file on its way"),
     ("Esc", "back: unselect, to the newest, to the list"),
     ("1-5 (list, empty line)", "ping · write to · contacts · add · logout"),
     ("F1, ? (list, empty line)", "this help"),
