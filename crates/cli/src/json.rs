@@ -16,7 +16,7 @@ use crate::input::{self, Line};
 /// A command from stdin.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-enum Command {
+pub(crate) enum Command {
     Ping { number: Number },
     Send { to: Option<Number>, group: Option<String>, text: String },
     Contacts,
@@ -220,6 +220,11 @@ pub fn online(client: &Client) {
     }));
 }
 
+/// One input line as a command.
+pub(crate) fn parse(line: &str) -> Result<Command, serde_json::Error> {
+    serde_json::from_str(line)
+}
+
 /// Runs one command (never `logout`, which the loop handles) and gives its answer.
 async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Value> {
     Ok(match cmd {
@@ -362,7 +367,7 @@ impl FrontEnd for Json {
                 return Step::Done;
             }
         };
-        match serde_json::from_str::<Command>(&line) {
+        match parse(&line) {
             Ok(Command::Logout) => Step::Quit,
             Ok(cmd) => Step::Run(Box::pin(run_command(client, cmd))),
             Err(e) => {

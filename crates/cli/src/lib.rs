@@ -10,6 +10,9 @@
 #![forbid(unsafe_code)]
 
 pub mod event_loop;
+/// The JSON-lines input's fuzz property (for `fuzz/`, with the `fuzzing` feature).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod input;
 pub mod json;
 pub mod logging;
