@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use whatsap2p_link::LinkError;
-use whatsap2p_proto::directory::CloseCode;
+use whatsap2p_proto::directory::{CloseCode, LimitKind};
 use whatsap2p_proto::{Number, PublicKey};
 
 /// Errors of the client core.
@@ -79,6 +79,15 @@ pub enum ClientError {
     /// The directory answered with an error.
     #[error("directory: {0}")]
     Directory(String),
+    /// A request went over one of the directory's limits; the same request is served again after
+    /// `retry_after` (the session stays).
+    #[error("over the directory's limit of {limit}; retry in {}", retry_text(*retry_after))]
+    Limited {
+        /// Which limit.
+        limit: LimitKind,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// The user is not online.
     #[error("{0} is offline")]
     Offline(Number),
@@ -195,7 +204,31 @@ fn closed_text(number: &Number, code: CloseCode, reason: &str) -> String {
     }
 }
 
+/// A retry time for people: "0.3 s", "42 s", "14 min", "8 h".
+fn retry_text(after: std::time::Duration) -> String {
+    let secs = after.as_secs_f64();
+    match secs {
+        s if s < 10.0 => format!("{s:.1} s"),
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7_200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.0} h", s / 3_600.0),
+    }
+}
+
 impl ClientError {
+    /// The directory's limit and retry time, for an answer that is one.
+    pub fn limited(limit: LimitKind, retry_after_ms: u32) -> Self {
+        Self::Limited { limit, retry_after: std::time::Duration::from_millis(retry_after_ms.into()) }
+    }
+
+    /// When to try again, for an error that says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Limited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub(crate) fn link(context: impl Into<String>) -> impl FnOnce(LinkError) -> Self {
         let context = context.into();
         move |source| Self::Link { context, source }

@@ -16,7 +16,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use whatsap2p_proto::codec::{decode_struct, kind, WireEnum};
-use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::directory::{
+    ClientToServer, CloseCode, LimitKind, Location, LookupIntent, ServerToClient,
+};
 use whatsap2p_proto::group::{GroupId, GroupState, SignedGroupState};
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello, NOISE_PARAMS, PROLOGUE};
 use whatsap2p_proto::nat::{
@@ -163,6 +165,8 @@ fn server_to_client() -> Vec<ServerToClient> {
             ticket: sealed_ticket(),
             reason: RelayReason::BothSymmetric,
         },
+        ServerToClient::Limited { req: Some(11), limit: LimitKind::LookupRate, retry_after_ms: 250 },
+        ServerToClient::Limited { req: None, limit: LimitKind::NewNumbers, retry_after_ms: 864_000 },
     ]
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::code::wire_code;
 use crate::codec::WireEnum;
 use crate::nat::{Candidate, NatKind, ProbeToken, RelayReason};
 #[cfg(doc)]
@@ -207,10 +208,44 @@ pub enum ServerToClient {
         /// Why the link is relayed.
         reason: RelayReason,
     },
+    /// (v3) A request went over one of the directory's limits and was not served; the session
+    /// stays. Version 2 sessions get [`ServerToClient::Error`] naming the limit instead.
+    Limited {
+        /// The refused request's id, when it had one (a `Register` or a `Watch` has none).
+        req: Option<u32>,
+        /// Which limit.
+        limit: LimitKind,
+        /// How long until the same request can be served, in milliseconds.
+        retry_after_ms: u32,
+    },
 }
 
 impl WireEnum for ServerToClient {
-    const KNOWN_VARIANTS: u32 = 11;
+    const KNOWN_VARIANTS: u32 = 12;
+}
+
+wire_code! {
+    /// Which of the directory's limits refused a request ([`ServerToClient::Limited`]).
+    pub enum LimitKind {
+        /// Lookups (and watched numbers) per second, of this session's number or of its address.
+        LookupRate = 0,
+        /// Distinct numbers looked up or watched per day, by this number or from this address.
+        DistinctLookups = 1,
+        /// Registrations of numbers not bound before, from this address, per day.
+        NewNumbers = 2,
+    }
+}
+
+impl std::fmt::Display for LimitKind {
+    /// What the limit is, for people.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::LookupRate => f.write_str("lookups per second"),
+            Self::DistinctLookups => f.write_str("distinct numbers looked up per day"),
+            Self::NewNumbers => f.write_str("registrations of new numbers per address per day"),
+            Self::Unknown(n) => write!(f, "limit {n} (of a newer version)"),
+        }
+    }
 }
 
 /// Why the server ends a session on its own, for the client to act on (the text beside it is for

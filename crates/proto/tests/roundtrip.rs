@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use whatsap2p_proto::chunk::{view_chunk, write_chunk_header, MAX_CHUNK_HEADER_LEN};
 use whatsap2p_proto::codec::decode_struct;
-use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
+use whatsap2p_proto::directory::{
+    ClientToServer, CloseCode, LimitKind, Location, LookupIntent, ServerToClient,
+};
 use whatsap2p_proto::handshake::Hello;
 use whatsap2p_proto::nat::{
     decode_datagram, encode_datagram, Candidate, Datagram, NatKind, RelayReason, Source, Transport,
@@ -112,6 +114,11 @@ fn server_msg() -> impl Strategy<Value = ServerToClient> {
                 ticket,
                 reason: RelayReason::from_code(reason)
             }),
+        (proptest::option::of(any::<u32>()), 0u32..5, any::<u32>()).prop_map(
+            |(req, limit, retry_after_ms)| {
+                ServerToClient::Limited { req, limit: LimitKind::from_code(limit), retry_after_ms }
+            }
+        ),
     ]
 }
 

@@ -18,6 +18,8 @@ pub struct Config {
     /// The protocol versions the directory speaks ([`version::SPOKEN`]; another range only to test
     /// how clients meet a directory older or newer than they are).
     pub versions: Versions,
+    /// What one source address or one number may do (see [`Limits`]).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -36,6 +38,77 @@ impl Default for Config {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             versions: version::SPOKEN,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Limits per source address and per number, against one address filling the directory, squatting
+/// numbers or enumerating who is online (issue 16). Each holds per instance: a directory of N
+/// instances behind a balancer lets a source up to N times as much (see `docs/operators.md`).
+///
+/// A source address is an IPv4 address, or an IPv6 /64 (one subscriber's prefix: counting each of its
+/// 2^64 addresses apart would make the limits free to evade). The defaults are sized for a
+/// carrier-grade NAT, which puts hundreds to a few thousand subscribers behind one IPv4 address: what
+/// one address may do is what a thousand users of it do in a busy day, while one user never meets a
+/// limit of its number. `docs/security.md` has what they let an attacker do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections from one source address at once, in their handshake or in session. A
+    /// thousand users behind one NAT fit; one address alone can no longer fill the instance.
+    pub sessions_per_address: usize,
+    /// Most handshakes in progress from one source address. A handshake takes about a millisecond,
+    /// so 64 at once serves a NAT whose thousand users all reconnect after a restart (the others are
+    /// refused and retry with backoff), while connections that never finish their handshake hold at
+    /// most 64 slots of that address for the handshake timeout.
+    pub handshakes_per_address: usize,
+    /// Lookups (and newly watched numbers) per second of one number; bursts of ten seconds' worth.
+    pub lookups_per_second: u32,
+    /// The same from one source address, all its sessions together.
+    pub address_lookups_per_second: u32,
+    /// Distinct numbers one number may look up or watch per day. Looking up the same numbers again
+    /// (contacts, every time a link opens) costs nothing of it.
+    pub distinct_lookups_per_day: u32,
+    /// The same from one source address, all its numbers together: the limit that holds against an
+    /// enumerator, who makes up a new number for each session.
+    pub address_distinct_lookups_per_day: u32,
+    /// Registrations of numbers not bound before, from one source address per day (a burst of this
+    /// many, then one every day / this). A user registers a new number once.
+    pub new_numbers_per_address_per_day: u32,
+    /// Most (source, number) pairs kept to count distinct lookups, about 24 bytes each: bounds the
+    /// memory of that count whatever the number of sources. When full, the sources that looked up
+    /// the fewest numbers are forgotten first.
+    pub tracked_lookups: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions_per_address: 1_000,
+            handshakes_per_address: 64,
+            lookups_per_second: 20,
+            address_lookups_per_second: 1_000,
+            distinct_lookups_per_day: 1_000,
+            address_distinct_lookups_per_day: 20_000,
+            new_numbers_per_address_per_day: 100,
+            tracked_lookups: 2_000_000,
+        }
+    }
+}
+
+impl Limits {
+    /// No limit at all: for a load generator that plays thousands of users from one address (the
+    /// benchmarks), never for a directory on a network.
+    pub fn none() -> Self {
+        Self {
+            sessions_per_address: usize::MAX,
+            handshakes_per_address: usize::MAX,
+            lookups_per_second: 0,
+            address_lookups_per_second: 0,
+            distinct_lookups_per_day: 0,
+            address_distinct_lookups_per_day: 0,
+            new_numbers_per_address_per_day: 0,
+            tracked_lookups: 0,
         }
     }
 }

@@ -10,6 +10,9 @@
 //!
 //! # Layout
 //! - [`config`]: limits and timeouts, with defaults.
+//! - [`sources`]: connections and handshakes per source address.
+//! - [`limits`]: request limits per number and per address (lookups, new numbers).
+//! - [`refusals`]: lines about refusals within a budget, the rest summed up.
 //! - [`store`]: what the stores share: their error type, the owner of a presence entry.
 //! - [`presence`]: the [`presence::PresenceStore`] trait, presence changes, the in-memory store.
 //! - [`identities`]: the [`identities::IdentityStore`] trait (number → key bindings) and its SQLite
@@ -27,12 +30,15 @@
 
 pub mod config;
 pub mod identities;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod redis_store;
+pub mod refusals;
 pub mod roster;
 pub mod server_key;
 pub mod session;
+pub mod sources;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -100,6 +106,12 @@ pub struct Directory {
     pub instance: u64,
     /// Counters for operators.
     pub metrics: Arc<Metrics>,
+    /// Connections per source address.
+    pub sources: Arc<sources::Sources>,
+    /// Lookups and registrations per number and per address.
+    pub limits: limits::RequestLimits,
+    /// The budget of log lines about refusals.
+    pub refusals: refusals::RefusalLog,
     /// Cancelled when the server shuts down (a session's own token is a child of it).
     pub shutdown: CancellationToken,
     /// Changes from other instances, taken by [`run`] (shared stores only). In a lock only so the
@@ -121,6 +133,9 @@ impl Directory {
             presence,
             identities,
             key,
+            sources: Arc::new(sources::Sources::new(&config.limits)),
+            limits: limits::RequestLimits::new(&config.limits),
+            refusals: Default::default(),
             config,
             watchers: Default::default(),
             roster: Default::default(),
@@ -148,6 +163,14 @@ impl Directory {
     pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
         self.metrics_listener = Some(listener);
         self
+    }
+
+    /// Counts a refusal for `reason`, and runs `log` (its line) if the log's budget allows.
+    pub fn refuse(&self, reason: Refusal, log: impl FnOnce()) {
+        self.metrics.refused(reason);
+        if self.refusals.allow(reason) {
+            log();
+        }
     }
 
     /// The key bound to `number` and where it is online: what `Lookup` and `Watch` answer.
@@ -227,6 +250,7 @@ pub async fn run(
     if let Some(listener) = metrics_listener {
         background.spawn(metrics::serve(listener, directory.metrics.clone(), background_cancel.clone()));
     }
+    background.spawn(upkeep(directory.clone(), background_cancel.clone()));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -243,12 +267,18 @@ pub async fn run(
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    directory.metrics.refused(Refusal::Full);
-                    warn!("Refusing {}/{}: {} sessions open", addr.ip(), addr.port(), directory.config.max_connections);
+                    directory.refuse(Refusal::Full, || warn!("Refusing {}/{}: {} sessions open", addr.ip(), addr.port(), directory.config.max_connections));
                     continue;
                 };
+                let slot = match directory.sources.admit(addr.ip()) {
+                    Ok(slot) => slot,
+                    Err(crowded) => {
+                        refuse_crowded(&directory, addr, crowded);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
-                sessions.spawn(session::serve(stream, addr, directory.clone(), cancel.child_token(), permit));
+                sessions.spawn(session::serve(stream, addr, directory.clone(), cancel.child_token(), (permit, slot)));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -259,6 +289,56 @@ pub async fn run(
     background_cancel.cancel();
     while background.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Refuses a connection from `addr`, whose address holds as many connections or handshakes as it
+/// may, and says so within the log's budget.
+fn refuse_crowded(directory: &Directory, addr: std::net::SocketAddr, crowded: sources::Crowded) {
+    let limits = &directory.config.limits;
+    let source = sources::SourceAddr::from(addr.ip());
+    match crowded {
+        sources::Crowded::Sessions => directory.refuse(Refusal::SessionsPerAddress, || {
+            let n = limits.sessions_per_address;
+            warn!(
+                "Refusing {}/{}: {n} connections from {source} open (the limit per address)",
+                addr.ip(),
+                addr.port()
+            )
+        }),
+        sources::Crowded::Handshakes => directory.refuse(Refusal::HandshakesPerAddress, || {
+            let n = limits.handshakes_per_address;
+            warn!(
+                "Refusing {}/{}: {n} handshakes from {source} in progress (the limit per address)",
+                addr.ip(),
+                addr.port()
+            )
+        }),
+    }
+}
+
+/// How often the limits forget what they no longer need.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the refusals not logged one by one are summed up.
+const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the limits' memory near what they hold, and sums up unlogged refusals, until `cancel`.
+async fn upkeep(directory: Arc<Directory>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary_due = tokio::time::Instant::now() + SUMMARY_EVERY;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        directory.limits.upkeep();
+        if tokio::time::Instant::now() >= summary_due {
+            directory.refusals.summary();
+            summary_due += SUMMARY_EVERY;
+        }
+    }
+    directory.refusals.summary();
 }
 
 /// Applies the changes every instance makes through a shared store, and runs the store's upkeep,

@@ -34,6 +34,16 @@ pub enum Refusal {
     Handshake,
     /// A newer session of the same number replaced this one.
     Replaced,
+    /// The connection's address had as many connections open as it may.
+    SessionsPerAddress,
+    /// The connection's address had as many handshakes in progress as it may.
+    HandshakesPerAddress,
+    /// A lookup over the lookups per second of its number or address.
+    LookupRate,
+    /// A lookup or watch over the distinct numbers per day of its number or address.
+    DistinctLookups,
+    /// A registration of a new number over its address's per day.
+    NewNumbers,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,7 +105,11 @@ impl Metrics {
         registry.register("sessions", "Open sessions on this instance", m.sessions.clone());
         registry.register("registrations", "Registrations accepted", m.registrations.clone());
         registry.register("lookups", "Lookups answered", m.lookups.clone());
-        registry.register("refusals", "Sessions or registrations refused, by reason", m.refusals.clone());
+        registry.register(
+            "refusals",
+            "Connections, sessions, registrations or requests refused, by reason",
+            m.refusals.clone(),
+        );
         registry.register(
             "presence_pushes_sent",
             "Presence pushes written to watchers",

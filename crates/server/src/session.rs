@@ -33,8 +33,10 @@ use whatsap2p_proto::version::{self, HelloForm, NoCommonVersion, V3};
 use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber};
 
 use crate::identities::Binding;
+use crate::limits::Limited;
 use crate::metrics::Refusal;
 use crate::presence::{Held, PresenceEntry, Renewal};
+use crate::sources::{Slot, SourceAddr};
 use crate::store::{Owner, SessionId};
 use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
@@ -60,6 +62,8 @@ enum End {
     Replaced,
     /// The first `Register` could not be stored; the client was told.
     Unavailable,
+    /// The first `Register` found the number bound to another key; the client was told.
+    Taken,
     Failed(String),
 }
 
@@ -69,8 +73,8 @@ impl From<LinkError> for End {
     }
 }
 
-/// Serves one connection to the end, then gives back its `permit`. Never panics on what the
-/// client sends.
+/// Serves one connection to the end, then gives back its `permit` and its address's slot (the
+/// handshake part of it as soon as the handshake ends). Never panics on what the client sends.
 ///
 /// What this returns is the whole task of a session, kept for as long as the client is online, so
 /// it is built to hold each thing once: the handshake is boxed here, before the async block, which
@@ -81,7 +85,7 @@ pub fn serve(
     addr: SocketAddr,
     dir: Arc<Directory>,
     cancel: CancellationToken,
-    permit: OwnedSemaphorePermit,
+    (permit, mut slot): (OwnedSemaphorePermit, Slot),
 ) -> impl Future<Output = ()> + Send + 'static {
     let span = info_span!("conn", addr = %addr);
     // Boxed so the handshake's state (snow's HandshakeState alone is 856 bytes) is freed when it
@@ -92,27 +96,27 @@ pub fn serve(
         let dir = &*dir;
         info!("Got a new connection from {}/{}", addr.ip(), addr.port());
         let handshake = tokio::time::timeout(dir.config.handshake_timeout, handshake);
+        let (ip, port) = (addr.ip(), addr.port());
         let (proof, version, reader, writer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = handshake => match r {
                 Err(_) => {
-                    dir.metrics.refused(Refusal::Handshake);
-                    warn!("Dropping {}/{}: handshake not finished within {:?}", addr.ip(), addr.port(), dir.config.handshake_timeout);
+                    let timeout = dir.config.handshake_timeout;
+                    dir.refuse(Refusal::Handshake, || warn!("Dropping {ip}/{port}: handshake not finished within {timeout:?}"));
                     return;
                 }
                 Ok(Err(HandshakeError::Version(e))) => {
-                    dir.metrics.refused(Refusal::Handshake);
-                    warn!("Refusing {}/{}: {e}", addr.ip(), addr.port());
+                    dir.refuse(Refusal::Handshake, || warn!("Refusing {ip}/{port}: {e}"));
                     return;
                 }
                 Ok(Err(e)) => {
-                    dir.metrics.refused(Refusal::Handshake);
-                    warn!("Dropping {}/{}: handshake failed: {e}", addr.ip(), addr.port());
+                    dir.refuse(Refusal::Handshake, || warn!("Dropping {ip}/{port}: handshake failed: {e}"));
                     return;
                 }
                 Ok(Ok(ok)) => ok,
             },
         };
+        slot.handshake_done();
         let span = info_span!("user", number = %proof.number);
         Online::new(dir, proof, version, addr, reader, writer).run(cancel).instrument(span).await;
     }
@@ -262,6 +266,9 @@ struct Online<'d> {
     dir: &'d Directory,
     number: Number,
     key: PublicKey,
+    /// Whether the number is bound to `key`: from the start if it was, else from this session's
+    /// first `Register` ([`Online::bind`]). Until then the session holds nothing of the number.
+    bound: bool,
     /// The protocol version agreed in the handshake: what the client understands.
     version: u16,
     session: SessionId,
@@ -298,6 +305,7 @@ impl<'d> Online<'d> {
             dir,
             number: proof.number,
             key: proof.identity,
+            bound: false,
             version,
             session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             addr,
@@ -313,14 +321,10 @@ impl<'d> Online<'d> {
     }
 
     async fn run(mut self: Box<Self>, cancel: CancellationToken) {
-        if !Box::pin(self.claim()).await {
+        if !Box::pin(self.check_binding()).await {
             return;
         }
-        // In the roster before taking the number, so a session that replaces this one at once
-        // finds it there.
-        self.dir.roster.join(&self.number, self.session, cancel.clone());
-        if !Box::pin(self.take_over()).await {
-            self.dir.roster.leave(&self.number, self.session);
+        if self.bound && !Box::pin(self.hold(&cancel)).await {
             return;
         }
         info!("Connected: {}", self.number);
@@ -329,8 +333,19 @@ impl<'d> Online<'d> {
         Box::pin(self.close(end)).await;
     }
 
-    /// Makes this the number's only session, replacing any other (one session per number). Refuses
-    /// the session when the store cannot record it.
+    /// Makes this the number's only session, replacing any other (one session per number), once
+    /// the number is bound to its key. Refuses the session when the store cannot record it.
+    async fn hold(&mut self, cancel: &CancellationToken) -> bool {
+        // In the roster before taking the number, so a session that replaces this one at once
+        // finds it there.
+        self.dir.roster.join(&self.number, self.session, cancel.clone());
+        if !Box::pin(self.take_over()).await {
+            self.dir.roster.leave(&self.number, self.session);
+            return false;
+        }
+        true
+    }
+
     async fn take_over(&mut self) -> bool {
         let (dir, number) = (self.dir, &self.number);
         match dir.presence.take_over(number, self.owner(), self.key).await {
@@ -366,35 +381,90 @@ impl<'d> Online<'d> {
         Owner { instance: self.dir.instance, session: self.session }
     }
 
-    /// Binds the number to the session's key, or checks that it is. Refuses the session (telling
-    /// the client why) when the number belongs to another key or the store fails.
-    async fn claim(&mut self) -> bool {
-        let (number, key, addr) = (&self.number, self.key, self.addr);
-        match self.dir.identities.claim(number, &key).await {
-            Ok(Binding::New) => {
-                info!("Bound {number} to key {key}");
+    /// Checks the number's binding at the end of the handshake: refuses the session (telling the
+    /// client why) when the number belongs to another key or the store fails. A number bound to
+    /// nobody stays so until the session registers ([`Online::bind`]): a handshake binds nothing.
+    async fn check_binding(&mut self) -> bool {
+        match self.dir.identities.key_of(&self.number).await {
+            Ok(None) => true,
+            Ok(Some(owner)) if owner == self.key => {
+                self.bound = true;
                 true
             }
-            Ok(Binding::Matches) => true,
-            Ok(Binding::Conflict { owner }) => {
-                warn!(
-                    "Refused {number} from {}/{}: number is bound to key {owner}, not {key}",
-                    addr.ip(),
-                    addr.port()
-                );
-                self.dir.metrics.refused(Refusal::NumberTaken);
-                let reason = format!("number {number} is registered to another key");
-                let _ = self.end(CloseCode::NumberTaken, reason).await;
-                let _ = self.writer.close().await;
+            Ok(Some(owner)) => {
+                self.refuse_taken(owner).await;
                 false
             }
             Err(e) => {
-                warn!("Refused {number}: {e}");
-                self.dir.metrics.refused(Refusal::StoreUnavailable);
-                let _ = self.end(CloseCode::StoreUnavailable, UNAVAILABLE.into()).await;
-                let _ = self.writer.close().await;
+                self.refuse_unavailable(e).await;
                 false
             }
+        }
+    }
+
+    /// Binds the number to the session's key at its first `Register`, within its address's
+    /// registrations of new numbers per day, then makes this the number's session. A limit is
+    /// answered (the session stays, unregistered); a number bound to another key meanwhile, or a
+    /// store that fails, ends the session as at the handshake.
+    async fn bind(&mut self, cancel: &CancellationToken) -> Result<Option<ServerToClient>, End> {
+        // Spent even if the number turns out to be bound already: to this key, that is a race
+        // between two sessions of one user; to another, the attempt of a squatter.
+        if let Err(limited) = self.dir.limits.new_number(SourceAddr::from(self.addr.ip())) {
+            return Ok(Some(self.limited(None, limited)));
+        }
+        let (number, key) = (&self.number, self.key);
+        match self.dir.identities.claim(number, &key).await {
+            Ok(Binding::New) => info!("Bound {number} to key {key}"),
+            Ok(Binding::Matches) => {}
+            Ok(Binding::Conflict { owner }) => {
+                self.refuse_taken(owner).await;
+                return Err(End::Taken);
+            }
+            Err(e) => {
+                self.refuse_unavailable(e).await;
+                return Err(End::Unavailable);
+            }
+        }
+        self.bound = true;
+        if !Box::pin(self.hold(cancel)).await {
+            return Err(End::Unavailable);
+        }
+        Ok(None)
+    }
+
+    /// Refuses the session: its number is bound to `owner`, not its key.
+    async fn refuse_taken(&mut self, owner: PublicKey) {
+        let (number, key, addr) = (&self.number, self.key, self.addr);
+        let (ip, port) = (addr.ip(), addr.port());
+        self.dir.refuse(Refusal::NumberTaken, || {
+            warn!("Refused {number} from {ip}/{port}: number is bound to key {owner}, not {key}")
+        });
+        let reason = format!("number {number} is registered to another key");
+        let _ = self.end(CloseCode::NumberTaken, reason).await;
+        let _ = self.writer.close().await;
+    }
+
+    /// Refuses the session: the store cannot say or record whose its number is.
+    async fn refuse_unavailable(&mut self, e: crate::StoreError) {
+        warn!("Refused {}: {e}", self.number);
+        self.dir.metrics.refused(Refusal::StoreUnavailable);
+        let _ = self.end(CloseCode::StoreUnavailable, UNAVAILABLE.into()).await;
+        let _ = self.writer.close().await;
+    }
+
+    /// The answer to a request refused by a limit: `Limited` for a version 3 session, an `Error`
+    /// naming the limit for a version 2 one. Logged within the log's budget.
+    fn limited(&self, req: Option<u32>, limited: Limited) -> ServerToClient {
+        let Limited { limit, refusal, retry_after } = limited;
+        let (number, ip) = (&self.number, self.addr.ip());
+        self.dir.refuse(refusal, || info!("Limited {number} from {ip}: {limit}, retry in {retry_after:?}"));
+        let retry_after_ms = limited.retry_after_ms();
+        if self.version >= V3 {
+            ServerToClient::Limited { req, limit, retry_after_ms }
+        } else {
+            let message =
+                format!("over the directory's limit of {limit}; retry in {:.1} s", retry_after.as_secs_f64());
+            ServerToClient::Error { req, message }
         }
     }
 
@@ -435,7 +505,7 @@ impl<'d> Online<'d> {
                 Err(e) => return e.into(),
                 Ok(Some(m)) => m,
             };
-            match Box::pin(self.answer(msg)).await {
+            match Box::pin(self.answer(msg, cancel)).await {
                 Ok(Some(next)) => ready = Some(next),
                 // Every request read so far is answered: the last of them came in about now. One
                 // clock read per batch of pipelined requests, not one per request.
@@ -447,20 +517,33 @@ impl<'d> Online<'d> {
 
     /// Answers one request. Pipelined requests already here are answered in the same write: returns
     /// the next one if it was already read, else writes out the answers fed so far.
-    async fn answer(&mut self, msg: ClientToServer) -> Result<Option<Received>, End> {
+    async fn answer(
+        &mut self,
+        msg: ClientToServer,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Received>, End> {
         let (dir, number, addr) = (self.dir, &self.number, self.addr);
+        let source = SourceAddr::from(addr.ip());
         let reply = match msg {
-            ClientToServer::Register { listen } => Some(Box::pin(self.register(listen)).await?),
+            ClientToServer::Register { listen } => Some(Box::pin(self.register(listen, cancel)).await?),
             ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
-                info!("Request from {} {}", addr.ip(), addr.port());
+                if let Err(limited) = dir.limits.lookup_rate(number, source) {
+                    break 'lookup Some(self.limited(Some(req), limited));
+                }
                 let wanted = match Number::try_from(&wanted) {
                     Ok(n) => n,
                     Err(e) => {
+                        info!("Request from {} {}", addr.ip(), addr.port());
                         info!("Refusing a lookup of an invalid number: {e}");
                         let message = invalid_number(&wanted, &e);
                         break 'lookup Some(ServerToClient::Error { req: Some(req), message });
                     }
                 };
+                if let Err(limited) = dir.limits.distinct(number, source, &wanted) {
+                    break 'lookup Some(self.limited(Some(req), limited));
+                }
+                // Only lookups that are served are logged one by one (refusals go by the budget).
+                info!("Request from {} {}", addr.ip(), addr.port());
                 match intent {
                     LookupIntent::Address => info!("Retrieving Address of {wanted}"),
                     _ => info!("Pinging {wanted}"),
@@ -485,14 +568,20 @@ impl<'d> Online<'d> {
                         self.writer.send_msg(&ServerToClient::Error { req: None, message }).await?;
                     }
                     let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
+                    let mut limited = None;
                     for n in numbers {
+                        // Past a limit, the rest of the batch is not watched (and said once, below).
+                        if let Err(l) = dir.limits.distinct(number, source, &n) {
+                            limited = Some(l);
+                            break;
+                        }
                         dir.watchers.watch(&n, self.session, &push);
                         let (key, online) = dir.status_of(&n).await.unwrap_or_default();
                         let status = ServerToClient::Presence { number: n.clone(), key, online };
                         self.watched.insert(n);
                         self.writer.send_msg(&status).await?;
                     }
-                    None
+                    limited.map(|l| self.limited(None, l))
                 }
             }
             ClientToServer::Heartbeat => {
@@ -544,7 +633,16 @@ impl<'d> Online<'d> {
     /// Goes online at `listen` (or moves there). When the store cannot record it, a first
     /// registration is refused (and the session ends); a repeated one gets an error and the
     /// session keeps its old entry.
-    async fn register(&mut self, listen: SocketAddr) -> Result<ServerToClient, End> {
+    async fn register(
+        &mut self,
+        listen: SocketAddr,
+        cancel: &CancellationToken,
+    ) -> Result<ServerToClient, End> {
+        if !self.bound {
+            if let Some(refused) = Box::pin(self.bind(cancel)).await? {
+                return Ok(refused);
+            }
+        }
         let (dir, number) = (self.dir, &self.number);
         let listen = if listen.ip().is_unspecified() {
             SocketAddr::new(self.addr.ip(), listen.port())
@@ -581,6 +679,10 @@ impl<'d> Online<'d> {
     /// it; ends the session if another one of the number owns it now (a replacement this instance
     /// did not hear of). A store that fails keeps the session as it is.
     async fn renew(&mut self) -> Result<(), End> {
+        if !self.bound {
+            // Nothing held: nothing to keep alive.
+            return Ok(());
+        }
         let (dir, number) = (self.dir, &self.number);
         match dir.presence.renew(number, self.owner()).await {
             Ok(Renewal::Renewed) => Ok(()),
@@ -644,6 +746,7 @@ impl<'d> Online<'d> {
             End::Shutdown => info!("Disconnecting {number}: server shutting down"),
             End::Replaced => info!("Disconnecting {number}: a newer session of the number registered"),
             End::Unavailable => warn!("Disconnecting {number}: the store cannot record its registration"),
+            End::Taken => info!("Disconnecting {number}: it is bound to another key"),
             End::Failed(e) => warn!("Disconnecting {number}: {e}"),
         }
         let _ = self.writer.close().await;
@@ -670,7 +773,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let _client = TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let task = serve(stream, peer, dir, CancellationToken::new(), permit);
+        let slot = dir.sources.admit(peer.ip()).expect("a slot");
+        let task = serve(stream, peer, dir, CancellationToken::new(), (permit, slot));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "a session's task is {size} bytes");
     }

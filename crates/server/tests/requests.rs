@@ -129,8 +129,11 @@ async fn given_lookup_of_an_invalid_number_then_an_error_for_that_request_and_th
             other => panic!("lookup of {bad:?} answered {other:?}"),
         }
     }
-    match c.lookup(11, "5550001").await {
-        ServerToClient::LookupResult { req: 11, number, key: Some(_), online: None } => {
+    // A handshake binds nothing (section 3.1): the number is bound by its registration.
+    assert!(matches!(c.lookup(11, "5550001").await, ServerToClient::LookupResult { req: 11, key: None, .. }));
+    c.register().await;
+    match c.lookup(12, "5550001").await {
+        ServerToClient::LookupResult { req: 12, number, key: Some(_), online: Some(_) } => {
             assert_eq!(number.as_str(), "5550001");
         }
         other => panic!("lookup answered {other:?}"),

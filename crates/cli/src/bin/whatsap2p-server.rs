@@ -15,6 +15,7 @@ use clap::Parser;
 use serde::Deserialize;
 use tracing::{info, warn};
 use whatsap2p_proto::version::{self, Versions};
+use whatsap2p_server::config::Limits;
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
@@ -58,6 +59,34 @@ struct Args {
     /// Most sessions open at once [default: 19000].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Most connections from one source address (an IPv4 address or an IPv6 /64) at once
+    /// [default: 1000].
+    #[arg(long)]
+    sessions_per_address: Option<usize>,
+    /// Most handshakes in progress from one source address [default: 64].
+    #[arg(long)]
+    handshakes_per_address: Option<usize>,
+    /// Lookups per second of one number, in bursts of ten seconds' worth; 0 = no limit [default: 20].
+    #[arg(long)]
+    lookups_per_second: Option<u32>,
+    /// Lookups per second from one source address; 0 = no limit [default: 1000].
+    #[arg(long)]
+    address_lookups_per_second: Option<u32>,
+    /// Distinct numbers one number may look up or watch per day; 0 = no limit [default: 1000].
+    #[arg(long)]
+    distinct_lookups_per_day: Option<u32>,
+    /// Distinct numbers looked up or watched from one source address per day; 0 = no limit
+    /// [default: 20000].
+    #[arg(long)]
+    address_distinct_lookups_per_day: Option<u32>,
+    /// Registrations of numbers bound to nobody yet from one source address per day; 0 = no
+    /// limit [default: 100].
+    #[arg(long)]
+    new_numbers_per_address_per_day: Option<u32>,
+    /// Most (source, number) pairs kept to count distinct lookups, about 24 bytes each
+    /// [default: 2000000].
+    #[arg(long)]
+    tracked_lookups: Option<usize>,
     /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
     /// speaks]. Hidden: only to see how clients meet a directory older or newer than they are.
     #[arg(long, hide = true)]
@@ -80,6 +109,14 @@ struct FileConfig {
     heartbeat_timeout: Option<f64>,
     handshake_timeout: Option<f64>,
     max_connections: Option<usize>,
+    sessions_per_address: Option<usize>,
+    handshakes_per_address: Option<usize>,
+    lookups_per_second: Option<u32>,
+    address_lookups_per_second: Option<u32>,
+    distinct_lookups_per_day: Option<u32>,
+    address_distinct_lookups_per_day: Option<u32>,
+    new_numbers_per_address_per_day: Option<u32>,
+    tracked_lookups: Option<usize>,
     protocol_versions: Option<String>,
 }
 
@@ -120,6 +157,7 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
     let Some(port) = args.port.or(file.port) else {
         bail!("no port: give it as the first argument or as `port` in the config file");
     };
+    let defaults = Limits::default();
     let secs = |flag: Option<f64>, file: Option<f64>, name, default| {
         flag.or(file).map_or(Ok(default), |s| seconds(s, name))
     };
@@ -147,6 +185,40 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(Config::DEFAULT_MAX_CONNECTIONS),
+            limits: Limits {
+                sessions_per_address: args
+                    .sessions_per_address
+                    .or(file.sessions_per_address)
+                    .unwrap_or(defaults.sessions_per_address),
+                handshakes_per_address: args
+                    .handshakes_per_address
+                    .or(file.handshakes_per_address)
+                    .unwrap_or(defaults.handshakes_per_address),
+                lookups_per_second: args
+                    .lookups_per_second
+                    .or(file.lookups_per_second)
+                    .unwrap_or(defaults.lookups_per_second),
+                address_lookups_per_second: args
+                    .address_lookups_per_second
+                    .or(file.address_lookups_per_second)
+                    .unwrap_or(defaults.address_lookups_per_second),
+                distinct_lookups_per_day: args
+                    .distinct_lookups_per_day
+                    .or(file.distinct_lookups_per_day)
+                    .unwrap_or(defaults.distinct_lookups_per_day),
+                address_distinct_lookups_per_day: args
+                    .address_distinct_lookups_per_day
+                    .or(file.address_distinct_lookups_per_day)
+                    .unwrap_or(defaults.address_distinct_lookups_per_day),
+                new_numbers_per_address_per_day: args
+                    .new_numbers_per_address_per_day
+                    .or(file.new_numbers_per_address_per_day)
+                    .unwrap_or(defaults.new_numbers_per_address_per_day),
+                tracked_lookups: args
+                    .tracked_lookups
+                    .or(file.tracked_lookups)
+                    .unwrap_or(defaults.tracked_lookups),
+            },
             versions: match (args.protocol_versions, file.protocol_versions) {
                 (Some(v), _) => v,
                 (None, Some(text)) => text.parse().context("protocol-versions")?,
@@ -233,6 +305,29 @@ mod tests {
         assert_eq!(s.config.heartbeat_timeout, Duration::from_secs(9));
         assert_eq!(s.config.handshake_timeout, Config::DEFAULT_HANDSHAKE_TIMEOUT);
         assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().expect("addr")));
+        assert_eq!(s.config.limits, Limits::default());
+    }
+
+    #[test]
+    fn given_limits_in_flags_and_file_then_each_is_set_and_the_flag_wins() {
+        let file: FileConfig =
+            toml::from_str("port = 7000\nsessions-per-address = 50\nnew-numbers-per-address-per-day = 3")
+                .expect("toml");
+        let args = Args {
+            new_numbers_per_address_per_day: Some(5),
+            lookups_per_second: Some(0),
+            ..Default::default()
+        };
+        let limits = resolve(args, file).expect("resolve").config.limits;
+        assert_eq!(
+            limits,
+            Limits {
+                sessions_per_address: 50,
+                new_numbers_per_address_per_day: 5,
+                lookups_per_second: 0,
+                ..Limits::default()
+            }
+        );
     }
 
     #[test]

@@ -211,7 +211,8 @@ fn weigh(e: &ClientError) -> Weight {
         | ClientError::NotOneDirectory { .. }
         | ClientError::Version { .. }
         | ClientError::Refused(_)
-        | ClientError::Directory(_) => Weight::Loud,
+        | ClientError::Directory(_)
+        | ClientError::Limited { .. } => Weight::Loud,
         _ => Weight::Passing,
     }
 }
@@ -376,6 +377,10 @@ impl Task {
                 }
                 Round::Failed { loud, reason } => {
                     debug!("no directory address took us: {reason}");
+                    // A limit says when it will take us: no sooner.
+                    if let Some(after) = loud.iter().filter_map(ClientError::retry_after).min() {
+                        backoff = backoff.max(after);
+                    }
                     for e in loud {
                         let text = e.to_string();
                         if told.insert(text.clone()) {

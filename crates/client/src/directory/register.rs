@@ -142,6 +142,10 @@ pub(crate) async fn register(target: &Target, p: &Params) -> Result<Registered, 
         Some(ServerToClient::Closed { code, reason }) => {
             Err(ClientError::Closed { number: p.number.clone(), code, reason })
         }
+        // Too many new numbers from our address today: the time to wait comes with it.
+        Some(ServerToClient::Limited { limit, retry_after_ms, .. }) => {
+            Err(ClientError::limited(limit, retry_after_ms))
+        }
         Some(other) => Err(ClientError::Directory(format!("unexpected answer to registration: {other:?}"))),
         None => Err(ClientError::Directory("server closed the connection during registration".into())),
     }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 use whatsap2p_link::LinkError;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, ServerToClient, MAX_WATCH_BATCH};
 use whatsap2p_proto::Number;
@@ -102,6 +102,15 @@ pub(super) async fn run(
                             if let Some(reply) = pending.remove(&req) {
                                 let _ = reply.send(Err(ClientError::Directory(message)));
                             }
+                        }
+                        Ok(Some(ServerToClient::Limited { req: Some(req), limit, retry_after_ms })) => {
+                            if let Some(reply) = pending.remove(&req) {
+                                let _ = reply.send(Err(ClientError::limited(limit, retry_after_ms)));
+                            }
+                        }
+                        // A watch past a limit: the numbers before it are watched, the rest are not.
+                        Ok(Some(ServerToClient::Limited { req: None, limit, retry_after_ms })) => {
+                            warn!("{}", ClientError::limited(limit, retry_after_ms));
                         }
                         Ok(Some(ServerToClient::Closed { code, reason })) => break Ended::Closed(code, reason),
                         Ok(Some(ServerToClient::Refused { reason })) => break Ended::Lost(format!("refused: {reason}")),

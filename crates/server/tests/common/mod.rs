@@ -178,7 +178,27 @@ pub async fn hello(
     hello: &[u8],
     ours: Versions,
 ) -> (Handshake<TcpStream>, Answer) {
-    let stream = TcpStream::connect(server).await.expect("connect");
+    hello_from(None, server, account, hello, ours).await
+}
+
+/// A TCP connection to `server` from the local address `from` (any 127/8 address on loopback: a
+/// second source address for tests of limits per address).
+pub async fn dial_from(from: Option<std::net::IpAddr>, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = from else { return TcpStream::connect(server).await };
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(server).await
+}
+
+/// [`hello`] from the local address `from`.
+pub async fn hello_from(
+    from: Option<std::net::IpAddr>,
+    server: SocketAddr,
+    account: &Account,
+    hello: &[u8],
+    ours: Versions,
+) -> (Handshake<TcpStream>, Answer) {
+    let stream = dial_from(from, server).await.expect("connect");
     let mut hs = Handshake::initiator(stream, &account.noise).expect("handshake");
     hs.send(hello).await.expect("send hello");
     let message_2 = match tokio::time::timeout(TIMEOUT, hs.recv()).await.expect("message 2 in time") {
@@ -201,6 +221,14 @@ impl Session {
     pub async fn connect(server: SocketAddr, account: &Account) -> Session {
         let v3 = version::hello(Purpose::Directory, version::SPOKEN).expect("hello");
         let (hs, answer) = hello(server, account, &v3, version::SPOKEN).await;
+        assert!(matches!(answer, Answer::V3(Ok(3), Some(ServerHello { version: 3, .. }))), "{answer:?}");
+        Session::prove(hs, account).await
+    }
+
+    /// [`Session::connect`] from the local address `from`.
+    pub async fn connect_from(from: std::net::IpAddr, server: SocketAddr, account: &Account) -> Session {
+        let v3 = version::hello(Purpose::Directory, version::SPOKEN).expect("hello");
+        let (hs, answer) = hello_from(Some(from), server, account, &v3, version::SPOKEN).await;
         assert!(matches!(answer, Answer::V3(Ok(3), Some(ServerHello { version: 3, .. }))), "{answer:?}");
         Session::prove(hs, account).await
     }
