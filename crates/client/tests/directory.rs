@@ -328,10 +328,10 @@ async fn given_lookups_over_the_directorys_rate_then_a_ping_fails_naming_the_lim
             }
             Err(e) => panic!("ping {served} failed: {e}"),
         }
-        assert!(served <= 12, "never limited");
+        assert!(served <= 70, "never limited");
     };
-    // A burst of ten seconds' worth at one a second (the client looks up nothing else here).
-    assert_eq!(served, 10);
+    // A burst of a minute's worth at one a second (the client looks up nothing else here).
+    assert!((60..62).contains(&served), "{served}");
     assert_eq!(limit, LimitKind::LookupRate);
     assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1), "{retry_after:?}");
     assert!(text.starts_with("over the directory's limit of lookups per second; retry in "), "{text}");

@@ -62,7 +62,7 @@ pub struct Limits {
     /// refused and retry with backoff), while connections that never finish their handshake hold at
     /// most 64 slots of that address for the handshake timeout.
     pub handshakes_per_address: usize,
-    /// Lookups (and newly watched numbers) per second of one number; bursts of ten seconds' worth.
+    /// Lookups (and newly watched numbers) per second of one number; bursts of a minute's worth.
     pub lookups_per_second: u32,
     /// The same from one source address, all its sessions together.
     pub address_lookups_per_second: u32,

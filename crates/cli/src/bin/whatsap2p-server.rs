@@ -66,7 +66,7 @@ struct Args {
     /// Most handshakes in progress from one source address [default: 64].
     #[arg(long)]
     handshakes_per_address: Option<usize>,
-    /// Lookups per second of one number, in bursts of ten seconds' worth; 0 = no limit [default: 20].
+    /// Lookups per second of one number, in bursts of a minute's worth; 0 = no limit [default: 20].
     #[arg(long)]
     lookups_per_second: Option<u32>,
     /// Lookups per second from one source address; 0 = no limit [default: 1000].
