@@ -184,7 +184,8 @@ pub async fn lookups(scale: &Scale) -> Section {
         "Load: {CLIENTS} sessions of a lean client (crates/bench/src/lean_session.rs: real Noise XX handshake, \
          identity proof, `Register`) in the bench process; each looks up another registered (online) number. \
          Closed loop: a session sends its {} lookup(s) in one write and waits for all answers. Server: \
-         `whatsap2p_server::run` with `Config::default()` in a child process (`whatsap2p-bench serve`). \
+         `whatsap2p_server::run` with `Config::default()`, limits per address and per second off (every \
+         session comes from 127.0.0.1), in a child process (`whatsap2p-bench serve`). \
          Warm-up {:.1} s, then {} consecutive windows of {:.1} s.",
         "1 or 16",
         scale.warmup.as_secs_f64(),

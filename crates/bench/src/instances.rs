@@ -85,7 +85,7 @@ pub async fn instances(scale: &Scale) -> Section {
         "Load: {CLIENTS} lean sessions spread over the instances in turn, {PIPELINE} lookups in flight each, each \
          looking up a number registered on the next instance (crates/bench/src/directory_load.rs); registrations: \
          new numbers, 50 at a time, through the instances in turn, after 100 to warm up. Instances: `whatsap2p-bench \
-         serve --store redis://…` children with `Config::default()`, fresh for each figure, all on one redis-server \
+         serve --store redis://…` children with `Config::default()` (limits per address and per second off), fresh for each figure, all on one redis-server \
          (`--save \"\" --appendonly no`). Baseline: the same load on one instance with the memory store (and SQLite \
          bindings), in the same run. Warm-up {:.1} s, then {} windows of {:.1} s; {} registrations per run. All \
          processes share this machine's CPUs, Redis included.",

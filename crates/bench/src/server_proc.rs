@@ -1,7 +1,6 @@
 //! The directory under test, in a process of its own: the bench re-executes itself with the hidden
 //! `serve` subcommand, which runs `whatsap2p_server::run` exactly as the `whatsap2p-server` binary
-//! does (memory presence and SQLite identities, or `--store` a Redis; default [`Config`] without its
-//! limits per address, since one address plays every user) on
+//! does (memory presence and SQLite identities, or `--store` a Redis; default [`Config`]) on
 //! `127.0.0.1:0`.
 //!
 //! A separate process gives the server its own 20 000-descriptor limit and an RSS that holds only
@@ -17,6 +16,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
+use whatsap2p_server::config::Limits;
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
@@ -27,9 +27,12 @@ use whatsap2p_server::{server_key, Config, Directory};
 /// (`store`) on a Redis, whose answer it waits for. Prints `listening <addr>`.
 pub async fn serve_main(data_dir: &Path, store: Option<&str>) -> anyhow::Result<()> {
     let key = server_key::load_or_create(data_dir)?;
-    // The load comes from one address, playing thousands of users: the per-address limits would
-    // refuse it, so they are off (the figures are of the directory's work, not of its limits).
-    let config = Config { limits: whatsap2p_server::config::Limits::none(), ..Config::default() };
+    // Every simulated user connects from 127.0.0.1: nothing is limited per address or per second,
+    // or the figures would be the limits'. Distinct lookups are still counted per number, so their
+    // cost is in the lookup figures.
+    let limits =
+        Limits { distinct_lookups_per_day: Limits::default().distinct_lookups_per_day, ..Limits::off() };
+    let config = Config { limits, ..Config::default() };
     let directory = match store {
         None => {
             let db = data_dir.join("identities.sqlite");

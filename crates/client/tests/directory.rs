@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use whatsap2p_client::config::ServerAddr;
 use whatsap2p_client::{Client, ClientConfig, ClientError, Event};
 use whatsap2p_link::StaticKeypair;
-use whatsap2p_proto::directory::{CloseCode, ServerToClient};
+use whatsap2p_proto::directory::{CloseCode, LimitKind, ServerToClient};
 use whatsap2p_proto::version::{self, Versions};
 
 fn range(lowest: u16, highest: u16) -> Versions {
@@ -301,4 +301,69 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).expect("copy");
         }
     }
+}
+
+/// A directory with these limits (and no expiry), on a free port.
+async fn limited_directory(limits: whatsap2p_server::config::Limits) -> TestDirectory {
+    let config = whatsap2p_server::Config { limits, ..server_config(version::SPOKEN) };
+    let key = StaticKeypair::generate().expect("key");
+    TestDirectory::start_on(([127, 0, 0, 1], 0).into(), key, config).await
+}
+
+#[tokio::test]
+async fn given_lookups_over_the_directorys_rate_then_a_ping_fails_naming_the_limit_and_succeeds_after_the_retry_time(
+) {
+    let limits = whatsap2p_server::config::Limits { lookups_per_second: 1, ..Default::default() };
+    let d = limited_directory(limits).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let (client, _events) = start(config(&[d.addr], 123, root.path())).await;
+    let me = number(123);
+    let mut served = 0;
+    let (limit, retry_after, text) = loop {
+        match client.ping(&me).await {
+            Ok(_) => served += 1,
+            Err(e @ ClientError::Limited { .. }) => {
+                let ClientError::Limited { limit, retry_after } = e else { unreachable!() };
+                break (limit, retry_after, e.to_string());
+            }
+            Err(e) => panic!("ping {served} failed: {e}"),
+        }
+        assert!(served <= 70, "never limited");
+    };
+    // A burst of a minute's worth at one a second (the client looks up nothing else here).
+    assert!((60..62).contains(&served), "{served}");
+    assert_eq!(limit, LimitKind::LookupRate);
+    assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1), "{retry_after:?}");
+    assert!(text.starts_with("over the directory's limit of lookups per second; retry in "), "{text}");
+    // The session stays: after the time it was told, the same request is served.
+    tokio::time::sleep(retry_after).await;
+    client.ping(&me).await.expect("served after the retry time");
+    client.shutdown().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn given_an_address_out_of_new_numbers_for_the_day_then_start_fails_naming_the_limit_and_the_wait() {
+    let limits =
+        whatsap2p_server::config::Limits { new_numbers_per_address_per_day: 1, ..Default::default() };
+    let d = limited_directory(limits).await;
+    let (first, second) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (client, _events) = start(config(&[d.addr], 123, first.path())).await;
+    let e = Client::start(config(&[d.addr], 456, second.path())).await.err().expect("limited");
+    match &e {
+        ClientError::Limited { limit: LimitKind::NewNumbers, retry_after } => {
+            assert!(*retry_after > Duration::from_secs(23 * 3600), "{retry_after:?}");
+        }
+        other => panic!("a second new number from one address: {other:?}"),
+    }
+    let text = e.to_string();
+    assert_eq!(
+        text,
+        "over the directory's limit of registrations of new numbers per address per day; retry in 24 h"
+    );
+    // The number already bound comes back as often as it likes.
+    client.shutdown().await;
+    let (again, _events) = start(config(&[d.addr], 123, first.path())).await;
+    again.shutdown().await;
+    d.stop().await;
 }

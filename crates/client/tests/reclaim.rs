@@ -11,6 +11,7 @@ use support::{number, BarePeer, TestDirectory};
 use whatsap2p_client::store::Store;
 use whatsap2p_client::{Event, MessageId};
 use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_server::config::Limits;
 
 const PEERS: u64 = 3_000;
 /// Peers connected at once (the client takes 1 024).
@@ -18,14 +19,11 @@ const WAVE: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_three_thousand_peers_that_connect_and_leave_then_the_client_holds_nothing_for_them() {
-    // Three thousand new numbers from one address: the directory's limits per address are off
-    // here, since this test is about what the client holds, not what the directory allows.
-    let config = whatsap2p_server::Config {
-        limits: whatsap2p_server::config::Limits::none(),
-        ..whatsap2p_server::Config::default()
-    };
+    // 3 000 users on one loopback address: the directory's limits per address (and the client's
+    // lookups of 3 000 distinct numbers) would stand for 3 000 addresses in the field.
+    let config = whatsap2p_server::Config { limits: Limits::off(), ..Default::default() };
     let key = whatsap2p_link::StaticKeypair::generate().expect("server key");
-    let directory = TestDirectory::start_on(([127, 0, 0, 1], 0).into(), key, config).await;
+    let directory = TestDirectory::start_on("127.0.0.1:0".parse().expect("addr"), key, config).await;
     let root = tempfile::tempdir().expect("tempdir");
     let me = number(100);
     let (client, mut events) = support::start(directory.addr, &me, root.path()).await;

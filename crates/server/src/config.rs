@@ -62,7 +62,7 @@ pub struct Limits {
     /// refused and retry with backoff), while connections that never finish their handshake hold at
     /// most 64 slots of that address for the handshake timeout.
     pub handshakes_per_address: usize,
-    /// Lookups (and newly watched numbers) per second of one number; bursts of ten seconds' worth.
+    /// Lookups (and newly watched numbers) per second of one number; bursts of a minute's worth.
     pub lookups_per_second: u32,
     /// The same from one source address, all its sessions together.
     pub address_lookups_per_second: u32,
@@ -81,6 +81,23 @@ pub struct Limits {
     pub tracked_lookups: usize,
 }
 
+impl Limits {
+    /// No limit per address or per number: for tests and benchmarks in which one loopback address
+    /// stands for thousands of users (in the field each would have an address of its own).
+    pub fn off() -> Self {
+        Self {
+            sessions_per_address: usize::MAX,
+            handshakes_per_address: usize::MAX,
+            lookups_per_second: 0,
+            address_lookups_per_second: 0,
+            distinct_lookups_per_day: 0,
+            address_distinct_lookups_per_day: 0,
+            new_numbers_per_address_per_day: 0,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -92,23 +109,6 @@ impl Default for Limits {
             address_distinct_lookups_per_day: 20_000,
             new_numbers_per_address_per_day: 100,
             tracked_lookups: 2_000_000,
-        }
-    }
-}
-
-impl Limits {
-    /// No limit at all: for a load generator that plays thousands of users from one address (the
-    /// benchmarks), never for a directory on a network.
-    pub fn none() -> Self {
-        Self {
-            sessions_per_address: usize::MAX,
-            handshakes_per_address: usize::MAX,
-            lookups_per_second: 0,
-            address_lookups_per_second: 0,
-            distinct_lookups_per_day: 0,
-            address_distinct_lookups_per_day: 0,
-            new_numbers_per_address_per_day: 0,
-            tracked_lookups: 0,
         }
     }
 }

@@ -29,8 +29,10 @@ use crate::sources::SourceAddr;
 /// What "per day" means.
 pub const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Bursts of the per-second limits: this long at the full rate.
-const BURST: u32 = 10;
+/// Bursts of the per-second limits: this many seconds at the full rate. A client looks a number up
+/// several times for one message (the send, its courier, the watch): a minute's worth lets a user
+/// write to a hundred people at once without noticing.
+const BURST: u32 = 60;
 
 /// A request refused by a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -183,7 +183,7 @@ async fn lookups(s: &mut Session, first_req: u32, numbers: &[Number]) -> Vec<Ser
 /// Attack 4: one session looks numbers up as fast as it can.
 #[tokio::test]
 async fn given_an_enumerator_then_lookups_per_second_are_limited_with_a_retry_time_and_the_session_stays() {
-    let server = directory(Limits { lookups_per_second: 5, ..Limits::default() }).await;
+    let server = directory(Limits { lookups_per_second: 1, ..Limits::default() }).await;
     let target = Account::new("5550100");
     let _online = Session::online(server.addr, &target, 41000).await;
     let mut enumerator = Session::connect_from(ATTACKER, server.addr, &Account::new("5550666")).await;
@@ -196,19 +196,19 @@ async fn given_an_enumerator_then_lookups_per_second_are_limited_with_a_retry_ti
             ServerToClient::Limited { req: Some(req), limit: LimitKind::LookupRate, retry_after_ms }
                 if *req == 1 + i as u32 =>
             {
-                assert!((1..=200).contains(retry_after_ms), "{retry_after_ms}");
+                assert!((1..=1000).contains(retry_after_ms), "{retry_after_ms}");
                 retry = Duration::from_millis((*retry_after_ms).into());
             }
             other => panic!("lookup {i} got {other:?}"),
         }
     }
-    // A burst of ten seconds' worth, and perhaps a few more as the seconds pass.
-    assert!((50..60).contains(&served), "{served} served");
+    // A burst of a minute's worth, and perhaps one more as a second passes.
+    assert!((60..63).contains(&served), "{served} served");
     // The session stays, and is served again after the time it was told.
     enumerator.heartbeat().await;
     tokio::time::sleep(retry).await;
     assert_eq!(enumerator.lookup(&n("5550100")).await, Some(41000));
-    assert!(refusals(&server, "LookupRate") >= 20);
+    assert!(refusals(&server, "LookupRate") >= 17);
     server.stop().await;
 }
 

@@ -66,7 +66,7 @@ struct Args {
     /// Most handshakes in progress from one source address [default: 64].
     #[arg(long)]
     handshakes_per_address: Option<usize>,
-    /// Lookups per second of one number, in bursts of ten seconds' worth; 0 = no limit [default: 20].
+    /// Lookups per second of one number, in bursts of a minute's worth; 0 = no limit [default: 20].
     #[arg(long)]
     lookups_per_second: Option<u32>,
     /// Lookups per second from one source address; 0 = no limit [default: 1000].
@@ -158,6 +158,12 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
         bail!("no port: give it as the first argument or as `port` in the config file");
     };
     let defaults = Limits::default();
+    // A limit from its flag, else the file, else its default.
+    macro_rules! pick {
+        ($name:ident) => {
+            args.$name.or(file.$name).unwrap_or(defaults.$name)
+        };
+    }
     let secs = |flag: Option<f64>, file: Option<f64>, name, default| {
         flag.or(file).map_or(Ok(default), |s| seconds(s, name))
     };
@@ -186,38 +192,14 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
                 .or(file.max_connections)
                 .unwrap_or(Config::DEFAULT_MAX_CONNECTIONS),
             limits: Limits {
-                sessions_per_address: args
-                    .sessions_per_address
-                    .or(file.sessions_per_address)
-                    .unwrap_or(defaults.sessions_per_address),
-                handshakes_per_address: args
-                    .handshakes_per_address
-                    .or(file.handshakes_per_address)
-                    .unwrap_or(defaults.handshakes_per_address),
-                lookups_per_second: args
-                    .lookups_per_second
-                    .or(file.lookups_per_second)
-                    .unwrap_or(defaults.lookups_per_second),
-                address_lookups_per_second: args
-                    .address_lookups_per_second
-                    .or(file.address_lookups_per_second)
-                    .unwrap_or(defaults.address_lookups_per_second),
-                distinct_lookups_per_day: args
-                    .distinct_lookups_per_day
-                    .or(file.distinct_lookups_per_day)
-                    .unwrap_or(defaults.distinct_lookups_per_day),
-                address_distinct_lookups_per_day: args
-                    .address_distinct_lookups_per_day
-                    .or(file.address_distinct_lookups_per_day)
-                    .unwrap_or(defaults.address_distinct_lookups_per_day),
-                new_numbers_per_address_per_day: args
-                    .new_numbers_per_address_per_day
-                    .or(file.new_numbers_per_address_per_day)
-                    .unwrap_or(defaults.new_numbers_per_address_per_day),
-                tracked_lookups: args
-                    .tracked_lookups
-                    .or(file.tracked_lookups)
-                    .unwrap_or(defaults.tracked_lookups),
+                sessions_per_address: pick!(sessions_per_address),
+                handshakes_per_address: pick!(handshakes_per_address),
+                lookups_per_second: pick!(lookups_per_second),
+                address_lookups_per_second: pick!(address_lookups_per_second),
+                distinct_lookups_per_day: pick!(distinct_lookups_per_day),
+                address_distinct_lookups_per_day: pick!(address_distinct_lookups_per_day),
+                new_numbers_per_address_per_day: pick!(new_numbers_per_address_per_day),
+                tracked_lookups: pick!(tracked_lookups),
             },
             versions: match (args.protocol_versions, file.protocol_versions) {
                 (Some(v), _) => v,
