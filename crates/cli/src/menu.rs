@@ -499,7 +499,10 @@ impl FrontEnd for Menu {
                 let lines = match client.contacts().await {
                     Ok(list) if list.is_empty() => vec!["[+] No contacts yet: add one with 4".to_owned()],
                     Ok(list) => std::iter::once("[+] Contacts:".to_owned())
-                        .chain(list.iter().map(|c| format!("    {}", describe(c))))
+                        .chain(list.iter().map(|c| {
+                            let p = Presence { number: c.number.clone(), online: c.online, key: c.key };
+                            format!("    {}", describe(&p))
+                        }))
                         .collect(),
                     Err(e) => vec![format!("[!] {e}")],
                 };
@@ -555,7 +558,7 @@ impl FrontEnd for Menu {
                         Done::then_options(vec![line])
                     }),
                     Prompt::AddNumber => self.run(Prompt::Choice, async move {
-                        let line = match client.add_contact(&n).await {
+                        let line = match client.add_contact(&n, None).await {
                             Ok((true, Some(k))) => format!("[+] Added {n} (key {k})"),
                             Ok((true, None)) => format!("[+] Added {n} (not registered yet)"),
                             Ok((false, _)) => format!("[+] {n} is already a contact"),

@@ -40,6 +40,10 @@ struct Args {
     /// Largest file accepted automatically from a contact, in bytes.
     #[arg(long, default_value_t = ClientConfig::DEFAULT_MAX_FILE_SIZE)]
     max_file_size: u64,
+    /// Send no read receipts in this run (the menu's settings, or JSON's `read_receipts`, turn
+    /// them off for good).
+    #[arg(long)]
+    no_read_receipts: bool,
 }
 
 #[tokio::main]
@@ -126,6 +130,9 @@ async fn run(args: Args) -> Result<(), u8> {
         println!("[+] Connecting to server {}/{}...", server.ip(), server.port());
     }
     let (client, events) = Client::start(config).await.map_err(|e| fail(args.json, e.to_string()))?;
+    if args.no_read_receipts {
+        client.set_read_receipts(false, false).await.map_err(|e| fail(args.json, e.to_string()))?;
+    }
     let result = if args.json {
         json::run(client, events, stdin).await
     } else {

@@ -41,6 +41,23 @@ impl Store {
         .await
     }
 
+    /// `peer` accepted our request: the files it held (state `held`) are to be offered again.
+    /// Returns them, now `pending`.
+    pub(crate) async fn release_held_files(&self, peer: &Number) -> Result<Vec<FileRecord>, ClientError> {
+        let peer = peer.to_string();
+        let released: std::collections::HashSet<String> = self
+            .with(move |c| {
+                c.prepare(
+                    "UPDATE files SET state = 'pending' WHERE peer = ?1 AND outgoing = 1 AND state = 'held'
+                     RETURNING id",
+                )?
+                .query_map(params![peer], |r| r.get(0))?
+                .collect()
+            })
+            .await?;
+        Ok(self.pending_files().await?.into_iter().filter(|f| released.contains(&f.id.to_string())).collect())
+    }
+
     /// True if we already saved the file `id` from `peer` (a retry of a finished transfer).
     pub async fn has_received_file(&self, peer: &Number, id: MessageId) -> Result<bool, ClientError> {
         let (peer, id) = (peer.to_string(), id.to_string());

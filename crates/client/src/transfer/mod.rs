@@ -75,7 +75,6 @@ struct Inbound {
 
 /// What transfers need from the rest of the client.
 pub(crate) struct TransferParts {
-    pub(crate) me: Number,
     pub(crate) links: Links,
     pub(crate) store: Store,
     pub(crate) events: mpsc::Sender<Event>,
@@ -130,6 +129,23 @@ impl Transfers {
             if to == peer {
                 wake.notify_waiters();
             }
+        }
+    }
+
+    /// Whether transfer `id` runs on `link`.
+    pub(crate) fn runs(&self, link: &LinkHandle, id: MessageId) -> bool {
+        self.routes().get(&link.epoch()).is_some_and(|r| r.contains_key(&id))
+    }
+
+    /// `peer` accepted our message request: the files it held are offered again.
+    pub(crate) async fn release(&self, peer: &Number) {
+        match self.0.parts.store.release_held_files(peer).await {
+            Ok(files) => {
+                for file in files {
+                    self.send(file);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the files held by {peer}: {e}"),
         }
     }
 
@@ -196,7 +212,8 @@ impl Transfers {
             | PeerMessage::FileProgress { id, .. }
             | PeerMessage::FileReceived { id }
             | PeerMessage::FileFailed { id, .. }
-            | PeerMessage::FileAbort { id, .. } => *id,
+            | PeerMessage::FileAbort { id, .. }
+            | PeerMessage::Pending { id } => *id,
             _ => return None,
         };
         let tx = self.routes().get(&link.epoch()).and_then(|r| r.get(&id)).map(|r| r.tx.clone());

@@ -35,6 +35,8 @@ enum Attempt {
     Refused(String),
     /// The link failed or stalled: try again later, from where the receiver got to.
     Retry(String),
+    /// The receiver holds the offer as a message request: offered again once it accepts.
+    Held,
 }
 
 impl Attempt {
@@ -111,6 +113,12 @@ impl Transfers {
                     let _ = p.events.send(event).await;
                     return;
                 }
+                Attempt::Held => {
+                    info!("{} holds {} as a message request", file.peer, file.name);
+                    let _ = p.store.set_file_state(file.id, "held").await;
+                    let _ = p.events.send(Event::Pending { id: file.id, to: file.peer.clone() }).await;
+                    return;
+                }
                 Attempt::Retry(reason) => {
                     debug!("sending {} to {} will be retried: {reason}", file.name, file.peer);
                     tokio::select! {
@@ -152,6 +160,7 @@ impl Transfers {
                 return Attempt::Refused(format!("receiver asked for offset {offset} past the end"))
             }
             Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::Refused(reason),
+            Ok(Some(PeerMessage::Pending { .. })) => return Attempt::Held,
             Ok(Some(PeerMessage::FileReceived { .. })) => {
                 return Attempt::Received { resumed_from: file.size }
             }
