@@ -166,7 +166,8 @@ async fn given_a_group_invitation_from_a_stranger_then_nobody_is_told_delivered_
     let send = json!({"cmd": "send", "group": gid, "text": "dinner at 7?"});
     let from_admin = ok(&mut admin, send, "sent").await["id"].as_str().expect("id").to_owned();
     pending(&mut admin, &from_admin, "100").await;
-    admin.delivered(&from_admin, "789").await;
+    let to_789 = |v: &Value| is(v, "delivered") && v["id"] == from_admin.as_str() && v["to"] == "789";
+    admin.seen_or_expect("delivered to 789", to_789).await;
     let send = json!({"cmd": "send", "group": gid, "text": "I'm in"});
     let from_member = ok(&mut member, send, "sent").await["id"].as_str().expect("id").to_owned();
     pending(&mut member, &from_member, "100").await;

@@ -178,6 +178,9 @@ async fn given_the_tui_and_json_peers_then_messages_photos_unread_counts_and_a_d
     // A message each way.
     pane.enter("/add 456").await;
     pane.wait_for("the contact added", |s| s.contains("added 456")).await;
+    // 789 writes too: a contact, or its texts would be message requests.
+    pane.enter("/add 789").await;
+    pane.wait_for("the contact added", |s| s.contains("added 789")).await;
     add_contact(&mut bob, "123").await;
     add_contact(&mut carol, "123").await;
     pane.enter("/open 456").await;

@@ -538,6 +538,24 @@ impl Client {
         self.expect(what, pred).await
     }
 
+    /// `add_contact` of `number`, which must succeed. What a number that is not a contact sends is
+    /// a message request, so a receiver adds its senders first.
+    pub async fn add_contact(&mut self, number: &str) {
+        self.send(json!({"cmd": "add_contact", "number": number})).await;
+        let v = self.reply("contact_added", |v| is(v, "contact_added") && v["number"] == number).await;
+        assert!(is(&v, "contact_added"), "{}: add_contact {number} failed: {v}", self.number.clone());
+    }
+
+    /// A client with `profile` registered once, with `contacts` added, then logged out: known to
+    /// the directory, offline, and taking messages from `contacts` as soon as it is back.
+    pub async fn register_with(port: u16, number: &str, profile: &Path, contacts: &[&str]) {
+        let mut c = Client::start_with(port, number, profile, &[]).await;
+        for contact in contacts {
+            c.add_contact(contact).await;
+        }
+        c.logout().await;
+    }
+
     /// `ping` of a registered number; returns the `presence` answer. The answer is told from
     /// pushed `presence` events (which never carry `key`) by its `key`.
     pub async fn ping(&mut self, number: &str) -> Value {
