@@ -451,5 +451,5 @@ impl FrontEnd for Json {
 
 /// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
 pub async fn run(client: Client, events: mpsc::Receiver<Event>, stdin: input::Stdin) -> anyhow::Result<()> {
-    crate::event_loop::run(client, events, stdin, Json::default()).await
+    crate::event_loop::run(client, events, input::Source::Piped(stdin), Json::default()).await
 }
