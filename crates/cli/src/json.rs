@@ -216,6 +216,7 @@ fn event(e: Event) -> Value {
         }),
         Event::Warning { message } => json!({"event": "warning", "message": message}),
         Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
+        Event::Replaced { message } => json!({"event": "replaced", "message": message}),
         other => json!({"event": "unknown", "debug": format!("{other:?}")}),
     }
 }
@@ -228,6 +229,7 @@ pub fn online(client: &Client) {
         "listen": client.published_addr().to_string(),
         "key": client.identity_key().to_hex(),
         "server_key": client.server_key().to_hex(),
+        "registered": client.directory_version().is_some(),
     }));
 }
 
@@ -450,6 +452,6 @@ impl FrontEnd for Json {
 }
 
 /// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
-pub async fn run(client: Client, events: mpsc::Receiver<Event>, stdin: input::Stdin) -> anyhow::Result<()> {
-    crate::event_loop::run(client, events, input::Source::Piped(stdin), Json::default()).await
+pub async fn run(client: Client, events: mpsc::Receiver<Event>, source: input::Source) -> anyhow::Result<()> {
+    crate::event_loop::run(client, events, source, Json::default()).await
 }

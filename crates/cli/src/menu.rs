@@ -36,7 +36,8 @@ const OPTIONS: &str = "[+] Options:
 9 - Message requests
 10 - Settings (read receipts)";
 
-const SHORT_OPTIONS: &str = "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo · \
+const SHORT_OPTIONS: &str =
+    "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo · \
                              8 Groups · 9 Requests · 10 Settings";
 
 const GROUP_HELP: &str = "[+] Group commands: new NAME NUMBER… | send GROUP TEXT | add GROUP NUMBER | remove GROUP NUMBER | admin GROUP NUMBER | leave GROUP (GROUP: its name, or the start of its id; empty line: back)";
@@ -63,7 +64,10 @@ enum Prompt {
     AddNumber,
     HistoryWith,
     /// A page of `chat` was shown; Enter shows the one before `before`.
-    HistoryMore { chat: Chat, before: MessageId },
+    HistoryMore {
+        chat: Chat,
+        before: MessageId,
+    },
     FileNumber,
     FilePath(Number),
     GroupCommand,
@@ -95,7 +99,10 @@ impl Prompt {
     fn takes_options(&self) -> bool {
         matches!(
             self,
-            Prompt::HistoryMore { .. } | Prompt::GroupCommand | Prompt::ContactCommand | Prompt::RequestCommand
+            Prompt::HistoryMore { .. }
+                | Prompt::GroupCommand
+                | Prompt::ContactCommand
+                | Prompt::RequestCommand
         )
     }
 }
@@ -188,6 +195,9 @@ enum Target {
     Group { name: String, members: usize },
 }
 
+/// A message just sent: its id, where to, and its text.
+type SentText = (MessageId, Target, String);
+
 /// A sent message whose receipts are still to come.
 struct Sent {
     target: Target,
@@ -226,7 +236,9 @@ impl Receipts {
         s.undelivered = s.undelivered.checked_sub(1)?;
         (s.undelivered == 0).then(|| match &s.target {
             Target::Peer(n) => format!("[+] Delivered to {n}: {}", s.preview),
-            Target::Group { name, members } => format!("[+] Delivered to all {members} in {name}: {}", s.preview),
+            Target::Group { name, members } => {
+                format!("[+] Delivered to all {members} in {name}: {}", s.preview)
+            }
         })
     }
 
@@ -314,8 +326,8 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Runs one line of the group sub-menu; returns what to tell the user.
-async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
+/// Runs one line of the group sub-menu; returns what to tell the user, and the message it sent.
+async fn group_command(client: &Client, line: &str) -> anyhow::Result<(String, Option<SentText>)> {
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     let rest = rest.trim();
     let id_and = |rest: &str| {
@@ -331,7 +343,7 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
         let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
         format!("{} ({}): {}", g.state.name, g.state.id, members.join(", "))
     };
-    Ok(match verb {
+    let text = match verb {
         "new" => {
             let mut words: Vec<&str> = rest.split_whitespace().collect();
             let first_number = words.iter().position(|w| Number::new(w).is_ok()).unwrap_or(words.len());
@@ -344,9 +356,10 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
             describe(client.group_create(&name, &members).await?)
         }
         "send" => {
-            let (id, text) = id_and(rest).await?;
-            let (_, n) = client.send_group(id, &text).await?;
-            format!("Sent to {n} members")
+            let (group, text) = id_and(rest).await?;
+            let (id, members) = client.send_group(group, &text).await?;
+            let target = Target::Group { name: group_name(client, group).await, members };
+            return Ok((format!("Sent to {members} members"), Some((id, target, text))));
         }
         "add" | "remove" | "admin" => {
             let (id, number) = id_and(rest).await?;
@@ -362,8 +375,9 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
             let g = client.group_leave(id).await?;
             format!("You left {}", g.state.name)
         }
-        _ => anyhow::bail!("unknown group command '{verb}'"),
-    })
+        _ => anyhow::bail!("unknown group command '{}'", clean(verb)),
+    };
+    Ok((text, None))
 }
 
 /// Shortest start of a group id the menu accepts in place of the whole id.
@@ -409,9 +423,11 @@ async fn group_name(client: &Client, id: GroupId) -> String {
 
 /// A number with its contact name, if it has one: `456 (Bob)`.
 async fn who(client: &Client, number: &Number) -> String {
-    let named = client.contacts().await.ok().and_then(|list| {
-        list.into_iter().find(|c| c.number == *number).and_then(|c| c.name)
-    });
+    let named = client
+        .contacts()
+        .await
+        .ok()
+        .and_then(|list| list.into_iter().find(|c| c.number == *number).and_then(|c| c.name));
     match named {
         Some(name) => format!("{number} ({})", clean(&name)),
         None => number.to_string(),
@@ -456,7 +472,10 @@ async fn show_contacts(client: &Client) -> (Vec<String>, bool) {
                 let p = Presence { number: c.number.clone(), online: c.online, key: c.key };
                 let line = describe(&p);
                 out.push(match c.name {
-                    Some(name) => format!("    {}", line.replacen(c.number.as_str(), &format!("{} {}", c.number, clean(&name)), 1)),
+                    Some(name) => format!(
+                        "    {}",
+                        line.replacen(c.number.as_str(), &format!("{} {}", c.number, clean(&name)), 1)
+                    ),
                     None => format!("    {line}"),
                 });
             }
@@ -614,7 +633,13 @@ fn history_lines(client: &Client, items: &[ChatItem]) -> Vec<String> {
                 if f.outgoing {
                     format!("    {} You: {kind} {name} ({})  [{}]", clock(at), size(f.size), f.state.as_str())
                 } else {
-                    format!("    {} {}: {kind} {name} ({}), saved to {}", clock(at), f.peer, size(f.size), clean(&path))
+                    format!(
+                        "    {} {}: {kind} {name} ({}), saved to {}",
+                        clock(at),
+                        f.peer,
+                        size(f.size),
+                        clean(&path)
+                    )
                 }
             }
             _ => continue,
@@ -632,7 +657,10 @@ async fn chat_named(client: &Client, with: &str) -> anyhow::Result<(Chat, String
     }
     let groups = client.groups().await?;
     let id = pick_group(&groups, with)?;
-    let name = groups.iter().find(|g| g.state.id == id).map_or_else(|| id.to_string(), |g| clean(&g.state.name).into_owned());
+    let name = groups
+        .iter()
+        .find(|g| g.state.id == id)
+        .map_or_else(|| id.to_string(), |g| clean(&g.state.name).into_owned());
     Ok((Chat::Group(id), format!("group {name}")))
 }
 
@@ -645,7 +673,9 @@ async fn history_page(
     before: Option<MessageId>,
 ) -> (Vec<String>, Option<MessageId>) {
     match client.history_page(chat, before, HISTORY_LINES).await {
-        Ok(items) if items.is_empty() && before.is_none() => (vec![format!("[+] No messages with {title} yet")], None),
+        Ok(items) if items.is_empty() && before.is_none() => {
+            (vec![format!("[+] No messages with {title} yet")], None)
+        }
         Ok(items) if items.is_empty() => (vec![format!("[+] Nothing older with {title}")], None),
         Ok(items) => {
             let head = match before {
@@ -681,7 +711,12 @@ pub async fn ask_number(source: &mut input::Source, screen: &Screen) -> anyhow::
 
 /// Announces the client as the original did.
 fn banner(screen: &Screen, client: &Client) {
-    screen.say("[+] Connection successful!");
+    if client.directory_version().is_some() {
+        screen.say("[+] Connection successful!");
+    } else {
+        // Why follows at once, as a `DirectoryLost` event.
+        screen.say("[!] Started without the directory server: whatsap2p keeps trying, and says when it is connected. Messages wait in the outbox meanwhile.");
+    }
     screen.say(format!("[+] Server key: {}", client.server_key()));
     screen.say(format!("[+] Your key: {}", client.identity_key()));
     screen.say(format!("[+] Listening at {}", addr(client.published_addr())));
@@ -695,8 +730,8 @@ fn banner(screen: &Screen, client: &Client) {
 struct Done {
     lines: Vec<String>,
     file: Option<FileRecord>,
-    /// A message sent: its id, where to, and its text (for its receipt lines).
-    sent: Option<(MessageId, Target, String)>,
+    /// A message sent, for its receipt lines.
+    sent: Option<SentText>,
     /// Where the next prompt goes, when the command decides it.
     next: Option<Prompt>,
 }
@@ -768,7 +803,9 @@ impl Menu {
             Event::Message { id, from, text, group, .. } => {
                 let sender = who(client, &from).await;
                 let line = match group {
-                    Some(g) => format!("> [{}] Message from {sender}: {}", group_name(client, g).await, body(&text)),
+                    Some(g) => {
+                        format!("> [{}] Message from {sender}: {}", group_name(client, g).await, body(&text))
+                    }
                     None => format!("> Message from {sender}: {}", body(&text)),
                 };
                 self.screen.say(line);
@@ -794,10 +831,14 @@ impl Menu {
                 self.receipts.preview_of(id),
                 clean(&reason)
             )),
-            Event::Presence { number, online: Some(a) } => Some(format!("> {number} is online ({})", addr(a))),
+            Event::Presence { number, online: Some(a) } => {
+                Some(format!("> {number} is online ({})", addr(a)))
+            }
             Event::Presence { number, online: None } => Some(format!("> {number} is offline")),
             Event::Reconnected => Some("[+] Reconnected to the directory server".to_owned()),
-            Event::Group(g) if g.left => Some(format!("[+] You are no longer in group {}", clean(&g.state.name))),
+            Event::Group(g) if g.left => {
+                Some(format!("[+] You are no longer in group {}", clean(&g.state.name)))
+            }
             Event::Group(g) => {
                 let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
                 Some(format!(
@@ -809,7 +850,10 @@ impl Menu {
                 ))
             }
             Event::Warning { message } => Some(format!("[!] WARNING: {}", clean(&message))),
-            Event::DirectoryLost { reason } => Some(format!("[!] Lost the directory server: {}", clean(&reason))),
+            Event::DirectoryLost { reason } => {
+                Some(format!("[!] Lost the directory server: {}", clean(&reason)))
+            }
+            Event::Replaced { message } => Some(format!("[!] {}", clean(&message))),
             other => Some(format!("[+] {other:?}")),
         };
         if let Some(line) = line {
@@ -886,7 +930,9 @@ impl FrontEnd for Menu {
             }
             (Prompt::Choice, "10") => {
                 let on = if client.read_receipts() { "on" } else { "off" };
-                self.screen.say(format!("[+] Read receipts are {on}: who sends you a message sees when you read it"));
+                self.screen.say(format!(
+                    "[+] Read receipts are {on}: who sends you a message sees when you read it"
+                ));
                 self.ask(Prompt::Settings)
             }
             (Prompt::Settings, "") => self.back(None),
@@ -902,7 +948,9 @@ impl FrontEnd for Menu {
                 self.run(Prompt::Choice, async move {
                     let line = match client.set_read_receipts(on, true).await {
                         Ok(()) if on => "[+] Read receipts on".to_owned(),
-                        Ok(()) => "[+] Read receipts off: nobody sees when you read their messages".to_owned(),
+                        Ok(()) => {
+                            "[+] Read receipts off: nobody sees when you read their messages".to_owned()
+                        }
                         Err(e) => format!("[!] {e}"),
                     };
                     Done::then_options(vec![line])
@@ -912,11 +960,10 @@ impl FrontEnd for Menu {
             (Prompt::GroupCommand, command) => {
                 let command = command.to_owned();
                 self.run(Prompt::GroupCommand, async move {
-                    let line = match group_command(client, &command).await {
-                        Ok(done) => format!("[+] {done}"),
-                        Err(e) => format!("[!] {e}"),
+                    let (line, sent) = match group_command(client, &command).await {
+                        Ok((done, sent)) => (format!("[+] {done}"), sent),
+                        Err(e) => (format!("[!] {e}"), None),
                     };
-                    let sent = None;
                     Done { sent, ..Done::lines(vec![line]) }
                 })
             }
@@ -974,11 +1021,15 @@ impl FrontEnd for Menu {
                 };
                 let (lines, more) = history_page(client, &chat, &title, Some(before)).await;
                 match more {
-                    Some(before) => Done { next: Some(Prompt::HistoryMore { chat, before }), ..Done::lines(lines) },
+                    Some(before) => {
+                        Done { next: Some(Prompt::HistoryMore { chat, before }), ..Done::lines(lines) }
+                    }
                     None => Done::then_options(lines),
                 }
             }),
-            (Prompt::HistoryMore { .. }, other) => self.back(Some(format!("[!] '{}' is not an option", clean(other)))),
+            (Prompt::HistoryMore { .. }, other) => {
+                self.back(Some(format!("[!] '{}' is not an option", clean(other))))
+            }
             (Prompt::AddNumber, text) => {
                 let (number, name) = text.split_once(' ').unwrap_or((text, ""));
                 match Number::new(number) {
@@ -1002,23 +1053,25 @@ impl FrontEnd for Menu {
                     }
                 }
             }
-            (p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::FileNumber), text) => match Number::new(text) {
-                Err(e) => {
-                    self.screen.say(format!("[!] {e}"));
-                    self.ask(p)
+            (p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::FileNumber), text) => {
+                match Number::new(text) {
+                    Err(e) => {
+                        self.screen.say(format!("[!] {e}"));
+                        self.ask(p)
+                    }
+                    Ok(n) => match p {
+                        Prompt::PingNumber => self.run(Prompt::Choice, async move {
+                            let line = match client.ping(&n).await {
+                                Ok(p) => format!("[+] {}", describe(&p)),
+                                Err(e) => format!("[!] {e}"),
+                            };
+                            Done::then_options(vec![line])
+                        }),
+                        Prompt::FileNumber => self.ask(Prompt::FilePath(n)),
+                        _ => self.ask(Prompt::SendText(n)),
+                    },
                 }
-                Ok(n) => match p {
-                    Prompt::PingNumber => self.run(Prompt::Choice, async move {
-                        let line = match client.ping(&n).await {
-                            Ok(p) => format!("[+] {}", describe(&p)),
-                            Err(e) => format!("[!] {e}"),
-                        };
-                        Done::then_options(vec![line])
-                    }),
-                    Prompt::FileNumber => self.ask(Prompt::FilePath(n)),
-                    _ => self.ask(Prompt::SendText(n)),
-                },
-            },
+            }
             (Prompt::FilePath(_), "") => self.back(None),
             (Prompt::FilePath(to), path) => {
                 let path = std::path::PathBuf::from(path);
@@ -1076,7 +1129,12 @@ pub async fn run(
     source: input::Source,
     screen: Screen,
 ) -> anyhow::Result<()> {
-    let menu = Menu { state: Prompt::Choice, screen, transfers: Transfers::default(), receipts: Receipts::default() };
+    let menu = Menu {
+        state: Prompt::Choice,
+        screen,
+        transfers: Transfers::default(),
+        receipts: Receipts::default(),
+    };
     crate::event_loop::run(client, events, source, menu).await
 }
 

@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("chunk_view", chunk_view),
     ("handshake_payloads", handshake_payloads),
     ("group_state", group_state),
+    ("nat_datagrams", nat_datagrams),
 ];
 
 /// A message enum's decoder: what decodes re-encodes to the same bytes, and "unknown kind" means
@@ -61,6 +62,26 @@ pub fn client_to_server(data: &[u8]) {
         // The server's conversion of a requested number never panics, and keeps nothing unchecked.
         if let Ok(n) = Number::try_from(&number) {
             assert_eq!(n.as_str(), number.as_str());
+        }
+    }
+}
+
+/// Any bytes as a UDP datagram (probe, reply, punch), a relay ticket and a relay preamble's head.
+pub fn nat_datagrams(data: &[u8]) {
+    use crate::nat::{self, Datagram, RelayTicket, RELAY_PREAMBLE_HEAD};
+    match nat::decode_datagram(data) {
+        Ok(d) => {
+            assert_eq!(nat::encode_datagram(&d).ok().as_deref(), Some(data), "{d:?} has a second encoding")
+        }
+        Err(DecodeError::UnknownVariant(k)) => assert!(k >= <Datagram as WireEnum>::KNOWN_VARIANTS),
+        Err(_) => {}
+    }
+    payload::<RelayTicket>(data);
+    if let Ok(head) =
+        <[u8; RELAY_PREAMBLE_HEAD]>::try_from(data.get(..RELAY_PREAMBLE_HEAD).unwrap_or_default())
+    {
+        if let Ok(len) = nat::relay_ticket_len(&head) {
+            assert!((1..=nat::MAX_TICKET_LEN).contains(&len));
         }
     }
 }

@@ -10,19 +10,24 @@
 //!   [`IdentityProof`] that binds a number and an Ed25519 identity to one Noise session.
 //! - [`directory`]: messages between a client and the directory server.
 //! - [`peer`]: messages between two clients.
+//! - [`nat`]: reaching a client behind a NAT: candidates, UDP probe and punch datagrams, relay
+//!   tickets (version 3).
 //! - [`group`]: group state, signed changes and the rule for accepting them.
 //! - [`chunk`]: file chunks encoded and read in place, without copying their bytes.
 //! - `fuzzing` (tests and the `fuzzing` feature): the properties every decoder keeps, checked by the
 //!   fuzz targets and by regression tests.
+//! - `code`: wire codes (small enums sent as a varint, unknown values kept) and the macro that
+//!   defines them.
 //! - [`codec`]: postcard encoding with size limits, canonical decoding and a distinction between
 //!   unknown and malformed.
 //! - [`text`]: byte fields as hex in text formats (the test vectors); the wire is untouched.
-//! - [`version`]: version ranges and their negotiation in the handshake (version 3, being
-//!   implemented).
+//! - [`version`]: version ranges and their negotiation in the handshake (version 3), and the
+//!   versions this code speaks ([`version::SPOKEN`]).
 
 #![forbid(unsafe_code)]
 
 pub mod chunk;
+mod code;
 pub mod codec;
 pub mod directory;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -30,6 +35,7 @@ pub mod fuzzing;
 pub mod group;
 pub mod handshake;
 pub mod keys;
+pub mod nat;
 pub mod number;
 pub mod peer;
 pub mod text;
@@ -40,10 +46,6 @@ pub use handshake::{IdentityProof, ProofError};
 pub use keys::{PublicKey, SignatureBytes};
 pub use number::{Number, NumberError, WireNumber};
 pub use peer::MessageId;
-
-/// Version of the wire protocol, sent in the first handshake message by the initiator. Version 3
-/// replaces this single version with a range ([`version`]).
-pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame on the wire (length prefix excluded). Noise caps a message at 65 535 bytes, and every
 /// frame carries exactly one Noise message.

@@ -7,6 +7,10 @@ use whatsap2p_proto::chunk::{view_chunk, write_chunk_header, MAX_CHUNK_HEADER_LE
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, Location, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::Hello;
+use whatsap2p_proto::nat::{
+    decode_datagram, encode_datagram, Candidate, Datagram, NatKind, RelayReason, Source, Transport,
+    MAX_CANDIDATES,
+};
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage};
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
 
@@ -16,6 +20,22 @@ fn number() -> impl Strategy<Value = Number> {
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+}
+
+fn candidate() -> impl Strategy<Value = Candidate> {
+    (any::<u32>(), addr(), any::<u32>()).prop_map(|(transport, addr, source)| Candidate {
+        transport: Transport::from_code(transport % 3),
+        addr,
+        source: Source::from_code(source % 3),
+    })
+}
+
+fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
+    proptest::collection::vec(candidate(), 0..=MAX_CANDIDATES)
+}
+
+fn nat() -> impl Strategy<Value = NatKind> {
+    (0u32..7).prop_map(NatKind::from_code)
 }
 
 fn client_msg() -> impl Strategy<Value = ClientToServer> {
@@ -30,6 +50,14 @@ fn client_msg() -> impl Strategy<Value = ClientToServer> {
         Just(ClientToServer::Logout),
         proptest::collection::vec(".{0,20}".prop_map(WireNumber::new), 0..5)
             .prop_map(|numbers| ClientToServer::Watch { numbers }),
+        (candidates(), nat()).prop_map(|(candidates, nat)| ClientToServer::Announce { candidates, nat }),
+        (any::<u32>(), ".{0,20}")
+            .prop_map(|(req, number)| ClientToServer::Introduce { req, number: WireNumber::new(number) }),
+        (any::<u32>(), ".{0,20}", 0u32..6).prop_map(|(req, number, reason)| ClientToServer::RelayRequest {
+            req,
+            number: WireNumber::new(number),
+            reason: RelayReason::from_code(reason)
+        }),
     ]
 }
 
@@ -60,6 +88,38 @@ fn server_msg() -> impl Strategy<Value = ServerToClient> {
             }),
         (any::<u32>(), ".{0,40}")
             .prop_map(|(code, reason)| ServerToClient::Closed { code: CloseCode::from_code(code), reason }),
+        (any::<[u8; 16]>(), proptest::option::of(any::<u16>()), proptest::option::of(addr()))
+            .prop_map(|(token, udp_port, relay)| ServerToClient::Reachability { token, udp_port, relay }),
+        (any::<u32>(), number(), candidates(), nat()).prop_map(|(req, number, candidates, nat)| {
+            ServerToClient::Introduction { req, number, candidates, nat }
+        }),
+        (number(), candidates(), nat()).prop_map(|(from, candidates, nat)| ServerToClient::Introduced {
+            from,
+            candidates,
+            nat
+        }),
+        (
+            proptest::option::of(any::<u32>()),
+            number(),
+            addr(),
+            proptest::collection::vec(any::<u8>(), 0..200),
+            0u32..6
+        )
+            .prop_map(|(req, number, relay, ticket, reason)| ServerToClient::RelayOffer {
+                req,
+                number,
+                relay,
+                ticket,
+                reason: RelayReason::from_code(reason)
+            }),
+    ]
+}
+
+fn datagram() -> impl Strategy<Value = Datagram> {
+    prop_oneof![
+        (any::<[u8; 16]>(), any::<u64>()).prop_map(|(token, nonce)| Datagram::ProbeRequest { token, nonce }),
+        (any::<u64>(), addr()).prop_map(|(nonce, observed)| Datagram::ProbeReply { nonce, observed }),
+        any::<u64>().prop_map(|nonce| Datagram::Punch { nonce }),
     ]
 }
 
@@ -103,6 +163,16 @@ fn peer_msg() -> impl Strategy<Value = PeerMessage> {
 }
 
 proptest! {
+    #[test]
+    fn datagram_round_trips(d in datagram()) {
+        prop_assert_eq!(decode_datagram(&encode_datagram(&d).expect("encode")), Ok(d));
+    }
+
+    #[test]
+    fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let _ = decode_datagram(&bytes);
+    }
+
     #[test]
     fn client_to_server_round_trips(m in client_msg()) {
         prop_assert_eq!(decode::<ClientToServer>(&encode(&m).expect("encode")), Ok(m));

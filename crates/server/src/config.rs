@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use whatsap2p_proto::version::{self, Versions};
+
 /// Server configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -13,6 +15,9 @@ pub struct Config {
     /// Most sessions open at once. A process may hold 20 000 descriptors here; keep room for the
     /// listener, the database and logs.
     pub max_connections: usize,
+    /// The protocol versions the directory speaks ([`version::SPOKEN`]; another range only to test
+    /// how clients meet a directory older or newer than they are).
+    pub versions: Versions,
 }
 
 impl Config {
@@ -30,6 +35,7 @@ impl Default for Config {
             heartbeat_timeout: Self::DEFAULT_HEARTBEAT_TIMEOUT,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            versions: version::SPOKEN,
         }
     }
 }

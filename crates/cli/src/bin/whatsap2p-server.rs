@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use tracing::{info, warn};
+use whatsap2p_proto::version::{self, Versions};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
@@ -57,6 +58,10 @@ struct Args {
     /// Most sessions open at once [default: 19000].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
+    /// speaks]. Hidden: only to see how clients meet a directory older or newer than they are.
+    #[arg(long, hide = true)]
+    protocol_versions: Option<Versions>,
     /// A TOML file with any of the settings above, under their flag names.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -75,6 +80,7 @@ struct FileConfig {
     heartbeat_timeout: Option<f64>,
     handshake_timeout: Option<f64>,
     max_connections: Option<usize>,
+    protocol_versions: Option<String>,
 }
 
 /// Every setting, resolved.
@@ -141,6 +147,11 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(Config::DEFAULT_MAX_CONNECTIONS),
+            versions: match (args.protocol_versions, file.protocol_versions) {
+                (Some(v), _) => v,
+                (None, Some(text)) => text.parse().context("protocol-versions")?,
+                (None, None) => version::SPOKEN,
+            },
         },
     })
 }

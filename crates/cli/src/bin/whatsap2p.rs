@@ -7,17 +7,26 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use whatsap2p_cli::{input, json, menu};
+use whatsap2p_client::config::ServerAddr;
 use whatsap2p_client::{Client, ClientConfig, Number};
+use whatsap2p_proto::version::{self, Versions};
 
 /// whatsap2p: a peer-to-peer messenger. The server only says who is online and where; messages go
 /// directly, end-to-end encrypted, between clients.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The directory server's IP address.
-    server_ip: IpAddr,
+    /// The directory server's IP address or host name (a name that resolves to several addresses
+    /// gives several instances of the directory).
+    #[arg(required_unless_present = "server", requires = "server_port")]
+    server_ip: Option<String>,
     /// The directory server's port.
-    server_port: u16,
+    server_port: Option<u16>,
+    /// Another address of the same directory, HOST:PORT (repeatable): the client registers with
+    /// one, and moves to another when its session is lost. They are tried in the order given,
+    /// SERVER_IP SERVER_PORT first.
+    #[arg(long, value_name = "HOST:PORT")]
+    server: Vec<ServerAddr>,
     /// Your number (asked for when not given).
     #[arg(long)]
     number: Option<Number>,
@@ -44,6 +53,28 @@ struct Args {
     /// them off for good).
     #[arg(long)]
     no_read_receipts: bool,
+    /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
+    /// speaks]. Hidden: only to see how others meet a client older or newer than they are.
+    #[arg(long, hide = true)]
+    protocol_versions: Option<Versions>,
+}
+
+impl Args {
+    /// The directory's addresses, in the order to try them.
+    fn servers(&self) -> Result<Vec<ServerAddr>, String> {
+        let mut servers = Vec::new();
+        if let (Some(host), Some(port)) = (&self.server_ip, self.server_port) {
+            servers.push(ServerAddr::new(host, port).map_err(|e| e.to_string())?);
+        }
+        servers.extend(self.server.iter().cloned());
+        Ok(servers)
+    }
+}
+
+/// The addresses, as the original showed one (`ip/port`).
+fn describe(servers: &[ServerAddr]) -> String {
+    let all: Vec<String> = servers.iter().map(|s| format!("{}/{}", s.host(), s.port())).collect();
+    all.join(", ")
 }
 
 #[tokio::main]
@@ -62,9 +93,9 @@ async fn main() -> ExitCode {
 
 /// Where the client listens, keeps its profile and saves files, for `number`.
 fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
-    let server = SocketAddr::new(args.server_ip, args.server_port);
+    let servers = args.servers()?;
     let listen = args.listen.unwrap_or_else(|| {
-        let ip = if server.ip().is_loopback() {
+        let ip = if servers.iter().all(ServerAddr::is_loopback) {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -83,17 +114,21 @@ fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
     Ok(ClientConfig {
         profile_dir,
         number,
-        server,
+        servers,
         listen,
         timeouts: Default::default(),
         downloads,
         max_file_size: args.max_file_size,
+        versions: args.protocol_versions.unwrap_or(version::SPOKEN),
     })
 }
 
 async fn run(args: Args) -> Result<(), u8> {
     if args.tui {
-        let server = SocketAddr::new(args.server_ip, args.server_port);
+        let server = describe(&args.servers().map_err(|e| {
+            eprintln!("[!] {e}");
+            1
+        })?);
         let number = args.number.clone();
         let start = move |n: Number| async move {
             let config = config(&args, n)?;
@@ -114,29 +149,34 @@ async fn run(args: Args) -> Result<(), u8> {
     };
     // One reader for the whole run: it reads ahead, so lines typed after the number (or piped with
     // it) must reach the menu through the same one.
-    let mut stdin = input::stdin();
+    // The menu on a terminal edits its lines (arrows, history; what arrives prints above the line
+    // being typed); piped input and JSON lines are read as they are.
+    let edited = if args.json { None } else { whatsap2p_cli::terminal::open() };
+    let (mut source, screen) = match edited {
+        Some((editor, printer)) => (input::Source::Edited(editor), menu::Screen::edited(printer)),
+        None => (input::Source::Piped(input::stdin()), menu::Screen::plain()),
+    };
     let number = match args.number.clone() {
         Some(n) => n,
         None if args.json => return Err(fail(true, "--number is required with --json".into())),
-        None => match menu::ask_number(&mut stdin).await {
+        None => match menu::ask_number(&mut source, &screen).await {
             Ok(Some(n)) => n,
             Ok(None) => return Err(1),
             Err(e) => return Err(fail(false, e.to_string())),
         },
     };
     let config = config(&args, number).map_err(|e| fail(args.json, e))?;
-    let server = config.server;
     if !args.json {
-        println!("[+] Connecting to server {}/{}...", server.ip(), server.port());
+        println!("[+] Connecting to server {}...", describe(&config.servers));
     }
     let (client, events) = Client::start(config).await.map_err(|e| fail(args.json, e.to_string()))?;
     if args.no_read_receipts {
         client.set_read_receipts(false, false).await.map_err(|e| fail(args.json, e.to_string()))?;
     }
     let result = if args.json {
-        json::run(client, events, stdin).await
+        json::run(client, events, source).await
     } else {
-        menu::run(client, events, stdin).await
+        menu::run(client, events, source, screen).await
     };
     result.map_err(|e| fail(args.json, e.to_string()))
 }
