@@ -4,6 +4,7 @@
 //!   collected so a test can wait for a line matching a predicate.
 //! - [`Client`]: a JSON-lines client; its stdout events go into a channel, [`Client::expect`] waits
 //!   for the first matching one (skipping others) and fails with everything seen so far.
+//! - [`tmux::Pane`]: a program in a tmux pane, for what a terminal shows.
 //! - Raw TCP helpers for garbage tests, and [`StickyProxy`], a TCP relay that keeps the server side
 //!   of a connection open after the client side dies.
 //!
@@ -11,6 +12,8 @@
 //! sleeps to "hope": waits are for lines, events, exits or socket closures, bounded by [`TIMEOUT`].
 
 #![allow(dead_code)]
+
+pub mod tmux;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
