@@ -56,5 +56,9 @@ mod tests {
         let lines: Vec<_> = clean_lines("one\r\ntwo\u{1b}[2A").collect();
         assert_eq!(lines, ["one", "two\u{241b}[2A"]);
         assert!(!is_clean("tab\there") && is_clean("Bob Smith"));
+        let evil = "ok\u{1b}[2J\u{202e}gnp.exe\u{7f}\u{9b}";
+        let shown = clean(evil);
+        assert_eq!(shown, "ok\u{241b}[2J\u{fffd}gnp.exe\u{2421}\u{fffd}");
+        assert!(!shown.chars().any(|c| c.is_control() || is_bidi_control(c)));
     }
 }
