@@ -270,3 +270,48 @@ async fn given_contact_names_then_they_are_shown_renamed_and_removed() {
     let gone = refused(&mut c, json!({"cmd": "remove_contact", "number": "456"})).await;
     assert!(gone.contains("456 is not a contact"), "{gone}");
 }
+
+/// Read receipts off: a message read sends its sender no receipt, for one run with
+/// `--no-read-receipts` and for good with `read_receipts` (kept across a restart); turned on
+/// again, the next message read is reported, and nothing before it. (Receipts owed to a peer go
+/// out oldest first, from the profile's outbox, restarts or not: a receipt for an earlier message
+/// would have come first.)
+#[tokio::test]
+async fn given_read_receipts_off_then_reading_sends_none_until_they_are_turned_on_again() {
+    let server = Server::start(&[]).await;
+    let (mut alice, _alice_profile) = start(server.port, "123").await;
+    let bob_profile = tempdir();
+    let mut bob = Client::start_with(server.port, "456", bob_profile.path(), &["--no-read-receipts"]).await;
+    add_contact(&mut alice, "456").await;
+    add_contact(&mut bob, "123").await;
+
+    /// Alice writes `text`, bob reads it; returns its id.
+    async fn read(alice: &mut Client, bob: &mut Client, text: &str) -> String {
+        let id = alice.send_text("456", text).await;
+        bob.message(&id, "123", text).await;
+        ok(bob, json!({"cmd": "read", "id": id}), "marked_read").await;
+        id
+    }
+
+    let one_run = read(&mut alice, &mut bob, "read in a run without").await;
+    bob.logout().await;
+    let mut bob = Client::start_with(server.port, "456", bob_profile.path(), &[]).await;
+    let off = ok(&mut bob, json!({"cmd": "read_receipts", "on": false}), "read_receipts").await;
+    assert_eq!(off["on"], false, "{off}");
+    bob.logout().await;
+    let mut bob = Client::start_with(server.port, "456", bob_profile.path(), &[]).await;
+    let kept = read(&mut alice, &mut bob, "read with them off in the profile").await;
+
+    let on = ok(&mut bob, json!({"cmd": "read_receipts", "on": true}), "read_receipts").await;
+    assert_eq!(on["on"], true, "{on}");
+    let id = read(&mut alice, &mut bob, "on again").await;
+    let receipt = alice.expect("the read receipt", |v| is(v, "read")).await;
+    assert_eq!(
+        (receipt["id"].as_str(), receipt["by"].as_str()),
+        (Some(id.as_str()), Some("456")),
+        "{receipt}"
+    );
+    let early: Vec<Value> =
+        seen(&mut alice, "read").into_iter().filter(|v| v["id"] == one_run || v["id"] == kept).collect();
+    assert!(early.is_empty(), "receipts sent while they were off: {early:?}");
+}
