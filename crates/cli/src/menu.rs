@@ -14,7 +14,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use whatsap2p_client::display::{clean, clean_lines};
+use whatsap2p_client::display::{civil_from_days, clean, clean_lines, size};
 use whatsap2p_client::{
     Change, Chat, ChatItem, Client, Event, FileRecord, GroupId, MessageId, Number, Presence, RequestItem,
     SendOutcome,
@@ -311,21 +311,6 @@ fn rate(bytes: u64, took: Duration) -> String {
     format!("{}/s", size(per_sec as u64))
 }
 
-/// `412 KiB`, `1.5 MiB`.
-fn size(bytes: u64) -> String {
-    const K: f64 = 1024.0;
-    let b = bytes as f64;
-    if b < K {
-        format!("{bytes} B")
-    } else if b < K * K {
-        format!("{:.0} KiB", b / K)
-    } else if b < K * K * K {
-        format!("{:.1} MiB", b / K / K)
-    } else {
-        format!("{:.2} GiB", b / K / K / K)
-    }
-}
-
 /// Runs one line of the group sub-menu; returns what to tell the user, and the message it sent.
 async fn group_command(client: &Client, line: &str) -> anyhow::Result<(String, Option<SentText>)> {
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
@@ -574,23 +559,9 @@ async fn request_command(client: &Client, line: &str) -> anyhow::Result<String> 
     })
 }
 
-/// Days since the Unix epoch → (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
 /// `2026-12-01` (UTC) of a millisecond timestamp.
 fn date(ms: u64) -> String {
-    let (y, m, d) = civil((ms / 86_400_000) as i64);
+    let (y, m, d) = civil_from_days((ms / 86_400_000) as i64);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
