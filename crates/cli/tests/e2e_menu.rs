@@ -169,7 +169,7 @@ impl PipedMenu {
 }
 
 /// Prompts the tests answer. Piped input is not echoed, so what follows a prompt shares its line.
-const PROMPTS: [&str; 7] = [
+const PROMPTS: [&str; 8] = [
     "Choose an option: ",
     "Number to ping: ",
     "Send to number: ",
@@ -177,6 +177,7 @@ const PROMPTS: [&str; 7] = [
     "Conversation with (a number, or a group's name): ",
     "Enter for older messages, or choose an option: ",
     "Request command: ",
+    "Group command: ",
 ];
 
 /// `line` without the prompts in front of it.
@@ -285,5 +286,48 @@ async fn given_history_beyond_a_page_and_a_photo_then_option_6_pages_back_and_pi
     assert!(
         !lines.iter().any(|l| l.contains('/') && l.contains(&listen.replace(':', "/"))),
         "ip/port printed"
+    );
+}
+
+/// Less noise: a text to a group of two gets its answer and one line once both members have it
+/// (then one once both read it), and nothing else: no line per member, no "queued message sent".
+#[tokio::test]
+async fn given_a_group_text_then_one_line_when_every_member_has_it_and_one_when_every_member_read_it() {
+    let server = Server::start(&[]).await;
+    let mut bob = Client::start(server.port, "456").await;
+    let mut carol = Client::start(server.port, "789").await;
+    bob.add_contact("123").await;
+    carol.add_contact("123").await;
+    let profile = tempdir();
+    let mut menu = PipedMenu::start(server.port, profile.path()).await;
+    menu.type_lines(&["4", "456", "4", "789"]).await;
+    menu.wait("789 added", |l| l.starts_with("[+] Added 789")).await;
+    menu.type_lines(&["8", "new Family 456 789"]).await;
+    menu.wait("the group", |l| l.starts_with("[+] Family (")).await;
+    let from = menu.out.snapshot().len();
+    menu.type_lines(&["send Family dinner at 7?"]).await;
+    let mut ids = Vec::new();
+    for member in [&mut bob, &mut carol] {
+        let m = member.expect("the group text", |v| is(v, "message") && v["text"] == "dinner at 7?").await;
+        ids.push(m["id"].as_str().expect("id").to_owned());
+    }
+    menu.wait("delivered to both", |l| l == "[+] Delivered to all 2 in Family: \"dinner at 7?\"").await;
+    for (member, id) in [(&mut bob, &ids[0]), (&mut carol, &ids[1])] {
+        member.send(json!({"cmd": "read", "id": id})).await;
+        member.reply("marked_read", |v| is(v, "marked_read")).await;
+    }
+    menu.wait("read by both", |l| l == "[+] Read by all 2 in Family: \"dinner at 7?\"").await;
+    let lines: Vec<String> = menu.lines().split_off(from);
+    let status: Vec<&String> =
+        lines.iter().filter(|l| l.starts_with("[+]") || l.starts_with("[!]")).collect();
+    assert_eq!(
+        status,
+        [
+            "[+] Sent to 2 members",
+            "[+] Delivered to all 2 in Family: \"dinner at 7?\"",
+            "[+] Read by all 2 in Family: \"dinner at 7?\""
+        ],
+        "{}",
+        lines.join("\n")
     );
 }
