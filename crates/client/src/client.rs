@@ -589,7 +589,9 @@ impl Client {
         for (sender, _) in &items {
             told.insert(sender.clone());
         }
-        // Queued before the texts are shown, so the notice goes out before any read receipt.
+        // Queued before the texts are shown, so the notice goes out before any read receipt; sent
+        // once they are, so that what the senders write again on the notice (the same messages)
+        // comes after what was held, and the texts show in the order they came.
         for peer in &told {
             self.directory.watch(vec![peer.clone()]).await;
             self.outbox.accepted(peer).await?;
@@ -608,6 +610,9 @@ impl Client {
                 // The sender offers it again once told.
                 Held::File { .. } => {}
             }
+        }
+        for peer in &told {
+            self.outbox.kick(peer);
         }
         Ok(())
     }

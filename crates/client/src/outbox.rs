@@ -431,11 +431,10 @@ impl Outbox {
     }
 
     /// Puts the notice that we accepted `peer`'s message request in the outbox (see
-    /// `PeerMessage::Accepted`), and wakes the courier.
+    /// `PeerMessage::Accepted`), ahead of anything queued after it (a read receipt); the courier
+    /// takes it at its next [`Outbox::kick`].
     pub(crate) async fn accepted(&self, peer: &Number) -> Result<(), ClientError> {
-        self.0.parts.store.queue_accepted(peer, MessageId::new()).await?;
-        self.kick(peer);
-        Ok(())
+        self.0.parts.store.queue_accepted(peer, MessageId::new()).await
     }
 
     /// Gives up on every unconfirmed message to `peer`, telling the user why.
