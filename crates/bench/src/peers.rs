@@ -185,12 +185,19 @@ struct Hosted {
 }
 
 impl Hosted {
-    async fn start(config: ClientConfig) -> anyhow::Result<Self> {
+    /// A client on its own loop, with `contact` (the sender) as a contact.
+    async fn start(config: ClientConfig, contact: whatsap2p_client::Number) -> anyhow::Result<Self> {
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(on_own_loop(move || async move {
-            let party = match start(config).await {
-                Ok((party, _)) => party,
+            let started = match start(config).await {
+                Ok((party, _)) => {
+                    party.client.add_contact(&contact, None).await.map(|_| party).map_err(Into::into)
+                }
+                Err(e) => Err(e),
+            };
+            let party = match started {
+                Ok(party) => party,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return Ok(Ok(()));
@@ -337,6 +344,8 @@ type Runs = Vec<Vec<Duration>>;
 async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Messaging> {
     let (a, _) = start(config(server, number(51, 0)?, root)).await?;
     let (b, _) = start(config(server, number(51, 1)?, root)).await?;
+    // Messages from strangers are held as requests: the receivers have the sender as a contact.
+    b.client.add_contact(&a.number(), None).await.context("adding the sender as a contact")?;
     let (rtt, one_way) = warm_link(&a, &b.recipient(), scale).await?;
     let mut out = Messaging { rtt, one_way, ..Messaging::default() };
     b.stop().await;
@@ -344,6 +353,7 @@ async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Re
     let text = text();
     for i in 0..2 + scale.first_message_samples {
         let (c, _) = start(config(server, number(52, i)?, root)).await?;
+        c.client.add_contact(&a.number(), None).await.context("adding the sender as a contact")?;
         let (rtt, _) = message(&a, &c.recipient(), &text).await?;
         if i >= 2 {
             out.first.push(millis(rtt));
@@ -357,7 +367,7 @@ async fn messaging(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Re
 /// Each client on an event loop of its own, as in two processes: round trips per run.
 async fn messaging_across_loops(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Result<Runs> {
     let (a, _) = start(config(server, number(54, 0)?, root)).await?;
-    let b = match Hosted::start(config(server, number(54, 1)?, root)).await {
+    let b = match Hosted::start(config(server, number(54, 1)?, root), a.number()).await {
         Ok(b) => b,
         Err(e) => {
             a.stop().await;
@@ -707,7 +717,11 @@ impl FilePeers {
     pub async fn start(server: SocketAddr, root: &Path) -> anyhow::Result<Self> {
         let (sender, _) = start(config(server, number(53, 0)?, root)).await?;
         let (receiver, _) = start(config(server, number(53, 1)?, root)).await?;
-        receiver.client.add_contact(&sender.number()).await.context("adding the sender as a contact")?;
+        receiver
+            .client
+            .add_contact(&sender.number(), None)
+            .await
+            .context("adding the sender as a contact")?;
         Ok(Self { sender, receiver })
     }
 
@@ -860,8 +874,8 @@ async fn fanout(server: SocketAddr, root: &Path, scale: &Scale) -> anyhow::Resul
     let numbers: Vec<Number> = members.iter().map(Party::number).collect();
     // Contacts both ways: members accept invitations only from contacts.
     for (n, m) in numbers.iter().zip(&members) {
-        sender.client.add_contact(n).await.context("adding a member as a contact")?;
-        m.client.add_contact(&sender.number()).await.context("adding the sender as a contact")?;
+        sender.client.add_contact(n, None).await.context("adding a member as a contact")?;
+        m.client.add_contact(&sender.number(), None).await.context("adding the sender as a contact")?;
     }
     let group = sender.client.group_create("Bench", &numbers).await.context("creating the group")?.state.id;
     let last_arrival = |id: MessageId, t0: Instant| {

@@ -73,7 +73,7 @@ async fn finish<T>(running: &mut Option<Job<'_, T>>) -> T {
 pub async fn run<F: FrontEnd>(
     client: Client,
     mut events: mpsc::Receiver<Event>,
-    mut stdin: input::Stdin,
+    mut stdin: input::Source,
     mut front: F,
 ) -> anyhow::Result<()> {
     front.start(&client);

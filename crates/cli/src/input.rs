@@ -41,6 +41,25 @@ pub fn stdin() -> Stdin {
     LineReader::new(tokio::io::BufReader::new(tokio::io::stdin()))
 }
 
+/// Where a front end's lines come from: stdin as it is (piped, or JSON lines), or the menu's line
+/// editor on a terminal (`terminal.rs`).
+pub enum Source {
+    /// Lines read from stdin.
+    Piped(Stdin),
+    /// Lines typed at the line editor's prompts.
+    Edited(crate::terminal::Editor),
+}
+
+impl Source {
+    /// The next line; `None` at the end of input. Cancel safe, like [`LineReader::next_line`].
+    pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        match self {
+            Source::Piped(stdin) => stdin.next_line().await,
+            Source::Edited(editor) => Ok(editor.next_line().await),
+        }
+    }
+}
+
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// Reads lines from `reader`.
     pub fn new(reader: R) -> Self {

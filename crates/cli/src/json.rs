@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use whatsap2p_client::{
-    Change, Client, ContactStatus, Event, FileFailCode, Group, GroupId, Number, SendOutcome, StoredMessage,
+    Change, Client, ContactStatus, Event, FileFailCode, Group, GroupId, Number, Presence, Request,
+    RequestItem, SendOutcome, StoredMessage,
 };
 
 use crate::event_loop::{FrontEnd, Step};
@@ -20,7 +21,15 @@ pub(crate) enum Command {
     Ping { number: Number },
     Send { to: Option<Number>, group: Option<String>, text: String },
     Contacts,
-    AddContact { number: Number },
+    AddContact { number: Number, name: Option<String> },
+    RenameContact { number: Number, name: String },
+    RemoveContact { number: Number },
+    Requests,
+    Accept { number: Number },
+    Ignore { number: Number },
+    Block { number: Number },
+    Unblock { number: Number },
+    ReadReceipts { on: bool },
     History { with: Option<Number>, group: Option<String>, limit: Option<usize> },
     Read { id: String },
     SendFile { to: Number, path: std::path::PathBuf },
@@ -51,7 +60,7 @@ pub fn error(message: impl std::fmt::Display) {
     emit(&json!({"event": "error", "message": message.to_string()}));
 }
 
-fn presence(p: &ContactStatus) -> Value {
+fn presence(p: &Presence) -> Value {
     let mut v = json!({"number": p.number, "online": p.online.is_some()});
     if let Some(addr) = p.online {
         v["addr"] = json!(addr.to_string());
@@ -60,6 +69,42 @@ fn presence(p: &ContactStatus) -> Value {
         v["key"] = json!(key.to_hex());
     }
     v
+}
+
+fn contact(c: &ContactStatus) -> Value {
+    let mut v = presence(&Presence { number: c.number.clone(), online: c.online, key: c.key });
+    if let Some(name) = &c.name {
+        v["name"] = json!(name);
+    }
+    v
+}
+
+/// An item of a message request: its `kind` and what describes it.
+fn request_item(item: &RequestItem) -> Value {
+    match item {
+        RequestItem::Text { id, text, sent_at_ms } => {
+            json!({"kind": "text", "id": id.to_string(), "text": text, "sent_at_ms": sent_at_ms})
+        }
+        RequestItem::File { id, name, size, media_type } => {
+            json!({"kind": "file", "id": id.to_string(), "name": name, "size": size, "media_type": media_type})
+        }
+        RequestItem::Group { id, name, members } => {
+            json!({"kind": "group", "group": id.to_string(), "name": name, "members": members})
+        }
+        RequestItem::GroupText { group, from, id, text, sent_at_ms } => json!({
+            "kind": "group_text", "group": group.to_string(), "from": from, "id": id.to_string(),
+            "text": text, "sent_at_ms": sent_at_ms,
+        }),
+        other => json!({"kind": "unknown", "debug": format!("{other:?}")}),
+    }
+}
+
+fn request(r: &Request) -> Value {
+    json!({
+        "from": r.from,
+        "first_at_ms": r.first_at_ms,
+        "items": r.items.iter().map(request_item).collect::<Vec<_>>(),
+    })
 }
 
 fn group_id(s: &str) -> anyhow::Result<GroupId> {
@@ -112,6 +157,13 @@ fn event(e: Event) -> Value {
         }
         Event::Group(g) => group_event(&g),
         Event::Delivered { id, to } => json!({"event": "delivered", "id": id.to_string(), "to": to}),
+        Event::Pending { id, to } => json!({"event": "pending", "id": id.to_string(), "to": to}),
+        Event::Request { from, item } => {
+            let mut v = request_item(&item);
+            v["event"] = json!("request");
+            v["from"] = json!(from);
+            v
+        }
         Event::Sent { id, to, group } => {
             let mut v = json!({"event": "sent", "id": id.to_string(), "to": to});
             if let Some(g) = group {
@@ -311,12 +363,48 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Value> {
             json!({"event": "marked_read", "id": id})
         }
         Command::Contacts => {
-            let contacts: Vec<Value> = client.contacts().await?.iter().map(presence).collect();
+            let contacts: Vec<Value> = client.contacts().await?.iter().map(contact).collect();
             json!({"event": "contacts", "contacts": contacts})
         }
-        Command::AddContact { number } => {
-            let (new, key) = client.add_contact(&number).await?;
-            json!({"event": "contact_added", "number": number, "new": new, "key": key.map(|k| k.to_hex())})
+        Command::AddContact { number, name } => {
+            let (new, key) = client.add_contact(&number, name.as_deref()).await?;
+            let mut v = json!({"event": "contact_added", "number": number, "new": new, "key": key.map(|k| k.to_hex())});
+            if let Some(name) = name {
+                v["name"] = json!(name.trim());
+            }
+            v
+        }
+        Command::RenameContact { number, name } => {
+            client.rename_contact(&number, &name).await?;
+            json!({"event": "contact_renamed", "number": number, "name": name.trim()})
+        }
+        Command::RemoveContact { number } => {
+            client.remove_contact(&number).await?;
+            json!({"event": "contact_removed", "number": number})
+        }
+        Command::Requests => {
+            let requests: Vec<Value> = client.requests().await?.iter().map(request).collect();
+            json!({"event": "requests", "requests": requests})
+        }
+        Command::Accept { number } => {
+            let items = client.accept(&number).await?;
+            json!({"event": "accepted", "number": number, "items": items})
+        }
+        Command::Ignore { number } => {
+            client.ignore(&number).await?;
+            json!({"event": "ignored", "number": number})
+        }
+        Command::Block { number } => {
+            let changed = client.block(&number).await?;
+            json!({"event": "blocked", "number": number, "changed": changed})
+        }
+        Command::Unblock { number } => {
+            let changed = client.unblock(&number).await?;
+            json!({"event": "unblocked", "number": number, "changed": changed})
+        }
+        Command::ReadReceipts { on } => {
+            client.set_read_receipts(on, true).await?;
+            json!({"event": "read_receipts", "on": on})
         }
         Command::SendFile { to, path } => {
             let f = client.send_file(&to, &path).await?;
@@ -413,6 +501,6 @@ impl FrontEnd for Json {
 }
 
 /// Runs until `logout`, end of input, or a signal; then logs out and prints `bye`.
-pub async fn run(client: Client, events: mpsc::Receiver<Event>, stdin: input::Stdin) -> anyhow::Result<()> {
-    crate::event_loop::run(client, events, stdin, Json::default()).await
+pub async fn run(client: Client, events: mpsc::Receiver<Event>, source: input::Source) -> anyhow::Result<()> {
+    crate::event_loop::run(client, events, source, Json::default()).await
 }

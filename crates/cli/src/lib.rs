@@ -4,6 +4,7 @@
 //! - [`logging`]: the `[+] …` console format of the server and the client's stderr logs.
 //! - [`menu`]: the interactive menu of the original design.
 //! - [`input`]: size-limited, cancel-safe reading of stdin lines, shared by both front ends.
+//! - [`terminal`]: the menu's line editor on a terminal, printing above the line being typed.
 //! - [`event_loop`]: the loop both front ends run: input, events and commands under way at once.
 //! - [`json`]: the JSON-lines interface for scripts (schema in `docs/json-lines.md`).
 
@@ -17,6 +18,7 @@ pub mod input;
 pub mod json;
 pub mod logging;
 pub mod menu;
+pub mod terminal;
 
 /// Where the binaries keep their data by default: `$XDG_DATA_HOME`, falling back to
 /// `~/.local/share` (and to the working directory when neither is set).

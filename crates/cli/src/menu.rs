@@ -1,40 +1,58 @@
-//! The interactive menu of the original design: numbered options, prompts, and new messages
-//! printed under the menu as they arrive (`> Message from 123: Hello`).
+//! The interactive menu of the original design: numbered options, prompts, and what arrives
+//! printed as it comes (`> Message from 123: Hello`).
+//!
+//! On a terminal the prompts are edited with `terminal.rs` (arrows, Home/End, history), and what
+//! arrives is printed above the line being typed, which stays intact; piped input is read as it is.
+//! Text from peers is printed with control and bidi characters neutralized
+//! (`whatsap2p_client::display`). Each message gets one short line when delivered and one when
+//! read (a group message: once every member has it), failures always.
 
-use std::io::Write;
-
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+use whatsap2p_client::display::{civil_from_days, clean, clean_lines, size};
 use whatsap2p_client::{
-    Change, Client, Event, FileRecord, GroupId, MessageId, Number, Presence, SendOutcome,
+    Change, Chat, ChatItem, Client, Event, FileRecord, GroupId, MessageId, Number, Presence, RequestItem,
+    SendOutcome,
 };
-
-use whatsap2p_tui::transfer::size;
 
 use crate::event_loop::{FrontEnd, Step};
 use crate::input::{self, Line};
+use crate::terminal::Printer;
 
 const OPTIONS: &str = "[+] Options:
 1 - Ping user
 2 - Send Message
-3 - View Contacts
+3 - View Contacts (rename, remove)
 4 - Add New Contact
 5 - Logout
 6 - Conversation history
 7 - Send Photo (or any file)
-8 - Groups";
+8 - Groups
+9 - Message requests
+10 - Settings (read receipts)";
 
 const SHORT_OPTIONS: &str =
-    "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo · 8 Groups";
+    "[+] 1 Ping · 2 Send · 3 Contacts · 4 Add contact · 5 Logout · 6 History · 7 Photo · \
+                             8 Groups · 9 Requests · 10 Settings";
 
 const GROUP_HELP: &str = "[+] Group commands: new NAME NUMBER… | send GROUP TEXT | add GROUP NUMBER | remove GROUP NUMBER | admin GROUP NUMBER | leave GROUP (GROUP: its name, or the start of its id; empty line: back)";
 
-/// Messages option 6 shows.
+const CONTACT_HELP: &str = "[+] Contact commands: rename NUMBER NAME | remove NUMBER (empty line: back)";
+
+const REQUEST_HELP: &str =
+    "[+] Request commands: accept NUMBER | ignore NUMBER | block NUMBER | unblock NUMBER (empty line: back)";
+
+/// Items a history page shows.
 const HISTORY_LINES: usize = 20;
+/// Sent messages remembered for their delivered and read lines (the oldest are forgotten).
+const REMEMBERED_SENDS: usize = 1000;
+/// Characters of a text quoted in a status line.
+const PREVIEW: usize = 40;
 
 /// What the next input line answers.
 #[derive(Clone, Debug)]
@@ -44,10 +62,18 @@ enum Prompt {
     SendNumber,
     SendText(Number),
     AddNumber,
-    HistoryNumber,
+    HistoryWith,
+    /// A page of `chat` was shown; Enter shows the one before `before`.
+    HistoryMore {
+        chat: Chat,
+        before: MessageId,
+    },
     FileNumber,
     FilePath(Number),
     GroupCommand,
+    ContactCommand,
+    RequestCommand,
+    Settings,
 }
 
 impl Prompt {
@@ -57,36 +83,177 @@ impl Prompt {
             Prompt::PingNumber => "Number to ping: ",
             Prompt::SendNumber => "Send to number: ",
             Prompt::SendText(_) => "Message: ",
-            Prompt::AddNumber => "New contact's number: ",
-            Prompt::HistoryNumber => "Conversation with (a number, or a group's name): ",
+            Prompt::AddNumber => "New contact's number (and a name, if you like): ",
+            Prompt::HistoryWith => "Conversation with (a number, or a group's name): ",
+            Prompt::HistoryMore { .. } => "Enter for older messages, or choose an option: ",
             Prompt::FileNumber => "Send photo to number: ",
             Prompt::FilePath(_) => "Path of the photo or file: ",
             Prompt::GroupCommand => "Group command: ",
+            Prompt::ContactCommand => "Contact command: ",
+            Prompt::RequestCommand => "Request command: ",
+            Prompt::Settings => "Turn read receipts on or off (on/off, empty line: back): ",
         }
+    }
+
+    /// Whether a bare option number typed here goes back to the options and runs it.
+    fn takes_options(&self) -> bool {
+        matches!(
+            self,
+            Prompt::HistoryMore { .. }
+                | Prompt::GroupCommand
+                | Prompt::ContactCommand
+                | Prompt::RequestCommand
+        )
     }
 }
 
-fn say(line: impl AsRef<str>) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line.as_ref());
-    let _ = out.flush();
+/// Where the menu writes: stdout as it is, or above the line editor's prompt.
+pub struct Screen {
+    editor: Option<Printer>,
+    /// Plain output: a prompt is printed and no newline came after it yet.
+    prompt_open: Cell<bool>,
 }
 
-fn prompt(p: &Prompt) {
-    let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{}", p.text());
-    let _ = out.flush();
+impl Screen {
+    /// Stdout as it is (piped input, or no terminal).
+    pub fn plain() -> Self {
+        Self { editor: None, prompt_open: Cell::new(false) }
+    }
+
+    /// Above the prompts of the line editor.
+    pub fn edited(printer: Printer) -> Self {
+        Self { editor: Some(printer), prompt_open: Cell::new(false) }
+    }
+
+    /// Prints a line (or several).
+    fn say(&self, line: impl AsRef<str>) {
+        match &self.editor {
+            Some(printer) => printer.say(line.as_ref()),
+            None => {
+                let mut out = std::io::stdout().lock();
+                // An event after a prompt starts on a line of its own.
+                if self.prompt_open.replace(false) {
+                    let _ = writeln!(out);
+                }
+                let _ = writeln!(out, "{}", line.as_ref());
+                let _ = out.flush();
+            }
+        }
+    }
+
+    /// Shows a prompt and reads the next line with it.
+    fn ask(&self, prompt: &str) {
+        match &self.editor {
+            Some(printer) => printer.ask(prompt),
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{prompt}");
+                let _ = out.flush();
+                self.prompt_open.set(true);
+            }
+        }
+    }
+
+    /// Input read: the prompt's line is done.
+    fn answered(&self) {
+        self.prompt_open.set(false);
+    }
 }
 
-/// `ip/port`, as the original printed addresses.
-fn slash(addr: std::net::SocketAddr) -> String {
-    format!("{}/{}", addr.ip(), addr.port())
+/// `ip:port`, as every address is printed.
+fn addr(a: std::net::SocketAddr) -> String {
+    a.to_string()
 }
 
 fn describe(p: &Presence) -> String {
-    match p.online {
-        Some(addr) => format!("{} - Online ({})", p.number, slash(addr)),
-        None => format!("{} - Offline", p.number),
+    match (p.online, p.key) {
+        (Some(a), _) => format!("{} - Online ({})", p.number, addr(a)),
+        (None, Some(_)) => format!("{} - Offline", p.number),
+        (None, None) => format!("{} - never registered (not a whatsap2p user yet)", p.number),
+    }
+}
+
+/// A text quoted in a status line: its first line, cut to [`PREVIEW`] characters, neutralized.
+fn preview(text: &str) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let mut cut: String = first.chars().take(PREVIEW).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("\"{}\"", clean(&cut))
+}
+
+/// A message text for the screen: each line neutralized, continuation lines indented.
+fn body(text: &str) -> String {
+    clean_lines(text).collect::<Vec<_>>().join("\n    ")
+}
+
+/// Where a sent message went, for its delivered and read lines.
+#[derive(Clone, Debug)]
+enum Target {
+    Peer(Number),
+    Group { name: String, members: usize },
+}
+
+/// A message just sent: its id, where to, and its text.
+type SentText = (MessageId, Target, String);
+
+/// A sent message whose receipts are still to come.
+struct Sent {
+    target: Target,
+    preview: String,
+    /// Members (1 for a peer) that have not confirmed it yet, and not read it yet.
+    undelivered: usize,
+    unread: usize,
+}
+
+/// Sent messages and their receipts, the most recent [`REMEMBERED_SENDS`].
+#[derive(Default)]
+struct Receipts {
+    sent: HashMap<MessageId, Sent>,
+    order: VecDeque<MessageId>,
+}
+
+impl Receipts {
+    fn remember(&mut self, id: MessageId, target: Target, text: &str) {
+        let members = match &target {
+            Target::Peer(_) => 1,
+            Target::Group { members, .. } => *members,
+        };
+        if self.order.len() >= REMEMBERED_SENDS {
+            if let Some(old) = self.order.pop_front() {
+                self.sent.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        let sent = Sent { target, preview: preview(text), undelivered: members, unread: members };
+        self.sent.insert(id, sent);
+    }
+
+    /// The line for `id` delivered to `to`: once per message, once every member has it.
+    fn delivered(&mut self, id: MessageId, to: &Number) -> Option<String> {
+        let Some(s) = self.sent.get_mut(&id) else { return Some(format!("[+] Delivered to {to}")) };
+        s.undelivered = s.undelivered.checked_sub(1)?;
+        (s.undelivered == 0).then(|| match &s.target {
+            Target::Peer(n) => format!("[+] Delivered to {n}: {}", s.preview),
+            Target::Group { name, members } => {
+                format!("[+] Delivered to all {members} in {name}: {}", s.preview)
+            }
+        })
+    }
+
+    /// The line for `id` read by `by`: once per message, once every member read it.
+    fn read(&mut self, id: MessageId, by: &Number) -> Option<String> {
+        let Some(s) = self.sent.get_mut(&id) else { return Some(format!("[+] Read by {by}")) };
+        s.unread = s.unread.checked_sub(1)?;
+        (s.unread == 0).then(|| match &s.target {
+            Target::Peer(n) => format!("[+] Read by {n}: {}", s.preview),
+            Target::Group { name, members } => format!("[+] Read by all {members} in {name}: {}", s.preview),
+        })
+    }
+
+    fn preview_of(&self, id: MessageId) -> String {
+        self.sent.get(&id).map(|s| format!(": {}", s.preview)).unwrap_or_default()
     }
 }
 
@@ -144,101 +311,8 @@ fn rate(bytes: u64, took: Duration) -> String {
     format!("{}/s", size(per_sec as u64))
 }
 
-/// Shows an event; a message shown is a message read, so its sender gets a read receipt.
-/// Shows an event; returns whether it printed anything (a progress event between quarters does
-/// not).
-async fn show_event(client: &Client, transfers: &mut Transfers, e: Event) -> bool {
-    match e {
-        Event::Progress { id, bytes, .. } => match transfers.progress(id, bytes) {
-            Some(line) => say(format!("\n{line}")),
-            None => return false,
-        },
-        Event::FileSent { id, to, .. } => match transfers.finish(id) {
-            Some(how) => say(format!("\n[+] File delivered to {to} ({how})")),
-            None => say(format!("\n[+] File delivered to {to}")),
-        },
-        Event::FileFailed { id, peer, reason, .. } => {
-            transfers.finish(id);
-            say(format!("\n[!] File transfer with {peer} failed: {reason}"));
-        }
-        Event::FileReceived { from, name, path, size: bytes, dimensions, .. } => {
-            let kind = if dimensions.is_some() { "Photo" } else { "File" };
-            let details = match dimensions {
-                Some((w, h)) => format!("{w}x{h}, {}", size(bytes)),
-                None => size(bytes),
-            };
-            say(format!("\n> {kind} from {from}: {name} ({details}) saved to {}", path.display()));
-        }
-        Event::Message { id, from, text, group, .. } => {
-            match group {
-                Some(g) => {
-                    let name = group_name(client, g).await;
-                    say(format!("\n> [{name}] Message from {from}: {text}"));
-                }
-                None => say(format!("\n> Message from {from}: {text}")),
-            }
-            if let Err(e) = client.mark_read(id).await {
-                say(format!("[!] {e}"));
-            }
-        }
-        Event::Delivered { to, .. } => say(format!("\n[+] Delivered to {to}")),
-        Event::Sent { to, .. } => say(format!("\n[+] Queued message sent to {to}")),
-        Event::Read { by, .. } => say(format!("\n[+] Read by {by}")),
-        Event::Failed { to, reason, .. } => say(format!("\n[!] Message to {to} failed: {reason}")),
-        Event::Presence { number, online: Some(addr) } => {
-            say(format!("\n> {number} is online ({})", slash(addr)))
-        }
-        Event::Presence { number, online: None } => say(format!("\n> {number} is offline")),
-        Event::Reconnected => say("\n[+] Reconnected to the directory server"),
-        Event::Group(g) if g.left => say(format!("\n[+] You are no longer in group {}", g.state.name)),
-        Event::Group(g) => {
-            let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
-            say(format!(
-                "\n[+] Group {} ({}) by {}: {}",
-                g.state.name,
-                g.state.id,
-                g.changed_by,
-                members.join(", ")
-            ))
-        }
-        Event::Warning { message } => say(format!("\n[!] WARNING: {message}")),
-        Event::DirectoryLost { reason } => say(format!("\n[!] Lost the directory server: {reason}")),
-        Event::Replaced { message } => say(format!("\n[!] {message}")),
-        other => say(format!("\n[+] {other:?}")),
-    }
-    true
-}
-
-/// The groups we are in, each with its members and their status.
-async fn show_groups(client: &Client) -> Vec<String> {
-    let mut out = Vec::new();
-    match client.groups().await {
-        Ok(groups) if groups.is_empty() => out.push("[+] No groups yet".to_owned()),
-        Ok(groups) => {
-            for g in groups.iter().filter(|g| !g.left) {
-                out.push(format!("[+] {} ({})", g.state.name, g.state.id));
-                for m in &g.state.members {
-                    let admin = if g.state.admins.contains(m) { " (admin)" } else { "" };
-                    let status = if m == client.number() {
-                        "you".to_owned()
-                    } else {
-                        match client.presence_of(m) {
-                            Some(Some(addr)) => format!("Online ({})", slash(addr)),
-                            Some(None) => "Offline".to_owned(),
-                            None => "?".to_owned(),
-                        }
-                    };
-                    out.push(format!("    {m}{admin} - {status}"));
-                }
-            }
-        }
-        Err(e) => out.push(format!("[!] {e}")),
-    }
-    out
-}
-
-/// Runs one line of the group sub-menu; returns what to tell the user.
-async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
+/// Runs one line of the group sub-menu; returns what to tell the user, and the message it sent.
+async fn group_command(client: &Client, line: &str) -> anyhow::Result<(String, Option<SentText>)> {
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     let rest = rest.trim();
     let id_and = |rest: &str| {
@@ -254,7 +328,7 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
         let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
         format!("{} ({}): {}", g.state.name, g.state.id, members.join(", "))
     };
-    Ok(match verb {
+    let text = match verb {
         "new" => {
             let mut words: Vec<&str> = rest.split_whitespace().collect();
             let first_number = words.iter().position(|w| Number::new(w).is_ok()).unwrap_or(words.len());
@@ -267,9 +341,10 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
             describe(client.group_create(&name, &members).await?)
         }
         "send" => {
-            let (id, text) = id_and(rest).await?;
-            let (_, n) = client.send_group(id, &text).await?;
-            format!("Sent to {n} members")
+            let (group, text) = id_and(rest).await?;
+            let (id, members) = client.send_group(group, &text).await?;
+            let target = Target::Group { name: group_name(client, group).await, members };
+            return Ok((format!("Sent to {members} members"), Some((id, target, text))));
         }
         "add" | "remove" | "admin" => {
             let (id, number) = id_and(rest).await?;
@@ -285,8 +360,9 @@ async fn group_command(client: &Client, line: &str) -> anyhow::Result<String> {
             let g = client.group_leave(id).await?;
             format!("You left {}", g.state.name)
         }
-        _ => anyhow::bail!("unknown group command '{verb}'"),
-    })
+        _ => anyhow::bail!("unknown group command '{}'", clean(verb)),
+    };
+    Ok((text, None))
 }
 
 /// Shortest start of a group id the menu accepts in place of the whole id.
@@ -324,55 +400,169 @@ async fn group_name(client: &Client, id: GroupId) -> String {
         Ok(groups) => groups
             .into_iter()
             .find(|g| g.state.id == id)
-            .map(|g| g.state.name)
+            .map(|g| clean(&g.state.name).into_owned())
             .unwrap_or_else(|| id.to_string()),
         Err(_) => id.to_string(),
     }
 }
 
-/// The last messages with a number or, when `with` is not one, in the group it names.
-async fn show_history(client: &Client, with: &str) -> Vec<String> {
+/// A number with its contact name, if it has one: `456 (Bob)`.
+async fn who(client: &Client, number: &Number) -> String {
+    let named = client
+        .contacts()
+        .await
+        .ok()
+        .and_then(|list| list.into_iter().find(|c| c.number == *number).and_then(|c| c.name));
+    match named {
+        Some(name) => format!("{number} ({})", clean(&name)),
+        None => number.to_string(),
+    }
+}
+
+/// The groups we are in, each with its members and their status.
+async fn show_groups(client: &Client) -> Vec<String> {
     let mut out = Vec::new();
-    let (list, whom) = match Number::new(with) {
-        Ok(n) => (client.history(&n, HISTORY_LINES).await.map_err(anyhow::Error::from), n.to_string()),
-        Err(_) => {
-            let group = async {
-                let groups = client.groups().await?;
-                let id = pick_group(&groups, with)?;
-                let name = groups
-                    .iter()
-                    .find(|g| g.state.id == id)
-                    .map_or_else(|| id.to_string(), |g| g.state.name.clone());
-                Ok::<_, anyhow::Error>((client.group_history(id, HISTORY_LINES).await?, name))
-            };
-            match group.await {
-                Ok((list, name)) => (Ok(list), format!("group {name}")),
-                Err(e) => (Err(e), String::new()),
-            }
-        }
-    };
-    match list {
-        Ok(list) if list.is_empty() => out.push(format!("[+] No messages with {whom} yet")),
-        Ok(list) => {
-            out.push(format!("[+] Last {} messages with {whom}:", list.len()));
-            for m in list {
-                let who = if m.outgoing { "You".to_owned() } else { m.peer.to_string() };
-                // A group message went to every member: its state is one member's, so none is shown.
-                let state = if m.outgoing && m.group.is_none() {
-                    format!("  [{}]", m.state.as_str())
-                } else {
-                    String::new()
-                };
-                out.push(format!(
-                    "    {} {who}: {}{state}",
-                    clock(m.received_at_ms.unwrap_or(m.sent_at_ms)),
-                    m.text
-                ));
+    match client.groups().await {
+        Ok(groups) if groups.is_empty() => out.push("[+] No groups yet".to_owned()),
+        Ok(groups) => {
+            for g in groups.iter().filter(|g| !g.left) {
+                out.push(format!("[+] {} ({})", clean(&g.state.name), g.state.id));
+                for m in &g.state.members {
+                    let admin = if g.state.admins.contains(m) { " (admin)" } else { "" };
+                    let status = if m == client.number() {
+                        "you".to_owned()
+                    } else {
+                        match client.presence_of(m) {
+                            Some(Some(a)) => format!("Online ({})", addr(a)),
+                            Some(None) => "Offline".to_owned(),
+                            None => "?".to_owned(),
+                        }
+                    };
+                    out.push(format!("    {m}{admin} - {status}"));
+                }
             }
         }
         Err(e) => out.push(format!("[!] {e}")),
     }
     out
+}
+
+/// Contacts with their names and status.
+async fn show_contacts(client: &Client) -> (Vec<String>, bool) {
+    match client.contacts().await {
+        Ok(list) if list.is_empty() => (vec!["[+] No contacts yet: add one with 4".to_owned()], false),
+        Ok(list) => {
+            let mut out = vec!["[+] Contacts:".to_owned()];
+            for c in list {
+                let p = Presence { number: c.number.clone(), online: c.online, key: c.key };
+                let line = describe(&p);
+                out.push(match c.name {
+                    Some(name) => format!(
+                        "    {}",
+                        line.replacen(c.number.as_str(), &format!("{} {}", c.number, clean(&name)), 1)
+                    ),
+                    None => format!("    {line}"),
+                });
+            }
+            out.push(CONTACT_HELP.to_owned());
+            (out, true)
+        }
+        Err(e) => (vec![format!("[!] {e}")], false),
+    }
+}
+
+/// Runs one line of the contacts sub-menu.
+async fn contact_command(client: &Client, line: &str) -> anyhow::Result<String> {
+    let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let (number, name) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+    let number = Number::new(number)?;
+    Ok(match verb {
+        "rename" => {
+            client.rename_contact(&number, name).await?;
+            match name.trim() {
+                "" => format!("{number} has no name now"),
+                name => format!("{number} is {name} now"),
+            }
+        }
+        "remove" => {
+            client.remove_contact(&number).await?;
+            format!("Removed {number}")
+        }
+        _ => anyhow::bail!("unknown contact command '{}'", clean(verb)),
+    })
+}
+
+/// One item of a request, in a few words.
+fn request_item(item: &RequestItem) -> String {
+    match item {
+        RequestItem::Text { text, .. } => preview(text),
+        RequestItem::File { name, size: bytes, media_type, .. } => {
+            let kind = if media_type.starts_with("image/") { "photo" } else { "file" };
+            format!("{kind} {} ({})", clean(name), size(*bytes))
+        }
+        RequestItem::Group { name, members, .. } => {
+            format!("an invitation to group {} ({} members)", clean(name), members.len())
+        }
+        RequestItem::GroupText { from, text, .. } => format!("{from} in the group: {}", preview(text)),
+        _ => "something this version cannot show".to_owned(),
+    }
+}
+
+/// The message requests waiting, and the numbers blocked.
+async fn show_requests(client: &Client) -> Vec<String> {
+    let mut out = Vec::new();
+    match client.requests().await {
+        Ok(list) if list.is_empty() => out.push("[+] No message requests".to_owned()),
+        Ok(list) => {
+            out.push("[+] Message requests (from numbers that are not contacts):".to_owned());
+            for r in list {
+                out.push(format!("    {} since {}:", r.from, when(r.first_at_ms)));
+                for item in &r.items {
+                    out.push(format!("      {}", request_item(item)));
+                }
+            }
+        }
+        Err(e) => out.push(format!("[!] {e}")),
+    }
+    if let Ok(blocked) = client.blocked().await {
+        if !blocked.is_empty() {
+            let list: Vec<String> = blocked.iter().map(|n| n.to_string()).collect();
+            out.push(format!("[+] Blocked: {}", list.join(", ")));
+        }
+    }
+    out.push(REQUEST_HELP.to_owned());
+    out
+}
+
+/// Runs one line of the requests sub-menu.
+async fn request_command(client: &Client, line: &str) -> anyhow::Result<String> {
+    let (verb, number) = line.split_once(' ').unwrap_or((line, ""));
+    let number = Number::new(number.trim())?;
+    Ok(match verb {
+        "accept" => {
+            let n = client.accept(&number).await?;
+            format!("Accepted {number}: a contact now; {n} held item(s) delivered")
+        }
+        "ignore" => {
+            client.ignore(&number).await?;
+            format!("Ignored the request from {number}")
+        }
+        "block" => match client.block(&number).await? {
+            true => format!("Blocked {number}: nothing it sends is shown (it is not told)"),
+            false => format!("{number} was blocked already"),
+        },
+        "unblock" => match client.unblock(&number).await? {
+            true => format!("Unblocked {number}"),
+            false => format!("{number} was not blocked"),
+        },
+        _ => anyhow::bail!("unknown request command '{}'", clean(verb)),
+    })
+}
+
+/// `2026-12-01` (UTC) of a millisecond timestamp.
+fn date(ms: u64) -> String {
+    let (y, m, d) = civil_from_days((ms / 86_400_000) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `HH:MM` (UTC) of a millisecond timestamp.
@@ -381,59 +571,161 @@ fn clock(ms: u64) -> String {
     format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60)
 }
 
+/// `2026-12-01 14:02` (UTC).
+fn when(ms: u64) -> String {
+    format!("{} {}", date(ms), clock(ms))
+}
+
+/// A page of history: a date line wherever the day changes, then each text or file.
+fn history_lines(client: &Client, items: &[ChatItem]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut day = String::new();
+    for item in items {
+        let at = item.at_ms();
+        if date(at) != day {
+            day = date(at);
+            out.push(format!("    ── {day} (UTC) ──"));
+        }
+        let line = match item {
+            ChatItem::Text(m) => {
+                let who = if m.outgoing { "You".to_owned() } else { m.peer.to_string() };
+                // A group message went to every member: its state is one member's, so none is shown.
+                let state = if m.outgoing && m.group.is_none() {
+                    format!("  [{}]", m.state.as_str())
+                } else {
+                    String::new()
+                };
+                format!("    {} {who}: {}{state}", clock(at), body(&m.text))
+            }
+            ChatItem::File(f) => {
+                let kind = if f.media_type.starts_with("image/") { "photo" } else { "file" };
+                let name = clean(&f.name);
+                let path = f.path.display().to_string();
+                if f.outgoing {
+                    format!("    {} You: {kind} {name} ({})  [{}]", clock(at), size(f.size), f.state.as_str())
+                } else {
+                    format!(
+                        "    {} {}: {kind} {name} ({}), saved to {}",
+                        clock(at),
+                        f.peer,
+                        size(f.size),
+                        clean(&path)
+                    )
+                }
+            }
+            _ => continue,
+        };
+        out.push(line);
+    }
+    let _ = client;
+    out
+}
+
+/// The chat `with` names: a number, or a group by name or id start.
+async fn chat_named(client: &Client, with: &str) -> anyhow::Result<(Chat, String)> {
+    if let Ok(n) = Number::new(with) {
+        return Ok((Chat::Peer(n.clone()), who(client, &n).await));
+    }
+    let groups = client.groups().await?;
+    let id = pick_group(&groups, with)?;
+    let name = groups
+        .iter()
+        .find(|g| g.state.id == id)
+        .map_or_else(|| id.to_string(), |g| clean(&g.state.name).into_owned());
+    Ok((Chat::Group(id), format!("group {name}")))
+}
+
+/// A page of `chat` before `before` (the newest without it); the lines and, when there may be
+/// older ones, the cursor for them.
+async fn history_page(
+    client: &Client,
+    chat: &Chat,
+    title: &str,
+    before: Option<MessageId>,
+) -> (Vec<String>, Option<MessageId>) {
+    match client.history_page(chat, before, HISTORY_LINES).await {
+        Ok(items) if items.is_empty() && before.is_none() => {
+            (vec![format!("[+] No messages with {title} yet")], None)
+        }
+        Ok(items) if items.is_empty() => (vec![format!("[+] Nothing older with {title}")], None),
+        Ok(items) => {
+            let head = match before {
+                None => format!("[+] Last {} messages with {title}:", items.len()),
+                Some(_) => format!("[+] {} older messages with {title}:", items.len()),
+            };
+            let more = (items.len() == HISTORY_LINES).then(|| items[0].id());
+            let mut lines = vec![head];
+            lines.extend(history_lines(client, &items));
+            (lines, more)
+        }
+        Err(e) => (vec![format!("[!] {e}")], None),
+    }
+}
+
 /// Asks for our number until a valid one is given; `None` at end of input.
-pub async fn ask_number(stdin: &mut input::Stdin) -> anyhow::Result<Option<Number>> {
-    say("Welcome!");
+pub async fn ask_number(source: &mut input::Source, screen: &Screen) -> anyhow::Result<Option<Number>> {
+    screen.say("Welcome!");
     loop {
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "Please insert your number: ");
-        let _ = out.flush();
-        drop(out);
-        match stdin.next_line().await? {
+        screen.ask("Please insert your number: ");
+        let line = source.next_line().await?;
+        screen.answered();
+        match line {
             None => return Ok(None),
-            Some(Line::Text(t)) => match Number::new(&t) {
+            Some(Line::Text(t)) => match Number::new(t.trim()) {
                 Ok(n) => return Ok(Some(n)),
-                Err(e) => say(format!("[!] {e}")),
+                Err(e) => screen.say(format!("[!] {e}")),
             },
-            Some(_) => say("[!] That is not a number"),
+            Some(_) => screen.say("[!] That is not a number"),
         }
     }
 }
 
 /// Announces the client as the original did.
-pub fn banner(client: &Client) {
+fn banner(screen: &Screen, client: &Client) {
     if client.directory_version().is_some() {
-        say("[+] Connection successful!");
+        screen.say("[+] Connection successful!");
     } else {
         // Why follows at once, as a `DirectoryLost` event.
-        say("[!] Started without the directory server: whatsap2p keeps trying, and says when it is connected. Messages wait in the outbox meanwhile.");
+        screen.say("[!] Started without the directory server: whatsap2p keeps trying, and says when it is connected. Messages wait in the outbox meanwhile.");
     }
-    say(format!("[+] Server key: {}", client.server_key()));
-    say(format!("[+] Your key: {}", client.identity_key()));
-    say(format!("[+] Listening at {}", slash(client.published_addr())));
+    screen.say(format!("[+] Server key: {}", client.server_key()));
+    screen.say(format!("[+] Your key: {}", client.identity_key()));
+    screen.say(format!("[+] Listening at {}", addr(client.published_addr())));
+    if !client.read_receipts() {
+        screen.say("[+] Read receipts are off (10 to change)");
+    }
 }
 
-/// What a menu command gives back: the lines to show, and the file it queued, if any.
+/// What a menu command gives back: the lines to show, and what to follow.
 #[derive(Default)]
 struct Done {
     lines: Vec<String>,
     file: Option<FileRecord>,
+    /// A message sent, for its receipt lines.
+    sent: Option<SentText>,
+    /// Where the next prompt goes, when the command decides it.
+    next: Option<Prompt>,
 }
 
 impl Done {
     /// `lines`, then the short list of options.
     fn then_options(mut lines: Vec<String>) -> Self {
         lines.push(SHORT_OPTIONS.to_owned());
-        Self { lines, file: None }
+        Self { lines, ..Self::default() }
+    }
+
+    fn lines(lines: Vec<String>) -> Self {
+        Self { lines, ..Self::default() }
     }
 }
 
-/// The menu's state: what the next line answers, and the files it follows.
+/// The menu's state: what the next line answers, what it prints to, and what it follows.
 struct Menu {
     state: Prompt,
+    screen: Screen,
     transfers: Transfers,
+    receipts: Receipts,
 }
-
 impl Menu {
     /// Starts `job`, whose answer the user sees before the prompt of `next`.
     fn run<'c>(&mut self, next: Prompt, job: impl Future<Output = Done> + 'c) -> Step<'c, Done> {
@@ -441,22 +733,119 @@ impl Menu {
         Step::Run(Box::pin(job))
     }
 
-    /// Shows `line` and stays at the main options.
+    /// Shows `line` and goes back to the options.
     fn back(&mut self, line: Option<String>) -> Step<'static, Done> {
         if let Some(line) = line {
-            say(line);
+            self.screen.say(line);
         }
-        say(SHORT_OPTIONS);
-        self.state = Prompt::Choice;
-        prompt(&self.state);
-        Step::Done
+        self.screen.say(SHORT_OPTIONS);
+        self.ask(Prompt::Choice)
     }
 
     /// Moves to `next` and asks for it.
     fn ask(&mut self, next: Prompt) -> Step<'static, Done> {
         self.state = next;
-        prompt(&self.state);
+        self.screen.ask(self.state.text());
         Step::Done
+    }
+
+    /// Shows an event; a message shown is a message read, so its sender gets a read receipt (if
+    /// read receipts are on).
+    async fn show(&mut self, client: &Client, e: Event) {
+        let line = match e {
+            Event::Progress { id, bytes, .. } => self.transfers.progress(id, bytes),
+            Event::FileSent { id, to, .. } => Some(match self.transfers.finish(id) {
+                Some(how) => format!("[+] File delivered to {to} ({how})"),
+                None => format!("[+] File delivered to {to}"),
+            }),
+            Event::FileFailed { id, peer, reason, .. } => {
+                self.transfers.finish(id);
+                Some(format!("[!] File transfer with {peer} failed: {}", clean(&reason)))
+            }
+            Event::FileReceived { from, name, path, size: bytes, dimensions, .. } => {
+                let kind = if dimensions.is_some() { "Photo" } else { "File" };
+                let details = match dimensions {
+                    Some((w, h)) => format!("{w}x{h}, {}", size(bytes)),
+                    None => size(bytes),
+                };
+                let path = path.display().to_string();
+                Some(format!("> {kind} from {from}: {} ({details}) saved to {}", clean(&name), clean(&path)))
+            }
+            Event::Message { id, from, text, group, .. } => {
+                let sender = who(client, &from).await;
+                let line = match group {
+                    Some(g) => {
+                        format!("> [{}] Message from {sender}: {}", group_name(client, g).await, body(&text))
+                    }
+                    None => format!("> Message from {sender}: {}", body(&text)),
+                };
+                self.screen.say(line);
+                if let Err(e) = client.mark_read(id).await {
+                    self.screen.say(format!("[!] {e}"));
+                }
+                None
+            }
+            Event::Request { from, item } => Some(format!(
+                "> Message request from {from}: {} (9 to accept, ignore or block)",
+                request_item(&item)
+            )),
+            Event::Pending { id, to } => Some(format!(
+                "[+] Waiting for {to} to accept your message request{}",
+                self.receipts.preview_of(id)
+            )),
+            Event::Delivered { id, to } => self.receipts.delivered(id, &to),
+            Event::Read { id, by } => self.receipts.read(id, &by),
+            // Delivered follows: one line is enough.
+            Event::Sent { .. } => None,
+            Event::Failed { id, to, reason } => Some(format!(
+                "[!] Message to {to} failed{}: {}",
+                self.receipts.preview_of(id),
+                clean(&reason)
+            )),
+            Event::Presence { number, online: Some(a) } => {
+                Some(format!("> {number} is online ({})", addr(a)))
+            }
+            Event::Presence { number, online: None } => Some(format!("> {number} is offline")),
+            Event::Reconnected => Some("[+] Reconnected to the directory server".to_owned()),
+            Event::Group(g) if g.left => {
+                Some(format!("[+] You are no longer in group {}", clean(&g.state.name)))
+            }
+            Event::Group(g) => {
+                let members: Vec<String> = g.state.members.iter().map(|m| m.to_string()).collect();
+                Some(format!(
+                    "[+] Group {} ({}) by {}: {}",
+                    clean(&g.state.name),
+                    g.state.id,
+                    g.changed_by,
+                    members.join(", ")
+                ))
+            }
+            Event::Warning { message } => Some(format!("[!] WARNING: {}", clean(&message))),
+            Event::DirectoryLost { reason } => {
+                Some(format!("[!] Lost the directory server: {}", clean(&reason)))
+            }
+            Event::Replaced { message } => Some(format!("[!] {}", clean(&message))),
+            other => Some(format!("[+] {other:?}")),
+        };
+        if let Some(line) = line {
+            self.screen.say(line);
+        }
+    }
+}
+
+/// Sends `text` to `to`; the answer line and what to follow.
+async fn send_text(client: &Client, to: Number, text: String) -> Done {
+    match client.send(&to, &text).await {
+        Ok((id, outcome)) => {
+            let line = match outcome {
+                SendOutcome::Sent => format!("[+] Sent to {to}"),
+                SendOutcome::Queued { reason } => {
+                    format!("[+] Queued for {to} ({reason}); it goes out as soon as they are online")
+                }
+            };
+            Done { sent: Some((id, Target::Peer(to), text)), ..Done::then_options(vec![line]) }
+        }
+        Err(e) => Done::then_options(vec![format!("[!] {e}")]),
     }
 }
 
@@ -464,125 +853,210 @@ impl FrontEnd for Menu {
     type Done = Done;
 
     fn start(&mut self, client: &Client) {
-        banner(client);
-        say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
-        prompt(&self.state);
+        banner(&self.screen, client);
+        self.screen.say(format!("\n{OPTIONS}\n\n[+] New Messages:"));
+        self.screen.ask(self.state.text());
     }
 
     fn line<'c>(&mut self, client: &'c Client, line: Line) -> Step<'c, Done> {
+        self.screen.answered();
         let line = match line {
             Line::Text(t) => t,
             Line::TooLong(n) => {
-                say(format!("[!] That line is {n} bytes; too long"));
-                prompt(&self.state);
-                return Step::Done;
+                self.screen.say(format!("[!] That line is {n} bytes; too long"));
+                return self.ask(self.state.clone());
             }
             Line::NotUtf8 => {
-                say("[!] That line is not valid UTF-8");
-                prompt(&self.state);
-                return Step::Done;
+                self.screen.say("[!] That line is not valid UTF-8");
+                return self.ask(self.state.clone());
             }
         };
-        let state = std::mem::replace(&mut self.state, Prompt::Choice);
+        let mut state = std::mem::replace(&mut self.state, Prompt::Choice);
+        // A bare option number in a sub-menu goes back to the options and runs it.
+        if state.takes_options() && line.trim().parse::<u8>().is_ok_and(|n| (1..=10).contains(&n)) {
+            state = Prompt::Choice;
+        }
         match (state, line.trim()) {
             (Prompt::Choice, "") => self.ask(Prompt::Choice),
             (Prompt::Choice, "1") => self.ask(Prompt::PingNumber),
             (Prompt::Choice, "2") => self.ask(Prompt::SendNumber),
             (Prompt::Choice, "3") => self.run(Prompt::Choice, async move {
-                let lines = match client.contacts().await {
-                    Ok(list) if list.is_empty() => vec!["[+] No contacts yet: add one with 4".to_owned()],
-                    Ok(list) => std::iter::once("[+] Contacts:".to_owned())
-                        .chain(list.iter().map(|c| format!("    {}", describe(c))))
-                        .collect(),
-                    Err(e) => vec![format!("[!] {e}")],
-                };
-                Done::then_options(lines)
+                let (mut lines, any) = show_contacts(client).await;
+                if !any {
+                    lines.push(SHORT_OPTIONS.to_owned());
+                }
+                Done { next: any.then_some(Prompt::ContactCommand), ..Done::lines(lines) }
             }),
             (Prompt::Choice, "4") => self.ask(Prompt::AddNumber),
             (Prompt::Choice, "5") => Step::Quit,
-            (Prompt::Choice, "6") => self.ask(Prompt::HistoryNumber),
+            (Prompt::Choice, "6") => self.ask(Prompt::HistoryWith),
             (Prompt::Choice, "7") => self.ask(Prompt::FileNumber),
             (Prompt::Choice, "8") => self.run(Prompt::GroupCommand, async move {
                 let mut lines = show_groups(client).await;
                 lines.push(GROUP_HELP.to_owned());
-                Done { lines, file: None }
+                Done::lines(lines)
             }),
-            (Prompt::GroupCommand, "") => self.back(None),
+            (Prompt::Choice, "9") => {
+                self.run(Prompt::RequestCommand, async move { Done::lines(show_requests(client).await) })
+            }
+            (Prompt::Choice, "10") => {
+                let on = if client.read_receipts() { "on" } else { "off" };
+                self.screen.say(format!(
+                    "[+] Read receipts are {on}: who sends you a message sees when you read it"
+                ));
+                self.ask(Prompt::Settings)
+            }
+            (Prompt::Settings, "") => self.back(None),
+            (Prompt::Settings, choice) => {
+                let on = match choice.to_lowercase().as_str() {
+                    "on" | "yes" | "y" => true,
+                    "off" | "no" | "n" => false,
+                    _ => {
+                        self.screen.say("[!] Say on or off");
+                        return self.ask(Prompt::Settings);
+                    }
+                };
+                self.run(Prompt::Choice, async move {
+                    let line = match client.set_read_receipts(on, true).await {
+                        Ok(()) if on => "[+] Read receipts on".to_owned(),
+                        Ok(()) => {
+                            "[+] Read receipts off: nobody sees when you read their messages".to_owned()
+                        }
+                        Err(e) => format!("[!] {e}"),
+                    };
+                    Done::then_options(vec![line])
+                })
+            }
+            (Prompt::GroupCommand | Prompt::ContactCommand | Prompt::RequestCommand, "") => self.back(None),
             (Prompt::GroupCommand, command) => {
                 let command = command.to_owned();
                 self.run(Prompt::GroupCommand, async move {
-                    let line = match group_command(client, &command).await {
+                    let (line, sent) = match group_command(client, &command).await {
+                        Ok((done, sent)) => (format!("[+] {done}"), sent),
+                        Err(e) => (format!("[!] {e}"), None),
+                    };
+                    Done { sent, ..Done::lines(vec![line]) }
+                })
+            }
+            (Prompt::ContactCommand, command) => {
+                let command = command.to_owned();
+                self.run(Prompt::ContactCommand, async move {
+                    let line = match contact_command(client, &command).await {
                         Ok(done) => format!("[+] {done}"),
                         Err(e) => format!("[!] {e}"),
                     };
-                    Done { lines: vec![line], file: None }
+                    Done::lines(vec![line])
                 })
             }
-            (Prompt::Choice, other) => self.back(Some(format!("[!] '{other}' is not an option"))),
+            (Prompt::RequestCommand, command) => {
+                let command = command.to_owned();
+                self.run(Prompt::RequestCommand, async move {
+                    let line = match request_command(client, &command).await {
+                        Ok(done) => format!("[+] {done}"),
+                        Err(e) => format!("[!] {e}"),
+                    };
+                    Done::lines(vec![line])
+                })
+            }
+            (Prompt::Choice, other) => self.back(Some(format!("[!] '{}' is not an option", clean(other)))),
             (
                 Prompt::PingNumber
                 | Prompt::SendNumber
                 | Prompt::AddNumber
-                | Prompt::HistoryNumber
+                | Prompt::HistoryWith
                 | Prompt::FileNumber,
                 "",
             ) => self.back(None),
-            (Prompt::HistoryNumber, with) => {
+            (Prompt::HistoryWith, with) => {
                 let with = with.to_owned();
-                self.run(Prompt::Choice, async move { Done::then_options(show_history(client, &with).await) })
+                self.run(Prompt::Choice, async move {
+                    match chat_named(client, &with).await {
+                        Ok((chat, title)) => {
+                            let (lines, more) = history_page(client, &chat, &title, None).await;
+                            match more {
+                                Some(before) => Done {
+                                    next: Some(Prompt::HistoryMore { chat, before }),
+                                    ..Done::lines(lines)
+                                },
+                                None => Done::then_options(lines),
+                            }
+                        }
+                        Err(e) => Done::then_options(vec![format!("[!] {e}")]),
+                    }
+                })
             }
-            (
-                p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::AddNumber | Prompt::FileNumber),
-                text,
-            ) => match Number::new(text) {
-                Err(e) => {
-                    say(format!("[!] {e}"));
-                    self.ask(p)
+            (Prompt::HistoryMore { chat, before }, "") => self.run(Prompt::Choice, async move {
+                let title = match &chat {
+                    Chat::Peer(n) => who(client, n).await,
+                    Chat::Group(g) => format!("group {}", group_name(client, *g).await),
+                };
+                let (lines, more) = history_page(client, &chat, &title, Some(before)).await;
+                match more {
+                    Some(before) => {
+                        Done { next: Some(Prompt::HistoryMore { chat, before }), ..Done::lines(lines) }
+                    }
+                    None => Done::then_options(lines),
                 }
-                Ok(n) => match p {
-                    Prompt::PingNumber => self.run(Prompt::Choice, async move {
-                        let line = match client.ping(&n).await {
-                            Ok(p) => format!("[+] {}", describe(&p)),
-                            Err(e) => format!("[!] {e}"),
-                        };
-                        Done::then_options(vec![line])
-                    }),
-                    Prompt::AddNumber => self.run(Prompt::Choice, async move {
-                        let line = match client.add_contact(&n).await {
-                            Ok((true, Some(k))) => format!("[+] Added {n} (key {k})"),
-                            Ok((true, None)) => format!("[+] Added {n} (not registered yet)"),
-                            Ok((false, _)) => format!("[+] {n} is already a contact"),
-                            Err(e) => format!("[!] {e}"),
-                        };
-                        Done::then_options(vec![line])
-                    }),
-                    Prompt::FileNumber => self.ask(Prompt::FilePath(n)),
-                    _ => self.ask(Prompt::SendText(n)),
-                },
-            },
+            }),
+            (Prompt::HistoryMore { .. }, other) => {
+                self.back(Some(format!("[!] '{}' is not an option", clean(other))))
+            }
+            (Prompt::AddNumber, text) => {
+                let (number, name) = text.split_once(' ').unwrap_or((text, ""));
+                match Number::new(number) {
+                    Err(e) => {
+                        self.screen.say(format!("[!] {e}"));
+                        self.ask(Prompt::AddNumber)
+                    }
+                    Ok(n) => {
+                        let name = name.trim().to_owned();
+                        self.run(Prompt::Choice, async move {
+                            let named = (!name.is_empty()).then_some(name.as_str());
+                            let line = match client.add_contact(&n, named).await {
+                                Ok((true, Some(k))) => format!("[+] Added {n} (key {k})"),
+                                Ok((true, None)) => format!("[+] Added {n} (not registered yet)"),
+                                Ok((false, _)) if named.is_some() => format!("[+] {n} is {name} now"),
+                                Ok((false, _)) => format!("[+] {n} is already a contact"),
+                                Err(e) => format!("[!] {e}"),
+                            };
+                            Done::then_options(vec![line])
+                        })
+                    }
+                }
+            }
+            (p @ (Prompt::PingNumber | Prompt::SendNumber | Prompt::FileNumber), text) => {
+                match Number::new(text) {
+                    Err(e) => {
+                        self.screen.say(format!("[!] {e}"));
+                        self.ask(p)
+                    }
+                    Ok(n) => match p {
+                        Prompt::PingNumber => self.run(Prompt::Choice, async move {
+                            let line = match client.ping(&n).await {
+                                Ok(p) => format!("[+] {}", describe(&p)),
+                                Err(e) => format!("[!] {e}"),
+                            };
+                            Done::then_options(vec![line])
+                        }),
+                        Prompt::FileNumber => self.ask(Prompt::FilePath(n)),
+                        _ => self.ask(Prompt::SendText(n)),
+                    },
+                }
+            }
             (Prompt::FilePath(_), "") => self.back(None),
             (Prompt::FilePath(to), path) => {
                 let path = std::path::PathBuf::from(path);
                 self.run(Prompt::Choice, async move {
                     match client.send_file(&to, &path).await {
                         Ok(f) => {
-                            let line = format!("[+] Sending {} ({}) to {to}", f.name, size(f.size));
+                            let line = format!("[+] Sending {} ({}) to {to}", clean(&f.name), size(f.size));
                             Done { file: Some(f), ..Done::then_options(vec![line]) }
                         }
                         Err(e) => Done::then_options(vec![format!("[!] {e}")]),
                     }
                 })
             }
-            (Prompt::SendText(to), _) => self.run(Prompt::Choice, async move {
-                let line = match client.send(&to, &line).await {
-                    Ok((_, SendOutcome::Sent)) => format!("[+] Sent to {to}"),
-                    Ok((_, SendOutcome::Queued { reason })) => {
-                        format!("[+] Queued for {to} ({reason}); it goes out as soon as they are online")
-                    }
-                    Err(e) => format!("[!] {e}"),
-                };
-                Done::then_options(vec![line])
-            }),
+            (Prompt::SendText(to), _) => self.run(Prompt::Choice, send_text(client, to, line)),
         }
     }
 
@@ -590,35 +1064,49 @@ impl FrontEnd for Menu {
         if let Some(f) = done.file {
             self.transfers.start(f.id, f.name, f.peer, f.size);
         }
-        for line in done.lines {
-            say(line);
+        if let Some((id, target, text)) = done.sent {
+            self.receipts.remember(id, target, &text);
         }
-        prompt(&self.state);
+        if let Some(next) = done.next {
+            self.state = next;
+        }
+        for line in done.lines {
+            self.screen.say(line);
+        }
+        self.screen.ask(self.state.text());
         true
     }
 
-    async fn event(&mut self, client: &Client, e: Event, busy: bool) {
-        // While a command runs there is no prompt to draw again.
-        if show_event(client, &mut self.transfers, e).await && !busy {
-            prompt(&self.state);
-        }
+    async fn event(&mut self, client: &Client, e: Event, _busy: bool) {
+        // Printed above the prompt (or on a line of its own): the prompt is not printed again.
+        self.show(client, e).await;
     }
 
     fn stopping(&mut self, _client: &Client) {
-        say("\n[+] Logging out...");
+        self.screen.say("[+] Logging out...");
     }
 
     fn late_event(&mut self, _event: Event) {}
 
     fn stopped(&mut self) {
-        say("[+] Bye!");
+        self.screen.say("[+] Bye!");
     }
 }
 
 /// Runs the menu until Logout, end of input or a signal.
-pub async fn run(client: Client, events: mpsc::Receiver<Event>, stdin: input::Stdin) -> anyhow::Result<()> {
-    let menu = Menu { state: Prompt::Choice, transfers: Transfers::default() };
-    crate::event_loop::run(client, events, stdin, menu).await
+pub async fn run(
+    client: Client,
+    events: mpsc::Receiver<Event>,
+    source: input::Source,
+    screen: Screen,
+) -> anyhow::Result<()> {
+    let menu = Menu {
+        state: Prompt::Choice,
+        screen,
+        transfers: Transfers::default(),
+        receipts: Receipts::default(),
+    };
+    crate::event_loop::run(client, events, source, menu).await
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Registers `number` with `profile` once and logs out, so the number is known (and offline).
+/// Registers `number` with `profile` once (with 123 as a contact, unless it is 123) and logs out,
+/// so the number is known (and offline).
 async fn register_then_leave(port: u16, number: &str, profile: &std::path::Path) {
-    let mut c = Client::start_with(port, number, profile, &[]).await;
-    c.logout().await;
+    let contacts: &[&str] = if number == "123" { &[] } else { &["123"] };
+    Client::register_with(port, number, profile, contacts).await;
 }
 
 /// `delivered` of `id` to `to`, whether it already went by (skipped by an earlier wait) or is still to come.
@@ -171,6 +172,7 @@ async fn given_message_read_then_sender_gets_delivered_then_read_and_history_say
     let server = Server::start(&[]).await;
     let mut alice = Client::start(server.port, "123").await;
     let mut bob = Client::start(server.port, "456").await;
+    bob.add_contact("123").await;
     let id = alice.send_text("456", "did you see this?").await;
     bob.message(&id, "123", "did you see this?").await;
     delivered(&mut alice, &id, "456").await;
@@ -202,6 +204,7 @@ async fn given_lost_acknowledgement_then_the_retried_message_is_stored_and_shown
     let alice_profile = tempdir();
     let mut alice = Client::start_with(server.port, "123", alice_profile.path(), &[]).await;
     let mut bob = Client::start(server.port, "456").await;
+    bob.add_contact("123").await;
     let warm = alice.send_text("456", "warm the link").await;
     bob.message(&warm, "123", "warm the link").await;
     delivered(&mut alice, &warm, "456").await;
@@ -234,6 +237,7 @@ async fn given_history_then_it_survives_a_restart_of_both_sides() {
     let (pa, pb) = (tempdir(), tempdir());
     let mut alice = Client::start_with(server.port, "123", pa.path(), &[]).await;
     let mut bob = Client::start_with(server.port, "456", pb.path(), &[]).await;
+    bob.add_contact("123").await;
     let one = alice.send_text("456", "one").await;
     bob.message(&one, "123", "one").await;
     let two = bob.send_text("123", "two").await;

@@ -699,9 +699,10 @@ async fn given_file_truncated_after_queued_then_sender_fails_and_nothing_is_save
     assert_eq!(folders.saved(), BTreeSet::new(), "a short file was saved");
 }
 
-/// 5c. An offer from a number that is not a contact of the receiver is refused.
+/// 5c. An offer from a number that is not a contact of the receiver is held as a message request:
+///     the sender sees it pending, the receiver sees its name and size, and not a byte is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_sender_not_a_contact_then_the_file_is_refused() {
+async fn given_sender_not_a_contact_then_the_file_waits_as_a_request_and_nothing_is_written() {
     let src = tempdir();
     let path = src.path().join("unsolicited.txt");
     std::fs::write(&path, "you did not ask for this").expect("writing the source");
@@ -714,12 +715,19 @@ async fn given_sender_not_a_contact_then_the_file_is_refused() {
     add_contact(&mut receiver, "300").await;
 
     let id = id_of(&send_file(&mut sender, "200", &path).await);
-    let reason = failed_out(&mut sender, &id, "200").await;
-    assert!(reason.contains("not a contact"), "{reason}");
-    assert!(reason.contains("100"), "{reason}");
-    // A barrier: a text sent after the file arrives after the offer was dealt with.
+    let v = sender
+        .expect("pending or failed", |v| (is(v, "pending") || is(v, "file_failed")) && v["id"] == id.as_str())
+        .await;
+    assert!(is(&v, "pending"), "{v}");
+    let r = receiver.expect("request", |v| is(v, "request") && v["from"] == "100").await;
+    assert_eq!(
+        (r["kind"].as_str(), r["name"].as_str(), r["size"].as_u64()),
+        (Some("file"), Some("unsolicited.txt"), Some(24)),
+        "{r}"
+    );
+    // A barrier: a text sent after the file is held after the offer was dealt with.
     let m = sender.send_text("200", "did you get it?").await;
-    receiver.message(&m, "100", "did you get it?").await;
+    receiver.expect("the text's request", |v| is(v, "request") && v["id"] == m.as_str()).await;
     let got: Vec<Value> = receiver.events_so_far().into_iter().filter(|v| is(v, "file_received")).collect();
     assert!(got.is_empty(), "{got:?}");
     assert_eq!(folders.saved(), BTreeSet::new(), "a file from a stranger was saved");

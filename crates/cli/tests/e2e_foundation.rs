@@ -39,6 +39,7 @@ async fn given_three_clients_then_ping_and_messages_work_both_ways_over_one_link
     let mut c123 = Client::start(server.port, "123").await;
     let mut c456 = Client::start(server.port, "456").await;
     let mut c789 = Client::start(server.port, "789").await;
+    c456.add_contact("123").await;
     assert_eq!(c123.server_key(), c456.server_key());
     assert!(c123.server_key().starts_with(&server.fingerprint.replace(':', "")), "{}", server.fingerprint);
 
@@ -257,6 +258,7 @@ async fn given_bound_number_then_a_second_key_is_refused_even_after_server_resta
     let (profile_a, profile_b, profile_123) = (tempdir(), tempdir(), tempdir());
     let server = Server::start_in(data.path(), 0, &[]).await;
     let mut a = Client::start_with(server.port, "456", profile_a.path(), &[]).await;
+    a.add_contact("123").await;
     let fp_a = fingerprint(&a.key());
     server.wait_line("Bound 456", |l| l == format!("[+] Bound 456 to key {fp_a}")).await;
 
@@ -549,6 +551,9 @@ async fn given_garbage_oversized_and_silent_connections_to_server_then_clients_k
     let server = Server::start(&["--handshake-timeout", "1"]).await;
     let mut c123 = Client::start(server.port, "123").await;
     let mut c456 = Client::start(server.port, "456").await;
+    c123.add_contact("456").await;
+    c123.add_contact("789").await;
+    c456.add_contact("123").await;
 
     let (mut silent, silent_port) = connect_raw(&server.addr()).await;
     let mut garbage = Vec::new();
@@ -605,6 +610,8 @@ async fn given_garbage_oversized_and_silent_connections_to_a_client_listener_the
     let mut c123 = Client::start(server.port, "123").await;
     let mut c456 = Client::start(server.port, "456").await;
     let mut c789 = Client::start(server.port, "789").await;
+    c456.add_contact("123").await;
+    c456.add_contact("789").await;
     let target = c456.listen();
 
     let (mut silent, _) = connect_raw(&target).await;
@@ -680,6 +687,7 @@ async fn given_bad_input_lines_then_error_events_and_client_keeps_running() {
     // Still running and answering.
     c123.ping_unregistered("456").await;
     let mut c456 = Client::start(server.port, "456").await;
+    c456.add_contact("123").await;
     let id = c123.send_text("456", "all good").await;
     c123.delivered(&id, "456").await;
     c456.message(&id, "123", "all good").await;
@@ -694,6 +702,8 @@ async fn given_command_lines_split_around_events_then_each_is_read_whole() {
     let server = Server::start(&[]).await;
     let mut c123 = Client::start(server.port, "123").await;
     let mut c456 = Client::start(server.port, "456").await;
+    c123.add_contact("456").await;
+    c456.add_contact("123").await;
     // An event for 123 (a message from 456) each time it is waiting for the rest of a line.
     let mut n = 0;
     let mut meanwhile = async |c123: &mut Client, c456: &mut Client| {
@@ -781,6 +791,9 @@ async fn given_a_send_waiting_on_a_stuck_peer_then_the_menu_shows_other_messages
     let mut stdin = menu.stdin.take().expect("menu stdin");
     let out = common::Lines::collect(menu.stdout.take().expect("menu stdout"));
     out.wait_for(common::TIMEOUT, |l| l.contains("[+] Listening at")).await.expect("the menu is online");
+    // 456 is a contact: its message is shown, not held as a request.
+    stdin.write_all(b"4\n456\n").await.expect("writing to the menu");
+    out.wait_for(common::TIMEOUT, |l| l.contains("Added 456")).await.expect("456 added");
     c789.stop().await;
     let started = Instant::now();
     stdin.write_all(b"2\n789\nare you there?\n").await.expect("writing to the menu");

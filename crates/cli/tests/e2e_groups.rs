@@ -144,6 +144,8 @@ fn group_messages_from(c: &mut Client, group: &str, from: &str) -> Vec<String> {
 /// A direct message from `from` to `to`, shown by `to`: everything `from` queued for `to` before it
 /// has been dealt with by `to` (one courier per recipient writes the outbox in order).
 async fn barrier(from: &mut Client, to: &mut Client, text: &str) {
+    // Members are not contacts of each other: a direct text would be a message request.
+    to.add_contact(&from.number.clone()).await;
     let number = to.number.clone();
     from.send(json!({"cmd": "send", "to": number, "text": text})).await;
     let v = from

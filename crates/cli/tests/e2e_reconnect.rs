@@ -95,9 +95,11 @@ async fn given_the_directory_down_at_start_then_a_known_profile_waits_for_it_and
     let server = Server::start_in(data.path(), 0, &[]).await;
     let port = server.port;
     let mut bob = Client::start_with(port, "456", bob_profile.path(), &[]).await;
-    bob.logout().await;
     let mut alice = Client::start_with(port, "123", alice_profile.path(), &[]).await;
     add_contact(&mut alice, "456").await;
+    // Alice is bob's contact, or her texts would wait as a message request.
+    add_contact(&mut bob, "123").await;
+    bob.logout().await;
     let (before, _) = alice.send_queued("456", "written before").await;
     alice.logout().await;
     server.stop().await;

@@ -22,7 +22,8 @@ use crate::link::{LinkParts, Links};
 use crate::outbox::{Outbox, OutboxParts};
 use crate::presence::PresenceCache;
 use crate::profile::{Identity, Profile};
-use crate::store::{Chat, ChatItem, Conversation, FileRecord, Store, StoredMessage};
+use crate::requests::Requests;
+use crate::store::{Chat, ChatItem, Conversation, FileRecord, Held, Request, Store, StoredMessage};
 use crate::transfer::{TransferParts, Transfers};
 use crate::transport::PeerListener;
 use crate::ClientError;
@@ -36,6 +37,10 @@ const EVENT_QUEUE: usize = 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the client's tasks to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// Longest contact name, in characters.
+pub const MAX_CONTACT_NAME: usize = 64;
+/// The setting that keeps whether read receipts are sent.
+const READ_RECEIPTS: &str = "read_receipts";
 
 /// What the client holds: a count of each kind of thing a remote party can make it keep, for
 /// tests and diagnostics (see [`Client::stats`]).
@@ -64,6 +69,10 @@ pub struct Client {
     outbox: Outbox,
     transfers: Transfers,
     groups: Groups,
+    requests: Requests,
+    inbox: Inbox,
+    /// Whether reading a message sends its sender a read receipt.
+    read_receipts: std::sync::atomic::AtomicBool,
     /// Where the peer listener is bound.
     bound: SocketAddr,
     server_key: PublicKey,
@@ -71,6 +80,22 @@ pub struct Client {
     tracker: TaskTracker,
     // Held for its lock on the profile folder.
     _profile: Profile,
+}
+
+/// A contact's name as given, trimmed: refused when empty, too long, or with control or bidi
+/// characters (a name is printed as it is).
+fn contact_name(name: &str) -> Result<String, ClientError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ClientError::ContactName("it is empty".into()));
+    }
+    if name.chars().count() > MAX_CONTACT_NAME {
+        return Err(ClientError::ContactName(format!("longer than {MAX_CONTACT_NAME} characters")));
+    }
+    if !crate::display::is_clean(name) {
+        return Err(ClientError::ContactName("it has control characters".into()));
+    }
+    Ok(name.to_owned())
 }
 
 /// Checkpoints the profile database every second while the client runs (see `Store::checkpoint`).
@@ -224,6 +249,8 @@ impl Client {
             tracker: tracker.clone(),
         });
         let inbox = Inbox::new(store.clone(), events.clone());
+        let requests = Requests::load(store.clone(), events.clone()).await?;
+        let read_receipts = store.setting(READ_RECEIPTS).await?.as_deref() != Some("0");
         let groups = Groups::new(GroupParts {
             me: number.clone(),
             signing: identity.signing.clone(),
@@ -231,13 +258,15 @@ impl Client {
             directory: directory.clone(),
             outbox: outbox.clone(),
             inbox: inbox.clone(),
+            requests: requests.clone(),
             events: events.clone(),
         });
         links.set_owner(Arc::new(Router {
-            inbox,
+            inbox: inbox.clone(),
             outbox: outbox.clone(),
             transfers: transfers.clone(),
             groups: groups.clone(),
+            requests: requests.clone(),
         }));
         links.accept(listener);
         let route = NoteRoute {
@@ -259,6 +288,9 @@ impl Client {
             outbox,
             transfers,
             groups,
+            requests,
+            inbox,
+            read_receipts: read_receipts.into(),
             bound,
             server_key,
             cancel,
@@ -347,6 +379,8 @@ impl Client {
             }
         };
         let id = MessageId::new();
+        // Written to first: what it answers is taken, as from a contact.
+        self.requests.know(to);
         let outcome = self.outbox.send(to, id, text, online).await?;
         Ok((id, outcome))
     }
@@ -382,6 +416,7 @@ impl Client {
             blake3,
         };
         self.store.insert_file(&file, "pending").await?;
+        self.requests.know(to);
         self.transfers.send(file.clone());
         Ok(file)
     }
@@ -439,9 +474,12 @@ impl Client {
     /// Marks a received message as read and sends the sender a read receipt (through the outbox).
     /// Returns false if no unread received message has this id.
     pub async fn mark_read(&self, id: MessageId) -> Result<bool, ClientError> {
-        match self.store.mark_read(id).await? {
+        let receipt = self.read_receipts();
+        match self.store.mark_read(id, receipt).await? {
             Some(sender) => {
-                self.outbox.kick(&sender);
+                if receipt {
+                    self.outbox.kick(&sender);
+                }
                 Ok(true)
             }
             None => Ok(false),
@@ -482,13 +520,20 @@ impl Client {
         self.store.history_after(chat, after, limit).await
     }
 
-    /// Adds a contact, pinning its key if the directory knows it. Returns whether it was new and the
-    /// pinned key.
-    pub async fn add_contact(&self, number: &Number) -> Result<(bool, Option<PublicKey>), ClientError> {
+    /// Adds a contact (with a name, which also renames one already there), pinning its key if the
+    /// directory knows it. A message request from the number is accepted with it (see
+    /// [`Client::accept`]). Returns whether it was new and the pinned key.
+    pub async fn add_contact(
+        &self,
+        number: &Number,
+        name: Option<&str>,
+    ) -> Result<(bool, Option<PublicKey>), ClientError> {
         if *number == self.number {
             return Err(ClientError::OwnNumber);
         }
-        let new = self.store.add_contact(number).await?;
+        let name = name.map(contact_name).transpose()?;
+        let new = self.store.add_contact(number, name.as_deref()).await?;
+        self.requests.know(number);
         self.directory.watch(vec![number.clone()]).await;
         if let Ok(answer) = self.directory.lookup(number, LookupIntent::Ping).await {
             if let Some(key) = answer.key {
@@ -496,11 +541,33 @@ impl Client {
             }
         }
         let key = self.store.contact(number).await?.and_then(|c| c.key);
+        if let Some(items) = self.store.take_request(number).await? {
+            self.deliver_request(number, items).await?;
+        }
         Ok((new, key))
     }
 
-    /// Every contact with its status, from the presence the directory pushes (no round trip per
-    /// contact; a contact not heard of yet is looked up).
+    /// Gives a contact a name (an empty one removes it).
+    pub async fn rename_contact(&self, number: &Number, name: &str) -> Result<(), ClientError> {
+        let name = if name.trim().is_empty() { None } else { Some(contact_name(name)?) };
+        if !self.store.rename_contact(number, name.as_deref()).await? {
+            return Err(ClientError::NotAContact(number.clone()));
+        }
+        Ok(())
+    }
+
+    /// Removes a contact and the key pinned for it. What it sends afterwards is a message request,
+    /// unless we wrote to it.
+    pub async fn remove_contact(&self, number: &Number) -> Result<(), ClientError> {
+        if !self.store.remove_contact(number).await? {
+            return Err(ClientError::NotAContact(number.clone()));
+        }
+        self.requests.forget(number);
+        Ok(())
+    }
+
+    /// Every contact with its name and status, from the presence the directory pushes (no round
+    /// trip per contact; a contact not heard of yet is looked up).
     pub async fn contacts(&self) -> Result<Vec<ContactStatus>, ClientError> {
         let contacts = self.store.contacts().await?;
         let mut out = Vec::with_capacity(contacts.len());
@@ -513,9 +580,105 @@ impl Client {
                     Err(_) => None,
                 },
             };
-            out.push(Presence { number: c.number, online, key: c.key });
+            out.push(ContactStatus { number: c.number, online, key: c.key, name: c.name });
         }
         Ok(out)
+    }
+
+    /// The message requests waiting, the oldest first.
+    pub async fn requests(&self) -> Result<Vec<Request>, ClientError> {
+        self.store.requests().await
+    }
+
+    /// Accepts `number`'s message request: the number becomes a contact, its texts are shown (as
+    /// [`Event::Message`]s, in the order they came), the group it invited us to is joined with the
+    /// texts held for it, and the sender (and each member whose group texts were held) is told,
+    /// so that it writes its pending messages again and offers its files again. Returns how many
+    /// items the request held.
+    pub async fn accept(&self, number: &Number) -> Result<usize, ClientError> {
+        let requests = self.store.requests().await?;
+        let Some(request) = requests.iter().find(|r| r.from == *number) else {
+            return Err(ClientError::NoRequest(number.clone()));
+        };
+        // Adding the contact takes the request and delivers it.
+        self.add_contact(number, None).await?;
+        Ok(request.items.len())
+    }
+
+    /// Delivers what `number`'s accepted request held (see [`Client::accept`]).
+    async fn deliver_request(&self, number: &Number, items: Vec<(Number, Held)>) -> Result<(), ClientError> {
+        let mut told = std::collections::BTreeSet::from([number.clone()]);
+        for (sender, _) in &items {
+            told.insert(sender.clone());
+        }
+        // Queued before the texts are shown, so the notice goes out before any read receipt; sent
+        // once they are, so that what the senders write again on the notice (the same messages)
+        // comes after what was held, and the texts show in the order they came.
+        for peer in &told {
+            self.directory.watch(vec![peer.clone()]).await;
+            self.outbox.accepted(peer).await?;
+        }
+        for (sender, item) in items {
+            match item {
+                Held::Text { id, text, sent_at_ms } => {
+                    self.inbox.take(&sender, id, sent_at_ms, text, None).await;
+                }
+                Held::Group { update, .. } => {
+                    self.groups.join(update).await;
+                }
+                Held::GroupText { group, id, text, sent_at_ms } => {
+                    self.groups.on_text(&sender, group, id, sent_at_ms, text).await;
+                }
+                // The sender offers it again once told.
+                Held::File { .. } => {}
+            }
+        }
+        for peer in &told {
+            self.outbox.kick(peer);
+        }
+        Ok(())
+    }
+
+    /// Ignores `number`'s message request: what it held is dropped, and the sender is not told.
+    pub async fn ignore(&self, number: &Number) -> Result<(), ClientError> {
+        if !self.store.drop_request(number).await? {
+            return Err(ClientError::NoRequest(number.clone()));
+        }
+        Ok(())
+    }
+
+    /// Blocks `number`: its request is dropped, and nothing it sends is shown again (it is not
+    /// told: its messages stay pending on its side). Returns false if it was blocked already.
+    pub async fn block(&self, number: &Number) -> Result<bool, ClientError> {
+        if *number == self.number {
+            return Err(ClientError::OwnNumber);
+        }
+        self.requests.set_blocked(number, true).await
+    }
+
+    /// Unblocks `number`; returns false if it was not blocked.
+    pub async fn unblock(&self, number: &Number) -> Result<bool, ClientError> {
+        self.requests.set_blocked(number, false).await
+    }
+
+    /// The numbers blocked.
+    pub async fn blocked(&self) -> Result<Vec<Number>, ClientError> {
+        self.store.blocked().await
+    }
+
+    /// Whether reading a message sends its sender a read receipt.
+    pub fn read_receipts(&self) -> bool {
+        self.read_receipts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns read receipts on or off; `remember` keeps the choice in the profile for the next runs
+    /// (a command-line flag does not).
+    pub async fn set_read_receipts(&self, on: bool, remember: bool) -> Result<(), ClientError> {
+        self.read_receipts.store(on, std::sync::atomic::Ordering::Relaxed);
+        if remember {
+            self.store.set_setting(READ_RECEIPTS, if on { "1" } else { "0" }.into()).await?;
+        }
+        Ok(())
     }
 
     /// The configuration the client was started with.

@@ -176,6 +176,15 @@ pub enum ClientError {
     /// A group operation is not possible.
     #[error("{0}")]
     Group(String),
+    /// No message request from this number is waiting.
+    #[error("no message request from {0}")]
+    NoRequest(Number),
+    /// The number is not a contact.
+    #[error("{0} is not a contact")]
+    NotAContact(Number),
+    /// A contact's name was refused (empty, too long, or with control characters).
+    #[error("contact name refused: {0}")]
+    ContactName(String),
     /// The client is shutting down.
     #[error("client is shutting down")]
     ShuttingDown,

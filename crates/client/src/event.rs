@@ -8,6 +8,7 @@ use whatsap2p_proto::peer::FileFailCode;
 use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::groups::Group;
+use crate::store::RequestItem;
 
 /// Something the user should see.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +35,22 @@ pub enum Event {
         id: MessageId,
         /// The recipient.
         to: Number,
+    },
+    /// The recipient holds the message (or file, or one member's copy of a group message) as a
+    /// message request: we are not its contact. It is delivered once the recipient accepts.
+    Pending {
+        /// The message or file.
+        id: MessageId,
+        /// The recipient.
+        to: Number,
+    },
+    /// Someone who is not a contact sent something, held as a message request until the user
+    /// accepts, ignores or blocks the number.
+    Request {
+        /// The number (for a text to the group of a held invitation: the one who invited us).
+        from: Number,
+        /// What it sent.
+        item: RequestItem,
     },
     /// A queued message (or one member's copy of a group message) is being written to the recipient.
     Sent {
@@ -191,5 +208,15 @@ pub struct Presence {
     pub key: Option<PublicKey>,
 }
 
-/// A contact and its status.
-pub type ContactStatus = Presence;
+/// A contact, its name and its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactStatus {
+    /// Who.
+    pub number: Number,
+    /// Where it listens, if online.
+    pub online: Option<SocketAddr>,
+    /// Its pinned identity key, if any.
+    pub key: Option<PublicKey>,
+    /// The name the user gave it.
+    pub name: Option<String>,
+}

@@ -22,7 +22,8 @@ use crate::directory::DirectoryHandle;
 use crate::event::Event;
 use crate::inbox::Inbox;
 use crate::outbox::Outbox;
-use crate::store::{OutgoingText, Store};
+use crate::requests::Requests;
+use crate::store::{Held, OutgoingText, Standing, Store};
 use crate::ClientError;
 
 /// A group as a member sees it.
@@ -48,6 +49,7 @@ pub(crate) struct GroupParts {
     pub(crate) directory: DirectoryHandle,
     pub(crate) outbox: Outbox,
     pub(crate) inbox: Inbox,
+    pub(crate) requests: Requests,
     pub(crate) events: mpsc::Sender<Event>,
 }
 
@@ -218,7 +220,15 @@ impl Groups {
         text: String,
     ) -> Option<PeerMessage> {
         let _serial = self.0.serial.lock().await;
-        match self.0.parts.store.group(group).await {
+        let known = self.0.parts.store.group(group).await;
+        // The group of an invitation held as a message request: its texts wait with it, pending.
+        if matches!(known, Ok(None)) {
+            if let Some(inviter) = self.invitation_held(group).await {
+                let held = Held::GroupText { group, id, text, sent_at_ms };
+                return self.0.parts.requests.hold(&inviter, from, held, Standing::Stranger).await;
+            }
+        }
+        match known {
             Ok(Some((held, false)))
                 if held.state.members.contains(from) && held.state.members.contains(&self.0.parts.me) =>
             {
@@ -254,13 +264,81 @@ impl Groups {
         }
     }
 
-    /// A membership change arrived from `from`: taken only if it passes the group rules.
+    /// The number whose invitation to `group` is held as a message request, if any.
+    async fn invitation_held(&self, group: GroupId) -> Option<Number> {
+        match self.0.parts.store.held_invitation(group).await {
+            Ok(inviter) => inviter,
+            Err(e) => {
+                warn!("cannot read the message requests: {e}");
+                None
+            }
+        }
+    }
+
+    /// A membership change arrived from `from` with delivery id `msg`: taken only if it passes the
+    /// group rules; an invitation from a number that is not known is held as a message request.
+    /// Returns the answer to write (`Ack`, or `Pending` for a request).
     pub(crate) async fn on_update(
         &self,
         from: &Number,
         from_key: &PublicKey,
+        msg: MessageId,
         update: SignedGroupState,
-    ) -> bool {
+    ) -> Option<PeerMessage> {
+        let _serial = self.0.serial.lock().await;
+        let ack = Some(PeerMessage::Ack { id: msg });
+        let id = update.state.id;
+        let held = match self.0.parts.store.group(id).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("cannot read group {id}: {e}");
+                return None;
+            }
+        };
+        if let Some((_, true)) = held {
+            info!("ignoring a change to group {id}, which we left");
+            return ack;
+        }
+        // The state held, again: written again after a lost acknowledgement, or after we accepted
+        // the request that held it.
+        if held.as_ref().is_some_and(|(s, _)| s.state == update.state) {
+            return ack;
+        }
+        // Invitations only from known numbers: otherwise anyone who learned a group's id could be
+        // first to "invite" a new member into a group of its own making. The user decides.
+        let standing = match held {
+            Some(_) => Standing::Known,
+            None => match self.0.parts.requests.standing(from).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("cannot tell whether {from} is a contact: {e}");
+                    return None;
+                }
+            },
+        };
+        if standing == Standing::Blocked {
+            let held = Held::Group { id: msg, update };
+            return self.0.parts.requests.hold(from, from, held, standing).await;
+        }
+        let refused = update
+            .accept(held.as_ref().map(|(s, _)| &s.state), from, from_key, &self.0.parts.me)
+            .err()
+            .map(|e| format!("a change to group {id} from {from}: {e}"));
+        if let Some(why) = refused {
+            warn!("refused {why}");
+            let _ = self.0.parts.events.send(Event::Warning { message: format!("refused {why}") }).await;
+            return ack;
+        }
+        if standing == Standing::Stranger {
+            let held = Held::Group { id: msg, update };
+            return self.0.parts.requests.hold(from, from, held, standing).await;
+        }
+        self.apply(update).await.then_some(PeerMessage::Ack { id: msg })
+    }
+
+    /// Joins the group of an invitation the user accepted (held since it came, checked then):
+    /// taken if the group rules still take it. Returns whether the group is joined.
+    pub(crate) async fn join(&self, update: SignedGroupState) -> bool {
         let _serial = self.0.serial.lock().await;
         let id = update.state.id;
         let held = match self.0.parts.store.group(id).await {
@@ -270,25 +348,21 @@ impl Groups {
                 return false;
             }
         };
-        if let Some((_, true)) = held {
-            info!("ignoring a change to group {id}, which we left");
+        if held.as_ref().is_some_and(|(s, _)| s.state == update.state) {
             return true;
         }
-        let refused = if held.is_none() && !matches!(self.0.parts.store.contact(from).await, Ok(Some(_))) {
-            // Invitations only from contacts: otherwise anyone who learned a group's id could be first
-            // to "invite" a new member into a group of its own making.
-            Some(format!("an invitation to group {id} from {from}, who is not a contact"))
-        } else {
-            update
-                .accept(held.as_ref().map(|(s, _)| &s.state), from, from_key, &self.0.parts.me)
-                .err()
-                .map(|e| format!("a change to group {id} from {from}: {e}"))
-        };
-        if let Some(why) = refused {
-            warn!("refused {why}");
-            let _ = self.0.parts.events.send(Event::Warning { message: format!("refused {why}") }).await;
-            return true;
+        let (signer, key) = (update.signer.clone(), update.signer_key);
+        if let Err(e) = update.accept(held.as_ref().map(|(s, _)| &s.state), &signer, &key, &self.0.parts.me) {
+            warn!("the invitation to group {id} no longer holds: {e}");
+            return false;
         }
+        self.apply(update).await
+    }
+
+    /// Takes a change that passed the rules: keeps it, tells the user, and shows the texts that
+    /// waited for it. Returns false if it could not be kept.
+    async fn apply(&self, update: SignedGroupState) -> bool {
+        let id = update.state.id;
         let removed = !update.state.members.contains(&self.0.parts.me);
         if let Err(e) = self.0.parts.store.save_group(&update, removed).await {
             warn!("cannot save group {id}: {e}");

@@ -22,7 +22,9 @@
 //! - [`transfer`]: files over the peer link, both directions: offer, accept, chunks under flow
 //!   control, verify, resume; `partial`: the file a transfer is received into.
 //! - [`groups`]: group conversations: signed membership, fan-out on live links and the outbox.
-//! - [`safe_name`]: file names from peers made safe for the downloads folder.
+//! - `requests`: message requests: who may reach the user, and what strangers sent, held.
+//! - [`safe_name`]: file names from peers made safe for the downloads folder; [`display`]: text
+//!   from peers made safe for a terminal.
 //! - [`error`]: the error type, [`ClientError`]; `clock`: the wall clock the store records.
 
 #![forbid(unsafe_code)]
@@ -31,6 +33,7 @@ pub mod client;
 mod clock;
 pub mod config;
 pub mod directory;
+pub mod display;
 pub mod error;
 pub mod event;
 pub mod groups;
@@ -42,6 +45,7 @@ pub mod outbox;
 mod partial;
 mod presence;
 pub mod profile;
+mod requests;
 pub mod safe_name;
 pub mod store;
 pub mod transfer;
@@ -53,7 +57,8 @@ pub use error::ClientError;
 pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};
 pub use store::{
-    Chat, ChatItem, Conversation, FileRecord, FileState, MessageState, StoredFile, StoredMessage,
+    Chat, ChatItem, Contact, Conversation, FileRecord, FileState, MessageState, Request, RequestItem,
+    StoredFile, StoredMessage,
 };
 pub use whatsap2p_proto::group::{GroupId, GroupState};
 pub use whatsap2p_proto::peer::FileFailCode;

@@ -39,6 +39,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct Written {
     epoch: u64,
+    /// Set when the peer accepted our message request: what it held (and was written on this
+    /// link) is to be written again at once, not after [`ACK_TIMEOUT`].
+    forget: Arc<std::sync::atomic::AtomicBool>,
     /// When each text was written on this link: one not acknowledged within [`ACK_TIMEOUT`] is
     /// written again (the receiver may have failed to store it; it drops duplicates).
     texts: HashMap<MessageId, Instant>,
@@ -48,8 +51,9 @@ struct Written {
 impl Written {
     /// The texts written on `link` and not overdue (everything is forgotten on a new link).
     fn in_flight(&mut self, link: &LinkHandle) -> HashSet<MessageId> {
-        if self.epoch != link.epoch() {
-            *self = Written { epoch: link.epoch(), ..Default::default() };
+        if self.epoch != link.epoch() || self.forget.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let forget = self.forget.clone();
+            *self = Written { epoch: link.epoch(), forget, ..Default::default() };
         }
         self.texts.iter().filter(|(_, at)| at.elapsed() < ACK_TIMEOUT).map(|(id, _)| *id).collect()
     }
@@ -62,6 +66,8 @@ struct Courier {
     /// under the couriers' map lock.
     kicked: std::sync::atomic::AtomicBool,
     written: Arc<tokio::sync::Mutex<Written>>,
+    /// The `forget` flag of `written`, to be set without waiting for its lock.
+    forget: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the outbox needs from the rest of the client.
@@ -119,10 +125,12 @@ impl Outbox {
             }
             return c.clone();
         }
+        let written = Written::default();
         let c = Arc::new(Courier {
             wake: Notify::new(),
             kicked: (start == Start::Now).into(),
-            written: Default::default(),
+            forget: written.forget.clone(),
+            written: Arc::new(tokio::sync::Mutex::new(written)),
         });
         map.insert(peer.clone(), c.clone());
         let span = info_span!("courier", peer = %peer);
@@ -283,6 +291,8 @@ impl Outbox {
         let lost = |source| ClientError::LinkLost { peer: peer.clone(), source };
         for m in owed.texts {
             let msg = match (m.group, m.update) {
+                // The notice that we accepted the peer's message request (see `Store::queue_accepted`).
+                (None, Some(body)) if body.is_empty() => PeerMessage::Accepted { id: m.id },
                 (_, Some(body)) => match postcard::from_bytes(&body) {
                     Ok(update) => PeerMessage::GroupUpdate { id: m.id, update },
                     Err(e) => {
@@ -369,9 +379,44 @@ impl Outbox {
         }
     }
 
-    /// `peer` read our message `id`; returns the acknowledgement to write back.
+    /// `peer` holds our message (or group change) `id` as a message request: it stays `pending`,
+    /// not written again until `peer` accepts.
+    pub(crate) async fn on_pending(&self, peer: &Number, id: MessageId) {
+        let p = &self.0.parts;
+        match p.store.advance_outgoing(peer, id, MessageState::Pending).await {
+            Ok(true) => {
+                let _ = p.events.send(Event::Pending { id, to: peer.clone() }).await;
+            }
+            Ok(false) => debug!("{peer} holds {id} as a message request"),
+            Err(e) => error!("cannot record that {peer} holds {id}: {e}"),
+        }
+    }
+
+    /// `peer` accepted our message request: what it held goes out again, in order.
+    pub(crate) async fn on_accepted(&self, peer: &Number) {
+        match self.0.parts.store.requeue_pending(peer).await {
+            Ok(n) => {
+                info!("{peer} accepted our message request; {n} messages go out again");
+                if !self.0.parts.cancel.is_cancelled() {
+                    // Forgotten before the courier looks: what was written on this link goes again.
+                    let courier = self.courier(peer, Start::Watching);
+                    courier.forget.store(true, std::sync::atomic::Ordering::Relaxed);
+                    drop(courier);
+                    self.kick(peer);
+                }
+            }
+            Err(e) => error!("cannot put the messages {peer} held back in the outbox: {e}"),
+        }
+    }
+
+    /// `peer` read our message `id`; returns the acknowledgement to write back. A message read is
+    /// a message delivered: one that was not yet (its receipt overtook its acknowledgement, as
+    /// after an accepted request) is reported delivered first.
     pub(crate) async fn on_read(&self, peer: &Number, id: MessageId) -> Option<PeerMessage> {
         let p = &self.0.parts;
+        if let Ok(true) = p.store.advance_outgoing(peer, id, MessageState::Delivered).await {
+            let _ = p.events.send(Event::Delivered { id, to: peer.clone() }).await;
+        }
         match p.store.advance_outgoing(peer, id, MessageState::Read).await {
             Ok(true) => {
                 let _ = p.events.send(Event::Read { id, by: peer.clone() }).await;
@@ -383,6 +428,13 @@ impl Outbox {
                 None
             }
         }
+    }
+
+    /// Puts the notice that we accepted `peer`'s message request in the outbox (see
+    /// `PeerMessage::Accepted`), ahead of anything queued after it (a read receipt); the courier
+    /// takes it at its next [`Outbox::kick`].
+    pub(crate) async fn accepted(&self, peer: &Number) -> Result<(), ClientError> {
+        self.0.parts.store.queue_accepted(peer, MessageId::new()).await
     }
 
     /// Gives up on every unconfirmed message to `peer`, telling the user why.

@@ -136,7 +136,7 @@ async fn given_two_addresses_of_one_directory_when_the_one_in_use_shuts_down_the
     // 789 is online at b only (the two are not sharing a store here): a watch restored on b says so.
     let (contact, _contact_events) = start(config(&[b.addr], 789, root.path())).await;
     let (client, mut events) = start(config(&[a.addr, b.addr], 123, root.path())).await;
-    client.add_contact(contact.number()).await.expect("add contact");
+    client.add_contact(contact.number(), None).await.expect("add contact");
     next(&mut events, |e| matches!(e, Event::Presence { online: None, .. }).then_some(())).await;
     let (a_addr, moved) = (a.addr, Instant::now());
     a.stop().await;

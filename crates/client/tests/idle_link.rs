@@ -15,6 +15,7 @@ async fn given_an_idle_link_then_it_closes_after_link_idle_and_its_socket_is_rel
     let scene = Scene::start().await;
     let (a, mut a_events) = scene.client(123).await;
     let (b, mut b_events) = scene.client(456).await;
+    b.add_contact(a.number(), None).await.expect("add_contact");
     let (id, outcome) = a.send(b.number(), "hello").await.expect("send");
     assert_eq!(outcome, SendOutcome::Sent);
     next(&mut b_events, |e| matches!(e, Event::Message { id: got, .. } if got == id).then_some(())).await;

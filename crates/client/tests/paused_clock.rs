@@ -124,7 +124,7 @@ async fn given_a_sender_that_stops_sending_then_the_receiver_aborts_as_stalled_a
     let scene = Scene::start().await;
     let (b, mut b_events) = scene.client(456).await;
     let (peer, _session) = scene.bare_peer(789, "127.0.0.1:9".parse().expect("addr")).await;
-    b.add_contact(&peer.number).await.expect("add_contact");
+    b.add_contact(&peer.number, None).await.expect("add_contact");
     let (mut reader, mut writer) = peer.dial(b.number(), b.identity_key(), b.published_addr()).await.split();
     let id = MessageId::new();
     let size = 16 * FILE_CHUNK_LEN as u64;

@@ -96,6 +96,8 @@ async fn given_a_peer_from_before_version_3_then_it_links_with_a_current_client_
     let old = Arc::new(BarePeer::new(number(789)));
     let (listen, hellos) = v2_listener(old.clone()).await;
     let _session = old.register(scene.directory.addr, listen, &pins(&scene, 789)).await;
+    // A contact: a stranger's text would be held as a message request, answered `Pending`.
+    a.add_contact(&old.number, None).await.expect("adding the old peer");
 
     // The old peer dials the client: answered in the version 2 layout, and its text is taken.
     let (proof, session) = v2_dial(&old, a.published_addr()).await;

@@ -1,6 +1,7 @@
 //! What a remote party makes the client hold ends with it: thousands of distinct, authenticated
 //! peers connect, each sends a message and leaves, and the client's tasks, link slots, couriers
-//! and sockets come back to where they were.
+//! and sockets come back to where they were. None is a contact: their messages are message
+//! requests, of which the client keeps no more than its bound.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use support::{number, BarePeer, TestDirectory};
-use whatsap2p_client::store::Store;
+use whatsap2p_client::store::{Store, MAX_HELD_ITEMS};
 use whatsap2p_client::{Event, MessageId};
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_server::config::Limits;
@@ -30,7 +31,7 @@ async fn given_three_thousand_peers_that_connect_and_leave_then_the_client_holds
     let counted = tokio::spawn(async move {
         let mut messages = 0u64;
         while let Some(e) = events.recv().await {
-            if matches!(e, Event::Message { .. }) {
+            if matches!(e, Event::Request { .. }) {
                 messages += 1;
             }
         }
@@ -54,7 +55,8 @@ async fn given_three_thousand_peers_that_connect_and_leave_then_the_client_holds
                 writer.send_msg(&text).await.expect("sending");
                 loop {
                     match reader.recv_msg::<PeerMessage>().await.expect("reading") {
-                        Some(PeerMessage::Ack { id: acked }) if acked == id => break,
+                        // Held as a request (or, past the bound, answered as if held).
+                        Some(PeerMessage::Pending { id: held }) if held == id => break,
                         Some(_) => continue,
                         None => panic!("the client closed the link before acknowledging"),
                     }
@@ -81,7 +83,10 @@ async fn given_three_thousand_peers_that_connect_and_leave_then_the_client_holds
         peak.links > 0 && peak.tasks > idle.tasks,
         "nothing was ever held, the test proves nothing: {peak:?}"
     );
+    let client_requests = client.requests().await.expect("requests").len();
     client.shutdown().await;
-    assert_eq!(counted.await.expect("event counter"), PEERS, "every peer's message arrived");
+    let requests = counted.await.expect("event counter");
+    assert_eq!(requests, PEERS.min(MAX_HELD_ITEMS as u64), "requests shown, up to the bound");
+    assert_eq!(client_requests, requests as usize, "requests kept, up to the bound");
     directory.stop().await;
 }

@@ -200,6 +200,8 @@ fn peer_messages() -> Vec<PeerMessage> {
             code: FileFailCode::HashMismatch,
             reason: "hash mismatch".into(),
         },
+        PeerMessage::Pending { id: id(1) },
+        PeerMessage::Accepted { id: id(5) },
     ]
 }
 

@@ -184,6 +184,22 @@ pub enum PeerMessage {
         /// Why, for people.
         reason: String,
     },
+    /// The receiver holds `id` (a [`PeerMessage::Text`], a [`PeerMessage::GroupText`], a
+    /// [`PeerMessage::GroupUpdate`] inviting it, or a [`PeerMessage::FileOffer`]) as a message
+    /// request: the sender is not its contact, and its user has not accepted it yet. The sender
+    /// keeps the message as `pending` and writes it again only once told [`PeerMessage::Accepted`].
+    /// The answer in place of `Ack` (for an offer: in place of `FileAccept`).
+    Pending {
+        /// The message, invitation or transfer held.
+        id: MessageId,
+    },
+    /// The receiver's user accepted this side's request: write again everything held as
+    /// `pending` for the receiver (texts, group changes, file offers). Answered with
+    /// [`PeerMessage::Ack`].
+    Accepted {
+        /// This notice's id (for the acknowledgement).
+        id: MessageId,
+    },
 }
 
 /// Why a file transfer stopped, as [`PeerMessage::FileAbort`] carries it: one varint on the wire.
@@ -279,7 +295,7 @@ pub const FILE_WINDOW: u64 = 8 * 1024 * 1024;
 pub const MAX_FILE_NAME_LEN: usize = 4096;
 
 impl WireEnum for PeerMessage {
-    const KNOWN_VARIANTS: u32 = 13;
+    const KNOWN_VARIANTS: u32 = 15;
 }
 
 #[cfg(test)]
@@ -303,6 +319,16 @@ mod tests {
         want.extend_from_slice(&[3, 4]);
         want.extend_from_slice(b"busy");
         assert_eq!(crate::encode(&m).expect("encode"), want);
+    }
+
+    #[test]
+    fn given_pending_and_accepted_then_their_bytes_are_kinds_13_and_14_and_the_id() {
+        let id = MessageId([9; 16]);
+        let mut want = vec![13];
+        want.extend_from_slice(&[9; 16]);
+        assert_eq!(crate::encode(&PeerMessage::Pending { id }).expect("encode"), want);
+        want[0] = 14;
+        assert_eq!(crate::encode(&PeerMessage::Accepted { id }).expect("encode"), want);
     }
 
     #[test]

@@ -164,6 +164,8 @@ fn peer_msg() -> impl Strategy<Value = PeerMessage> {
             code: FileFailCode::from_code(code),
             reason
         }),
+        any::<[u8; 16]>().prop_map(|id| PeerMessage::Pending { id: MessageId(id) }),
+        any::<[u8; 16]>().prop_map(|id| PeerMessage::Accepted { id: MessageId(id) }),
     ]
 }
 

@@ -226,7 +226,7 @@ impl Backend for ClientBackend {
     }
 
     async fn add_contact(&self, number: &Number) -> Result<Added, BackendError> {
-        let (new, key) = self.client.add_contact(number).await?;
+        let (new, key) = self.client.add_contact(number, None).await?;
         Ok(Added { new, key })
     }
 
@@ -235,7 +235,11 @@ impl Backend for ClientBackend {
     }
 
     async fn contacts(&self) -> Result<Vec<Presence>, BackendError> {
-        Ok(self.client.contacts().await?)
+        let contacts = self.client.contacts().await?;
+        Ok(contacts
+            .into_iter()
+            .map(|c| Presence { number: c.number, online: c.online, key: c.key })
+            .collect())
     }
 
     async fn group_create(&self, name: &str, members: &[Number]) -> Result<Group, BackendError> {

@@ -116,7 +116,8 @@ impl Receipt {
     pub fn of(state: MessageState) -> Option<Self> {
         match state {
             MessageState::Queued => Some(Receipt::Queued),
-            MessageState::Sent => Some(Receipt::Sent),
+            // Held as a message request: shown as sent until the TUI shows requests.
+            MessageState::Sent | MessageState::Pending => Some(Receipt::Sent),
             MessageState::Delivered => Some(Receipt::Delivered),
             MessageState::Read => Some(Receipt::Read),
             MessageState::Failed => Some(Receipt::Failed),

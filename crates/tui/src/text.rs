@@ -2,8 +2,8 @@
 //!
 //! Names, messages and file names come from peers. A control character (ESC above all) could
 //! repaint the screen, and a bidirectional override could reverse the text around it, so every
-//! such character is replaced by a visible stand-in before anything is drawn: C0 controls by their
-//! Unicode "control picture" (`␛`), DEL by `␡`, C1 controls and bidi controls by `�`. Widths are
+//! such character is replaced by a visible stand-in before anything is drawn
+//! (`whatsap2p_client::display`, shared with the menu). Widths are
 //! those of `unicode-width` per grapheme (what ratatui uses), so wide characters and emoji take
 //! their real two cells.
 
@@ -12,35 +12,8 @@ use std::borrow::Cow;
 use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthStr;
 
-/// Is `c` a character that changes the direction of the text around it?
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// What to draw in place of `c`, if `c` must not reach the terminal.
-fn stand_in(c: char) -> Option<char> {
-    match c {
-        '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + c as u32),
-        '\u{7f}' => Some('\u{2421}'),
-        '\u{80}'..='\u{9f}' => Some('\u{fffd}'),
-        c if is_bidi_control(c) => Some('\u{fffd}'),
-        _ => None,
-    }
-}
-
-/// `s` with every control and bidi character replaced by a visible stand-in (newlines too: this
-/// is for one-line things such as names and previews).
-pub fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| stand_in(c).is_some()) {
-        return Cow::Borrowed(s);
-    }
-    Cow::Owned(s.chars().map(|c| stand_in(c).unwrap_or(c)).collect())
-}
-
-/// [`clean`], keeping line breaks: the lines of a message, each cleaned.
-pub fn clean_lines(s: &str) -> impl Iterator<Item = Cow<'_, str>> {
-    s.split('\n').map(|line| clean(line.strip_suffix('\r').unwrap_or(line)))
-}
+/// Control and bidi characters shown as visible stand-ins: the same rule as every front end's.
+pub use whatsap2p_client::display::{clean, clean_lines};
 
 /// Cells `s` takes on screen.
 pub fn width(s: &str) -> usize {
@@ -117,17 +90,6 @@ pub fn wrap(line: &str, max: usize) -> Vec<std::ops::Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn given_escape_sequences_and_bidi_overrides_then_they_are_shown_not_interpreted() {
-        let evil = "ok\u{1b}[2J\u{202e}gnp.exe\u{7f}\u{9b}";
-        let shown = clean(evil);
-        assert_eq!(shown, "ok\u{241b}[2J\u{fffd}gnp.exe\u{2421}\u{fffd}");
-        assert!(!shown.chars().any(|c| c.is_control() || is_bidi_control(c)));
-        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
-        let lines: Vec<_> = clean_lines("a\r\nb\u{1b}").collect();
-        assert_eq!(lines, ["a", "b\u{241b}"]);
-    }
 
     #[test]
     fn given_wide_characters_and_emoji_then_they_count_two_cells() {

@@ -61,20 +61,8 @@ impl Transfer {
     }
 }
 
-/// `412 KiB`, `1.5 MiB`: a size for people (the menu's too).
-pub fn size(bytes: u64) -> String {
-    const K: f64 = 1024.0;
-    let b = bytes as f64;
-    if b < K {
-        format!("{bytes} B")
-    } else if b < K * K {
-        format!("{:.0} KiB", b / K)
-    } else if b < K * K * K {
-        format!("{:.1} MiB", b / K / K)
-    } else {
-        format!("{:.2} GiB", b / K / K / K)
-    }
-}
+/// `412 KiB`, `1.5 MiB`: as every front end writes sizes.
+pub use whatsap2p_client::display::size;
 
 /// `0:07`, `12:30`, `1:02:03`.
 pub fn duration(seconds: u64) -> String {

@@ -49,6 +49,10 @@ struct Args {
     /// Largest file accepted automatically from a contact, in bytes.
     #[arg(long, default_value_t = ClientConfig::DEFAULT_MAX_FILE_SIZE)]
     max_file_size: u64,
+    /// Send no read receipts in this run (the menu's settings, or JSON's `read_receipts`, turn
+    /// them off for good).
+    #[arg(long)]
+    no_read_receipts: bool,
     /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
     /// speaks]. Hidden: only to see how others meet a client older or newer than they are.
     #[arg(long, hide = true)]
@@ -145,11 +149,17 @@ async fn run(args: Args) -> Result<(), u8> {
     };
     // One reader for the whole run: it reads ahead, so lines typed after the number (or piped with
     // it) must reach the menu through the same one.
-    let mut stdin = input::stdin();
+    // The menu on a terminal edits its lines (arrows, history; what arrives prints above the line
+    // being typed); piped input and JSON lines are read as they are.
+    let edited = if args.json { None } else { whatsap2p_cli::terminal::open() };
+    let (mut source, screen) = match edited {
+        Some((editor, printer)) => (input::Source::Edited(editor), menu::Screen::edited(printer)),
+        None => (input::Source::Piped(input::stdin()), menu::Screen::plain()),
+    };
     let number = match args.number.clone() {
         Some(n) => n,
         None if args.json => return Err(fail(true, "--number is required with --json".into())),
-        None => match menu::ask_number(&mut stdin).await {
+        None => match menu::ask_number(&mut source, &screen).await {
             Ok(Some(n)) => n,
             Ok(None) => return Err(1),
             Err(e) => return Err(fail(false, e.to_string())),
@@ -160,10 +170,13 @@ async fn run(args: Args) -> Result<(), u8> {
         println!("[+] Connecting to server {}...", describe(&config.servers));
     }
     let (client, events) = Client::start(config).await.map_err(|e| fail(args.json, e.to_string()))?;
+    if args.no_read_receipts {
+        client.set_read_receipts(false, false).await.map_err(|e| fail(args.json, e.to_string()))?;
+    }
     let result = if args.json {
-        json::run(client, events, stdin).await
+        json::run(client, events, source).await
     } else {
-        menu::run(client, events, stdin).await
+        menu::run(client, events, source, screen).await
     };
     result.map_err(|e| fail(args.json, e.to_string()))
 }

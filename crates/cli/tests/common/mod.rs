@@ -4,6 +4,7 @@
 //!   collected so a test can wait for a line matching a predicate.
 //! - [`Client`]: a JSON-lines client; its stdout events go into a channel, [`Client::expect`] waits
 //!   for the first matching one (skipping others) and fails with everything seen so far.
+//! - [`tmux::Pane`]: a program in a tmux pane, for what a terminal shows.
 //! - Raw TCP helpers for garbage tests, and [`StickyProxy`], a TCP relay that keeps the server side
 //!   of a connection open after the client side dies.
 //!
@@ -11,6 +12,8 @@
 //! sleeps to "hope": waits are for lines, events, exits or socket closures, bounded by [`TIMEOUT`].
 
 #![allow(dead_code)]
+
+pub mod tmux;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -541,6 +544,24 @@ impl Client {
             return v.clone();
         }
         self.expect(what, pred).await
+    }
+
+    /// `add_contact` of `number`, which must succeed. What a number that is not a contact sends is
+    /// a message request, so a receiver adds its senders first.
+    pub async fn add_contact(&mut self, number: &str) {
+        self.send(json!({"cmd": "add_contact", "number": number})).await;
+        let v = self.reply("contact_added", |v| is(v, "contact_added") && v["number"] == number).await;
+        assert!(is(&v, "contact_added"), "{}: add_contact {number} failed: {v}", self.number.clone());
+    }
+
+    /// A client with `profile` registered once, with `contacts` added, then logged out: known to
+    /// the directory, offline, and taking messages from `contacts` as soon as it is back.
+    pub async fn register_with(port: u16, number: &str, profile: &Path, contacts: &[&str]) {
+        let mut c = Client::start_with(port, number, profile, &[]).await;
+        for contact in contacts {
+            c.add_contact(contact).await;
+        }
+        c.logout().await;
     }
 
     /// `ping` of a registered number; returns the `presence` answer. The answer is told from

@@ -41,6 +41,8 @@ impl Chat {
 pub enum FileState {
     /// Outgoing, not delivered yet.
     Pending,
+    /// Outgoing, held by the receiver as a message request; offered again once accepted.
+    Held,
     /// Outgoing, the receiver verified and kept it.
     Sent,
     /// Outgoing, given up on.
@@ -56,6 +58,7 @@ impl FileState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Held => "held",
             Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Received => "received",
@@ -66,6 +69,7 @@ impl FileState {
     pub(super) fn parse(s: &str) -> Self {
         match s {
             "pending" => Self::Pending,
+            "held" => Self::Held,
             "sent" => Self::Sent,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
@@ -514,9 +518,9 @@ impl Store {
         self.read(|c| snapshot(c, conversations)).await
     }
 
-    /// Marks an incoming text read and schedules its receipt; returns its sender, or `None` if no
-    /// unread incoming text has that id.
-    pub async fn mark_read(&self, id: MessageId) -> Result<Option<Number>, ClientError> {
+    /// Marks an incoming text read and, with `receipt`, schedules its read receipt; returns its
+    /// sender, or `None` if no unread incoming text has that id.
+    pub async fn mark_read(&self, id: MessageId, receipt: bool) -> Result<Option<Number>, ClientError> {
         let id = id.to_string();
         self.with(move |c| {
             let tx = c.unchecked_transaction()?;
@@ -534,18 +538,18 @@ impl Store {
             let mut sender = None;
             {
                 let mut read = tx.prepare_cached(
-                    "UPDATE messages SET state = 'read', receipt_pending = 1
+                    "UPDATE messages SET state = 'read', receipt_pending = ?2
                      WHERE rowid = ?1 AND outgoing = 0 AND state = 'received' RETURNING peer",
                 )?;
                 let mut counted = tx.prepare_cached("UPDATE chats SET unread = unread - 1 WHERE chat = ?1")?;
                 for (row, chat) in &indexed {
-                    if let Some(peer) = read.query_row(params![row], |r| r.get::<_, String>(0)).optional()? {
+                    if let Some(peer) = read.query_row(params![row, receipt], |r| r.get::<_, String>(0)).optional()? {
                         counted.execute(params![chat])?;
                         sender.get_or_insert(peer);
                     }
                 }
                 for row in &fresh {
-                    if let Some(peer) = read.query_row(params![row], |r| r.get::<_, String>(0)).optional()? {
+                    if let Some(peer) = read.query_row(params![row, receipt], |r| r.get::<_, String>(0)).optional()? {
                         sender.get_or_insert(peer);
                     }
                 }
@@ -791,15 +795,15 @@ mod tests {
         store.index_chats().await.expect("index");
         assert_eq!(store.conversations().await.expect("list"), list);
         // Reading a message counts down its conversation; reading it again changes nothing.
-        assert_eq!(store.mark_read(read_me).await.expect("read"), Some(alice.clone()));
-        assert_eq!(store.mark_read(read_me).await.expect("read"), None);
+        assert_eq!(store.mark_read(read_me, true).await.expect("read"), Some(alice.clone()));
+        assert_eq!(store.mark_read(read_me, true).await.expect("read"), None);
         let list = store.conversations().await.expect("list");
         assert_eq!(list[2].unread, 1);
         // A message not filed yet is found too.
         let fresh = MessageId::new();
         store.store_incoming(&alice, fresh, "three", 3, None).await.expect("in");
         assert_eq!(store.conversations().await.expect("list")[0].unread, 2);
-        assert_eq!(store.mark_read(fresh).await.expect("read"), Some(alice.clone()));
+        assert_eq!(store.mark_read(fresh, true).await.expect("read"), Some(alice.clone()));
         store.index_chats().await.expect("index");
         assert_eq!(store.conversations().await.expect("list")[0].unread, 1);
         // The group's history shows the fanned-out text once.

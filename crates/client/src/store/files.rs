@@ -41,6 +41,23 @@ impl Store {
         .await
     }
 
+    /// `peer` accepted our request: the files it held (state `held`) are to be offered again.
+    /// Returns them, now `pending`.
+    pub(crate) async fn release_held_files(&self, peer: &Number) -> Result<Vec<FileRecord>, ClientError> {
+        let peer = peer.to_string();
+        let released: std::collections::HashSet<String> = self
+            .with(move |c| {
+                c.prepare(
+                    "UPDATE files SET state = 'pending' WHERE peer = ?1 AND outgoing = 1 AND state = 'held'
+                     RETURNING id",
+                )?
+                .query_map(params![peer], |r| r.get(0))?
+                .collect()
+            })
+            .await?;
+        Ok(self.pending_files().await?.into_iter().filter(|f| released.contains(&f.id.to_string())).collect())
+    }
+
     /// Where the file `id` from `peer` stands here, if it was ever recorded: saved (a retry of a
     /// finished transfer), or cancelled by our user.
     pub async fn incoming_file_state(

@@ -93,9 +93,10 @@ impl Store {
     ) -> Result<bool, ClientError> {
         let from_states = match state {
             MessageState::Sent => "('queued')",
-            MessageState::Delivered => "('queued', 'sent')",
-            MessageState::Read => "('queued', 'sent', 'delivered')",
-            MessageState::Failed => "('queued', 'sent')",
+            MessageState::Pending => "('queued', 'sent')",
+            MessageState::Delivered => "('queued', 'sent', 'pending')",
+            MessageState::Read => "('queued', 'sent', 'pending', 'delivered')",
+            MessageState::Failed => "('queued', 'sent', 'pending')",
             MessageState::Queued | MessageState::Received => return Ok(false),
         };
         let (to, id) = (to.to_string(), id.to_string());
@@ -109,6 +110,34 @@ impl Store {
                 .query_row(params![to, id, state.as_str()], |r| r.get::<_, bool>(0))
                 .optional()
                 .map(|v| v == Some(true))
+        })
+        .await
+    }
+
+    /// `peer` accepted our request: what it held as pending goes back in the outbox. Returns how
+    /// many messages (and group changes) did.
+    pub(crate) async fn requeue_pending(&self, peer: &Number) -> Result<usize, ClientError> {
+        let peer = peer.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE messages SET state = 'queued' WHERE peer = ?1 AND outgoing = 1 AND state = 'pending'",
+                params![peer],
+            )
+        })
+        .await
+    }
+
+    /// Puts in the outbox the notice that we accepted `peer`'s request (written as
+    /// `PeerMessage::Accepted`): a row with an empty `update_body`, so no history shows it.
+    pub(crate) async fn queue_accepted(&self, peer: &Number, id: MessageId) -> Result<(), ClientError> {
+        let (peer, id) = (peer.to_string(), id.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO messages (peer, outgoing, id, text, sent_at_ms, state, update_body)
+                 VALUES (?1, 1, ?2, '', ?3, 'queued', X'')",
+                params![peer, id, now_ms()],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -352,8 +381,8 @@ mod tests {
         assert!(store.store_incoming(&n("123"), id, "hi", 5, None).await.expect("store"));
         assert!(!store.store_incoming(&n("123"), id, "hi", 5, None).await.expect("store"));
         assert_eq!(store.history(&n("123"), 10).await.expect("history").len(), 1);
-        assert_eq!(store.mark_read(id).await.expect("read"), Some(n("123")));
-        assert_eq!(store.mark_read(id).await.expect("read"), None);
+        assert_eq!(store.mark_read(id, true).await.expect("read"), Some(n("123")));
+        assert_eq!(store.mark_read(id, true).await.expect("read"), None);
         assert_eq!(store.pending_receipts(&n("123")).await.expect("receipts"), vec![id]);
         assert_eq!(store.peers_with_work().await.expect("work"), vec![n("123")]);
         assert!(store.has_owed(&n("123")).await.expect("owed"));

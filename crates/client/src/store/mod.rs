@@ -7,8 +7,9 @@
 //!
 //! # Layout
 //! - `schema.rs`: tables, indexes, the triggers that keep the conversation list, upgrades.
-//! - `contacts.rs`: contacts and pinned keys; `messages.rs`: the outbox, texts received, read
-//!   receipts; `files.rs`: file transfers; `groups.rs`: group states and held texts.
+//! - `contacts.rs`: contacts and pinned keys, blocked numbers, settings; `messages.rs`: the outbox,
+//!   texts received, read receipts; `files.rs`: file transfers; `groups.rs`: group states and held
+//!   texts; `requests.rs`: message requests from strangers.
 //! - `chats.rs`: what a conversation view reads: the conversation list and history pages.
 
 mod chats;
@@ -16,6 +17,7 @@ mod contacts;
 mod files;
 mod groups;
 mod messages;
+mod requests;
 mod schema;
 
 use std::path::Path;
@@ -28,6 +30,9 @@ use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 pub use chats::{Chat, ChatItem, Conversation, FileState, StoredFile};
 pub use contacts::Contact;
+pub(crate) use contacts::Standing;
+pub(crate) use requests::{Held, Hold};
+pub use requests::{Request, RequestItem, MAX_HELD_ITEMS, MAX_ITEMS_PER_REQUEST, REQUEST_TTL_MS};
 
 use crate::ClientError;
 
@@ -69,7 +74,8 @@ pub struct FileRecord {
     pub blake3: [u8; 32],
 }
 
-/// Where a message stands. Outgoing: queued → sent → delivered → read (or failed). Incoming:
+/// Where a message stands. Outgoing: queued → sent → delivered → read (or failed), with pending
+/// between sent and delivered while the recipient holds it as a message request. Incoming:
 /// received → read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageState {
@@ -77,6 +83,9 @@ pub enum MessageState {
     Queued,
     /// Written to the recipient, no receipt yet.
     Sent,
+    /// The recipient holds it as a message request (we are not its contact); it is written again
+    /// once the request is accepted.
+    Pending,
     /// The recipient has it.
     Delivered,
     /// The recipient (or, for incoming, we) saw it.
@@ -93,6 +102,7 @@ impl MessageState {
         match self {
             Self::Queued => "queued",
             Self::Sent => "sent",
+            Self::Pending => "pending",
             Self::Delivered => "delivered",
             Self::Read => "read",
             Self::Failed => "failed",
@@ -104,6 +114,7 @@ impl MessageState {
         match s {
             "queued" => Self::Queued,
             "sent" => Self::Sent,
+            "pending" => Self::Pending,
             "delivered" => Self::Delivered,
             "read" => Self::Read,
             "failed" => Self::Failed,

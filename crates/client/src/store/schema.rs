@@ -2,14 +2,51 @@
 
 use rusqlite::Connection;
 
-/// The schema's version, kept in `PRAGMA user_version` for upgrades to come.
-const VERSION: i64 = 1;
+/// The schema's version, kept in `PRAGMA user_version`: 2 added contact names, message requests,
+/// blocked numbers and settings.
+const VERSION: i64 = 2;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS contacts (
     number TEXT PRIMARY KEY,
     key BLOB,
-    added_at_ms INTEGER NOT NULL
+    added_at_ms INTEGER NOT NULL,
+    name TEXT
+);
+-- Message requests: per number whose messages are held, when its first one came. Its items, in the
+-- order they came: `kind` 0 a text, 1 a file offer (name, size, media type; no content), 2 a group
+-- invitation (`body`: the signed state), 3 a text to the group of a held invitation (`sender` may then
+-- be another member than `peer`). See `requests.rs`.
+CREATE TABLE IF NOT EXISTS requests (
+    peer TEXT PRIMARY KEY,
+    first_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS request_items (
+    seq INTEGER PRIMARY KEY,
+    peer TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    sent_at_ms INTEGER NOT NULL DEFAULT 0,
+    text TEXT NOT NULL DEFAULT '',
+    group_id TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    media_type TEXT NOT NULL DEFAULT '',
+    body BLOB,
+    UNIQUE (sender, kind, id)
+);
+CREATE INDEX IF NOT EXISTS request_items_peer ON request_items(peer, seq);
+CREATE INDEX IF NOT EXISTS request_items_group ON request_items(group_id) WHERE group_id IS NOT NULL;
+-- Numbers whose messages are dropped, answered as an unanswered request would be.
+CREATE TABLE IF NOT EXISTS blocked (
+    number TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
+-- The user's settings (`read_receipts`: '0' or '1').
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS server_pins (
     server TEXT PRIMARY KEY,
@@ -107,6 +144,14 @@ CREATE TABLE IF NOT EXISTS chats (
 pub(super) fn upgrade(conn: &Connection) -> Result<(), rusqlite::Error> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(SCHEMA)?;
+    // A file from before contact names: `CREATE TABLE IF NOT EXISTS` left its contacts as they were.
+    let has_name: bool =
+        tx.query_row("SELECT COUNT(*) FROM pragma_table_info('contacts') WHERE name = 'name'", [], |r| {
+            r.get(0)
+        })?;
+    if !has_name {
+        tx.execute_batch("ALTER TABLE contacts ADD COLUMN name TEXT")?;
+    }
     tx.execute_batch(CHATS)?;
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()

@@ -194,6 +194,23 @@ impl Transfers {
         }
     }
 
+    /// Whether transfer `id` runs on `link`.
+    pub(crate) fn runs(&self, link: &LinkHandle, id: MessageId) -> bool {
+        self.routes().get(&link.epoch()).is_some_and(|r| r.contains_key(&id))
+    }
+
+    /// `peer` accepted our message request: the files it held are offered again.
+    pub(crate) async fn release(&self, peer: &Number) {
+        match self.0.parts.store.release_held_files(peer).await {
+            Ok(files) => {
+                for file in files {
+                    self.send(file);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the files held by {peer}: {e}"),
+        }
+    }
+
     /// Whether `link` carries a running transfer.
     pub(crate) fn carries_bulk(&self, link: &LinkHandle) -> bool {
         self.routes().contains_key(&link.epoch())
@@ -257,7 +274,8 @@ impl Transfers {
             | PeerMessage::FileProgress { id, .. }
             | PeerMessage::FileReceived { id }
             | PeerMessage::FileFailed { id, .. }
-            | PeerMessage::FileAbort { id, .. } => *id,
+            | PeerMessage::FileAbort { id, .. }
+            | PeerMessage::Pending { id } => *id,
             _ => return None,
         };
         let tx = self.routes().get(&link.epoch()).and_then(|r| r.get(&id)).map(|r| r.tx.clone());

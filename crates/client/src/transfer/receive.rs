@@ -117,7 +117,8 @@ fn fail(code: FileFailCode, reason: impl Into<String>) -> Failure {
 }
 
 impl Transfers {
-    /// Decides on an offer; when accepted, starts the receiving task. Returns the answer to write.
+    /// Decides on an offer from a known number (a stranger's is held as a message request before
+    /// it gets here); when accepted, starts the receiving task. Returns the answer to write.
     pub(crate) async fn on_offer(&self, link: &LinkHandle, offer: Offer) -> Option<PeerMessage> {
         let (p, peer) = (&self.0.parts, link.peer());
         let id = offer.id;
@@ -134,11 +135,6 @@ impl Transfers {
         }
         if offer.name.len() > MAX_FILE_NAME_LEN {
             return refuse(format!("file name over {MAX_FILE_NAME_LEN} bytes"));
-        }
-        match p.store.contact(peer).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return refuse(format!("{peer} is not a contact of {}", p.me)),
-            Err(e) => return refuse(format!("receiver cannot check its contacts: {e}")),
         }
         let max = p.max_file_size;
         if offer.size > max {

@@ -39,6 +39,8 @@ enum Attempt {
     Retry(String),
     /// Our user cancelled it (the receiver was told, if a link was up).
     Cancelled,
+    /// The receiver holds the offer as a message request: offered again once it accepts.
+    Held,
 }
 
 impl Attempt {
@@ -139,6 +141,12 @@ impl Transfers {
                     let _ = p.events.send(failed(cancelled_by(&p.me), Some(FileFailCode::Cancelled))).await;
                     return true;
                 }
+                Attempt::Held => {
+                    info!("{} holds {} as a message request", file.peer, file.name);
+                    let _ = p.store.set_file_state(file.id, FileState::Held).await;
+                    let _ = p.events.send(Event::Pending { id: file.id, to: file.peer.clone() }).await;
+                    return false;
+                }
                 Attempt::Retry(reason) => {
                     debug!("sending {} to {} will be retried: {reason}", file.name, file.peer);
                     tokio::select! {
@@ -205,6 +213,7 @@ impl Transfers {
                 return Attempt::refused(format!("receiver asked for offset {offset} past the end"))
             }
             Ok(Some(PeerMessage::FileRefuse { reason, .. })) => return Attempt::refused(reason),
+            Ok(Some(PeerMessage::Pending { .. })) => return Attempt::Held,
             Ok(Some(PeerMessage::FileReceived { .. })) => {
                 return Attempt::Received { resumed_from: file.size }
             }

@@ -295,7 +295,8 @@ pub struct App {
 fn rank(state: MessageState) -> u8 {
     match state {
         MessageState::Queued => 0,
-        MessageState::Sent => 1,
+        // Held by the recipient as a message request: written, not delivered.
+        MessageState::Sent | MessageState::Pending => 1,
         MessageState::Delivered => 2,
         MessageState::Read | MessageState::Received => 3,
         MessageState::Failed => 4,
