@@ -15,6 +15,7 @@ use whatsap2p_client::{
 
 use crate::event_loop::{FrontEnd, Step};
 use crate::input::{self, Line};
+use whatsap2p_tui::text::clean_lines;
 
 const OPTIONS: &str = "[+] Options:
 1 - Ping user
@@ -64,9 +65,14 @@ impl Prompt {
     }
 }
 
+/// Prints `line` with every control and invisible format character in it (from a peer's text, a
+/// file name, a reason) shown, not interpreted: an escape sequence cannot repaint the terminal,
+/// nor U+202E reverse what follows it.
 fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line.as_ref());
+    for shown in clean_lines(line.as_ref()) {
+        let _ = writeln!(out, "{shown}");
+    }
     let _ = out.flush();
 }
 

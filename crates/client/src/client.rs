@@ -220,6 +220,7 @@ impl Client {
             presence: presence.clone(),
             downloads: config.downloads.clone(),
             max_file_size: config.max_file_size,
+            storage: config.storage.clone(),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
         });

@@ -63,8 +63,9 @@ impl Router {
                 let taken = self.groups.on_update(peer, link.key(), update).await;
                 reply(taken.then_some(PeerMessage::Ack { id }))
             }
-            PeerMessage::FileOffer { id, name, size, media_type, blake3 } => {
-                let offer = Offer { id, name, size, media_type, blake3 };
+            // The media type offered is not trusted: the receiver sniffs the content.
+            PeerMessage::FileOffer { id, name, size, media_type: _, blake3 } => {
+                let offer = Offer { id, name, size, blake3 };
                 reply(self.transfers.on_offer(link, offer).await)
             }
             msg @ (PeerMessage::FileAccept { .. }

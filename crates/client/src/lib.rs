@@ -22,7 +22,6 @@
 //! - [`transfer`]: files over the peer link, both directions: offer, accept, chunks under flow
 //!   control, verify, resume; `partial`: the file a transfer is received into.
 //! - [`groups`]: group conversations: signed membership, fan-out on live links and the outbox.
-//! - [`safe_name`]: file names from peers made safe for the downloads folder.
 //! - [`error`]: the error type, [`ClientError`]; `clock`: the wall clock the store records.
 
 #![forbid(unsafe_code)]
@@ -42,13 +41,12 @@ pub mod outbox;
 mod partial;
 mod presence;
 pub mod profile;
-pub mod safe_name;
 pub mod store;
 pub mod transfer;
 pub mod transport;
 
 pub use client::{Client, ClientStats};
-pub use config::{ClientConfig, Timeouts};
+pub use config::{ClientConfig, StorageLimits, Timeouts};
 pub use error::ClientError;
 pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};

@@ -3,7 +3,9 @@
 //! Names, messages and file names come from peers. A control character (ESC above all) could
 //! repaint the screen, and a bidirectional override could reverse the text around it, so every
 //! such character is replaced by a visible stand-in before anything is drawn: C0 controls by their
-//! Unicode "control picture" (`␛`), DEL by `␡`, C1 controls and bidi controls by `�`. Widths are
+//! Unicode "control picture" (`␛`), DEL by `␡`, C1 controls, bidi controls and the other invisible
+//! format characters (zero-width spaces, U+FEFF, tags…; the joiners U+200C and U+200D stay, for
+//! emoji sequences and the scripts that need them) by `�`. Widths are
 //! those of `unicode-width` per grapheme (what ratatui uses), so wide characters and emoji take
 //! their real two cells.
 
@@ -11,10 +13,12 @@ use std::borrow::Cow;
 
 use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthStr;
+use whatsap2p_proto::file_name::is_invisible_format;
 
-/// Is `c` a character that changes the direction of the text around it?
+/// Is `c` an invisible character that changes or hides how the text around it reads (a
+/// bidirectional control above all), other than the joiners emoji and some scripts need?
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    is_invisible_format(c) && !matches!(c, '\u{200C}' | '\u{200D}')
 }
 
 /// What to draw in place of `c`, if `c` must not reach the terminal.
@@ -125,6 +129,9 @@ mod tests {
         assert_eq!(shown, "ok\u{241b}[2J\u{fffd}gnp.exe\u{2421}\u{fffd}");
         assert!(!shown.chars().any(|c| c.is_control() || is_bidi_control(c)));
         assert!(matches!(clean("plain"), Cow::Borrowed(_)));
+        let hidden = clean("a\u{200b}b\u{feff}c\u{2066}d\u{2028}e");
+        assert_eq!(hidden, "a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e");
+        assert!(matches!(clean("👨\u{200d}👩\u{200d}👧"), Cow::Borrowed(_)), "joiners stay");
         let lines: Vec<_> = clean_lines("a\r\nb\u{1b}").collect();
         assert_eq!(lines, ["a", "b\u{241b}"]);
     }
