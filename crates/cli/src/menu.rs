@@ -196,6 +196,7 @@ async fn show_event(client: &Client, transfers: &mut Transfers, e: Event) -> boo
                 }
                 None => say(format!("\n> Message from {from}: {text}")),
             }
+            client.shown(&from, id);
             if let Err(e) = client.mark_read(id).await {
                 say(format!("[!] {e}"));
             }

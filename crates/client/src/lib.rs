@@ -21,6 +21,7 @@
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
 //! - [`transfer`]: files over the peer link, both directions: offer, accept, chunks under flow
 //!   control, verify, resume; `partial`: the file a transfer is received into.
+//! - `shown`: texts stored but not yet shown to the user, shown again after a crash.
 //! - [`groups`]: group conversations: signed membership, fan-out on live links and the outbox.
 //! - [`error`]: the error type, [`ClientError`]; `clock`: the wall clock the store records.
 
@@ -41,6 +42,7 @@ pub mod outbox;
 mod partial;
 mod presence;
 pub mod profile;
+mod shown;
 pub mod store;
 pub mod transfer;
 pub mod transport;

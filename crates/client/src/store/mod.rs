@@ -10,6 +10,7 @@
 //! - `contacts.rs`: contacts and pinned keys; `messages.rs`: the outbox, texts received, read
 //!   receipts; `files.rs`: file transfers; `groups.rs`: group states and held texts.
 //! - `chats.rs`: what a conversation view reads: the conversation list and history pages.
+//! - `shown.rs`: which received texts the user has been shown (the rest are shown at start).
 
 mod chats;
 mod contacts;
@@ -17,6 +18,7 @@ mod files;
 mod groups;
 mod messages;
 mod schema;
+mod shown;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -108,6 +108,7 @@ pub(super) fn upgrade(conn: &Connection) -> Result<(), rusqlite::Error> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(CHATS)?;
+    super::shown::upgrade(&tx)?;
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()
 }
