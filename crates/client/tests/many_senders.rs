@@ -9,10 +9,9 @@ mod support;
 use std::time::Duration;
 
 use futures::future::join_all;
-use support::{next, number, BarePeer, TestDirectory};
+use support::{next, number, TestDirectory};
 use whatsap2p_client::store::Store;
-use whatsap2p_client::{Event, MessageId, SendOutcome};
-use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_client::{Event, SendOutcome};
 
 /// Distinct senders: more than the number of descriptors a process may have open here would
 /// allow if each one kept even one (the test process holds the victim, the directory and the
@@ -51,26 +50,8 @@ async fn given_thousands_of_distinct_authenticated_senders_then_descriptors_retu
     let started = tokio::time::Instant::now();
     let ids: Vec<u64> = (0..SENDERS).collect();
     for wave in ids.chunks(WAVE) {
-        let visits = wave.iter().map(|i| {
-            let (pins, me) = (&pins, &me);
-            async move {
-                let peer = BarePeer::new(number(2_000_000 + i));
-                drop(peer.register(directory.addr, "127.0.0.1:9".parse().expect("addr"), pins).await);
-                let (mut reader, mut writer) = peer.dial(me, key, addr).await.split();
-                let id = MessageId::new();
-                writer
-                    .send_msg(&PeerMessage::Text { id, sent_at_ms: 1, text: format!("{i}") })
-                    .await
-                    .expect("send");
-                loop {
-                    match reader.recv_msg::<PeerMessage>().await.expect("reading") {
-                        Some(PeerMessage::Ack { id: acked }) if acked == id => break,
-                        Some(_) => continue,
-                        None => panic!("the victim closed the link before acknowledging"),
-                    }
-                }
-            }
-        });
+        let visits =
+            wave.iter().map(|i| support::visit(directory.addr, &pins, 2_000_000 + i, &me, key, addr));
         join_all(visits).await;
     }
     let _ = stop.send(());

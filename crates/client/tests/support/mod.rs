@@ -347,6 +347,32 @@ impl BarePeer {
     }
 }
 
+/// A stranger's one visit: a bare peer numbered `n` registers with the directory at `server`
+/// (its session then ends; the number stays bound), dials `client` at `addr` (whose key is `key`),
+/// sends one text and waits for its acknowledgement; then the link goes.
+pub async fn visit(
+    server: SocketAddr,
+    pins: &Store,
+    n: u64,
+    client: &Number,
+    key: whatsap2p_client::PublicKey,
+    addr: SocketAddr,
+) {
+    let peer = BarePeer::new(number(n));
+    drop(peer.register(server, "127.0.0.1:9".parse().expect("addr"), pins).await);
+    let (mut reader, mut writer) = peer.dial(client, key, addr).await.split();
+    let id = whatsap2p_client::MessageId::new();
+    let text = PeerMessage::Text { id, sent_at_ms: 1, text: format!("hello from {n}") };
+    writer.send_msg(&text).await.expect("sending");
+    loop {
+        match reader.recv_msg::<PeerMessage>().await.expect("reading") {
+            Some(PeerMessage::Ack { id: acked }) if acked == id => return,
+            Some(_) => continue,
+            None => panic!("the client closed the link before acknowledging"),
+        }
+    }
+}
+
 /// Offers `data` as `name` of type `media_type` on a bare peer's link and, once accepted, sends
 /// its bytes: all of them, or with `abandon_at` that many before giving up (`FileAbort`,
 /// `SenderGaveUp`). Returns the transfer's id and the receiver's last word: `FileReceived`, the
