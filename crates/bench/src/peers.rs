@@ -118,6 +118,7 @@ fn config(server: SocketAddr, number: Number, root: &Path) -> ClientConfig {
         timeouts: Default::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        storage: Default::default(),
         versions: whatsap2p_proto::version::SPOKEN,
     }
 }

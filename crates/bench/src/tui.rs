@@ -146,6 +146,7 @@ async fn measure(root: &Path, long: usize, runs: usize) -> anyhow::Result<Figure
         timeouts: Default::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        storage: Default::default(),
         versions: whatsap2p_proto::version::SPOKEN,
     };
     let (client, events) = Client::start(config).await.context("starting the client")?;

@@ -77,6 +77,9 @@ pub async fn run<F: FrontEnd>(
     mut front: F,
 ) -> anyhow::Result<()> {
     front.start(&client);
+    // Texts a crash kept from the user last time come first (both front ends report what they
+    // show, see `Client::shown`).
+    client.replay_unshown();
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
     let mut waiting: VecDeque<Line> = VecDeque::new();

@@ -427,6 +427,19 @@ async fn run_command(client: &Client, cmd: Command) -> anyhow::Result<Value> {
     })
 }
 
+/// Writes an event's line; a message written out (flushed) is a message shown, which the client
+/// then does not show again at the next start.
+fn show(client: &Client, e: Event) {
+    let message = match &e {
+        Event::Message { id, from, .. } => Some((from.clone(), *id)),
+        _ => None,
+    };
+    emit(&event(e));
+    if let Some((from, id)) = message {
+        client.shown(&from, id);
+    }
+}
+
 /// The JSON-lines front end: answers each command in order, and holds the events that arrive
 /// while a command runs until its answer is out, so a message's `sent` always comes before its
 /// `delivered`.
@@ -465,29 +478,29 @@ impl FrontEnd for Json {
         }
     }
 
-    fn finished(&mut self, _client: &Client, done: Self::Done) -> bool {
+    fn finished(&mut self, client: &Client, done: Self::Done) -> bool {
         match done {
             Ok(v) => emit(&v),
             Err(e) => error(e),
         }
         for e in self.held.drain(..) {
-            emit(&event(e));
+            show(client, e);
         }
         true
     }
 
-    async fn event(&mut self, _client: &Client, e: Event, busy: bool) {
+    async fn event(&mut self, client: &Client, e: Event, busy: bool) {
         if busy {
             self.held.push(e);
         } else {
-            emit(&event(e));
+            show(client, e);
         }
     }
 
-    fn stopping(&mut self, _client: &Client) {
+    fn stopping(&mut self, client: &Client) {
         // A signal stopped a command midway: what it held back still goes out.
         for e in self.held.drain(..) {
-            emit(&event(e));
+            show(client, e);
         }
     }
 

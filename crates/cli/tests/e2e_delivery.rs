@@ -358,3 +358,81 @@ async fn given_profile_in_use_then_a_second_client_on_it_is_refused() {
     let message = Client::start_refused(server.port, "123", profile.path(), &[]).await;
     assert!(message.contains("in use"), "{message}");
 }
+
+/// Reads `out` up to the first line of `event`.
+async fn read_until(out: &mut tokio::io::BufReader<tokio::process::ChildStdout>, event: &str) {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(TIMEOUT, out.read_line(&mut line)).await.expect("an answer");
+        assert!(n.expect("reading the output") > 0, "the output ended");
+        if line.contains(&format!("\"event\":\"{event}\"")) {
+            return;
+        }
+    }
+}
+
+/// Attack 7 of issue 16, "lose what was shown": the receiver's front end is stuck writing (nobody
+/// reads its stdout: the pipe is full) while messages keep arriving; they are stored and
+/// acknowledged, waiting to be shown, when the receiver is killed with `kill -9`. Every message
+/// the sender was told arrived is shown: before the crash, or after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_receiver_sigkilled_with_messages_stored_but_not_shown_then_its_restart_shows_them() {
+    const COUNT: usize = 300;
+    let server = Server::start(&[]).await;
+    let bob_profile = tempdir();
+    // Bob's process, whose stdout is read only up to its answers, then left to fill.
+    let mut bob = tokio::process::Command::new(common::CLIENT_BIN)
+        .args(["--json", "--number", "456", "--profile"])
+        .arg(bob_profile.path())
+        .args(["127.0.0.1", &server.port.to_string()])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning bob");
+    let bob_log = common::Lines::collect(bob.stderr.take().expect("stderr"));
+    let mut bob_out = tokio::io::BufReader::new(bob.stdout.take().expect("stdout"));
+    let mut bob_in = bob.stdin.take().expect("stdin");
+    read_until(&mut bob_out, "online").await;
+    bob_in.write_all(b"{\"cmd\":\"add_contact\",\"number\":\"123\"}\n").await.expect("writing to bob");
+    read_until(&mut bob_out, "contact_added").await;
+
+    let mut alice = Client::start(server.port, "123").await;
+    add_contact(&mut alice, "456").await;
+    // Each message's line is over 2 KiB: a few dozen fill the pipe, the rest wait in Bob's queue.
+    let mut ids = Vec::new();
+    for i in 0..COUNT {
+        ids.push(alice.send_text("456", &format!("{i:04} {}", "x".repeat(2048))).await);
+    }
+    for id in &ids {
+        delivered(&mut alice, id, "456").await;
+    }
+    common::signal(bob.id().expect("bob's pid"), "KILL");
+    let _ = bob.wait().await;
+    drop(bob_log);
+
+    // What Bob wrote before he died, still in the pipe.
+    let mut before = std::collections::HashSet::new();
+    let mut rest = String::new();
+    bob_out.read_to_string(&mut rest).await.expect("reading what bob wrote");
+    // The write under way when he died may have put half a line in: that message was not shown.
+    let complete = rest.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    for line in complete.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        if is(&v, "message") {
+            before.insert(v["id"].as_str().expect("message.id").to_owned());
+        }
+    }
+    assert!(before.len() < COUNT / 2, "the pipe held {} of {COUNT}: nothing was left unshown", before.len());
+
+    // After the restart, every message not shown before is shown.
+    let mut bob = Client::start_with(server.port, "456", bob_profile.path(), &[]).await;
+    for (i, id) in ids.iter().enumerate().filter(|(_, id)| !before.contains(*id)) {
+        let m =
+            bob.seen_or_expect(&format!("message {i}"), |v| is(v, "message") && v["id"] == id.as_str()).await;
+        assert!(m["text"].as_str().is_some_and(|t| t.starts_with(&format!("{i:04} "))), "{m}");
+    }
+}

@@ -121,23 +121,23 @@ async fn given_a_number_we_wrote_to_first_then_its_answer_is_a_message_not_a_req
 }
 
 #[tokio::test]
-async fn given_a_strangers_photo_then_the_request_names_it_and_accepting_transfers_it() {
+async fn given_a_strangers_file_then_the_request_names_it_and_accepting_transfers_it() {
     let server = Server::start(&[]).await;
     let mut receiver = Client::start(server.port, "100").await;
     let mut stranger = Client::start(server.port, "301").await;
     let dir = tempdir();
-    let path = write_file(dir.path(), "cat.jpg", 200_000);
+    let path = write_file(dir.path(), "notes.bin", 200_000);
     let v = ok(&mut stranger, json!({"cmd": "send_file", "to": "100", "path": path}), "file_queued").await;
     let id = v["id"].as_str().expect("id").to_owned();
     pending(&mut stranger, &id, "100").await;
     let v = request(&mut receiver, "301", "file").await;
-    assert_eq!((v["name"].as_str(), v["size"].as_u64()), (Some("cat.jpg"), Some(200_000)), "{v}");
+    assert_eq!((v["name"].as_str(), v["size"].as_u64()), (Some("notes.bin"), Some(200_000)), "{v}");
     settle(&mut receiver, "301").await;
     assert!(seen(&mut receiver, "file_received").is_empty(), "nothing of the file before accepting");
 
     ok(&mut receiver, json!({"cmd": "accept", "number": "301"}), "accepted").await;
     let got = receiver.expect("file_received", |v| is(v, "file_received") && v["id"] == id.as_str()).await;
-    assert_eq!((got["name"].as_str(), got["size"].as_u64()), (Some("cat.jpg"), Some(200_000)), "{got}");
+    assert_eq!((got["name"].as_str(), got["size"].as_u64()), (Some("notes.bin"), Some(200_000)), "{got}");
     let saved = std::fs::read(got["path"].as_str().expect("path")).expect("the saved file");
     assert_eq!(saved, common::noise_bytes(7, 200_000), "the bytes sent");
     stranger.expect("file_sent", |v| is(v, "file_sent") && v["id"] == id.as_str()).await;

@@ -23,6 +23,7 @@ use crate::outbox::{Outbox, OutboxParts};
 use crate::presence::PresenceCache;
 use crate::profile::{Identity, Profile};
 use crate::requests::Requests;
+use crate::shown::Shown;
 use crate::store::{Chat, ChatItem, Conversation, FileRecord, Held, Request, Store, StoredMessage};
 use crate::transfer::{TransferParts, Transfers};
 use crate::transport::PeerListener;
@@ -78,6 +79,8 @@ pub struct Client {
     server_key: PublicKey,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Texts shown to the user, and those to show again after a crash.
+    shown: Arc<Shown>,
     // Held for its lock on the profile folder.
     _profile: Profile,
 }
@@ -98,13 +101,16 @@ fn contact_name(name: &str) -> Result<String, ClientError> {
     Ok(name.to_owned())
 }
 
-/// Checkpoints the profile database every second while the client runs (see `Store::checkpoint`).
-async fn checkpoints(store: Store, cancel: CancellationToken) {
+/// Checkpoints the profile database every second while the client runs (see `Store::checkpoint`),
+/// with what front ends reported shown since the last time.
+async fn checkpoints(store: Store, shown: Arc<Shown>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
         }
+        // What front ends showed since the last time, in one transaction.
+        shown.flush().await;
         if let Err(e) = store.checkpoint().await {
             warn!("checkpointing the profile database: {e}");
         }
@@ -245,6 +251,7 @@ impl Client {
             presence: presence.clone(),
             downloads: config.downloads.clone(),
             max_file_size: config.max_file_size,
+            storage: config.storage.clone(),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
         });
@@ -276,7 +283,8 @@ impl Client {
             events: events.clone(),
         };
         tracker.spawn(route.run(notes));
-        tracker.spawn(checkpoints(store.clone(), cancel.clone()));
+        let shown = Arc::new(Shown::new(store.clone(), events.clone()).await?);
+        tracker.spawn(checkpoints(store.clone(), shown.clone(), cancel.clone()));
         let client = Self {
             number,
             identity,
@@ -295,6 +303,7 @@ impl Client {
             server_key,
             cancel,
             tracker,
+            shown,
             _profile: profile,
         };
         // Contacts, and whoever the outbox still owes something, so a push wakes their courier.
@@ -692,8 +701,23 @@ impl Client {
         self.shutdown().await;
     }
 
+    /// A front end has shown the user text `id` from `from` (printed and flushed it, or drawn
+    /// it): it will not be shown again at the next start. Cheap: written with the next checkpoint.
+    pub fn shown(&self, from: &Number, id: MessageId) {
+        self.shown.note(from, id);
+    }
+
+    /// Sends again, as [`Event::Message`], every text received before this start that no front end
+    /// reported shown (see [`Client::shown`]): what a crash kept from the user. Once per start, in
+    /// the background; a front end that reports what it shows calls it when it is ready for events.
+    pub fn replay_unshown(&self) {
+        let shown = self.shown.clone();
+        self.tracker.spawn(async move { shown.replay().await });
+    }
+
     /// Closes every link and waits (at most a few seconds) for the tasks to end.
     pub async fn shutdown(self) {
+        self.shown.flush().await;
         self.links.close_all();
         self.cancel.cancel();
         self.tracker.close();

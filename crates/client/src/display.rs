@@ -4,15 +4,18 @@
 //! colour, erase or overwrite the screen (`\e[2K` erases a line, `\e[2A` moves up two), and a
 //! bidirectional override could reverse the text around it, so every such character is replaced
 //! by a visible stand-in before it is printed: C0 controls by their Unicode "control picture"
-//! (`␛`), DEL by `␡`, C1 controls and bidi controls by `�`. JSON output keeps the exact text.
+//! (`␛`), DEL by `␡`, C1 controls, bidi controls and the other invisible format characters by `�`
+//! (the joiners U+200C and U+200D stay, for emoji sequences and the scripts that need them). JSON output keeps the exact text.
 //!
 //! Also how sizes and dates are written for people, the same in every front end.
 
 use std::borrow::Cow;
 
-/// Is `c` a character that changes the direction of the text around it?
+/// Is `c` an invisible character that changes or hides how the text around it reads (a
+/// bidirectional control above all: every Unicode format character, zero-width spaces, U+FEFF,
+/// tags…), other than the joiners that emoji sequences and some scripts need?
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    whatsap2p_proto::file_name::is_invisible_format(c) && !matches!(c, '\u{200C}' | '\u{200D}')
 }
 
 /// What to print in place of `c`, if `c` must not reach the terminal.
@@ -77,6 +80,20 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_escape_sequences_and_invisible_format_characters_then_they_are_shown_not_interpreted() {
+        let evil = "ok\u{1b}[2J\u{202e}gnp.exe\u{7f}\u{9b}";
+        let shown = clean(evil);
+        assert_eq!(shown, "ok\u{241b}[2J\u{fffd}gnp.exe\u{2421}\u{fffd}");
+        assert!(!shown.chars().any(|c| c.is_control() || is_bidi_control(c)));
+        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
+        let hidden = clean("a\u{200b}b\u{feff}c\u{2066}d\u{2028}e");
+        assert_eq!(hidden, "a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e");
+        assert!(matches!(clean("👨\u{200d}👩\u{200d}👧"), Cow::Borrowed(_)), "joiners stay");
+        let lines: Vec<_> = clean_lines("a\r\nb\u{1b}").collect();
+        assert_eq!(lines, ["a", "b\u{241b}"]);
+    }
 
     #[test]
     fn given_escapes_and_overrides_then_each_is_shown_as_a_stand_in_and_the_rest_kept() {

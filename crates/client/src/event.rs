@@ -161,7 +161,7 @@ pub enum Event {
         size: u64,
         /// BLAKE3 of the content (verified).
         blake3: [u8; 32],
-        /// Media type the sender announced.
+        /// Media type sniffed from the content (what the sender announced is not trusted).
         media_type: String,
         /// Width and height, when the content is an image.
         dimensions: Option<(u32, u32)>,

@@ -102,13 +102,15 @@ impl Router {
             PeerMessage::GroupUpdate { id, update } => {
                 reply(self.groups.on_update(peer, link.key(), id, update).await)
             }
+            // The media type offered is not trusted: the receiver sniffs the content (a request
+            // shows the offered one, as the sender's word).
             PeerMessage::FileOffer { id, name, size, media_type, blake3 } => {
                 let Some(standing) = self.standing(peer).await else { return Verdict::Done };
                 if standing != Standing::Known {
                     let held = Held::File { id, name, size, media_type };
                     return reply(self.requests.hold(peer, peer, held, standing).await);
                 }
-                let offer = Offer { id, name, size, media_type, blake3 };
+                let offer = Offer { id, name, size, blake3 };
                 reply(self.transfers.on_offer(link, offer).await)
             }
             msg @ (PeerMessage::FileAccept { .. }

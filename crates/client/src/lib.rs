@@ -21,10 +21,10 @@
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
 //! - [`transfer`]: files over the peer link, both directions: offer, accept, chunks under flow
 //!   control, verify, resume; `partial`: the file a transfer is received into.
+//! - `shown`: texts stored but not yet shown to the user, shown again after a crash.
 //! - [`groups`]: group conversations: signed membership, fan-out on live links and the outbox.
 //! - `requests`: message requests: who may reach the user, and what strangers sent, held.
-//! - [`safe_name`]: file names from peers made safe for the downloads folder; [`display`]: text
-//!   from peers made safe for a terminal.
+//! - [`display`]: text from peers made safe for a terminal.
 //! - [`error`]: the error type, [`ClientError`]; `clock`: the wall clock the store records.
 
 #![forbid(unsafe_code)]
@@ -46,13 +46,13 @@ mod partial;
 mod presence;
 pub mod profile;
 mod requests;
-pub mod safe_name;
+mod shown;
 pub mod store;
 pub mod transfer;
 pub mod transport;
 
 pub use client::{Client, ClientStats};
-pub use config::{ClientConfig, Timeouts};
+pub use config::{ClientConfig, StorageLimits, Timeouts};
 pub use error::ClientError;
 pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};

@@ -8,10 +8,9 @@ mod support;
 use std::time::Duration;
 
 use futures::future::join_all;
-use support::{number, BarePeer, TestDirectory};
+use support::{number, TestDirectory};
 use whatsap2p_client::store::{Store, MAX_HELD_ITEMS};
-use whatsap2p_client::{Event, MessageId};
-use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_client::Event;
 use whatsap2p_server::config::Limits;
 
 const PEERS: u64 = 3_000;
@@ -44,25 +43,8 @@ async fn given_three_thousand_peers_that_connect_and_leave_then_the_client_holds
     let mut peak = client.stats();
     let ids: Vec<u64> = (0..PEERS).collect();
     for wave in ids.chunks(WAVE) {
-        let visits = wave.iter().map(|i| {
-            let (pins, me) = (&pins, &me);
-            async move {
-                let peer = BarePeer::new(number(1_000_000 + i));
-                drop(peer.register(directory.addr, "127.0.0.1:9".parse().expect("addr"), pins).await);
-                let (mut reader, mut writer) = peer.dial(me, key, addr).await.split();
-                let id = MessageId::new();
-                let text = PeerMessage::Text { id, sent_at_ms: 1, text: format!("hello from {i}") };
-                writer.send_msg(&text).await.expect("sending");
-                loop {
-                    match reader.recv_msg::<PeerMessage>().await.expect("reading") {
-                        // Held as a request (or, past the bound, answered as if held).
-                        Some(PeerMessage::Pending { id: held }) if held == id => break,
-                        Some(_) => continue,
-                        None => panic!("the client closed the link before acknowledging"),
-                    }
-                }
-            }
-        });
+        let visits =
+            wave.iter().map(|i| support::visit(directory.addr, &pins, 1_000_000 + i, &me, key, addr));
         join_all(visits).await;
         let now = client.stats();
         peak.links = peak.links.max(now.links);

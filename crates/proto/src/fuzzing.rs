@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("handshake_payloads", handshake_payloads),
     ("group_state", group_state),
     ("nat_datagrams", nat_datagrams),
+    ("file_name", file_name),
 ];
 
 /// A message enum's decoder: what decodes re-encodes to the same bytes, and "unknown kind" means
@@ -189,6 +190,27 @@ pub fn decode_wire(data: &[u8]) {
     peer_message(data);
     handshake_payloads(data);
     group_state(data);
+}
+
+/// Any bytes as the name of a file offered by a peer (as UTF-8, invalid sequences replaced, as a
+/// decoded `FileOffer` could only hold valid UTF-8): the safe name is one short, visible path
+/// component, and making it safe again changes nothing; a new extension keeps all of that.
+pub fn file_name(data: &[u8]) {
+    use crate::file_name::{is_invisible_format, safe_name, with_extension, MAX_NAME_BYTES};
+    let offered = String::from_utf8_lossy(data);
+    let safe = safe_name(&offered);
+    let check = |name: &str| {
+        assert!(!name.is_empty(), "empty name for {offered:?}");
+        assert!(name.len() <= MAX_NAME_BYTES, "{} bytes: {name:?}", name.len());
+        assert!(!name.contains(['/', '\\']), "a separator in {name:?}");
+        assert!(!name.contains("..") && !name.starts_with('.'), "dots in {name:?}");
+        assert!(!name.ends_with(['.', ' ']), "a trailing dot or space in {name:?}");
+        let bad = name.chars().find(|&c| c.is_control() || is_invisible_format(c));
+        assert!(bad.is_none(), "{bad:?} in {name:?}");
+    };
+    check(&safe);
+    assert_eq!(safe_name(&safe), safe, "not stable");
+    check(&with_extension(&safe, "png"));
 }
 
 #[cfg(test)]

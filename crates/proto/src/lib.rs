@@ -10,6 +10,7 @@
 //!   [`IdentityProof`] that binds a number and an Ed25519 identity to one Noise session.
 //! - [`directory`]: messages between a client and the directory server.
 //! - [`peer`]: messages between two clients.
+//! - [`file_name`]: a file name from a peer made safe for the receiver's downloads folder.
 //! - [`nat`]: reaching a client behind a NAT: candidates, UDP probe and punch datagrams, relay
 //!   tickets (version 3).
 //! - [`group`]: group state, signed changes and the rule for accepting them.
@@ -30,6 +31,7 @@ pub mod chunk;
 mod code;
 pub mod codec;
 pub mod directory;
+pub mod file_name;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod group;

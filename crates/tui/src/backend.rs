@@ -179,6 +179,14 @@ pub trait Backend: Send + Sync + 'static {
     /// The user has seen these received messages: mark them read and tell their senders.
     fn mark_read(&self, ids: &[MessageId]) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// These received texts, each by its sender, have been drawn (in their conversation or the
+    /// list of conversations): after a crash they are not shown again. Nothing by default.
+    fn shown(&self, _texts: &[(Number, MessageId)]) {}
+
+    /// Sends again, as events, the texts received before this start and never drawn. Nothing by
+    /// default.
+    fn replay_unshown(&self) {}
+
     /// Adds a contact.
     fn add_contact(&self, number: &Number) -> impl Future<Output = Result<Added, BackendError>> + Send;
 

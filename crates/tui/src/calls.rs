@@ -210,6 +210,11 @@ impl<B: Backend> Calls<B> {
         }
     }
 
+    /// The backend the calls go to.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     fn queued(&self) -> usize {
         self.waiting.len() + self.lanes.values().map(VecDeque::len).sum::<usize>()
     }

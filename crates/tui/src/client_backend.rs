@@ -225,6 +225,16 @@ impl Backend for ClientBackend {
         Ok(())
     }
 
+    fn shown(&self, texts: &[(Number, MessageId)]) {
+        for (from, id) in texts {
+            self.client.shown(from, *id);
+        }
+    }
+
+    fn replay_unshown(&self) {
+        self.client.replay_unshown();
+    }
+
     async fn add_contact(&self, number: &Number) -> Result<Added, BackendError> {
         let (new, key) = self.client.add_contact(number, None).await?;
         Ok(Added { new, key })

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use ratatui::style::Style;
 use ratatui::Terminal;
 use tokio::sync::mpsc;
-use whatsap2p_client::{Client, Event, Number};
+use whatsap2p_client::{Client, Event, MessageId, Number};
 
 use crate::app::{App, Me};
 use crate::backend::Backend;
@@ -188,6 +188,8 @@ where
     let mut app = App::new(me, Zone::Local, Box::new(clock::now_ms));
     let backend = ClientBackend::new(client);
     let mut calls = Calls::new(std::sync::Arc::new(backend), picker);
+    // Texts a crash kept from the user last time come first.
+    calls.backend().replay_unshown();
     let outcome = drive(&mut term.terminal, &mut input, events, &mut app, &mut calls, &mut shutdown).await;
     let _ = splash(&mut term.terminal, "whatsap2p", &["Logging out…".to_owned()], None);
     if let Some(backend) = calls.finish().await {
@@ -195,6 +197,14 @@ where
     }
     drop(term);
     outcome.map_err(|e| format!("terminal: {e}"))
+}
+
+/// Hands `e` to `app`, noting a text to report shown once drawn.
+fn take_in(app: &mut App, e: Event, undrawn: &mut Vec<(Number, MessageId)>) {
+    if let Event::Message { id, from, .. } = &e {
+        undrawn.push((from.clone(), *id));
+    }
+    app.on_event(e);
 }
 
 /// Runs `app` until it quits, the terminal input ends, the client's events end or `shutdown`
@@ -213,6 +223,8 @@ where
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Texts taken in since the last frame: shown once the next one is drawn.
+    let mut undrawn: Vec<(Number, MessageId)> = Vec::new();
     loop {
         if std::mem::take(&mut app.repaint) {
             terminal.clear().map_err(io::Error::other)?;
@@ -221,6 +233,10 @@ where
         terminal.draw(|frame| drawn = Some(view::render(app, frame))).map_err(io::Error::other)?;
         if let Some(d) = drawn {
             app.drawn(d);
+        }
+        if !undrawn.is_empty() {
+            calls.backend().shown(&undrawn);
+            undrawn.clear();
         }
         for request in app.take_requests() {
             if let Err(busy) = calls.submit(request) {
@@ -243,10 +259,10 @@ where
             },
             event = events.recv() => match event {
                 Some(e) => {
-                    app.on_event(e);
+                    take_in(app, e, &mut undrawn);
                     for _ in 0..EVENT_BATCH {
                         match events.try_recv() {
-                            Ok(e) => app.on_event(e),
+                            Ok(e) => take_in(app, e, &mut undrawn),
                             Err(_) => break,
                         }
                     }

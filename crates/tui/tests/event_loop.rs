@@ -144,6 +144,8 @@ async fn given_a_call_that_never_answers_then_keys_and_messages_still_show_and_c
     assert_eq!(app.input.text(), "still typing");
     let calls_made = mock.calls();
     assert!(calls_made.contains(&"ping 456".to_owned()), "{calls_made:?}");
+    // Drawn, so reported shown: a crash from here on does not show it again.
+    assert_eq!(calls_made.iter().filter(|c| *c == "shown 789").count(), 1, "{calls_made:?}");
     assert!(!app.notice.as_ref().is_some_and(|n| n.text.contains("456 is")), "the ping never answered");
     let first = app.conversations.first().map(|c| (c.name.clone(), c.unread));
     assert_eq!(first, Some(("789".to_owned(), 1)));

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use whatsap2p_cli::{input, json, menu};
 use whatsap2p_client::config::ServerAddr;
-use whatsap2p_client::{Client, ClientConfig, Number};
+use whatsap2p_client::{Client, ClientConfig, Number, StorageLimits};
 use whatsap2p_proto::version::{self, Versions};
 
 /// whatsap2p: a peer-to-peer messenger. The server only says who is online and where; messages go
@@ -53,6 +53,14 @@ struct Args {
     /// them off for good).
     #[arg(long)]
     no_read_receipts: bool,
+    /// Most bytes the partial files of incoming transfers (kept to resume) take together; the
+    /// oldest are given up to make room.
+    #[arg(long, default_value_t = StorageLimits::DEFAULT_MAX_PARTIAL_BYTES)]
+    max_partial_bytes: u64,
+    /// Free bytes an incoming file must leave on the downloads disk; a file that would leave less
+    /// is refused for now (the sender retries later).
+    #[arg(long, default_value_t = StorageLimits::DEFAULT_MIN_FREE_SPACE)]
+    min_free_space: u64,
     /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
     /// speaks]. Hidden: only to see how others meet a client older or newer than they are.
     #[arg(long, hide = true)]
@@ -119,6 +127,11 @@ fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
         timeouts: Default::default(),
         downloads,
         max_file_size: args.max_file_size,
+        storage: StorageLimits {
+            max_partial_bytes: args.max_partial_bytes,
+            min_free_space: args.min_free_space,
+            ..Default::default()
+        },
         versions: args.protocol_versions.unwrap_or(version::SPOKEN),
     })
 }

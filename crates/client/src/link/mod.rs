@@ -16,7 +16,9 @@
 //! # Layout
 //! - `handle.rs`: `LinkHandle`, what the rest of the client writes through, and [`WriteError`].
 //! - `read.rs`, `write.rs`: the two tasks of a link.
+//! - `admission.rs`: how many peers may handshake at once, in all and from one source.
 
+mod admission;
 mod handle;
 mod read;
 mod write;
@@ -29,13 +31,15 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 use whatsap2p_proto::chunk::ChunkView;
 use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::version::Versions;
 use whatsap2p_proto::{Number, PublicKey};
 
+use admission::{Admission, Turned};
+pub use admission::{FREE_HANDSHAKES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE};
 pub(crate) use handle::LinkHandle;
 pub use handle::WriteError;
 
@@ -106,6 +110,8 @@ struct Inner {
     owner: Mutex<Option<Arc<dyn LinkOwner>>>,
     /// Places for accepted connections.
     permits: Arc<Semaphore>,
+    /// Places for connections still handshaking, and the count of those turned away.
+    admission: Arc<Admission>,
     /// Peers we dialed that speak no version we do, with the versions they speak, once the user
     /// was told; a peer leaves it when a link to it is made. Only numbers we write to are dialed.
     versions_told: Mutex<HashMap<Number, Versions>>,
@@ -122,6 +128,7 @@ impl Links {
             slots: Mutex::default(),
             owner: Mutex::default(),
             permits: Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS)),
+            admission: Arc::default(),
             versions_told: Mutex::default(),
         }))
     }
@@ -247,15 +254,18 @@ impl Links {
         let p = &self.0.parts;
         let vouch = |claimed: Number, key: PublicKey| async move { self.vouch(&claimed, key, addr).await };
         let handshake = crate::handshake::accept_peer(stream, &p.identity, &p.me, addr, p.versions, vouch);
+        // Anyone can make these happen at will: counted, and logged in a summary (`admission.rs`).
         let accepted = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
             Err(_) => {
-                return warn!(
+                self.0.admission.count(Turned::Slow);
+                return debug!(
                     "dropping peer {addr}: handshake not finished within {:?}",
                     p.timeouts.handshake
-                )
+                );
             }
             Ok(Err(e)) => {
-                warn!("refusing peer {addr}: {e}");
+                self.0.admission.count(Turned::Failed);
+                debug!("refusing peer {addr}: {e}");
                 if matches!(e, ClientError::KeyChanged { .. } | ClientError::PeerIdentity { .. }) {
                     let _ = p.events.send(Event::Warning { message: e.to_string() }).await;
                 }
@@ -324,9 +334,17 @@ impl Links {
     }
 
     async fn accept_loop(self, listener: PeerListener, cancel: CancellationToken) {
+        let mut report = tokio::time::interval(admission::REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = report.tick() => {
+                    if let Some(summary) = self.0.admission.report() {
+                        warn!("{summary}");
+                    }
+                    continue;
+                }
                 a = listener.accept() => a,
             };
             let (stream, addr) = match accepted {
@@ -337,12 +355,18 @@ impl Links {
                     continue;
                 }
             };
+            // Dropping the stream closes it at once: a refused connection holds nothing.
+            let Ok(place) = self.0.admission.admit(addr.ip()) else { continue };
             let Ok(permit) = self.0.permits.clone().try_acquire_owned() else {
-                warn!("refusing peer {addr}: {MAX_PEER_CONNECTIONS} connections open");
+                self.0.admission.count(Turned::Total);
                 continue;
             };
             let links = self.clone();
-            let adopting = async move { links.adopt(stream, addr, Some(permit)).await };
+            // The handshake's place is held until it ends (`adopt` returns once linked).
+            let adopting = async move {
+                links.adopt(stream, addr, Some(permit)).await;
+                drop(place);
+            };
             self.0.parts.tracker.spawn(adopting.instrument(info_span!("peer", %addr)));
         }
     }

@@ -74,8 +74,8 @@ impl Store {
             (from.to_string(), id.to_string(), text.to_owned(), group.map(|g| g.to_string()));
         self.quick(move |c| {
             c.prepare_cached(
-                "INSERT OR IGNORE INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id)
-                 VALUES (?1, 0, ?2, ?3, ?4, ?5, 'received', ?6)",
+                "INSERT OR IGNORE INTO messages (peer, outgoing, id, text, sent_at_ms, received_at_ms, state, group_id, shown)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, 'received', ?6, 0)",
             )?
             .execute(params![from, id, text, sent_at_ms as i64, now_ms(), group])
             .map(|n| n == 1)

@@ -11,6 +11,7 @@
 //!   texts received, read receipts; `files.rs`: file transfers; `groups.rs`: group states and held
 //!   texts; `requests.rs`: message requests from strangers.
 //! - `chats.rs`: what a conversation view reads: the conversation list and history pages.
+//! - `shown.rs`: which received texts the user has been shown (the rest are shown at start).
 
 mod chats;
 mod contacts;
@@ -19,6 +20,7 @@ mod groups;
 mod messages;
 mod requests;
 mod schema;
+mod shown;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

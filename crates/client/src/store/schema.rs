@@ -153,6 +153,7 @@ pub(super) fn upgrade(conn: &Connection) -> Result<(), rusqlite::Error> {
         tx.execute_batch("ALTER TABLE contacts ADD COLUMN name TEXT")?;
     }
     tx.execute_batch(CHATS)?;
+    super::shown::upgrade(&tx)?;
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()
 }

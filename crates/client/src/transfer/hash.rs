@@ -3,6 +3,7 @@
 use std::io::{Read, Seek};
 use std::path::Path;
 
+use super::media::{Sniffed, HEAD_LEN};
 use crate::ClientError;
 
 /// Hashes a file and sniffs its media type, on blocking threads.
@@ -18,11 +19,9 @@ pub(crate) async fn describe(path: &Path) -> Result<(u64, [u8; 32], String), Cli
                 source: std::io::Error::other("not a regular file"),
             });
         }
-        let mut head = [0u8; 64];
-        let n = std::io::Read::read(&mut &file, &mut head).map_err(ClientError::io(ctx.clone()))?;
-        let media_type = image::guess_format(&head[..n])
-            .map(|f| f.to_mime_type().to_owned())
-            .unwrap_or_else(|_| "application/octet-stream".to_owned());
+        let mut head = Vec::with_capacity(HEAD_LEN as usize);
+        (&file).take(HEAD_LEN).read_to_end(&mut head).map_err(ClientError::io(ctx.clone()))?;
+        let media_type = Sniffed::from_head(&head).media_type.to_owned();
         let hash = hash_file(&path, meta.len()).map_err(ClientError::io(ctx))?;
         Ok((meta.len(), hash, media_type))
     })

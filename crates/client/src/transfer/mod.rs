@@ -21,9 +21,12 @@
 //! # Layout
 //! - here: `Transfers`, the handle, and the routes that take each transfer's messages from its link.
 //! - `send.rs`: the sending side; `receive.rs`: the receiving side (and `crate::partial`, the file it
-//!   writes into); `hash.rs`: what the sender learns of a file before offering it.
+//!   writes into); `hash.rs`: what the sender learns of a file before offering it; `media.rs`: what a file is, from
+//!   its bytes, and the extension it is saved with.
 
 mod hash;
+mod media;
+mod partials;
 mod receive;
 mod send;
 
@@ -35,14 +38,17 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, info, warn};
 use whatsap2p_proto::chunk::ChunkView;
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage, FILE_CHUNK_LEN, FILE_WINDOW};
 use whatsap2p_proto::{MessageId, Number};
 
 pub(crate) use hash::describe;
+use partials::PartialFolder;
+pub use partials::SWEEP_EVERY;
 pub(crate) use receive::Offer;
 
+use crate::config::StorageLimits;
 use crate::event::Event;
 use crate::link::{LinkHandle, Links};
 use crate::partial::{ChunkBytes, Spares};
@@ -89,6 +95,7 @@ pub(crate) struct TransferParts {
     pub(crate) presence: PresenceCache,
     pub(crate) downloads: PathBuf,
     pub(crate) max_file_size: u64,
+    pub(crate) storage: StorageLimits,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
@@ -128,6 +135,8 @@ struct Sending {
 
 struct Inner {
     parts: TransferParts,
+    /// The partial files' folder and its limits.
+    partials: PartialFolder,
     /// Running transfers' routes, by link (its epoch) and transfer: a link's entry goes with it.
     routes: Mutex<HashMap<u64, HashMap<MessageId, Route>>>,
     /// Partial files a receiving attempt is writing, on whatever link: an attempt on a new link
@@ -147,14 +156,45 @@ pub(crate) struct Transfers(Arc<Inner>);
 struct Busy(String);
 
 impl Transfers {
+    /// The transfers' handle; starts the sweep of expired partial files (now, then every
+    /// [`SWEEP_EVERY`]).
     pub(crate) fn new(parts: TransferParts) -> Self {
-        Self(Arc::new(Inner {
+        let partials = PartialFolder::new(&parts.downloads, parts.storage.clone());
+        let transfers = Self(Arc::new(Inner {
             parts,
+            partials,
             routes: Mutex::default(),
             receiving: Mutex::default(),
             sending: Mutex::default(),
             incoming: Mutex::default(),
-        }))
+        }));
+        let p = &transfers.0.parts;
+        p.tracker.spawn(transfers.clone().sweep_partials(p.cancel.clone()));
+        transfers
+    }
+
+    /// Removes expired partial files, and the oldest beyond the limit, until shutdown.
+    async fn sweep_partials(self, cancel: CancellationToken) {
+        loop {
+            let (partials, claimed) = (self.0.partials.clone(), self.claimed());
+            let swept =
+                tokio::task::spawn_blocking(move || partials.sweep(std::time::SystemTime::now(), &claimed));
+            match swept.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!("removed {n} expired or excess partial files"),
+                Ok(Err(e)) => warn!("cannot sweep the partial files: {e}"),
+                Err(_) => return,
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
+    }
+
+    /// The partial files receiving attempts are writing now.
+    fn claimed(&self) -> HashSet<PathBuf> {
+        self.0.receiving.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Cancels transfer `id`, in either direction, and waits until it has stopped (the other side

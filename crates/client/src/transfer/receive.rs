@@ -9,17 +9,19 @@ use std::time::Instant as StdInstant;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
+use whatsap2p_proto::file_name::safe_name;
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage, MAX_FILE_NAME_LEN};
 use whatsap2p_proto::MessageId;
 
 use tokio_util::sync::CancellationToken;
 
+use super::media::Sniffed;
+use super::partials::NoRoom;
 use super::send::cancelled_by;
 use super::{Busy, Ending, Inbound, Route, Routed, Transfers, PROGRESS_EVERY, ROUTE_QUEUE, STALL_TIMEOUT};
 use crate::event::Event;
 use crate::link::LinkHandle;
 use crate::partial::{PartialFile, Spares};
-use crate::safe_name::{numbered, safe_name};
 use crate::store::{FileRecord, FileState};
 
 /// How often the receiver opens the window (bytes written between credits).
@@ -28,8 +30,6 @@ const CREDIT_EVERY: u64 = 1024 * 1024;
 const NOTIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The receiver repeats its progress at least this often while a transfer is alive.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
-/// Folder inside the downloads folder where partial files wait to be resumed.
-const PARTIAL_DIR: &str = ".whatsap2p-partial";
 
 /// A receiving attempt's partial file, held by that attempt until it has finished with it (and,
 /// if the file was bad, removed it).
@@ -94,7 +94,6 @@ pub(crate) struct Offer {
     pub(crate) id: MessageId,
     pub(crate) name: String,
     pub(crate) size: u64,
-    pub(crate) media_type: String,
     pub(crate) blake3: [u8; 32],
 }
 
@@ -143,8 +142,15 @@ impl Transfers {
                 offer.size
             ));
         }
-        let partial_dir = p.downloads.join(PARTIAL_DIR);
-        if let Err(e) = tokio::fs::create_dir_all(&partial_dir).await {
+        let room = self.0.partials.limits().max_partial_bytes;
+        if offer.size > room {
+            return refuse(format!(
+                "file of {} bytes is over the receiver's limit of {room} bytes for files being received",
+                offer.size
+            ));
+        }
+        let partial_dir = self.0.partials.dir();
+        if let Err(e) = tokio::fs::create_dir_all(partial_dir).await {
             return refuse(format!("receiver cannot write its downloads folder: {e}"));
         }
         let partial = partial_dir.join(format!("{peer}-{}-{}.part", hex::encode(offer.blake3), offer.size));
@@ -159,6 +165,26 @@ impl Transfers {
         };
         let held = tokio::fs::metadata(&partial.path).await.map(|m| m.len()).unwrap_or(0);
         let offset = if held <= offer.size { held } else { 0 };
+        // Room among the partial files, and on the disk, for what is still to come.
+        let (partials, claimed, path, size) =
+            (self.0.partials.clone(), self.claimed(), partial.path.clone(), offer.size);
+        match tokio::task::spawn_blocking(move || partials.make_room(&path, size, offset, &claimed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(NoRoom::Full(reason))) => return busy(reason),
+            Ok(Err(NoRoom::Disk(reason))) => {
+                warn!("not receiving file {id} from {peer} now: {reason}");
+                let failed = Event::FileFailed {
+                    id,
+                    peer: peer.clone(),
+                    outgoing: false,
+                    reason: reason.clone(),
+                    code: Some(FileFailCode::Disk),
+                };
+                let _ = p.events.send(failed).await;
+                return Some(PeerMessage::FileAbort { id, code: FileFailCode::Disk, reason });
+            }
+            Err(_) => return busy("receiver is shutting down".into()),
+        }
         let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
         let spares = Spares::default();
         if let Err(Busy(reason)) = self.try_add_route(link, id, Route { tx, spares: spares.clone() }) {
@@ -179,7 +205,8 @@ impl Transfers {
             from: peer.clone(),
             name: safe_name(&offer.name),
             size: offer.size,
-            media_type: offer.media_type.clone(),
+            // What the sender says it is does not count, and the content is not here yet.
+            media_type: "application/octet-stream".into(),
             resumed_from: offset,
         };
         let _ = p.events.send(incoming).await;
@@ -200,7 +227,7 @@ impl Transfers {
             }
             Err(Failure { code, reason }) => {
                 if cancelled {
-                    info!("receiving {} from {peer} cancelled", offer.name);
+                    info!("receiving {} from {peer} cancelled", safe_name(&offer.name));
                     // Kept in history, and to refuse the file if it is offered again.
                     let record = FileRecord {
                         id,
@@ -209,14 +236,15 @@ impl Transfers {
                         path: PathBuf::new(),
                         name: safe_name(&offer.name),
                         size: offer.size,
-                        media_type: offer.media_type.clone(),
+                        // Never received: its content, and so its type, is unknown.
+                        media_type: "application/octet-stream".into(),
                         blake3: offer.blake3,
                     };
                     if let Err(e) = p.store.insert_file(&record, FileState::Cancelled.as_str()).await {
                         warn!("cancelled file {id} not recorded: {e}");
                     }
                 } else {
-                    warn!("receiving {} from {peer} failed: {reason}", offer.name);
+                    warn!("receiving {} from {peer} failed: {reason}", safe_name(&offer.name));
                 }
                 let _ = link.write(PeerMessage::FileAbort { id, code, reason: reason.clone() }).await;
                 let event = Event::FileFailed { id, peer, outgoing: false, reason, code: Some(code) };
@@ -310,12 +338,19 @@ impl Transfers {
         if link.write(PeerMessage::FileProgress { id: offer.id, received: offer.size }).await.is_err() {
             return Err(fail(FileFailCode::LinkClosed, "link closed"));
         }
-        let path = place(partial, &p.downloads, &safe_name(&offer.name))
+        // What the file is comes from its bytes; the name's extension follows.
+        let sniffing = partial.to_path_buf();
+        let sniffed = tokio::task::spawn_blocking(move || Sniffed::from_file(&sniffing))
+            .await
+            .map_err(|e| fail(FileFailCode::Disk, format!("cannot read the file back: {e}")))?
+            .map_err(|e| fail(FileFailCode::Disk, format!("cannot read the file back: {e}")))?;
+        let path = place(partial, &p.downloads, &sniffed.saved_name(&offer.name))
             .await
             .map_err(|e| fail(FileFailCode::Disk, format!("cannot save into the downloads folder: {e}")))?;
         // The name it was saved under, numbered if the safe name was taken.
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let dimensions = image_dimensions(&path).await;
+        let media_type = sniffed.media_type.to_owned();
         let record = FileRecord {
             id: offer.id,
             peer: peer.clone(),
@@ -323,7 +358,7 @@ impl Transfers {
             path: path.clone(),
             name: name.clone(),
             size: offer.size,
-            media_type: offer.media_type.clone(),
+            media_type: media_type.clone(),
             blake3: offer.blake3,
         };
         if let Err(e) = p.store.insert_file(&record, "received").await {
@@ -336,7 +371,7 @@ impl Transfers {
             path,
             size: offer.size,
             blake3: offer.blake3,
-            media_type: offer.media_type.clone(),
+            media_type,
             dimensions,
             resumed_from: offset,
         })
@@ -425,6 +460,17 @@ fn write_to_disk(
     (written, done)
 }
 
+/// `name`, then `name (1)`, `name (2)`, …: candidates for a file that must not overwrite another.
+fn numbered(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    match name.rfind('.') {
+        Some(i) if i > 0 => format!("{} ({n}){}", &name[..i], &name[i..]),
+        _ => format!("{name} ({n})"),
+    }
+}
+
 /// Moves the verified partial file to `downloads/name`, or `name (1)`, … : never over an existing file.
 async fn place(partial: &Path, downloads: &Path, name: &str) -> std::io::Result<PathBuf> {
     let (partial, downloads, name) = (partial.to_path_buf(), downloads.to_path_buf(), name.to_owned());
@@ -456,4 +502,16 @@ async fn image_dimensions(path: &Path) -> Option<(u32, u32)> {
     .await
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn given_existing_name_then_numbered_candidates_keep_the_extension() {
+        assert_eq!(numbered("cat.jpg", 0), "cat.jpg");
+        assert_eq!(numbered("cat.jpg", 2), "cat (2).jpg");
+        assert_eq!(numbered("README", 1), "README (1)");
+    }
 }

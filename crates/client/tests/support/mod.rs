@@ -17,10 +17,11 @@ use whatsap2p_client::directory::{self, Registered};
 use whatsap2p_client::profile::Identity;
 use whatsap2p_client::store::Store;
 use whatsap2p_client::{Client, ClientConfig, Event, Number, Timeouts};
-use whatsap2p_link::{Handshake, Session, StaticKeypair};
+use whatsap2p_link::{Handshake, Session, SessionReader, SessionWriter, StaticKeypair};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, ServerToClient};
 use whatsap2p_proto::handshake::{Hello, ServerHello};
+use whatsap2p_proto::peer::{FileFailCode, PeerMessage, FILE_CHUNK_LEN};
 use whatsap2p_proto::version::{self, Versions};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::presence::MemoryPresence;
@@ -213,6 +214,7 @@ pub fn config(server: SocketAddr, number: &Number, root: &Path) -> ClientConfig 
         timeouts: Timeouts::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        storage: Default::default(),
         versions: whatsap2p_proto::version::SPOKEN,
     }
 }
@@ -296,8 +298,24 @@ impl BarePeer {
         key: whatsap2p_client::PublicKey,
         addr: SocketAddr,
     ) -> Session<TcpStream> {
+        self.dial_from(None, client, key, addr).await
+    }
+
+    /// [`BarePeer::dial`] from the address `from` (any on loopback: 127.0.0.2, …), or the one the
+    /// system picks.
+    pub async fn dial_from(
+        &self,
+        from: Option<std::net::IpAddr>,
+        client: &Number,
+        key: whatsap2p_client::PublicKey,
+        addr: SocketAddr,
+    ) -> Session<TcpStream> {
         let dial = || async move {
-            let stream = TcpStream::connect(addr).await.expect("dialing the client");
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            if let Some(ip) = from {
+                socket.bind(SocketAddr::new(ip, 0)).expect("binding the source address");
+            }
+            let stream = socket.connect(addr).await.expect("dialing the client");
             // As the client's own links: on a paused clock, Nagle's wait for an acknowledgement
             // would be real time during which virtual time runs on.
             stream.set_nodelay(true).expect("nodelay");
@@ -326,6 +344,84 @@ impl BarePeer {
         .expect("handshake with the dialing client")
         .linked
         .session
+    }
+}
+
+/// A stranger's one visit: a bare peer numbered `n` registers with the directory at `server`
+/// (its session then ends; the number stays bound), dials `client` at `addr` (whose key is `key`),
+/// sends one text and waits for its acknowledgement; then the link goes.
+pub async fn visit(
+    server: SocketAddr,
+    pins: &Store,
+    n: u64,
+    client: &Number,
+    key: whatsap2p_client::PublicKey,
+    addr: SocketAddr,
+) {
+    let peer = BarePeer::new(number(n));
+    drop(peer.register(server, "127.0.0.1:9".parse().expect("addr"), pins).await);
+    let (mut reader, mut writer) = peer.dial(client, key, addr).await.split();
+    let id = whatsap2p_client::MessageId::new();
+    let text = PeerMessage::Text { id, sent_at_ms: 1, text: format!("hello from {n}") };
+    writer.send_msg(&text).await.expect("sending");
+    loop {
+        match reader.recv_msg::<PeerMessage>().await.expect("reading") {
+            // Acknowledged, or held as a message request (a stranger's text is one).
+            Some(PeerMessage::Ack { id: acked } | PeerMessage::Pending { id: acked }) if acked == id => {
+                return
+            }
+            Some(_) => continue,
+            None => panic!("the client closed the link before acknowledging"),
+        }
+    }
+}
+
+/// Offers `data` as `name` of type `media_type` on a bare peer's link and, once accepted, sends
+/// its bytes: all of them, or with `abandon_at` that many before giving up (`FileAbort`,
+/// `SenderGaveUp`). Returns the transfer's id and the receiver's last word: `FileReceived`, the
+/// refusal or abort it answered the offer with, or (abandoned) its `FileAccept`.
+pub async fn send_file(
+    reader: &mut SessionReader<TcpStream>,
+    writer: &mut SessionWriter<TcpStream>,
+    name: &str,
+    media_type: &str,
+    data: &[u8],
+    abandon_at: Option<usize>,
+) -> (whatsap2p_client::MessageId, PeerMessage) {
+    let id = whatsap2p_client::MessageId::new();
+    let blake3 = *blake3::hash(data).as_bytes();
+    let size = data.len() as u64;
+    let offer = PeerMessage::FileOffer { id, name: name.into(), size, media_type: media_type.into(), blake3 };
+    writer.send_msg(&offer).await.expect("offering");
+    loop {
+        let msg = reader.recv_msg::<PeerMessage>().await.expect("reading").expect("the link closed");
+        match &msg {
+            PeerMessage::FileAccept { id: got, offset } if *got == id => {
+                let end = abandon_at.unwrap_or(data.len());
+                let mut at = *offset as usize;
+                while at < end {
+                    let next = (at + FILE_CHUNK_LEN).min(end);
+                    let chunk =
+                        PeerMessage::FileChunk { id, offset: at as u64, data: data[at..next].to_vec() };
+                    writer.send_msg(&chunk).await.expect("sending the bytes");
+                    at = next;
+                }
+                if abandon_at.is_some() {
+                    let reason = "abandoned".to_owned();
+                    let abort = PeerMessage::FileAbort { id, code: FileFailCode::SenderGaveUp, reason };
+                    writer.send_msg(&abort).await.expect("giving up");
+                    return (id, msg);
+                }
+            }
+            PeerMessage::FileReceived { id: got }
+            | PeerMessage::FileRefuse { id: got, .. }
+            | PeerMessage::FileAbort { id: got, .. }
+                if *got == id =>
+            {
+                return (id, msg)
+            }
+            _ => continue,
+        }
     }
 }
 

@@ -223,6 +223,12 @@ impl Backend for Mock {
         Ok(())
     }
 
+    fn shown(&self, texts: &[(Number, MessageId)]) {
+        for (from, _) in texts {
+            self.record(format!("shown {from}"));
+        }
+    }
+
     async fn add_contact(&self, number: &Number) -> Result<Added, BackendError> {
         self.record(format!("add_contact {number}"));
         Ok(Added { new: true, key: None })
