@@ -16,12 +16,18 @@
 //!   implementation.
 //! - [`redis_store`]: both stores in Redis, shared by instances, with cross-instance changes.
 //! - [`server_key`]: the server's Noise static key, kept under the data dir so clients can pin it.
-//! - [`session`]: one client's session, from handshake to logout.
+//! - [`session`]: one client's session, from handshake to logout; `session::nat` its version 3
+//!   requests (announce, introduce, relay).
+//! - [`probes`]: the UDP port: probe tokens of live sessions, and their observed addresses.
 //! - [`roster`]: this instance's sessions by number, to end one that another replaced.
 //! - [`watchers`]: presence subscriptions and pushes.
 //! - [`metrics`]: counters for operators, and their HTTP endpoint.
 //! - `testing` (feature `test-utils`): a redis-server of a test's own.
-//! - [`run`] (here): the accept loop, the feed of changes from other instances, graceful shutdown.
+//! - [`run`] (here): the accept loop, the UDP probe port, the feed of changes from other instances,
+//!   graceful shutdown.
+//!
+//! The relay (`whatsap2p_relay`) is a crate of its own: the directory only seals its tickets and
+//! tells clients where it is ([`Config::relay`]); the binary runs it beside the directory.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +35,7 @@ pub mod config;
 pub mod identities;
 pub mod metrics;
 pub mod presence;
+pub mod probes;
 pub mod redis_store;
 pub mod roster;
 pub mod server_key;
@@ -41,7 +48,7 @@ pub mod watchers;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +56,7 @@ use tracing::{info, warn};
 use whatsap2p_link::StaticKeypair;
 use whatsap2p_proto::directory::{Location, ServerToClient};
 use whatsap2p_proto::{Number, PublicKey};
+use whatsap2p_relay::RelayKeys;
 
 pub use config::Config;
 use identities::IdentityStore;
@@ -100,6 +108,10 @@ pub struct Directory {
     pub instance: u64,
     /// Counters for operators.
     pub metrics: Arc<Metrics>,
+    /// Probe tokens of this instance's sessions, and what their probes showed.
+    pub probes: Arc<probes::Probes>,
+    /// Seals relay tickets and makes probe tokens (derived from `key`, so the relays check them).
+    pub relay_keys: RelayKeys,
     /// Cancelled when the server shuts down (a session's own token is a child of it).
     pub shutdown: CancellationToken,
     /// Changes from other instances, taken by [`run`] (shared stores only). In a lock only so the
@@ -107,6 +119,10 @@ pub struct Directory {
     feed: std::sync::Mutex<Option<Feed>>,
     /// Where to serve metrics, taken by [`run`].
     metrics_listener: Option<TcpListener>,
+    /// The UDP port for probes, taken by [`run`].
+    udp: Option<UdpSocket>,
+    /// Its port number, told to clients.
+    udp_port: Option<u16>,
 }
 
 impl Directory {
@@ -117,9 +133,11 @@ impl Directory {
         key: StaticKeypair,
         config: Config,
     ) -> Self {
+        let relay_keys = RelayKeys::derive(key.private());
         Self {
             presence,
             identities,
+            relay_keys,
             key,
             config,
             watchers: Default::default(),
@@ -129,7 +147,23 @@ impl Directory {
             shutdown: CancellationToken::new(),
             feed: Default::default(),
             metrics_listener: None,
+            probes: Default::default(),
+            udp: None,
+            udp_port: None,
         }
+    }
+
+    /// Answers UDP probes on `socket` while the directory runs (normally bound on the same address
+    /// and port number as the TCP listener).
+    pub fn with_udp(mut self, socket: UdpSocket) -> Self {
+        self.udp_port = socket.local_addr().ok().map(|a| a.port());
+        self.udp = Some(socket);
+        self
+    }
+
+    /// The UDP port number clients probe, if the directory answers probes.
+    pub fn udp_port(&self) -> Option<u16> {
+        self.udp_port
     }
 
     /// Receives the changes of a shared store (see [`redis_store::RedisStore::connect`]).
@@ -214,6 +248,7 @@ pub async fn run(
     let mut directory = directory;
     let feed = directory.feed.get_mut().unwrap_or_else(|p| p.into_inner()).take();
     let metrics_listener = directory.metrics_listener.take();
+    let udp = directory.udp.take();
     let directory = Arc::new(directory);
     // Caps open sessions below the process's file limit; a connection over the cap is closed at once.
     let permits = Arc::new(Semaphore::new(directory.config.max_connections));
@@ -223,6 +258,10 @@ pub async fn run(
     let mut background = JoinSet::new();
     if let Some(feed) = feed {
         background.spawn(follow(feed, directory.clone(), background_cancel.clone()));
+    }
+    if let Some(udp) = udp {
+        let observer: Arc<dyn whatsap2p_relay::Observer> = directory.metrics.clone();
+        background.spawn(probes::serve(udp, directory.probes.clone(), observer, background_cancel.clone()));
     }
     if let Some(listener) = metrics_listener {
         background.spawn(metrics::serve(listener, directory.metrics.clone(), background_cancel.clone()));

@@ -38,6 +38,8 @@ use crate::store::{Owner, SessionId};
 use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
 
+mod nat;
+
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Most answers buffered before a write, when requests arrive pipelined.
@@ -231,6 +233,8 @@ struct Online<'d> {
     batch: Vec<u8>,
     /// Lookups among them, for the metrics.
     looked_up: u32,
+    /// The token this session's UDP probes carry, once it was told it (see `nat`).
+    token: Option<whatsap2p_proto::nat::ProbeToken>,
 }
 
 impl<'d> Online<'d> {
@@ -257,6 +261,7 @@ impl<'d> Online<'d> {
             unflushed: 0,
             batch: Vec::new(),
             looked_up: 0,
+            token: None,
         })
     }
 
@@ -273,6 +278,13 @@ impl<'d> Online<'d> {
         }
         info!("Connected: {}", self.number);
         self.dir.metrics.session_opened(true);
+        if self.reachability_timing() == nat::Timing::AfterHandshake {
+            let reachability = self.reachability();
+            if let Err(e) = self.writer.send_msg(&reachability).await {
+                Box::pin(self.close(e.into())).await;
+                return;
+            }
+        }
         let end = self.requests(&cancel).await;
         Box::pin(self.close(end)).await;
     }
@@ -387,7 +399,17 @@ impl<'d> Online<'d> {
     async fn answer(&mut self, msg: ClientToServer) -> Result<Option<Received>, End> {
         let (dir, number, addr) = (self.dir, &self.number, self.addr);
         let reply = match msg {
-            ClientToServer::Register { listen } => Some(Box::pin(self.register(listen)).await?),
+            ClientToServer::Register { listen } => {
+                let registered = Box::pin(self.register(listen)).await?;
+                let first = matches!(registered, ServerToClient::Registered { .. }) && self.token.is_none();
+                if first && self.reachability_timing() == nat::Timing::AfterFirstRegister {
+                    self.writer.feed_msg(&registered).await?;
+                    self.unflushed += 1;
+                    Some(self.reachability())
+                } else {
+                    Some(registered)
+                }
+            }
             ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
                 info!("Request from {} {}", addr.ip(), addr.port());
                 let wanted = match Number::try_from(&wanted) {
@@ -546,6 +568,9 @@ impl<'d> Online<'d> {
         let (dir, number) = (self.dir, &self.number);
         dir.watchers.unwatch(self.session, &self.watched);
         dir.roster.leave(number, self.session);
+        if let Some(token) = &self.token {
+            dir.probes.forget(token);
+        }
         dir.metrics.session_opened(false);
         if self.location.is_some() {
             dir.metrics.went_offline();

@@ -57,6 +57,10 @@ struct Args {
     /// Most sessions open at once [default: 19000].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Do not answer UDP address probes (by default the directory listens on UDP too, on the same
+    /// address and port number as TCP; clients behind NATs need it to be reached directly).
+    #[arg(long)]
+    no_udp: bool,
     /// A TOML file with any of the settings above, under their flag names.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -75,6 +79,7 @@ struct FileConfig {
     heartbeat_timeout: Option<f64>,
     handshake_timeout: Option<f64>,
     max_connections: Option<usize>,
+    no_udp: Option<bool>,
 }
 
 /// Every setting, resolved.
@@ -85,6 +90,7 @@ struct Settings {
     key_file: Option<PathBuf>,
     store: Option<String>,
     metrics: Option<SocketAddr>,
+    udp: bool,
     config: Config,
 }
 
@@ -124,6 +130,7 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
         key_file: args.key_file.or(file.key_file),
         store: args.store.or(file.store),
         metrics: args.metrics.or(file.metrics),
+        udp: !(args.no_udp || file.no_udp.unwrap_or(false)),
         config: Config {
             heartbeat_timeout: secs(
                 args.heartbeat_timeout,
@@ -141,6 +148,7 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(Config::DEFAULT_MAX_CONNECTIONS),
+            ..Config::default()
         },
     })
 }
@@ -189,6 +197,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", s.bind, s.port))?;
     let local = listener.local_addr()?;
+    let directory = if s.udp {
+        // The same port number as TCP (the one picked for port 0): clients are told it.
+        let udp = tokio::net::UdpSocket::bind(local)
+            .await
+            .with_context(|| format!("binding UDP {local} for address probes (--no-udp to run without)"))?;
+        info!("Answering UDP address probes on {local}");
+        directory.with_udp(udp)
+    } else {
+        info!("Not answering UDP address probes (--no-udp): clients behind NATs are reached less often");
+        directory
+    };
     info!("Server key fingerprint: {}", key.public().fingerprint());
     info!("Data dir: {}", s.data_dir.display());
     match &s.store {
