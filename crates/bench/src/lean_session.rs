@@ -22,8 +22,9 @@ use tokio::net::TcpSocket;
 use whatsap2p_link::{decode_or_skip, Handshake, SessionReader, SessionWriter, StaticKeypair};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, LookupIntent, ServerToClient};
-use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
-use whatsap2p_proto::{IdentityProof, Number, PROTOCOL_VERSION};
+use whatsap2p_proto::handshake::{Purpose, ServerHello};
+use whatsap2p_proto::version;
+use whatsap2p_proto::{IdentityProof, Number};
 
 /// A user's keys and number, made up for the benchmark.
 pub struct Account {
@@ -121,12 +122,14 @@ impl LeanSession {
         let mut spare = Vec::with_capacity(256);
         let tap = Tap { read, out: out.clone() };
         let mut hs = Handshake::initiator(tap, &account.noise)?;
-        let hello = Hello { version: PROTOCOL_VERSION, purpose: Purpose::Directory };
-        hs.send(&whatsap2p_proto::encode(&hello)?).await?;
+        // As the client does: the version 3 hello, answered with the version agreed.
+        hs.send(&version::hello(Purpose::Directory, version::SPOKEN)?).await?;
         drain(&out, &mut spare, &mut wire).await.context("sending the hello")?;
-        let server_hello: ServerHello = decode_struct(&hs.recv().await?)?;
-        if server_hello.version != PROTOCOL_VERSION {
-            bail!("server speaks protocol version {}", server_hello.version);
+        let message = hs.recv().await?;
+        let (agreed, rest) = version::read_reply(version::SPOKEN, &message)?;
+        let server_hello: ServerHello = decode_struct(rest)?;
+        if server_hello.version != agreed {
+            bail!("server agreed to version {agreed} but speaks {}", server_hello.version);
         }
         let proof = IdentityProof::sign(
             &account.signing,

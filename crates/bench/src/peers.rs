@@ -113,11 +113,12 @@ fn config(server: SocketAddr, number: Number, root: &Path) -> ClientConfig {
     ClientConfig {
         number,
         profile_dir: dir.join("profile"),
-        server,
+        servers: vec![server.into()],
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         timeouts: Default::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        versions: whatsap2p_proto::version::SPOKEN,
     }
 }
 

@@ -137,11 +137,12 @@ async fn measure(root: &Path, long: usize, runs: usize) -> anyhow::Result<Figure
     let config = ClientConfig {
         number: me.clone(),
         profile_dir,
-        server: server.addr,
+        servers: vec![server.addr.into()],
         listen: ([127, 0, 0, 1], 0).into(),
         timeouts: Default::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        versions: whatsap2p_proto::version::SPOKEN,
     };
     let (client, events) = Client::start(config).await.context("starting the client")?;
     let (backend, _events) = ClientBackend::new(client, events);

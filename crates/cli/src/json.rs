@@ -164,6 +164,7 @@ fn event(e: Event) -> Value {
         }),
         Event::Warning { message } => json!({"event": "warning", "message": message}),
         Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
+        Event::Replaced { message } => json!({"event": "replaced", "message": message}),
         other => json!({"event": "unknown", "debug": format!("{other:?}")}),
     }
 }
@@ -176,6 +177,7 @@ pub fn online(client: &Client) {
         "listen": client.published_addr().to_string(),
         "key": client.identity_key().to_hex(),
         "server_key": client.server_key().to_hex(),
+        "registered": client.directory_version().is_some(),
     }));
 }
 

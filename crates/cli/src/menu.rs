@@ -216,6 +216,7 @@ async fn show_event(client: &Client, transfers: &mut Transfers, e: Event) -> boo
         }
         Event::Warning { message } => say(format!("\n[!] WARNING: {message}")),
         Event::DirectoryLost { reason } => say(format!("\n[!] Lost the directory server: {reason}")),
+        Event::Replaced { message } => say(format!("\n[!] {message}")),
         other => say(format!("\n[+] {other:?}")),
     }
     true
@@ -414,7 +415,12 @@ pub async fn ask_number(stdin: &mut input::Stdin) -> anyhow::Result<Option<Numbe
 
 /// Announces the client as the original did.
 pub fn banner(client: &Client) {
-    say("[+] Connection successful!");
+    if client.directory_version().is_some() {
+        say("[+] Connection successful!");
+    } else {
+        // Why follows at once, as a `DirectoryLost` event.
+        say("[!] Started without the directory server: whatsap2p keeps trying, and says when it is connected. Messages wait in the outbox meanwhile.");
+    }
     say(format!("[+] Server key: {}", client.server_key()));
     say(format!("[+] Your key: {}", client.identity_key()));
     say(format!("[+] Listening at {}", slash(client.published_addr())));

@@ -1,11 +1,13 @@
 //! One directory on three real `whatsap2p-server` processes sharing a real `redis-server`, with
 //! real clients spread over them: lookups, presence pushes and messages across servers, the shared
-//! server key, metrics, and a server killed with SIGKILL and started again.
+//! server key, metrics, and a server killed with SIGKILL and started again; and clients given every
+//! address, which move to the other servers at once when theirs is killed under them.
 //!
 //! Skips (with a message) when redis-server is not installed; `.ci/run` installs it.
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{is, tempdir, Client, Server};
@@ -101,6 +103,128 @@ async fn given_three_servers_on_one_redis_then_clients_on_each_chat_and_outlive_
     assert!(page.contains("whatsap2p_store_up 1"), "{page}");
     assert!(page.contains("whatsap2p_online_users 1"), "alice is on s0: {page}");
     for s in [s0, s1, s2] {
+        s.stop().await;
+    }
+}
+
+/// `--server` flags for every other address, in this order.
+fn others(servers: &[&Server]) -> Vec<String> {
+    servers.iter().flat_map(|s| ["--server".to_owned(), s.addr()]).collect()
+}
+
+/// A client for `number` with `profile`, registering with `port` first, knowing `more` addresses.
+async fn start(port: u16, number: &str, profile: &std::path::Path, more: Vec<String>) -> Client {
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    Client::start_with(port, number, profile, &more).await
+}
+
+/// The answers to the `n` `send`s written without waiting after the client's first `since` events
+/// (`sent` or `queued`, each with a new id: a `sent` the outbox reports later for a queued message
+/// repeats its id), waiting for those not in yet; their ids by recipient, in order.
+async fn answers(c: &mut Client, since: usize, n: usize) -> HashMap<String, Vec<String>> {
+    loop {
+        let mut by_recipient: HashMap<String, Vec<String>> = HashMap::new();
+        let mut ids = HashSet::new();
+        for v in &c.events_so_far()[since..] {
+            assert!(!is(v, "error"), "{v}\n{}", c.report());
+            let id = v["id"].as_str().unwrap_or_default().to_owned();
+            if (is(v, "sent") || is(v, "queued")) && ids.insert(id.clone()) {
+                by_recipient.entry(v["to"].as_str().expect("to").to_owned()).or_default().push(id);
+            }
+        }
+        if ids.len() >= n {
+            return by_recipient;
+        }
+        c.expect("an answer to send", |v| is(v, "sent") || is(v, "queued") || is(v, "error")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_clients_with_every_address_when_their_server_is_killed_then_they_move_at_once_and_every_message_arrives_once(
+) {
+    let Some(redis) = Redis::start(false).await else { return };
+    let keys = tempdir();
+    let key = keys.path().join("server.key");
+    let key = key.to_str().expect("utf-8 path");
+    let url = redis.url();
+    let args = ["--store", &url, "--key-file", key, "--heartbeat-timeout", HEARTBEAT];
+    let data = [tempdir(), tempdir(), tempdir()];
+    let s0 = Server::start_in(data[0].path(), 0, &args).await;
+    let s1 = Server::start_in(data[1].path(), 0, &args).await;
+    let s2 = Server::start_in(data[2].path(), 0, &args).await;
+
+    // Alice and bob register with s0 first, carol with s1; each knows every address.
+    let profiles = [tempdir(), tempdir(), tempdir(), tempdir()];
+    let mut alice = start(s0.port, "123", profiles[0].path(), others(&[&s1, &s2])).await;
+    let mut bob = start(s0.port, "456", profiles[1].path(), others(&[&s2, &s1])).await;
+    let mut carol = start(s1.port, "789", profiles[2].path(), others(&[&s2, &s0])).await;
+    // Dave has been online once (on s2), and is away now.
+    let mut dave = start(s2.port, "555", profiles[3].path(), others(&[&s0, &s1])).await;
+    dave.logout().await;
+    for (c, contacts) in
+        [(&mut alice, ["456", "789", "555"].as_slice()), (&mut bob, &["123"]), (&mut carol, &["123"])]
+    {
+        for n in contacts {
+            add_contact(c, n).await;
+        }
+    }
+    let first = alice.send_text("456", "before").await;
+    bob.message(&first, "123", "before").await;
+    s0.wait_count("alice and bob on s0", 2, |l| l.starts_with("[+] Registered ")).await;
+
+    // They chat, and s0 dies under them in the middle of it.
+    let (alice_since, bob_since) = (alice.events_so_far().len(), bob.events_so_far().len());
+    for i in 0..5 {
+        alice.send(json!({"cmd": "send", "to": "789", "text": format!("to carol {i}")})).await;
+        alice.send(json!({"cmd": "send", "to": "555", "text": format!("to dave {i}")})).await;
+        bob.send(json!({"cmd": "send", "to": "123", "text": format!("to alice {i}")})).await;
+    }
+    let killed = Instant::now();
+    s0.kill().await;
+    for i in 5..10 {
+        alice.send(json!({"cmd": "send", "to": "789", "text": format!("to carol {i}")})).await;
+        alice.send(json!({"cmd": "send", "to": "555", "text": format!("to dave {i}")})).await;
+        bob.send(json!({"cmd": "send", "to": "123", "text": format!("to alice {i}")})).await;
+    }
+    // Both move at once: a reconnection, not a loss.
+    for c in [&mut alice, &mut bob] {
+        c.seen_or_expect("reconnected", |v| is(v, "reconnected")).await;
+        let took = killed.elapsed();
+        assert!(took < Duration::from_secs(3), "{} moved {took:?} after the kill", c.number);
+        let lost = c.events_so_far().iter().filter(|v| is(v, "directory_lost")).count();
+        assert_eq!(lost, 0, "a move is not a loss\n{}", c.report());
+    }
+    let moved = |n: &'static str| move |l: &str| l.starts_with(&format!("[+] Registered {n} "));
+    assert_eq!(s1.count(moved("123")) + s2.count(moved("123")), 1, "alice registered on one of the others");
+    assert_eq!(s1.count(moved("456")) + s2.count(moved("456")), 1, "bob registered on one of the others");
+
+    let mut from_alice = answers(&mut alice, alice_since, 20).await;
+    let (to_carol, to_dave) =
+        (from_alice.remove("789").unwrap_or_default(), from_alice.remove("555").unwrap_or_default());
+    let to_alice = answers(&mut bob, bob_since, 10).await.remove("123").unwrap_or_default();
+    assert_eq!((to_carol.len(), to_dave.len(), to_alice.len()), (10, 10, 10));
+    // Dave comes back (on s1, through the others): everything queued for him arrives.
+    let mut dave = start(s1.port, "555", profiles[3].path(), others(&[&s2])).await;
+    for (receiver, ids, from) in
+        [(&mut carol, &to_carol, "123"), (&mut dave, &to_dave, "123"), (&mut alice, &to_alice, "456")]
+    {
+        for id in ids {
+            receiver
+                .seen_or_expect(&format!("message {id}"), |v| is(v, "message") && v["id"] == id.as_str())
+                .await;
+        }
+        let events = receiver.events_so_far();
+        for id in ids {
+            let copies = events.iter().filter(|v| is(v, "message") && v["id"] == id.as_str()).count();
+            assert_eq!(copies, 1, "message {id} from {from} arrived {copies} times");
+        }
+    }
+    for (sender, ids) in [(&mut alice, [to_carol, to_dave].concat()), (&mut bob, to_alice)] {
+        for id in &ids {
+            sender.seen_or_expect("delivered", |v| is(v, "delivered") && v["id"] == id.as_str()).await;
+        }
+    }
+    for s in [s1, s2] {
         s.stop().await;
     }
 }

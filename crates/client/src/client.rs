@@ -14,7 +14,7 @@ use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::{MessageId, Number, PublicKey, MAX_TEXT_LEN};
 
-use crate::directory::{self, DirectoryHandle, Note};
+use crate::directory::{self, Begin, DirectoryHandle, Note, Round};
 use crate::groups::{Change, Group, GroupParts, Groups};
 use crate::inbound::Router;
 use crate::inbox::Inbox;
@@ -64,7 +64,8 @@ pub struct Client {
     outbox: Outbox,
     transfers: Transfers,
     groups: Groups,
-    published: SocketAddr,
+    /// Where the peer listener is bound.
+    bound: SocketAddr,
     server_key: PublicKey,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -119,6 +120,10 @@ impl NoteRoute {
                 Note::Refused { reason } => {
                     let _ = self.events.send(Event::Warning { message: reason }).await;
                 }
+                Note::Replaced { reason } => {
+                    self.presence.clear();
+                    let _ = self.events.send(Event::Replaced { message: reason }).await;
+                }
                 Note::Reconnected => {
                     let _ = self.events.send(Event::Reconnected).await;
                     self.outbox.kick_all().await;
@@ -128,8 +133,42 @@ impl NoteRoute {
     }
 }
 
+/// The first round over the directory's addresses, at start: how the session task begins, and
+/// the directory's key.
+///
+/// A refusal (the number is taken, the directory's key changed, no protocol version in common)
+/// is an error: the user must act. A directory that does not answer is not, for a profile that
+/// reached it before (its key is pinned): the client starts without it and keeps trying, and the
+/// user can read and write meanwhile (messages wait in the outbox). A profile that never reached
+/// it gets an error after that one round instead: nothing says the address is right, and a user
+/// who typed a wrong address wants to hear so, not to wait.
+async fn first_session(params: &directory::Params) -> Result<(Begin, PublicKey), ClientError> {
+    match directory::round(params, None).await {
+        Round::Registered(session) => {
+            let key = session.server_key;
+            Ok((Begin::Online(session), key))
+        }
+        Round::Final(e) => Err(e),
+        Round::Failed { loud, reason } => {
+            if let Some(e) = loud.into_iter().next() {
+                return Err(e);
+            }
+            match directory::pinned_key(&params.store, &params.servers).await? {
+                None => Err(ClientError::NeverReached { reason }),
+                Some(key) => {
+                    warn!("the directory is unreachable ({reason}); starting without it");
+                    let reason = format!("cannot reach the directory ({reason}); retrying");
+                    Ok((Begin::Offline { reason }, key))
+                }
+            }
+        }
+    }
+}
+
 impl Client {
-    /// Opens the profile, starts listening for peers and registers with the directory.
+    /// Opens the profile, starts listening for peers and registers with the directory (or, for a
+    /// profile that reached it before, starts without it while it is unreachable: see
+    /// [`Event::DirectoryLost`]).
     pub async fn start(config: ClientConfig) -> Result<(Self, mpsc::Receiver<Event>), ClientError> {
         let profile = Profile::open(&config.profile_dir)?;
         let store = Store::open(&profile.dir.join("profile.sqlite"))?;
@@ -137,22 +176,21 @@ impl Client {
         let bound = listener.local_addr()?;
         let number = config.number.clone();
         let identity = profile.identity.clone();
-        let t = &config.timeouts;
-        let session = directory::connect(config.server, &number, &identity, bound, &store, t).await?;
-        let (published, server_key) = (session.published, session.server_key);
-        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (notes_tx, notes) = mpsc::channel(EVENT_QUEUE);
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let params = directory::Params {
-            server: config.server,
+            servers: config.servers.clone(),
             number: number.clone(),
             identity: identity.clone(),
             listen: bound,
             store: store.clone(),
             timeouts: config.timeouts.clone(),
+            versions: config.versions,
         };
-        let directory = directory::spawn(session, params, notes_tx, cancel.clone(), &tracker);
+        let (begin, server_key) = first_session(&params).await?;
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (notes_tx, notes) = mpsc::channel(EVENT_QUEUE);
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let directory = directory::spawn(begin, params, notes_tx, cancel.clone(), &tracker);
         let presence = PresenceCache::default();
         let links = Links::new(LinkParts {
             me: number.clone(),
@@ -162,6 +200,7 @@ impl Client {
             presence: presence.clone(),
             events: events.clone(),
             timeouts: config.timeouts.clone(),
+            versions: config.versions,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
         });
@@ -220,7 +259,7 @@ impl Client {
             outbox,
             transfers,
             groups,
-            published,
+            bound,
             server_key,
             cancel,
             tracker,
@@ -235,7 +274,7 @@ impl Client {
         for file in client.store.pending_files().await? {
             client.transfers.send(file);
         }
-        info!("online as {} at {published}", client.number);
+        info!("online as {} at {}", client.number, client.published_addr());
         Ok((client, events_rx))
     }
 
@@ -244,9 +283,16 @@ impl Client {
         &self.number
     }
 
-    /// The address the directory gives peers for us.
+    /// The address the directory gives peers for us; until the first registration (a client that
+    /// started while its directory was unreachable), the address the peer listener is bound to.
     pub fn published_addr(&self) -> SocketAddr {
-        self.published
+        self.directory.published().unwrap_or(self.bound)
+    }
+
+    /// The protocol version of the session with the directory, `None` while there is none (the
+    /// client is reconnecting, or stopped talking to the directory).
+    pub fn directory_version(&self) -> Option<u16> {
+        self.directory.version()
     }
 
     /// Our identity key.
@@ -254,7 +300,7 @@ impl Client {
         self.identity.public()
     }
 
-    /// The directory server's (pinned) key.
+    /// The directory's (pinned) key: the same for every address of the directory.
     pub fn server_key(&self) -> PublicKey {
         self.server_key
     }

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use whatsap2p_proto::version::Versions;
 use whatsap2p_proto::Number;
+
+pub use crate::directory::ServerAddr;
 
 /// Timeouts of the client, each bounding one kind of wait.
 #[derive(Clone, Debug)]
@@ -41,8 +44,9 @@ pub struct ClientConfig {
     pub number: Number,
     /// The profile folder.
     pub profile_dir: PathBuf,
-    /// The directory server.
-    pub server: SocketAddr,
+    /// The directory's addresses, in the order to try them: one or more addresses of one
+    /// directory (all its instances share one key). At least one.
+    pub servers: Vec<ServerAddr>,
     /// Where to accept peers. An unspecified IP is published as the address the server sees.
     pub listen: SocketAddr,
     /// Timeouts.
@@ -51,6 +55,9 @@ pub struct ClientConfig {
     pub downloads: PathBuf,
     /// Largest file accepted automatically from a contact.
     pub max_file_size: u64,
+    /// The protocol versions to speak: `whatsap2p_proto::version::SPOKEN`, or another range only to
+    /// test how others meet a client older or newer than they are.
+    pub versions: Versions,
 }
 
 impl ClientConfig {

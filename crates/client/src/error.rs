@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use whatsap2p_link::LinkError;
+use whatsap2p_proto::directory::CloseCode;
 use whatsap2p_proto::{Number, PublicKey};
 
 /// Errors of the client core.
@@ -38,9 +39,40 @@ pub enum ClientError {
         /// What it presented.
         presented: PublicKey,
     },
-    /// The directory refused this client (for example: the number belongs to another key).
+    /// The addresses given for the directory are pinned to different keys: they are not the
+    /// addresses of one directory.
+    #[error(
+        "the directory addresses given are pinned to different server keys ({pins}): they are not one \
+         directory. Give the addresses of one directory only."
+    )]
+    NotOneDirectory {
+        /// Each address with its pinned key.
+        pins: String,
+    },
+    /// The directory cannot be reached, and this profile never reached it: nothing says it is the
+    /// right address, so the client does not wait for it.
+    #[error(
+        "cannot reach the directory ({reason}). This profile has never been registered with it, so \
+         whatsap2p does not wait for it: check the address, and that the server runs, and start again."
+    )]
+    NeverReached {
+        /// What each attempt met.
+        reason: String,
+    },
+    /// A version 2 directory refused this client, in words only (for example: the number belongs
+    /// to another key).
     #[error("the directory refused us: {0}")]
     Refused(String),
+    /// The directory ended the session with a code, which says what to do.
+    #[error("{}", closed_text(number, *code, reason))]
+    Closed {
+        /// Our number.
+        number: Number,
+        /// Why, for the client to act on.
+        code: CloseCode,
+        /// Why, in the directory's words.
+        reason: String,
+    },
     /// The directory session is down.
     #[error("not connected to the directory")]
     NotConnected,
@@ -76,7 +108,15 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
-    /// A peer's hello asks for something we do not serve (another protocol version, say).
+    /// The other side speaks no protocol version we do: one of the two must upgrade.
+    #[error("{context}: {source}")]
+    Version {
+        /// Who: "directory 10.0.0.1:7000", "456 at 10.0.0.2:40000".
+        context: String,
+        /// Both sides' versions.
+        source: whatsap2p_proto::version::NoCommonVersion,
+    },
+    /// A peer's hello asks for something we do not serve (a directory session, say).
     #[error("peer {addr} sent an unsupported hello {hello}")]
     UnsupportedHello {
         /// Where it connected from.
@@ -126,6 +166,29 @@ pub enum ClientError {
     /// The client is shutting down.
     #[error("client is shutting down")]
     ShuttingDown,
+}
+
+/// What a user is told when the directory ends a session for `code`. Built from the code, not
+/// from the directory's words (those come only with a code this version does not know).
+fn closed_text(number: &Number, code: CloseCode, reason: &str) -> String {
+    match code {
+        CloseCode::NumberTaken => format!(
+            "the directory refused us: number {number} is registered to another key. A directory binds \
+             a number to the identity key of the profile that registered it first, and this profile has \
+             another key (a new profile makes a new key). If {number} is yours, start whatsap2p with the \
+             profile that registered it (--profile DIR); otherwise choose another number."
+        ),
+        CloseCode::Replaced => format!(
+            "another copy of this profile connected to the directory as {number}; this one stopped \
+             talking to the directory (it does not reconnect, so the two do not take the number from \
+             each other in turn). Messages go to the other copy; quit this one."
+        ),
+        CloseCode::StoreUnavailable => {
+            "the directory cannot record our session right now (its store is unreachable)".to_owned()
+        }
+        CloseCode::Shutdown => "this instance of the directory is shutting down".to_owned(),
+        _ => format!("the directory closed the session (code {}): {reason}", code.code()),
+    }
 }
 
 impl ClientError {

@@ -71,13 +71,24 @@ pub enum Event {
         /// What happened.
         message: String,
     },
-    /// The directory session ended unexpectedly; the client reconnects by itself.
+    /// The directory session ended unexpectedly and no address of the directory took the client
+    /// back at once (or, first, the client started while its directory was unreachable); the
+    /// client keeps trying by itself, with backoff.
     DirectoryLost {
         /// Why.
         reason: String,
     },
-    /// The directory session is back.
+    /// The directory session is back: after [`Event::DirectoryLost`], or at once on another
+    /// address of the directory after the session was lost.
     Reconnected,
+    /// Another copy of this profile registered with the directory (the number's one session is
+    /// now the other copy's): this client stopped talking to the directory and does not
+    /// reconnect (it would take the number back, and the two would take it from each other for
+    /// ever). Peers can no longer find it; existing links go on until idle.
+    Replaced {
+        /// What happened, for people.
+        message: String,
+    },
     /// Bytes of an outgoing file the receiver has written (at most a few per second).
     Progress {
         /// The transfer.

@@ -16,11 +16,10 @@ use whatsap2p_client::outbox::RETRY_MAX;
 use whatsap2p_client::transfer::STALL_TIMEOUT;
 use whatsap2p_client::{Event, MessageId, SendOutcome};
 use whatsap2p_link::{Handshake, StaticKeypair};
-use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, ServerToClient};
-use whatsap2p_proto::handshake::{Hello, ServerHello};
+use whatsap2p_proto::handshake::ServerHello;
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage, FILE_CHUNK_LEN};
-use whatsap2p_proto::PROTOCOL_VERSION;
+use whatsap2p_proto::version;
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -51,11 +50,15 @@ async fn given_an_online_peer_that_cannot_be_linked_then_the_courier_backs_off_d
     let (_, outcome) = a.send(&peer.number, "are you there?").await.expect("send");
     assert!(matches!(outcome, SendOutcome::Queued { .. }), "{outcome:?}");
     let start = Instant::now();
-    while attempts.lock().expect("attempts").len() < 12 {
+    while attempts.lock().expect("attempts").len() < 24 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(start.elapsed() < Duration::from_secs(600), "{:?}", attempts.lock().expect("attempts"));
     }
-    let times = attempts.lock().expect("attempts").clone();
+    let mut times = attempts.lock().expect("attempts").clone();
+    // A dial sends the version 3 hello, and when the connection is closed before an answer (as an
+    // old peer would), the version 2 hello at once on a second connection: one attempt, two
+    // connections at the same instant.
+    times.dedup_by(|later, first| *later - *first < Duration::from_millis(1));
     // The send and the wake-ups around it (the directory's first push) try at once; then the
     // courier waits, twice as long each time, up to RETRY_MAX.
     let gaps: Vec<f64> = times.windows(2).map(|w| secs(w[1] - w[0])).collect();
@@ -194,10 +197,13 @@ async fn silent_directory(timeout: Duration) -> (SocketAddr, Arc<Mutex<Vec<Insta
         let (stream, _) = listener.accept().await.expect("accept");
         stream.set_nodelay(true).expect("nodelay");
         let mut hs = Handshake::responder(stream, &key).expect("handshake");
-        let _: Hello = decode_struct(&hs.recv().await.expect("hello")).expect("hello");
-        let hello =
-            ServerHello { version: PROTOCOL_VERSION, heartbeat_timeout_ms: timeout.as_millis() as u64 };
-        hs.send(&whatsap2p_proto::encode(&hello).expect("encode")).await.expect("server hello");
+        let offered = version::read_hello(&hs.recv().await.expect("hello")).expect("hello");
+        let answer = version::answer(version::SPOKEN, &offered).expect("answer");
+        let agreed = answer.outcome.expect("a version in common");
+        let hello = ServerHello { version: agreed, heartbeat_timeout_ms: timeout.as_millis() as u64 };
+        let mut payload = answer.prefix;
+        payload.extend(whatsap2p_proto::encode(&hello).expect("encode"));
+        hs.send(&payload).await.expect("server hello");
         let _proof = hs.recv().await.expect("proof");
         let (mut reader, mut writer) = hs.finish().expect("finish").split();
         while let Ok(Some(msg)) = reader.recv_msg::<ClientToServer>().await {

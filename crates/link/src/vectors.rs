@@ -24,7 +24,7 @@ use whatsap2p_proto::nat::{
     TICKET_MAC_LEN,
 };
 use whatsap2p_proto::peer::{FileFailCode, PeerMessage};
-use whatsap2p_proto::version::{self, HelloReply, Versions};
+use whatsap2p_proto::version::{self, HelloForm, HelloReply, Versions};
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
 
 use crate::{Handshake, StaticKeypair};
@@ -130,6 +130,12 @@ fn server_to_client() -> Vec<ServerToClient> {
         ServerToClient::Error { req: None, message: "not watching 1 of the numbers".into() },
         ServerToClient::Presence { number: n("5550002"), key: Some(key(0xa2)), online: None },
         ServerToClient::Closed { code: CloseCode::Replaced, reason: "a newer session for 5550001".into() },
+        ServerToClient::Closed {
+            code: CloseCode::NumberTaken,
+            reason: "number 5550001 is registered to another key".into(),
+        },
+        ServerToClient::Closed { code: CloseCode::StoreUnavailable, reason: "try again later".into() },
+        ServerToClient::Closed { code: CloseCode::Shutdown, reason: "shutting down".into() },
         ServerToClient::Reachability {
             token: [0x5a; 16],
             udp_port: Some(15001),
@@ -370,35 +376,73 @@ struct End {
 
 /// What a handshake message carries.
 enum Payload<'a> {
-    Hello(Hello),
-    ServerHello(ServerHello),
-    /// The sender's identity proof over the hash at that point.
+    /// Message 1: the v3 Hello of an initiator speaking these versions.
+    Hello(Purpose, Versions),
+    /// Message 2: the reply to the Hello, then the responder's payload of that version.
+    Reply(HelloReply, Body<'a>),
+    /// Message 3: the initiator's identity proof over the hash at that point.
     Proof(&'a Side),
+}
+
+/// What follows the reply in message 2.
+enum Body<'a> {
+    ServerHello(ServerHello),
+    /// The responder's identity proof over the hash at that point.
+    Proof(&'a Side),
+}
+
+/// A payload's type name, JSON value, bytes, and for a proof the bytes it signs.
+fn body(body: Body<'_>, hash_before: &[u8]) -> (&'static str, Value, Vec<u8>, Option<Vec<u8>>) {
+    match body {
+        Body::ServerHello(h) => {
+            ("ServerHello", serde_json::to_value(&h).expect("json"), encode(&h).expect("encode"), None)
+        }
+        Body::Proof(side) => {
+            let proof = side.proof(hash_before);
+            let noise = side.noise().public();
+            let signed = whatsap2p_proto::handshake::signed_bytes(hash_before, &noise.0, &side.number);
+            (
+                "IdentityProof",
+                serde_json::to_value(&proof).expect("json"),
+                encode(&proof).expect("encode"),
+                Some(signed),
+            )
+        }
+    }
 }
 
 /// Sends the next handshake message from `from` with `payload`, relays its frame to `to`, checks
 /// that it arrives, and records it.
 async fn step(from: &mut End, to: &mut End, from_name: &str, tokens: &str, payload: Payload<'_>) -> Value {
     let hash_before = from.hs.hash();
+    let mut reply = None;
     let (ty, value, bytes, signed) = match payload {
-        Payload::Hello(h) => ("Hello", serde_json::to_value(&h), encode(&h), None),
-        Payload::ServerHello(h) => ("ServerHello", serde_json::to_value(&h), encode(&h), None),
-        Payload::Proof(side) => {
-            let proof = side.proof(&hash_before);
-            let noise = side.noise().public();
-            let signed = whatsap2p_proto::handshake::signed_bytes(&hash_before, &noise.0, &side.number);
-            ("IdentityProof", serde_json::to_value(&proof), encode(&proof), Some(signed))
+        Payload::Hello(purpose, versions) => {
+            let value =
+                json!({ "highest": versions.highest(), "purpose": purpose, "lowest": versions.lowest() });
+            ("Hello", value, version::hello(purpose, versions).expect("hello"), None)
         }
+        Payload::Reply(r, b) => {
+            reply = Some(r);
+            body(b, &hash_before)
+        }
+        Payload::Proof(side) => body(Body::Proof(side), &hash_before),
     };
-    let (value, bytes) = (value.expect("json"), bytes.expect("encode"));
-    from.hs.send(&bytes).await.expect("send");
+    let reply_bytes = reply.map(|r| encode(&r).expect("encode")).unwrap_or_default();
+    let whole = [reply_bytes.as_slice(), &bytes].concat();
+    from.hs.send(&whole).await.expect("send");
     let frame = read_frame(&mut from.wire).await;
     to.wire.write_all(&frame).await.expect("relay");
-    assert_eq!(to.hs.recv().await.expect("recv"), bytes);
+    assert_eq!(to.hs.recv().await.expect("recv"), whole);
     let mut m = json!({
         "from": from_name, "tokens": tokens, "hash_before": hex::encode(&hash_before),
-        "payload_type": ty, "payload": value, "payload_hex": hex::encode(&bytes), "frame_hex": hex::encode(&frame),
+        "payload_type": ty, "payload": value, "payload_hex": hex::encode(&whole), "frame_hex": hex::encode(&frame),
     });
+    if let Some(r) = reply {
+        m["reply"] = serde_json::to_value(r).expect("json");
+        m["reply_hex"] = json!(hex::encode(&reply_bytes));
+        m["body_hex"] = json!(hex::encode(&bytes));
+    }
     if let Some(signed) = signed {
         m["proof_signed_hex"] = json!(hex::encode(signed));
     }
@@ -413,16 +457,17 @@ async fn transcript(connection: Connection) -> Value {
     let mut ini = End { hs: ini_side.handshake(ini_io, true), wire: ini_wire };
     let mut res = End { hs: res_side.handshake(res_io, false), wire: res_wire };
     let purpose = if connection == Connection::Peer { Purpose::Peer } else { Purpose::Directory };
-    let hello = Hello { version: whatsap2p_proto::PROTOCOL_VERSION, purpose };
+    // Both sides speak what this code speaks, and agree on its highest version.
+    let agreed = version::negotiate(version::SPOKEN, version::SPOKEN).expect("a version");
     let second = match connection {
-        Connection::Directory => Payload::ServerHello(ServerHello {
-            version: whatsap2p_proto::PROTOCOL_VERSION,
-            heartbeat_timeout_ms: 30_000,
-        }),
-        Connection::Peer => Payload::Proof(&res_side),
+        Connection::Directory => {
+            Body::ServerHello(ServerHello { version: agreed, heartbeat_timeout_ms: 30_000 })
+        }
+        Connection::Peer => Body::Proof(&res_side),
     };
+    let second = Payload::Reply(HelloReply::Agreed { version: agreed }, second);
     let messages = vec![
-        step(&mut ini, &mut res, "initiator", "-> e", Payload::Hello(hello)).await,
+        step(&mut ini, &mut res, "initiator", "-> e", Payload::Hello(purpose, version::SPOKEN)).await,
         step(&mut res, &mut ini, "responder", "<- e, ee, s, es", second).await,
         step(&mut ini, &mut res, "initiator", "-> s, se", Payload::Proof(&ini_side)).await,
     ];
@@ -575,7 +620,7 @@ async fn generate() -> Value {
         payload_vector("SignedGroupState", &signed_family()),
     ];
     json!({
-        "about": "Test vectors for docs/protocol.md (protocol version 2, and the version 3 handshake being implemented). Byte strings are lower-case hex; message ids are ULID text in values and 16 big-endian bytes on the wire. Regenerate: cargo test -p whatsap2p-link --lib vectors::regenerate -- --ignored",
+        "about": "Test vectors for docs/protocol.md (protocol version 3, which negotiates, and the version 2 forms a side still reads). Byte strings are lower-case hex; message ids are ULID text in values and 16 big-endian bytes on the wire. Regenerate: cargo test -p whatsap2p-link --lib vectors::regenerate -- --ignored",
         "noise": { "protocol": NOISE_PARAMS, "prologue_hex": hex::encode(PROLOGUE) },
         "messages": messages,
         "payloads": payloads,
@@ -749,6 +794,10 @@ async fn replay(t: &Value, as_initiator: bool) {
     let mut hs = me.handshake(io, as_initiator);
     for m in t["handshake"].as_array().expect("handshake") {
         let payload = bytes(&m["payload_hex"]);
+        // Message 2 starts with the reply to the Hello; the rest is the body of its type.
+        let reply = m.get("reply_hex").map(bytes).unwrap_or_default();
+        let body = m.get("body_hex").map(bytes).unwrap_or_else(|| payload.clone());
+        assert_eq!([reply.as_slice(), &body].concat(), payload, "{m}");
         assert_eq!(hex::encode(hs.hash()), m["hash_before"], "{m}");
         if m["from"] == my_name {
             let ours = if m["payload_type"] == "IdentityProof" {
@@ -756,7 +805,7 @@ async fn replay(t: &Value, as_initiator: bool) {
                 let proof = me.proof(&h);
                 let signed = whatsap2p_proto::handshake::signed_bytes(&h, &me.noise().public().0, &me.number);
                 assert_eq!(hex::encode(signed), m["proof_signed_hex"]);
-                encode(&proof).expect("encode")
+                [reply.clone(), encode(&proof).expect("encode")].concat()
             } else {
                 payload.clone()
             };
@@ -768,7 +817,7 @@ async fn replay(t: &Value, as_initiator: bool) {
             let h = hs.hash();
             assert_eq!(hs.recv().await.expect("recv"), payload, "{m}");
             if m["payload_type"] == "IdentityProof" {
-                let proof: IdentityProof = decode_struct(&payload).expect("proof");
+                let proof: IdentityProof = decode_struct(&body).expect("proof");
                 let remote = hs.remote_static().expect("remote static");
                 assert_eq!(proof.verify(&h, &remote.0), Ok(()));
                 assert_eq!(
@@ -777,16 +826,26 @@ async fn replay(t: &Value, as_initiator: bool) {
                 );
             }
         }
+        if let Some(r) = m.get("reply") {
+            check_payload::<HelloReply>(&json!({ "value": r, "hex": m["reply_hex"] }));
+            let HelloReply::Agreed { version } = serde_json::from_value(r.clone()).expect("reply") else {
+                panic!("a transcript's handshake agrees: {m}");
+            };
+            assert_eq!(version::read_reply(version::SPOKEN, &payload), Ok((version, &body[..])), "{m}");
+        }
+        let stated = json!({ "value": m["payload"], "hex": hex::encode(&body) });
         match m["payload_type"].as_str() {
             Some("Hello") => {
-                check_payload::<Hello>(&json!({ "value": m["payload"], "hex": m["payload_hex"] }))
+                let v = &m["payload"];
+                let purpose: Purpose = serde_json::from_value(v["purpose"].clone()).expect("purpose");
+                let range = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok()).expect("a version");
+                let versions = Versions::new(range("lowest"), range("highest")).expect("range");
+                assert_eq!(version::hello(purpose, versions).expect("hello"), body, "{m}");
+                let read = version::read_hello(&body).expect("hello");
+                assert_eq!((read.purpose, read.versions, read.form), (purpose, versions, HelloForm::V3));
             }
-            Some("ServerHello") => {
-                check_payload::<ServerHello>(&json!({ "value": m["payload"], "hex": m["payload_hex"] }))
-            }
-            Some("IdentityProof") => {
-                check_payload::<IdentityProof>(&json!({ "value": m["payload"], "hex": m["payload_hex"] }))
-            }
+            Some("ServerHello") => check_payload::<ServerHello>(&stated),
+            Some("IdentityProof") => check_payload::<IdentityProof>(&stated),
             other => panic!("payload type {other:?}"),
         }
     }

@@ -116,7 +116,9 @@ pub enum ServerToClient {
         /// The address published for this client.
         listen: SocketAddr,
     },
-    /// The session is refused (number bound to another key, bad request); the server closes it.
+    /// The session is refused (number bound to another key, store unavailable); the server closes
+    /// it. Sent to version 2 sessions only: version 3 sessions get [`ServerToClient::Closed`] with
+    /// a code instead.
     Refused {
         /// Why, for people.
         reason: String,
@@ -214,39 +216,58 @@ impl WireEnum for ServerToClient {
 /// Why the server ends a session on its own, for the client to act on (the text beside it is for
 /// people). On the wire a varint; codes from a newer version decode as [`CloseCode::Unknown`], so
 /// a client still learns that the session is over.
+///
+/// Version 3 sessions get every session-ending refusal as [`ServerToClient::Closed`] with one of
+/// these; version 2 sessions get [`ServerToClient::Refused`] (words only) for the same refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseCode {
     /// A newer session for the same number replaced this one. A client must not reconnect on its
     /// own: it would replace the newer session in turn.
     Replaced,
+    /// The number is bound to another identity key. Final: reconnecting cannot help until a person
+    /// acts (the right profile, or another number).
+    NumberTaken,
+    /// The directory cannot record the session right now (its store is unreachable). Temporary:
+    /// retry with backoff.
+    StoreUnavailable,
+    /// The instance is shutting down. Reconnect at once, to another address of the directory if
+    /// there is one.
+    Shutdown,
     /// A code this version does not know (never one of the above: [`CloseCode::from_code`]
-    /// makes a known code its variant).
+    /// makes a known code its variant). The session is over all the same; a client reconnects
+    /// with backoff.
     Unknown(u32),
 }
+
+/// The known codes with their numbers and names, in order.
+const CLOSE_CODES: [(CloseCode, u32, &str); 4] = [
+    (CloseCode::Replaced, 0, "Replaced"),
+    (CloseCode::NumberTaken, 1, "NumberTaken"),
+    (CloseCode::StoreUnavailable, 2, "StoreUnavailable"),
+    (CloseCode::Shutdown, 3, "Shutdown"),
+];
 
 impl CloseCode {
     /// The code's number on the wire.
     pub fn code(self) -> u32 {
         match self {
-            Self::Replaced => 0,
             Self::Unknown(n) => n,
+            known => CLOSE_CODES.iter().find(|(c, ..)| *c == known).map_or(u32::MAX, |(_, n, _)| *n),
         }
     }
 
     /// The code with this number.
     pub fn from_code(n: u32) -> Self {
-        match n {
-            0 => Self::Replaced,
-            n => Self::Unknown(n),
-        }
+        CLOSE_CODES.iter().find(|(_, m, _)| *m == n).map_or(Self::Unknown(n), |(c, ..)| *c)
     }
 
     fn name(self) -> Option<&'static str> {
-        match self {
-            Self::Replaced => Some("Replaced"),
-            Self::Unknown(_) => None,
-        }
+        CLOSE_CODES.iter().find(|(c, ..)| *c == self).map(|(.., name)| *name)
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        CLOSE_CODES.iter().find(|(.., n)| *n == name).map(|(c, ..)| *c)
     }
 }
 
@@ -273,8 +294,8 @@ impl<'de> Deserialize<'de> for CloseCode {
         }
         match Text::deserialize(d)? {
             Text::Code(n) => Ok(Self::from_code(n)),
-            Text::Name(name) if name == "Replaced" => Ok(Self::Replaced),
-            Text::Name(name) => Err(serde::de::Error::custom(format!("unknown close code {name:?}"))),
+            Text::Name(name) => Self::from_name(&name)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown close code {name:?}"))),
         }
     }
 }
@@ -301,6 +322,10 @@ mod tests {
         let closed = |code| ServerToClient::Closed { code, reason: "r".into() };
         assert_eq!(encode(&closed(CloseCode::Replaced)).expect("encode"), [6, 0, 1, b'r']);
         assert_eq!(decode::<ServerToClient>(&[6, 0x80, 1, 1, b'r']), Ok(closed(CloseCode::Unknown(128))));
-        assert_eq!(CloseCode::from_code(CloseCode::Replaced.code()), CloseCode::Replaced);
+        for (code, n, name) in CLOSE_CODES {
+            assert_eq!((code.code(), CloseCode::from_code(n), code.name()), (n, code, Some(name)));
+            assert_eq!(encode(&closed(code)).expect("encode")[1], n as u8);
+        }
+        assert_eq!(CloseCode::Unknown(4).name(), None);
     }
 }

@@ -3,8 +3,9 @@
 //! Every connection, client to directory and client to client, runs `Noise_XX`:
 //!
 //! ```text
-//! -> e                 payload: Hello (plaintext: version and purpose)
-//! <- e, ee, s, es      payload: ServerHello from the directory, IdentityProof from a peer
+//! -> e                 payload: Hello (plaintext: versions and purpose)
+//! <- e, ee, s, es      payload: (HelloReply, version 3) ServerHello from the directory,
+//!                      IdentityProof from a peer
 //! -> s, se             payload: IdentityProof of the initiator
 //! ```
 //!
@@ -39,10 +40,11 @@ pub enum Purpose {
     Peer,
 }
 
-/// First handshake payload (travels in clear: it carries nothing secret).
+/// First handshake payload, in the form version 2 sends (travels in clear: it carries nothing
+/// secret). Version 3 appends the lowest version the initiator speaks: see [`crate::version`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// The initiator's [`crate::PROTOCOL_VERSION`].
+    /// The initiator's version (its highest, in the v3 form).
     pub version: u16,
     /// Directory session or peer link.
     pub purpose: Purpose,
@@ -51,7 +53,8 @@ pub struct Hello {
 /// The directory's answer in the second handshake message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerHello {
-    /// The server's protocol version.
+    /// The version of the session: the agreed one (after a v3 Hello), 2 after a v2 Hello (or the
+    /// server's highest, when it no longer speaks 2; it then closes).
     pub version: u16,
     /// A session silent for this long is dropped; clients send heartbeats well within it.
     pub heartbeat_timeout_ms: u64,

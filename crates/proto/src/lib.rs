@@ -21,8 +21,8 @@
 //! - [`codec`]: postcard encoding with size limits, canonical decoding and a distinction between
 //!   unknown and malformed.
 //! - [`text`]: byte fields as hex in text formats (the test vectors); the wire is untouched.
-//! - [`version`]: version ranges and their negotiation in the handshake (version 3, being
-//!   implemented).
+//! - [`version`]: version ranges and their negotiation in the handshake (version 3), and the
+//!   versions this code speaks ([`version::SPOKEN`]).
 
 #![forbid(unsafe_code)]
 
@@ -46,10 +46,6 @@ pub use handshake::{IdentityProof, ProofError};
 pub use keys::{PublicKey, SignatureBytes};
 pub use number::{Number, NumberError, WireNumber};
 pub use peer::MessageId;
-
-/// Version of the wire protocol, sent in the first handshake message by the initiator. Version 3
-/// replaces this single version with a range ([`version`]).
-pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame on the wire (length prefix excluded). Noise caps a message at 65 535 bytes, and every
 /// frame carries exactly one Noise message.

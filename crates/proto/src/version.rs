@@ -1,5 +1,5 @@
-//! Protocol versions and how two sides agree on one: the version 3 handshake (being implemented;
-//! nothing calls this yet, see `docs/protocol.md`, "Version negotiation").
+//! Protocol versions and how two sides agree on one: the version 3 handshake (`docs/protocol.md`,
+//! section 3.3). The server's and the client's handshakes call these; [`SPOKEN`] is what they speak.
 //!
 //! Until version 2 both sides had to speak exactly the same version. From version 3 on, the first
 //! handshake message states the lowest and highest versions the initiator speaks, and the
@@ -26,6 +26,15 @@ use crate::handshake::{Hello, Purpose};
 /// The only version a v2 Hello can state: sides from before negotiation speak exactly this one.
 pub const V2: u16 = 2;
 
+/// The first version that negotiates: its Hello states a range, its message 2 starts with a
+/// [`HelloReply`]. Otherwise the same as version 2; what later comes only with a version (new
+/// directory messages, say) is gated on the version a session agreed, `>= V3`.
+pub const V3: u16 = 3;
+
+/// The versions this code speaks: version 2 (so sides from before negotiation still talk to it),
+/// and version 3.
+pub const SPOKEN: Versions = Versions::between(V2, V3);
+
 /// The versions one side speaks: every version from `lowest` to `highest`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Versions {
@@ -50,6 +59,12 @@ impl Versions {
             return Err(EmptyRange { lowest, highest });
         }
         Ok(Self { lowest, highest })
+    }
+
+    /// `lowest..=highest` in a constant; fails to compile when the range is empty.
+    pub const fn between(lowest: u16, highest: u16) -> Self {
+        assert!(lowest <= highest, "an empty version range");
+        Self { lowest, highest }
     }
 
     /// Exactly one version.
@@ -80,6 +95,24 @@ impl fmt::Display for Versions {
         } else {
             write!(f, "versions {} to {}", self.lowest, self.highest)
         }
+    }
+}
+
+/// Why a text is not a range of versions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a range of protocol versions (LOWEST-HIGHEST, or one version)")]
+pub struct BadRange(String);
+
+impl std::str::FromStr for Versions {
+    type Err = BadRange;
+
+    /// `2-3`, or `4` for one version.
+    fn from_str(s: &str) -> Result<Self, BadRange> {
+        let bad = || BadRange(s.to_owned());
+        let (lowest, highest) = s.split_once('-').unwrap_or((s, s));
+        let (lowest, highest) =
+            (lowest.trim().parse().map_err(|_| bad())?, highest.trim().parse().map_err(|_| bad())?);
+        Self::new(lowest, highest).map_err(|_| bad())
     }
 }
 
@@ -250,6 +283,15 @@ mod tests {
         assert_eq!(negotiate(range(2, 5), range(3, 4)), Ok(4));
         assert_eq!(negotiate(range(3, 4), Versions::only(4)), Ok(4));
         assert_eq!(negotiate(range(2, 3), range(3, 9)), Ok(3));
+    }
+
+    #[test]
+    fn given_range_texts_then_parsed_or_refused() {
+        assert_eq!("2-3".parse(), Ok(range(2, 3)));
+        assert_eq!("4".parse(), Ok(Versions::only(4)));
+        assert!("3-2".parse::<Versions>().is_err());
+        assert!("x".parse::<Versions>().is_err());
+        assert_eq!(SPOKEN, range(2, 3));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use whatsap2p_proto::version::{self, Versions};
+
 /// Server configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -20,6 +22,9 @@ pub struct Config {
     pub relay: Option<SocketAddr>,
     /// How long a relay ticket is valid: both sides must reach the relay within it.
     pub ticket_lifetime: Duration,
+    /// The protocol versions the directory speaks ([`version::SPOKEN`]; another range only to test
+    /// how clients meet a directory older or newer than they are).
+    pub versions: Versions,
 }
 
 impl Config {
@@ -43,6 +48,7 @@ impl Default for Config {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             relay: None,
             ticket_lifetime: Self::DEFAULT_TICKET_LIFETIME,
+            versions: version::SPOKEN,
         }
     }
 }

@@ -28,8 +28,9 @@ use whatsap2p_proto::directory::{
     ClientToServer, CloseCode, Location, LookupIntent, ServerToClient, MAX_REASON_LEN, MAX_WATCHED,
     MAX_WATCH_BATCH,
 };
-use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
-use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber, PROTOCOL_VERSION};
+use whatsap2p_proto::handshake::{Purpose, ServerHello};
+use whatsap2p_proto::version::{self, HelloForm, NoCommonVersion, V3};
+use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber};
 
 use crate::identities::Binding;
 use crate::metrics::Refusal;
@@ -93,12 +94,17 @@ pub fn serve(
         let dir = &*dir;
         info!("Got a new connection from {}/{}", addr.ip(), addr.port());
         let handshake = tokio::time::timeout(dir.config.handshake_timeout, handshake);
-        let (proof, reader, writer) = tokio::select! {
+        let (proof, version, reader, writer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = handshake => match r {
                 Err(_) => {
                     dir.metrics.refused(Refusal::Handshake);
                     warn!("Dropping {}/{}: handshake not finished within {:?}", addr.ip(), addr.port(), dir.config.handshake_timeout);
+                    return;
+                }
+                Ok(Err(HandshakeError::Version(e))) => {
+                    dir.metrics.refused(Refusal::Handshake);
+                    warn!("Refusing {}/{}: {e}", addr.ip(), addr.port());
                     return;
                 }
                 Ok(Err(e)) => {
@@ -110,40 +116,77 @@ pub fn serve(
             },
         };
         let span = info_span!("user", number = %proof.number);
-        Online::new(dir, proof, addr, reader, writer).run(cancel).instrument(span).await;
+        Online::new(dir, proof, version, addr, reader, writer).run(cancel).instrument(span).await;
     }
     .instrument(span)
 }
 
-/// Responder side of `XX` for a directory session: returns the client's verified proof.
-async fn handshake(
-    stream: TcpStream,
-    dir: Arc<Directory>,
-) -> Result<(IdentityProof, Reader, Writer), LinkError> {
-    let mut hs = Handshake::responder(stream, &dir.key)?;
-    let hello: Hello = decode_struct(&hs.recv().await?)?;
-    if hello.version != PROTOCOL_VERSION || hello.purpose != Purpose::Directory {
-        return Err(LinkError::Decode(whatsap2p_proto::DecodeError::Malformed(format!(
-            "unsupported hello: version {} purpose {:?}",
-            hello.version, hello.purpose
-        ))));
+/// Why a handshake did not make a session.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    /// The link failed, or the client sent something that is not a handshake of ours.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The client speaks no version we do; it was told so when its Hello allowed it.
+    #[error(transparent)]
+    Version(#[from] NoCommonVersion),
+}
+
+impl From<whatsap2p_proto::DecodeError> for HandshakeError {
+    fn from(e: whatsap2p_proto::DecodeError) -> Self {
+        Self::Link(e.into())
     }
-    let hello = ServerHello {
-        version: PROTOCOL_VERSION,
-        heartbeat_timeout_ms: dir.config.heartbeat_timeout.as_millis() as u64,
+}
+
+impl From<whatsap2p_proto::codec::EncodeError> for HandshakeError {
+    fn from(e: whatsap2p_proto::codec::EncodeError) -> Self {
+        Self::Link(e.into())
+    }
+}
+
+/// What a finished handshake gives: the client's verified proof, the version agreed, the link.
+type Handshaken = (IdentityProof, u16, Reader, Writer);
+
+/// Responder side of `XX` for a directory session: agrees on a version (section 3.3 of the
+/// protocol), then returns the client's verified proof.
+async fn handshake(stream: TcpStream, dir: Arc<Directory>) -> Result<Handshaken, HandshakeError> {
+    let mut hs = Handshake::responder(stream, &dir.key)?;
+    let offered = version::read_hello(&hs.recv().await?)?;
+    if offered.purpose != Purpose::Directory {
+        return Err(whatsap2p_proto::DecodeError::Malformed(format!(
+            "a hello for {:?}, not the directory",
+            offered.purpose
+        ))
+        .into());
+    }
+    let ours = dir.config.versions;
+    let answer = version::answer(ours, &offered)?;
+    let heartbeat_timeout_ms = dir.config.heartbeat_timeout.as_millis() as u64;
+    let (version, mut payload) = match answer.outcome {
+        Ok(version) => (version, answer.prefix),
+        Err(none) => {
+            match offered.form {
+                // The reply says it all: nothing follows it.
+                HelloForm::V3 => hs.send(&answer.prefix).await?,
+                // A v2 client reads only a ServerHello: ours names our version, which it shows.
+                HelloForm::V2 => {
+                    let hello = ServerHello { version: ours.highest(), heartbeat_timeout_ms };
+                    hs.send(&whatsap2p_proto::encode(&hello)?).await?
+                }
+            }
+            return Err(none.into());
+        }
     };
-    hs.send(&whatsap2p_proto::encode(&hello)?).await?;
+    payload.extend(whatsap2p_proto::encode(&ServerHello { version, heartbeat_timeout_ms })?);
+    hs.send(&payload).await?;
     let hash = hs.hash();
     let proof: IdentityProof = decode_struct(&hs.recv().await?)?;
     let remote = hs.remote_static().ok_or(LinkError::ClosedDuringHandshake)?;
     proof.verify(&hash, &remote.0).map_err(|e| {
-        LinkError::Decode(whatsap2p_proto::DecodeError::Malformed(format!(
-            "identity proof for {}: {e}",
-            proof.number
-        )))
+        whatsap2p_proto::DecodeError::Malformed(format!("identity proof for {}: {e}", proof.number))
     })?;
     let (reader, writer) = hs.finish()?.split();
-    Ok((proof, reader, writer))
+    Ok((proof, version, reader, writer))
 }
 
 fn now_ms() -> u64 {
@@ -186,21 +229,26 @@ fn check_numbers(numbers: Vec<WireNumber>) -> (Vec<Number>, Option<String>) {
     (valid, Some(short(message)))
 }
 
-/// The refusal of a session or registration that the store cannot record right now.
-fn unavailable() -> ServerToClient {
-    ServerToClient::Refused {
-        reason:
-            "the directory cannot record registrations right now (its store is unreachable); try again later"
-                .into(),
-    }
-}
+/// Why a session or registration that the store cannot record right now is refused.
+const UNAVAILABLE: &str =
+    "the directory cannot record registrations right now (its store is unreachable); try again later";
 
-/// Tells a client that a newer session of its number replaced this one: a code the client acts on
-/// (it must not reconnect by itself, or two copies of one profile take the number from each other
-/// in turn), and words for its user.
-async fn tell_replaced(writer: &mut Writer) -> Result<(), LinkError> {
-    let reason = "replaced: a newer session of this number connected".to_owned();
-    writer.send_msg(&ServerToClient::Closed { code: CloseCode::Replaced, reason }).await
+/// Ends a session of `version` for `code`: a version 3 client gets the code to act on, a version 2
+/// client the words only (`Refused`), except for `Replaced`, which every client gets as `Closed` (a
+/// version 2 client skips the kind it does not know, then sees the connection closed).
+async fn end_with(
+    writer: &mut Writer,
+    version: u16,
+    code: CloseCode,
+    reason: String,
+) -> Result<(), LinkError> {
+    let reason = short(reason);
+    let msg = if version >= V3 || code == CloseCode::Replaced {
+        ServerToClient::Closed { code, reason }
+    } else {
+        ServerToClient::Refused { reason }
+    };
+    writer.send_msg(&msg).await
 }
 
 /// The next presence push; pending forever while the session watches nothing.
@@ -216,6 +264,8 @@ struct Online<'d> {
     dir: &'d Directory,
     number: Number,
     key: PublicKey,
+    /// The protocol version agreed in the handshake: what the client understands.
+    version: u16,
     session: SessionId,
     addr: SocketAddr,
     reader: Reader,
@@ -243,6 +293,7 @@ impl<'d> Online<'d> {
     fn new(
         dir: &'d Directory,
         proof: IdentityProof,
+        version: u16,
         addr: SocketAddr,
         reader: Reader,
         writer: Writer,
@@ -251,6 +302,7 @@ impl<'d> Online<'d> {
             dir,
             number: proof.number,
             key: proof.identity,
+            version,
             session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             addr,
             reader,
@@ -303,11 +355,22 @@ impl<'d> Online<'d> {
             Err(e) => {
                 warn!("Refused {number}: {e}");
                 dir.metrics.refused(Refusal::StoreUnavailable);
-                let _ = self.writer.send_msg(&unavailable()).await;
+                let _ = self.end(CloseCode::StoreUnavailable, UNAVAILABLE.into()).await;
                 let _ = self.writer.close().await;
                 false
             }
         }
+    }
+
+    /// The protocol version this session agreed in its handshake: messages a later version adds
+    /// go only to sessions whose version has them.
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Ends the session for `code` (see [`end_with`]).
+    async fn end(&mut self, code: CloseCode, reason: String) -> Result<(), LinkError> {
+        end_with(&mut self.writer, self.version, code, reason).await
     }
 
     /// This session, as presence entries name it.
@@ -333,14 +396,14 @@ impl<'d> Online<'d> {
                 );
                 self.dir.metrics.refused(Refusal::NumberTaken);
                 let reason = format!("number {number} is registered to another key");
-                let _ = self.writer.send_msg(&ServerToClient::Refused { reason }).await;
+                let _ = self.end(CloseCode::NumberTaken, reason).await;
                 let _ = self.writer.close().await;
                 false
             }
             Err(e) => {
                 warn!("Refused {number}: {e}");
                 self.dir.metrics.refused(Refusal::StoreUnavailable);
-                let _ = self.writer.send_msg(&unavailable()).await;
+                let _ = self.end(CloseCode::StoreUnavailable, UNAVAILABLE.into()).await;
                 let _ = self.writer.close().await;
                 false
             }
@@ -530,7 +593,7 @@ impl<'d> Online<'d> {
                 if self.location.is_some() {
                     return Ok(ServerToClient::Error { req: None, message: short(e.to_string()) });
                 }
-                self.writer.send_msg(&unavailable()).await?;
+                self.end(CloseCode::StoreUnavailable, UNAVAILABLE.into()).await?;
                 Err(End::Unavailable)
             }
         }
@@ -581,9 +644,21 @@ impl<'d> Online<'d> {
             // The entry expires by itself within the heartbeat timeout.
             Err(e) => warn!("Cannot take {number} offline in the store: {e}"),
         }
-        if matches!(end, End::Replaced) {
-            dir.metrics.refused(Refusal::Replaced);
-            let _ = tell_replaced(&mut self.writer).await;
+        match end {
+            // The client must not reconnect by itself, or two copies of one profile would take
+            // the number from each other in turn.
+            End::Replaced => {
+                dir.metrics.refused(Refusal::Replaced);
+                let reason = "replaced: a newer session of this number connected".to_owned();
+                let _ = end_with(&mut self.writer, self.version, CloseCode::Replaced, reason).await;
+            }
+            // Said only to clients that act on it (reconnect at once, elsewhere): a version 2
+            // client would take a `Refused` for a refusal.
+            End::Shutdown if self.version() >= V3 => {
+                let reason = "this instance of the directory is shutting down".to_owned();
+                let _ = end_with(&mut self.writer, self.version, CloseCode::Shutdown, reason).await;
+            }
+            _ => {}
         }
         match end {
             End::Logout => info!("Disconnecting {number}"),

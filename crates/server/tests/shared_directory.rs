@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{config, Account, Instance, Redis, Session, REPLACED, TIMEOUT};
 use whatsap2p_link::StaticKeypair;
-use whatsap2p_proto::directory::ServerToClient;
+use whatsap2p_proto::directory::{CloseCode, ServerToClient};
 
 /// Three instances of one directory on `redis`.
 async fn three(redis: &Redis, key: &StaticKeypair) -> Vec<Instance> {
@@ -29,8 +29,9 @@ async fn stop_all(instances: Vec<Instance>) {
     }
 }
 
-fn is_refused(m: &ServerToClient) -> bool {
-    matches!(m, ServerToClient::Refused { .. })
+/// A version 3 session's refusal of a number bound to another key.
+fn is_taken(m: &ServerToClient) -> bool {
+    matches!(m, ServerToClient::Closed { code: CloseCode::NumberTaken, .. })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +85,7 @@ async fn given_two_instances_racing_to_bind_a_number_then_exactly_one_key_wins_e
         let race = |addr, account: Account| async move {
             let mut s = Session::connect(addr, &account).await;
             let answer = s.register(1).await;
-            (matches!(answer, ServerToClient::Registered { .. }), is_refused(&answer), s, account)
+            (matches!(answer, ServerToClient::Registered { .. }), is_taken(&answer), s, account)
         };
         let ((won_a, refused_a, sa, a), (won_b, refused_b, sb, b)) =
             tokio::join!(race(x.addr, first), race(y.addr, second));
@@ -92,7 +93,7 @@ async fn given_two_instances_racing_to_bind_a_number_then_exactly_one_key_wins_e
         // The loser stays refused, through either instance; the winner's number stays its own.
         let loser = if won_a { &b } else { &a };
         let mut again = Session::connect(if won_a { y.addr } else { x.addr }, loser).await;
-        assert!(is_refused(&again.register(1).await), "round {round}: the loser got in later");
+        assert!(is_taken(&again.register(1).await), "round {round}: the loser got in later");
         drop((sa, sb));
     }
     x.stop().await;
@@ -177,8 +178,8 @@ async fn given_redis_restarted_with_aof_then_bindings_survive_and_an_impostor_is
     loop {
         let mut s = Session::connect(y.addr, &impostor).await;
         match s.register(1).await {
-            ServerToClient::Refused { reason } if reason.contains("another key") => break,
-            ServerToClient::Refused { .. } if t0.elapsed() < TIMEOUT => {
+            m if is_taken(&m) => break,
+            ServerToClient::Closed { code: CloseCode::StoreUnavailable, .. } if t0.elapsed() < TIMEOUT => {
                 // Still reconnecting to Redis: refused for that, not for the key. Try again.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -216,6 +217,12 @@ async fn given_redis_stopped_then_registrations_are_refused_sessions_stay_and_it
 
     let mut b_session = Session::connect(x.addr, &b).await;
     match b_session.register(5002).await {
+        ServerToClient::Closed { code: CloseCode::StoreUnavailable, .. } => {}
+        other => panic!("registered without a store: {other:?}"),
+    }
+    // A version 2 client is told in words.
+    let mut b_v2 = Session::connect_v2(y.addr, &b).await;
+    match b_v2.register(5002).await {
         ServerToClient::Refused { reason } => assert!(reason.contains("store"), "{reason}"),
         other => panic!("registered without a store: {other:?}"),
     }

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crossterm::event::{Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -135,7 +134,7 @@ async fn shutdown_signal() {
 /// Runs the terminal UI: asks for the number when `number` is `None`, starts the client with
 /// `start` (showing that it connects to `server`), and runs until the user leaves; then logs out.
 /// The terminal is restored on every way out. An error is the reason the client could not run.
-pub async fn run<F, Fut>(number: Option<Number>, server: SocketAddr, start: F) -> Result<(), String>
+pub async fn run<F, Fut>(number: Option<Number>, server: String, start: F) -> Result<(), String>
 where
     F: FnOnce(Number) -> Fut,
     Fut: Future<Output = Result<(Client, mpsc::Receiver<Event>), String>> + Send + 'static,

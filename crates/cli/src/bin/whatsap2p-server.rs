@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use tracing::{info, warn};
+use whatsap2p_proto::version::{self, Versions};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
@@ -61,6 +62,10 @@ struct Args {
     /// address and port number as TCP; clients behind NATs need it to be reached directly).
     #[arg(long)]
     no_udp: bool,
+    /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
+    /// speaks]. Hidden: only to see how clients meet a directory older or newer than they are.
+    #[arg(long, hide = true)]
+    protocol_versions: Option<Versions>,
     /// A TOML file with any of the settings above, under their flag names.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -80,6 +85,7 @@ struct FileConfig {
     handshake_timeout: Option<f64>,
     max_connections: Option<usize>,
     no_udp: Option<bool>,
+    protocol_versions: Option<String>,
 }
 
 /// Every setting, resolved.
@@ -148,6 +154,11 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(Config::DEFAULT_MAX_CONNECTIONS),
+            versions: match (args.protocol_versions, file.protocol_versions) {
+                (Some(v), _) => v,
+                (None, Some(text)) => text.parse().context("protocol-versions")?,
+                (None, None) => version::SPOKEN,
+            },
             ..Config::default()
         },
     })

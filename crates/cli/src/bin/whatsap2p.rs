@@ -7,17 +7,26 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use whatsap2p_cli::{input, json, menu};
+use whatsap2p_client::config::ServerAddr;
 use whatsap2p_client::{Client, ClientConfig, Number};
+use whatsap2p_proto::version::{self, Versions};
 
 /// whatsap2p: a peer-to-peer messenger. The server only says who is online and where; messages go
 /// directly, end-to-end encrypted, between clients.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The directory server's IP address.
-    server_ip: IpAddr,
+    /// The directory server's IP address or host name (a name that resolves to several addresses
+    /// gives several instances of the directory).
+    #[arg(required_unless_present = "server", requires = "server_port")]
+    server_ip: Option<String>,
     /// The directory server's port.
-    server_port: u16,
+    server_port: Option<u16>,
+    /// Another address of the same directory, HOST:PORT (repeatable): the client registers with
+    /// one, and moves to another when its session is lost. They are tried in the order given,
+    /// SERVER_IP SERVER_PORT first.
+    #[arg(long, value_name = "HOST:PORT")]
+    server: Vec<ServerAddr>,
     /// Your number (asked for when not given).
     #[arg(long)]
     number: Option<Number>,
@@ -40,6 +49,28 @@ struct Args {
     /// Largest file accepted automatically from a contact, in bytes.
     #[arg(long, default_value_t = ClientConfig::DEFAULT_MAX_FILE_SIZE)]
     max_file_size: u64,
+    /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
+    /// speaks]. Hidden: only to see how others meet a client older or newer than they are.
+    #[arg(long, hide = true)]
+    protocol_versions: Option<Versions>,
+}
+
+impl Args {
+    /// The directory's addresses, in the order to try them.
+    fn servers(&self) -> Result<Vec<ServerAddr>, String> {
+        let mut servers = Vec::new();
+        if let (Some(host), Some(port)) = (&self.server_ip, self.server_port) {
+            servers.push(ServerAddr::new(host, port).map_err(|e| e.to_string())?);
+        }
+        servers.extend(self.server.iter().cloned());
+        Ok(servers)
+    }
+}
+
+/// The addresses, as the original showed one (`ip/port`).
+fn describe(servers: &[ServerAddr]) -> String {
+    let all: Vec<String> = servers.iter().map(|s| format!("{}/{}", s.host(), s.port())).collect();
+    all.join(", ")
 }
 
 #[tokio::main]
@@ -58,9 +89,9 @@ async fn main() -> ExitCode {
 
 /// Where the client listens, keeps its profile and saves files, for `number`.
 fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
-    let server = SocketAddr::new(args.server_ip, args.server_port);
+    let servers = args.servers()?;
     let listen = args.listen.unwrap_or_else(|| {
-        let ip = if server.ip().is_loopback() {
+        let ip = if servers.iter().all(ServerAddr::is_loopback) {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -79,17 +110,21 @@ fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
     Ok(ClientConfig {
         profile_dir,
         number,
-        server,
+        servers,
         listen,
         timeouts: Default::default(),
         downloads,
         max_file_size: args.max_file_size,
+        versions: args.protocol_versions.unwrap_or(version::SPOKEN),
     })
 }
 
 async fn run(args: Args) -> Result<(), u8> {
     if args.tui {
-        let server = SocketAddr::new(args.server_ip, args.server_port);
+        let server = describe(&args.servers().map_err(|e| {
+            eprintln!("[!] {e}");
+            1
+        })?);
         let number = args.number.clone();
         let start = move |n: Number| async move {
             let config = config(&args, n)?;
@@ -121,9 +156,8 @@ async fn run(args: Args) -> Result<(), u8> {
         },
     };
     let config = config(&args, number).map_err(|e| fail(args.json, e))?;
-    let server = config.server;
     if !args.json {
-        println!("[+] Connecting to server {}/{}...", server.ip(), server.port());
+        println!("[+] Connecting to server {}...", describe(&config.servers));
     }
     let (client, events) = Client::start(config).await.map_err(|e| fail(args.json, e.to_string()))?;
     let result = if args.json {

@@ -327,6 +327,11 @@ pub struct Client {
 impl Client {
     /// Spawns a client without waiting for anything.
     pub fn spawn(server_port: u16, number: &str, profile: &Path, extra: &[&str]) -> Client {
+        Client::spawn_to("127.0.0.1", server_port, number, profile, extra)
+    }
+
+    /// [`Client::spawn`] with the server given as `host` (an IP or a host name).
+    pub fn spawn_to(host: &str, server_port: u16, number: &str, profile: &Path, extra: &[&str]) -> Client {
         let mut child = Command::new(CLIENT_BIN)
             .arg("--json")
             .arg("--profile")
@@ -334,7 +339,7 @@ impl Client {
             .arg("--number")
             .arg(number)
             .args(extra)
-            .arg("127.0.0.1")
+            .arg(host)
             .arg(server_port.to_string())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

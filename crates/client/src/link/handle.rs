@@ -63,6 +63,8 @@ static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 struct Link {
     peer: Number,
     key: PublicKey,
+    /// The protocol version agreed in the handshake.
+    version: u16,
     /// Unique per link, so the outbox and transfers tell this link from the next one to the peer.
     epoch: u64,
     tx: mpsc::Sender<Outgoing>,
@@ -85,6 +87,7 @@ impl LinkHandle {
     pub(super) fn new(
         peer: Number,
         key: PublicKey,
+        version: u16,
         writer: Writer,
         closed: CancellationToken,
     ) -> (Self, mpsc::Receiver<Outgoing>) {
@@ -92,6 +95,7 @@ impl LinkHandle {
         let link = Link {
             peer,
             key,
+            version,
             epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
             tx,
             writer: tokio::sync::Mutex::new(Some(writer)),
@@ -109,6 +113,13 @@ impl LinkHandle {
     /// The identity key the peer proved.
     pub(crate) fn key(&self) -> &PublicKey {
         &self.0.key
+    }
+
+    /// The protocol version the link agreed in its handshake: what a later version adds to peer
+    /// messages goes only on links whose version has it.
+    #[allow(dead_code)] // Read by the features later versions add.
+    pub(crate) fn version(&self) -> u16 {
+        self.0.version
     }
 
     /// Unique per link.

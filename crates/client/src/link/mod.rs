@@ -30,10 +30,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
-use whatsap2p_link::Session;
 use whatsap2p_proto::chunk::ChunkView;
 use whatsap2p_proto::directory::LookupIntent;
 use whatsap2p_proto::peer::PeerMessage;
+use whatsap2p_proto::version::Versions;
 use whatsap2p_proto::{Number, PublicKey};
 
 pub(crate) use handle::LinkHandle;
@@ -42,6 +42,7 @@ pub use handle::WriteError;
 use crate::config::Timeouts;
 use crate::directory::DirectoryHandle;
 use crate::event::Event;
+use crate::handshake::{Accepted, Linked};
 use crate::presence::PresenceCache;
 use crate::profile::Identity;
 use crate::store::Store;
@@ -89,6 +90,8 @@ pub(crate) struct LinkParts {
     pub(crate) presence: PresenceCache,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) timeouts: Timeouts,
+    /// The protocol versions links may use.
+    pub(crate) versions: Versions,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
@@ -103,6 +106,9 @@ struct Inner {
     owner: Mutex<Option<Arc<dyn LinkOwner>>>,
     /// Places for accepted connections.
     permits: Arc<Semaphore>,
+    /// Peers we dialed that speak no version we do, with the versions they speak, once the user
+    /// was told; a peer leaves it when a link to it is made. Only numbers we write to are dialed.
+    versions_told: Mutex<HashMap<Number, Versions>>,
 }
 
 /// The client's peer links. Cheap to clone.
@@ -116,6 +122,7 @@ impl Links {
             slots: Mutex::default(),
             owner: Mutex::default(),
             permits: Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS)),
+            versions_told: Mutex::default(),
         }))
     }
 
@@ -197,13 +204,36 @@ impl Links {
         let Some(location) = answer.online else { return Err(ClientError::Offline(to.clone())) };
         p.store.check_pin(to, key).await?;
         let addr = location.addr;
-        let stream = transport::dial(addr, p.timeouts.connect, "connecting to the peer").await?;
-        let handshake = crate::handshake::dial_peer(stream, &p.identity, &p.me, to, key, addr);
-        let session = tokio::time::timeout(p.timeouts.handshake, handshake)
-            .await
-            .map_err(|_| ClientError::Timeout("peer handshake"))??;
-        info!("linked to {to} at {addr}");
-        self.spawn(to.clone(), key, addr, session, None).ok_or(ClientError::ShuttingDown)
+        let dial = || transport::dial(addr, p.timeouts.connect, "connecting to the peer");
+        let stream = dial().await?;
+        let handshake =
+            crate::handshake::dial_peer(stream, dial, &p.identity, &p.me, to, key, addr, p.versions);
+        let linked = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
+            Err(_) => return Err(ClientError::Timeout("peer handshake")),
+            Ok(Err(e)) => {
+                if let ClientError::Version { source, .. } = &e {
+                    self.versions_differ(to, source.theirs, &e).await;
+                }
+                return Err(e);
+            }
+            Ok(Ok(linked)) => linked,
+        };
+        self.versions_told().remove(to);
+        info!("linked to {to} at {addr}, protocol version {}", linked.version);
+        self.spawn(to.clone(), key, addr, linked, None).ok_or(ClientError::ShuttingDown)
+    }
+
+    fn versions_told(&self) -> std::sync::MutexGuard<'_, HashMap<Number, Versions>> {
+        self.0.versions_told.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `peer` speaks no version we do: the user is told once per range it speaks (a courier
+    /// retries the dial with backoff; the warning is not repeated with it).
+    async fn versions_differ(&self, peer: &Number, theirs: Versions, e: &ClientError) {
+        if self.versions_told().insert(peer.clone(), theirs) != Some(theirs) {
+            warn!("{e}");
+            let _ = self.0.parts.events.send(Event::Warning { message: e.to_string() }).await;
+        }
     }
 
     /// Runs the responder's handshake on a stream a peer opened to us (over any transport), and
@@ -216,8 +246,8 @@ impl Links {
     ) {
         let p = &self.0.parts;
         let vouch = |claimed: Number, key: PublicKey| async move { self.vouch(&claimed, key, addr).await };
-        let handshake = crate::handshake::accept_peer(stream, &p.identity, &p.me, addr, vouch);
-        let (number, key, session) = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
+        let handshake = crate::handshake::accept_peer(stream, &p.identity, &p.me, addr, p.versions, vouch);
+        let accepted = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
             Err(_) => {
                 return warn!(
                     "dropping peer {addr}: handshake not finished within {:?}",
@@ -233,8 +263,9 @@ impl Links {
             }
             Ok(Ok(accepted)) => accepted,
         };
-        info!("{number} linked from {addr}");
-        let Some(link) = self.spawn(number.clone(), key, addr, session, permit) else { return };
+        let Accepted { number, key, linked } = accepted;
+        info!("{number} linked from {addr}, protocol version {}", linked.version);
+        let Some(link) = self.spawn(number.clone(), key, addr, linked, permit) else { return };
         let slot = self.slot(&number);
         let mut held = slot.lock().await;
         if !held.as_ref().is_some_and(|l| l.is_alive()) {
@@ -271,14 +302,14 @@ impl Links {
         peer: Number,
         key: PublicKey,
         addr: SocketAddr,
-        session: Session<PeerStream>,
+        linked: Linked<PeerStream>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Option<LinkHandle> {
         let owner = self.owner()?;
         let p = &self.0.parts;
-        let (reader, writer) = session.split();
+        let (reader, writer) = linked.session.split();
         let span = info_span!("link", peer = %peer, %addr);
-        let (link, rx) = LinkHandle::new(peer, key, writer, p.cancel.child_token());
+        let (link, rx) = LinkHandle::new(peer, key, linked.version, writer, p.cancel.child_token());
         p.tracker.spawn(write::write_loop(link.clone(), rx).instrument(span.clone()));
         let reading =
             read::read_loop(self.clone(), owner, reader, link.clone(), p.timeouts.link_idle, permit);

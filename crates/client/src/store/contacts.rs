@@ -88,14 +88,18 @@ impl Store {
         }
     }
 
-    /// The key pinned for a directory server.
-    pub async fn server_pin(&self, server: &str) -> Result<Option<PublicKey>, ClientError> {
-        let s = server.to_owned();
+    /// The keys pinned for these directory addresses (by their text), for those that have one.
+    pub async fn server_pins(&self, servers: Vec<String>) -> Result<Vec<(String, PublicKey)>, ClientError> {
         self.with(move |c| {
-            let k: Option<Vec<u8>> = c
-                .query_row("SELECT key FROM server_pins WHERE server = ?1", params![s], |r| r.get(0))
-                .optional()?;
-            Ok(key_from(k))
+            let mut query = c.prepare_cached("SELECT key FROM server_pins WHERE server = ?1")?;
+            let mut pins = Vec::new();
+            for s in servers {
+                let k: Option<Vec<u8>> = query.query_row(params![s], |r| r.get(0)).optional()?;
+                if let Some(key) = key_from(k) {
+                    pins.push((s, key));
+                }
+            }
+            Ok(pins)
         })
         .await
     }

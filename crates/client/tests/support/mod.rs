@@ -4,9 +4,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -16,7 +17,11 @@ use whatsap2p_client::directory::{self, Registered};
 use whatsap2p_client::profile::Identity;
 use whatsap2p_client::store::Store;
 use whatsap2p_client::{Client, ClientConfig, Event, Number, Timeouts};
-use whatsap2p_link::{Session, StaticKeypair};
+use whatsap2p_link::{Handshake, Session, StaticKeypair};
+use whatsap2p_proto::codec::decode_struct;
+use whatsap2p_proto::directory::{ClientToServer, ServerToClient};
+use whatsap2p_proto::handshake::{Hello, ServerHello};
+use whatsap2p_proto::version::{self, Versions};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::presence::MemoryPresence;
 
@@ -31,17 +36,22 @@ pub struct TestDirectory {
 impl TestDirectory {
     /// Starts one whose sessions expire after `heartbeat_timeout` without a frame.
     pub async fn start(heartbeat_timeout: Duration) -> Self {
+        let config = whatsap2p_server::Config { heartbeat_timeout, ..Default::default() };
+        let key = StaticKeypair::generate().expect("server key");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), key, config).await
+    }
+
+    /// Starts one on `addr` (port 0: a free one) with `key` and `config`.
+    pub async fn start_on(addr: SocketAddr, key: StaticKeypair, config: whatsap2p_server::Config) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let identities = SqliteIdentities::open(&data.path().join("identities.sqlite")).expect("identities");
-        let key = StaticKeypair::generate().expect("server key");
-        let config = whatsap2p_server::Config { heartbeat_timeout, ..Default::default() };
         let directory = whatsap2p_server::Directory::new(
             Arc::new(MemoryPresence::new()),
             Arc::new(identities),
             key,
             config,
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -61,6 +71,133 @@ impl TestDirectory {
     }
 }
 
+/// How a [`FakeDirectory`] answers a Hello.
+#[derive(Clone, Copy)]
+pub enum Speaks {
+    /// As version 3 does, speaking these versions.
+    Versions(Versions),
+    /// As a server from before version 3: the v2 Hello only; anything else is refused by
+    /// closing, as version 2 refuses the v3 Hello's extra byte.
+    V2Only,
+}
+
+/// A directory played by the test: real handshakes, then each session answers its `Register` with
+/// the next of the queued answers (`Registered` when none is queued; a session answered otherwise
+/// closes), acknowledges heartbeats, and can be told to send something and close.
+pub struct FakeDirectory {
+    pub addr: SocketAddr,
+    /// Every Hello received, in order.
+    pub hellos: Arc<Mutex<Vec<Vec<u8>>>>,
+    answers: Arc<Mutex<VecDeque<ServerToClient>>>,
+    sessions: Arc<Mutex<Vec<mpsc::Sender<ServerToClient>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeDirectory {
+    pub async fn start(speaks: Speaks, key: StaticKeypair) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hellos: Arc<Mutex<Vec<Vec<u8>>>> = Default::default();
+        let answers: Arc<Mutex<VecDeque<ServerToClient>>> = Default::default();
+        let sessions: Arc<Mutex<Vec<mpsc::Sender<ServerToClient>>>> = Default::default();
+        let (h, a, all) = (hellos.clone(), answers.clone(), sessions.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                stream.set_nodelay(true).expect("nodelay");
+                let (tx, told) = mpsc::channel(4);
+                all.lock().expect("sessions").push(tx);
+                tokio::spawn(fake_session(stream, key.clone(), speaks, h.clone(), a.clone(), told));
+            }
+        });
+        Self { addr, hellos, answers, sessions, task }
+    }
+
+    /// The answer the next `Register` gets.
+    pub fn answer_next(&self, answer: ServerToClient) {
+        self.answers.lock().expect("answers").push_back(answer);
+    }
+
+    /// Sends `msg` on every open session, which then closes.
+    pub async fn tell_all(&self, msg: ServerToClient) {
+        let sessions: Vec<_> = self.sessions.lock().expect("sessions").drain(..).collect();
+        for s in sessions {
+            let _ = s.send(msg.clone()).await;
+        }
+    }
+}
+
+impl Drop for FakeDirectory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One session of a [`FakeDirectory`].
+async fn fake_session(
+    stream: TcpStream,
+    key: StaticKeypair,
+    speaks: Speaks,
+    hellos: Arc<Mutex<Vec<Vec<u8>>>>,
+    answers: Arc<Mutex<VecDeque<ServerToClient>>>,
+    mut told: mpsc::Receiver<ServerToClient>,
+) {
+    let mut hs = Handshake::responder(stream, &key).expect("handshake");
+    let Ok(hello) = hs.recv().await else { return };
+    hellos.lock().expect("hellos").push(hello.clone());
+    let timeout_ms = 30_000;
+    let payload = match speaks {
+        Speaks::V2Only => {
+            if decode_struct::<Hello>(&hello).is_err() {
+                return;
+            }
+            whatsap2p_proto::encode(&ServerHello { version: 2, heartbeat_timeout_ms: timeout_ms })
+                .expect("encode")
+        }
+        Speaks::Versions(ours) => {
+            let offered = version::read_hello(&hello).expect("a hello");
+            let answer = version::answer(ours, &offered).expect("answer");
+            let Ok(agreed) = answer.outcome else {
+                let _ = hs.send(&answer.prefix).await;
+                return;
+            };
+            let mut payload = answer.prefix;
+            let server_hello = ServerHello { version: agreed, heartbeat_timeout_ms: timeout_ms };
+            payload.extend(whatsap2p_proto::encode(&server_hello).expect("encode"));
+            payload
+        }
+    };
+    if hs.send(&payload).await.is_err() || hs.recv().await.is_err() {
+        return;
+    }
+    let Ok(session) = hs.finish() else { return };
+    let (mut reader, mut writer) = session.split();
+    loop {
+        tokio::select! {
+            Some(msg) = told.recv() => {
+                let _ = writer.send_msg(&msg).await;
+                return;
+            }
+            msg = reader.recv_msg::<ClientToServer>() => match msg {
+                Ok(Some(ClientToServer::Register { listen })) => {
+                    let answer = answers.lock().expect("answers").pop_front();
+                    let registered = answer.is_none();
+                    let answer = answer.unwrap_or(ServerToClient::Registered { listen });
+                    if writer.send_msg(&answer).await.is_err() || !registered {
+                        return;
+                    }
+                }
+                Ok(Some(ClientToServer::Heartbeat)) => {
+                    if writer.send_msg(&ServerToClient::HeartbeatAck).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            },
+        }
+    }
+}
+
 pub fn number(n: u64) -> Number {
     Number::new(&n.to_string()).expect("number")
 }
@@ -71,11 +208,12 @@ pub fn config(server: SocketAddr, number: &Number, root: &Path) -> ClientConfig 
     ClientConfig {
         number: number.clone(),
         profile_dir: dir.join("profile"),
-        server,
+        servers: vec![server.into()],
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         timeouts: Timeouts::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,
+        versions: whatsap2p_proto::version::SPOKEN,
     }
 }
 
@@ -130,6 +268,8 @@ impl Scene {
 pub struct BarePeer {
     pub number: Number,
     pub identity: Identity,
+    /// The protocol versions its handshakes speak.
+    pub versions: Versions,
 }
 
 impl BarePeer {
@@ -138,7 +278,7 @@ impl BarePeer {
             signing: SigningKey::generate(&mut rand::rngs::OsRng),
             noise: StaticKeypair::generate().expect("noise key"),
         };
-        Self { number, identity }
+        Self { number, identity, versions: version::SPOKEN }
     }
 
     /// Registers with the directory, publishing `listen`; the session lasts as long as what is
@@ -156,28 +296,36 @@ impl BarePeer {
         key: whatsap2p_client::PublicKey,
         addr: SocketAddr,
     ) -> Session<TcpStream> {
-        let stream = TcpStream::connect(addr).await.expect("dialing the client");
-        // As the client's own links: on a paused clock, Nagle's wait for an acknowledgement would
-        // be real time during which virtual time runs on.
-        stream.set_nodelay(true).expect("nodelay");
-        whatsap2p_client::handshake::dial_peer(stream, &self.identity, &self.number, client, key, addr)
+        let dial = || async move {
+            let stream = TcpStream::connect(addr).await.expect("dialing the client");
+            // As the client's own links: on a paused clock, Nagle's wait for an acknowledgement
+            // would be real time during which virtual time runs on.
+            stream.set_nodelay(true).expect("nodelay");
+            Ok(stream)
+        };
+        let stream = dial().await.expect("dialing the client");
+        let (me, identity) = (&self.number, &self.identity);
+        whatsap2p_client::handshake::dial_peer(stream, dial, identity, me, client, key, addr, self.versions)
             .await
             .expect("handshake with the client")
+            .session
     }
 
     /// Answers a client that dialed us on `stream`, trusting whoever it proves to be.
     pub async fn answer(&self, stream: TcpStream, addr: SocketAddr) -> Session<TcpStream> {
         stream.set_nodelay(true).expect("nodelay");
-        let (_, _, session) = whatsap2p_client::handshake::accept_peer(
+        whatsap2p_client::handshake::accept_peer(
             stream,
             &self.identity,
             &self.number,
             addr,
+            self.versions,
             |_, _| async { Ok(()) },
         )
         .await
-        .expect("handshake with the dialing client");
-        session
+        .expect("handshake with the dialing client")
+        .linked
+        .session
     }
 }
 

@@ -19,7 +19,8 @@ use whatsap2p_link::{Handshake, SessionReader, SessionWriter, StaticKeypair};
 use whatsap2p_proto::codec::decode_struct;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::{Hello, Purpose, ServerHello};
-use whatsap2p_proto::{IdentityProof, Number, PROTOCOL_VERSION};
+use whatsap2p_proto::version::{self, HelloForm, NoCommonVersion, ReplyError, Versions};
+use whatsap2p_proto::{IdentityProof, Number};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
@@ -42,6 +43,8 @@ use whatsap2p_server::Directory;
 /// How long any one expected event may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+// Not every test file starts a Redis.
+#[allow(unused_imports)]
 pub use whatsap2p_server::testing::Redis;
 
 /// A directory instance in this process.
@@ -95,7 +98,7 @@ impl Instance {
         Instance::memory_with(key, config()).await
     }
 
-    /// The same with other limits.
+    /// The same with other limits (or other protocol versions).
     pub async fn memory_with(key: &StaticKeypair, config: Config) -> Instance {
         let data = tempfile::tempdir().expect("tempdir");
         let ids = SqliteIdentities::open(&data.path().join("ids.sqlite")).expect("db");
@@ -174,14 +177,63 @@ pub struct Session {
     pub reachability: Option<ServerToClient>,
 }
 
+/// The answer to a Hello, message 2, as the initiator reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// After a v3 Hello: the reply, and the ServerHello that follows it (if any).
+    V3(Result<u16, NoCommonVersion>, Option<ServerHello>),
+    /// After a v2 Hello: the ServerHello.
+    V2(ServerHello),
+    /// The server closed the connection without message 2.
+    Closed,
+}
+
+/// Sends `hello` (a payload, in either form) as message 1 for `account`, reads message 2 as an
+/// initiator that speaks `ours`; returns the handshake to go on with.
+pub async fn hello(
+    server: SocketAddr,
+    account: &Account,
+    hello: &[u8],
+    ours: Versions,
+) -> (Handshake<TcpStream>, Answer) {
+    let stream = TcpStream::connect(server).await.expect("connect");
+    let mut hs = Handshake::initiator(stream, &account.noise).expect("handshake");
+    hs.send(hello).await.expect("send hello");
+    let message_2 = match tokio::time::timeout(TIMEOUT, hs.recv()).await.expect("message 2 in time") {
+        Ok(m) => m,
+        Err(_) => return (hs, Answer::Closed),
+    };
+    let answer = match version::read_hello(hello).expect("a hello").form {
+        HelloForm::V2 => Answer::V2(decode_struct(&message_2).expect("server hello")),
+        HelloForm::V3 => match version::read_reply(ours, &message_2) {
+            Ok((agreed, rest)) => Answer::V3(Ok(agreed), Some(decode_struct(rest).expect("server hello"))),
+            Err(ReplyError::NoCommonVersion(none)) => Answer::V3(Err(none), None),
+            Err(e) => panic!("a bad reply: {e}"),
+        },
+    };
+    (hs, answer)
+}
+
 impl Session {
-    /// Connects and runs the handshake with `account`'s proof.
+    /// Connects and runs the handshake with `account`'s proof, as the client does: the v3 Hello.
     pub async fn connect(server: SocketAddr, account: &Account) -> Session {
-        let stream = TcpStream::connect(server).await.expect("connect");
-        let mut hs = Handshake::initiator(stream, &account.noise).expect("handshake");
-        let hello = Hello { version: PROTOCOL_VERSION, purpose: Purpose::Directory };
-        hs.send(&whatsap2p_proto::encode(&hello).expect("hello")).await.expect("send hello");
-        let _: ServerHello = decode_struct(&hs.recv().await.expect("server hello")).expect("decode");
+        let v3 = version::hello(Purpose::Directory, version::SPOKEN).expect("hello");
+        let (hs, answer) = hello(server, account, &v3, version::SPOKEN).await;
+        assert!(matches!(answer, Answer::V3(Ok(3), Some(ServerHello { version: 3, .. }))), "{answer:?}");
+        Session::prove(hs, account).await
+    }
+
+    /// The same as a client from before version 3: the v2 Hello.
+    pub async fn connect_v2(server: SocketAddr, account: &Account) -> Session {
+        let v2 = whatsap2p_proto::encode(&Hello { version: version::V2, purpose: Purpose::Directory })
+            .expect("hello");
+        let (hs, answer) = hello(server, account, &v2, Versions::only(version::V2)).await;
+        assert!(matches!(answer, Answer::V2(ServerHello { version: 2, .. })), "{answer:?}");
+        Session::prove(hs, account).await
+    }
+
+    /// Message 3: the identity proof.
+    pub async fn prove(mut hs: Handshake<TcpStream>, account: &Account) -> Session {
         let proof = IdentityProof::sign(
             &account.signing,
             account.number.clone(),

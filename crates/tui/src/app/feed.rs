@@ -275,6 +275,10 @@ impl App {
                 self.directory = Directory::Connected;
                 self.say("reconnected to the directory");
             }
+            Event::Replaced { message } => {
+                self.directory = Directory::Replaced;
+                self.complain(message);
+            }
             Event::Progress { id, bytes, total } => {
                 self.transfers
                     .entry(id)

@@ -60,6 +60,8 @@ pub enum Directory {
     Connected,
     /// Lost; the client is reconnecting.
     Reconnecting,
+    /// Another copy of this profile took the number; the client stopped talking to the directory.
+    Replaced,
 }
 
 /// Where keys go when the input is empty.

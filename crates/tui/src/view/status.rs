@@ -24,6 +24,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     let (state, style) = match app.directory {
         Directory::Connected => ("● connected", bar.fg(Color::LightGreen)),
         Directory::Reconnecting => ("◌ reconnecting…", bar.fg(Color::LightRed).add_modifier(Modifier::BOLD)),
+        Directory::Replaced => ("✕ replaced", bar.fg(Color::LightRed).add_modifier(Modifier::BOLD)),
     };
     let room = |x: u16| width.saturating_sub(usize::from(x - area.x));
     let (x, _) = buf.set_stringn(x, area.y, state, room(x), style);
