@@ -83,7 +83,10 @@ fn slash(addr: std::net::SocketAddr) -> String {
 
 fn describe(p: &Presence) -> String {
     match p.online {
-        Some(addr) => format!("{} - Online ({})", p.number, slash(addr)),
+        Some(addr) => match p.path {
+            Some(path) => format!("{} - Online ({}) · {}", p.number, slash(addr), path.detail()),
+            None => format!("{} - Online ({})", p.number, slash(addr)),
+        },
         None => format!("{} - Offline", p.number),
     }
 }

@@ -7,6 +7,7 @@ use whatsap2p_proto::group::GroupId;
 use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::groups::Group;
+use crate::link::Path;
 
 /// Something the user should see.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,14 @@ pub enum Event {
         number: Number,
         /// Where it listens, if online.
         online: Option<SocketAddr>,
+    },
+    /// The link to a peer now goes another way (the first link, a move from the relay to a direct
+    /// path, …).
+    Path {
+        /// The peer.
+        number: Number,
+        /// Which way the link goes now.
+        path: Path,
     },
     /// A security-relevant refusal nobody asked about (a peer with the wrong key, say).
     Warning {
@@ -162,6 +171,8 @@ pub struct Presence {
     pub online: Option<SocketAddr>,
     /// Its identity key, if it ever registered.
     pub key: Option<PublicKey>,
+    /// Which way our live link to it goes, if we have one.
+    pub path: Option<Path>,
 }
 
 /// A contact and its status.

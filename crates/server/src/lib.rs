@@ -19,6 +19,7 @@
 //! - [`session`]: one client's session, from handshake to logout; `session::nat` its version 3
 //!   requests (announce, introduce, relay).
 //! - [`probes`]: the UDP port: probe tokens of live sessions, and their observed addresses.
+//! - [`meetings`]: the version 3 sessions that may be introduced, and how to push them a message.
 //! - [`roster`]: this instance's sessions by number, to end one that another replaced.
 //! - [`watchers`]: presence subscriptions and pushes.
 //! - [`metrics`]: counters for operators, and their HTTP endpoint.
@@ -33,6 +34,7 @@
 
 pub mod config;
 pub mod identities;
+pub mod meetings;
 pub mod metrics;
 pub mod presence;
 pub mod probes;
@@ -110,6 +112,8 @@ pub struct Directory {
     pub metrics: Arc<Metrics>,
     /// Probe tokens of this instance's sessions, and what their probes showed.
     pub probes: Arc<probes::Probes>,
+    /// This instance's version 3 sessions, for introductions and relay offers.
+    pub meetings: meetings::Meetings,
     /// Seals relay tickets and makes probe tokens (derived from `key`, so the relays check them).
     pub relay_keys: RelayKeys,
     /// Cancelled when the server shuts down (a session's own token is a child of it).
@@ -148,6 +152,7 @@ impl Directory {
             feed: Default::default(),
             metrics_listener: None,
             probes: Default::default(),
+            meetings: Default::default(),
             udp: None,
             udp_port: None,
         }

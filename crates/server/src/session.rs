@@ -283,8 +283,10 @@ struct Online<'d> {
     batch: Vec<u8>,
     /// Lookups among them, for the metrics.
     looked_up: u32,
-    /// The token this session's UDP probes carry, once it was told it (see `nat`).
+    /// The token this session's UDP probes carry: set for version 3 sessions (see `nat`).
     token: Option<whatsap2p_proto::nat::ProbeToken>,
+    /// Introductions and relay requests asked for lately (see `nat`).
+    meetings: nat::MeetingRate,
 }
 
 impl<'d> Online<'d> {
@@ -314,6 +316,7 @@ impl<'d> Online<'d> {
             batch: Vec::new(),
             looked_up: 0,
             token: None,
+            meetings: Default::default(),
         })
     }
 
@@ -330,12 +333,11 @@ impl<'d> Online<'d> {
         }
         info!("Connected: {}", self.number);
         self.dir.metrics.session_opened(true);
-        if self.reachability_timing() == nat::Timing::AfterHandshake {
-            let reachability = self.reachability();
-            if let Err(e) = self.writer.send_msg(&reachability).await {
-                Box::pin(self.close(e.into())).await;
-                return;
-            }
+        // Right after the handshake, before any answer: a version 3 client reads it first. Boxed,
+        // like every phase but the wait for requests (see the module's comment).
+        if let Err(e) = Box::pin(self.send_reachability()).await {
+            Box::pin(self.close(e.into())).await;
+            return;
         }
         let end = self.requests(&cancel).await;
         Box::pin(self.close(end)).await;
@@ -462,17 +464,7 @@ impl<'d> Online<'d> {
     async fn answer(&mut self, msg: ClientToServer) -> Result<Option<Received>, End> {
         let (dir, number, addr) = (self.dir, &self.number, self.addr);
         let reply = match msg {
-            ClientToServer::Register { listen } => {
-                let registered = Box::pin(self.register(listen)).await?;
-                let first = matches!(registered, ServerToClient::Registered { .. }) && self.token.is_none();
-                if first && self.reachability_timing() == nat::Timing::AfterFirstRegister {
-                    self.writer.feed_msg(&registered).await?;
-                    self.unflushed += 1;
-                    Some(self.reachability())
-                } else {
-                    Some(registered)
-                }
-            }
+            ClientToServer::Register { listen } => Some(Box::pin(self.register(listen)).await?),
             ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
                 info!("Request from {} {}", addr.ip(), addr.port());
                 let wanted = match Number::try_from(&wanted) {
@@ -522,6 +514,11 @@ impl<'d> Online<'d> {
                 Some(ServerToClient::HeartbeatAck)
             }
             ClientToServer::Logout => return Err(End::Logout),
+            ClientToServer::Announce { candidates, nat } => self.announce(candidates, nat),
+            ClientToServer::Introduce { req, number } => Some(self.introduce(req, number)),
+            ClientToServer::RelayRequest { req, number, reason } => {
+                Some(self.relay_request(req, number, reason))
+            }
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
         if let Some(reply) = reply {
@@ -581,6 +578,9 @@ impl<'d> Online<'d> {
                 if self.location.replace(location).is_none() {
                     dir.metrics.registered();
                 }
+                if self.token.is_some() {
+                    dir.meetings.registered(number, self.session, listen);
+                }
                 if let Some(change) = applied {
                     dir.apply(change).await;
                 }
@@ -628,12 +628,10 @@ impl<'d> Online<'d> {
     /// Takes the user offline (if this session still owns its presence), tells watchers, logs why
     /// and closes the connection.
     async fn close(&mut self, end: End) {
+        self.leave_meetings();
         let (dir, number) = (self.dir, &self.number);
         dir.watchers.unwatch(self.session, &self.watched);
         dir.roster.leave(number, self.session);
-        if let Some(token) = &self.token {
-            dir.probes.forget(token);
-        }
         dir.metrics.session_opened(false);
         if self.location.is_some() {
             dir.metrics.went_offline();

@@ -23,7 +23,7 @@ use whatsap2p_client::{
 };
 
 use crate::backend::{
-    Added, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt,
+    Added, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt, Route,
 };
 use crate::clock::now_ms;
 
@@ -201,7 +201,7 @@ impl Backend for ClientBackend {
             list.push(Conversation {
                 name: contact.number.to_string(),
                 online: if contact.online.is_some() { Online::Yes } else { self.online(&contact.number) },
-                route: None,
+                route: contact.path.map(|p| if p.is_direct() { Route::Direct } else { Route::Relayed }),
                 unread,
                 last,
                 last_activity_ms: at,

@@ -4,6 +4,10 @@
 //! One instance keeps everything itself (presence in memory, bindings in SQLite under the data
 //! dir). With `--store redis://…`, it is one of the instances of a directory sharing that Redis;
 //! they must also share the server key (`--key-file`). See `docs/operators.md`.
+//!
+//! The relay (for clients that cannot reach each other directly) runs in the same process by
+//! default, on the next port; `--relay-only` runs it alone, `--no-relay` not at all, and `--relay`
+//! points clients at one that runs elsewhere with the same key file.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -62,6 +66,23 @@ struct Args {
     /// address and port number as TCP; clients behind NATs need it to be reached directly).
     #[arg(long)]
     no_udp: bool,
+    /// TCP port of the relay run in this process (it answers UDP probes on the same port number)
+    /// [default: the directory's PORT + 1; 0 picks a free one].
+    #[arg(long)]
+    relay_port: Option<u16>,
+    /// Run no relay: clients that cannot reach each other directly are not linked (unless
+    /// `--relay` names one elsewhere).
+    #[arg(long)]
+    no_relay: bool,
+    /// Tell clients to use the relay at this address (one started with `--relay-only` and the
+    /// same key file) instead of running one here.
+    #[arg(long, conflicts_with_all = ["no_relay", "relay_only"])]
+    relay: Option<SocketAddr>,
+    /// Run only the relay, on `--relay-port` [default: PORT], checking tickets with the server
+    /// key (`--key-file`: the directory's, for the directory to point clients at it with
+    /// `--relay`).
+    #[arg(long, conflicts_with = "no_relay")]
+    relay_only: bool,
     /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
     /// speaks]. Hidden: only to see how clients meet a directory older or newer than they are.
     #[arg(long, hide = true)]
@@ -85,7 +106,22 @@ struct FileConfig {
     handshake_timeout: Option<f64>,
     max_connections: Option<usize>,
     no_udp: Option<bool>,
+    relay_port: Option<u16>,
+    no_relay: Option<bool>,
+    relay: Option<SocketAddr>,
+    relay_only: Option<bool>,
     protocol_versions: Option<String>,
+}
+
+/// Where the relay is, for the directory's clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RelaySetting {
+    /// None.
+    Off,
+    /// In this process, on this port.
+    Here(u16),
+    /// Elsewhere.
+    At(SocketAddr),
 }
 
 /// Every setting, resolved.
@@ -97,6 +133,8 @@ struct Settings {
     store: Option<String>,
     metrics: Option<SocketAddr>,
     udp: bool,
+    relay: RelaySetting,
+    relay_only: bool,
     config: Config,
 }
 
@@ -126,6 +164,10 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
     let Some(port) = args.port.or(file.port) else {
         bail!("no port: give it as the first argument or as `port` in the config file");
     };
+    let relay_only = args.relay_only || file.relay_only.unwrap_or(false);
+    if relay_only && (args.relay.is_some() || file.relay.is_some() || file.no_relay == Some(true)) {
+        bail!("--relay-only runs the relay here: it goes with neither --relay nor --no-relay");
+    }
     let secs = |flag: Option<f64>, file: Option<f64>, name, default| {
         flag.or(file).map_or(Ok(default), |s| seconds(s, name))
     };
@@ -137,6 +179,18 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
         store: args.store.or(file.store),
         metrics: args.metrics.or(file.metrics),
         udp: !(args.no_udp || file.no_udp.unwrap_or(false)),
+        relay: match (args.relay.or(file.relay), args.no_relay || file.no_relay.unwrap_or(false)) {
+            (Some(addr), _) => RelaySetting::At(addr),
+            (None, true) => RelaySetting::Off,
+            // Alone, the relay takes the port given; beside the directory, the next one.
+            (None, false) if relay_only => {
+                RelaySetting::Here(args.relay_port.or(file.relay_port).unwrap_or(port))
+            }
+            (None, false) => RelaySetting::Here(
+                args.relay_port.or(file.relay_port).unwrap_or_else(|| port.wrapping_add(1)),
+            ),
+        },
+        relay_only,
         config: Config {
             heartbeat_timeout: secs(
                 args.heartbeat_timeout,
@@ -180,6 +234,38 @@ async fn main() -> anyhow::Result<()> {
         None => server_key::load_or_create(&s.data_dir)?,
     };
     let metrics = Arc::new(if s.store.is_some() { Metrics::with_shared_store() } else { Metrics::new() });
+    // Ctrl-C or SIGTERM ends the directory and the relay alike.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        whatsap2p_cli::shutdown_signal().await;
+        signal.cancel();
+    });
+    let relay = match s.relay {
+        RelaySetting::Here(port) => {
+            let (task, addr) = start_relay(&s, port, key.private(), metrics.clone(), stop.clone()).await?;
+            // Unspecified: clients use the address they reached the directory at.
+            Some((Some(task), SocketAddr::new(IpAddr::from([0, 0, 0, 0]), addr.port())))
+        }
+        RelaySetting::At(addr) => {
+            info!("Clients are told to use the relay at {addr}");
+            Some((None, addr))
+        }
+        RelaySetting::Off => {
+            info!("No relay (--no-relay): clients that cannot reach each other directly are not linked");
+            None
+        }
+    };
+    if s.relay_only {
+        info!("Server key fingerprint: {}", key.public().fingerprint());
+        if let Some((Some(task), _)) = relay {
+            task.await?;
+        }
+        info!("Relay stopped");
+        return Ok(());
+    }
+    let mut s = s;
+    s.config.relay = relay.as_ref().map(|(_, addr)| *addr);
     let directory = match &s.store {
         None => {
             let db = s.data_dir.join("identities.sqlite");
@@ -230,9 +316,41 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("Listening on {local}");
     info!("Server online");
-    whatsap2p_server::run(listener, directory, whatsap2p_cli::shutdown_signal()).await?;
+    whatsap2p_server::run(listener, directory, stop.clone().cancelled_owned()).await?;
+    stop.cancel();
+    if let Some((Some(task), _)) = relay {
+        task.await?;
+    }
     info!("Server stopped");
     Ok(())
+}
+
+/// Binds the relay (TCP, and UDP probes on the same port number) on `port` and runs it until
+/// `stop`; returns its task and address.
+async fn start_relay(
+    s: &Settings,
+    port: u16,
+    server_private: &[u8; 32],
+    metrics: Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(s.bind, port)).await.with_context(|| {
+        format!("binding the relay at {}:{port} (--relay-port to move it, --no-relay)", s.bind)
+    })?;
+    let addr = listener.local_addr()?;
+    let udp = if s.udp {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding UDP {addr} for the relay's address probes (--no-udp)"))?;
+        Some(udp)
+    } else {
+        None
+    };
+    let keys = whatsap2p_relay::RelayKeys::derive(server_private);
+    let relay = whatsap2p_relay::Relay::new(keys, whatsap2p_relay::Limits::default(), metrics);
+    info!("Relay listening on {addr}");
+    let task = tokio::spawn(whatsap2p_relay::run(listener, udp, relay, stop.cancelled_owned()));
+    Ok((task, addr))
 }
 
 #[cfg(test)]

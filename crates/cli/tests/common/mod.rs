@@ -332,15 +332,16 @@ impl Client {
 
     /// [`Client::spawn`] with the server given as `host` (an IP or a host name).
     pub fn spawn_to(host: &str, server_port: u16, number: &str, profile: &Path, extra: &[&str]) -> Client {
-        let mut child = Command::new(CLIENT_BIN)
-            .arg("--json")
-            .arg("--profile")
-            .arg(profile)
-            .arg("--number")
-            .arg(number)
-            .args(extra)
-            .arg(host)
-            .arg(server_port.to_string())
+        let mut command = Command::new(CLIENT_BIN);
+        command.arg("--json").arg("--profile").arg(profile).arg("--number").arg(number).args(extra);
+        command.arg(host).arg(server_port.to_string());
+        Client::from_command(command, number)
+    }
+
+    /// Spawns `command` (a `whatsap2p --json` command line, made elsewhere: inside a lab host, say)
+    /// as the client `number`, without waiting for anything.
+    pub fn from_command(mut command: Command, number: &str) -> Client {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
