@@ -8,6 +8,7 @@
 //! - two clients behind one router: direct on the LAN.
 //! - upgrade: a pair starts relayed (UDP blocked), UDP is let through, and the link moves to a direct
 //!   path while numbered messages flow: each arrives once, in order.
+//! - a peer without version 3 (outside the lab: on loopback) links over TCP as before.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{is, Client, Lines, CLIENT_BIN, SERVER_BIN, TIMEOUT};
+use common::{is, Client, Lines, Server, CLIENT_BIN, SERVER_BIN, TIMEOUT};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::process::Child;
@@ -86,7 +87,7 @@ async fn client(host: &Host, server: &LabServer, number: &str, profiles: &TempDi
 /// Waits for `c`'s `path` event about `peer`.
 async fn path_to(c: &mut Client, peer: &str) -> Value {
     let peer = peer.to_owned();
-    c.expect_within(LINK_WAIT, "path", move |v| is(v, "path") && v["number"] == peer.as_str()).await
+    c.seen_or_expect("path", move |v| is(v, "path") && v["number"] == peer.as_str()).await
 }
 
 /// Sends `text` and waits until it is delivered.
@@ -152,6 +153,28 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `c` accepts files from `number`.
+async fn add_contact(c: &mut Client, number: &str) {
+    c.send(json!({"cmd": "add_contact", "number": number})).await;
+    let v = c.reply("contact_added", |v| is(v, "contact_added")).await;
+    assert!(is(&v, "contact_added"), "{}: add_contact {number} failed: {v}", c.number);
+}
+
+/// Sends a file of `size` noise bytes from `from` to `to` and waits until it arrives intact;
+/// returns its bytes.
+async fn deliver_file(from: &mut Client, to: &mut Client, size: usize) -> Vec<u8> {
+    add_contact(to, &from.number.clone()).await;
+    let dir = common::tempdir();
+    let photo = dir.path().join("photo.jpg");
+    let bytes = common::noise_bytes(7, size);
+    std::fs::write(&photo, &bytes).expect("writing the photo");
+    from.send(json!({"cmd": "send_file", "to": to.number, "path": photo})).await;
+    let got = to.expect_within(Duration::from_secs(60), "file_received", |v| is(v, "file_received")).await;
+    assert_eq!(got["size"], bytes.len() as u64, "{got}");
+    assert_eq!(got["blake3"], blake3::hash(&bytes).to_hex().as_str(), "{got}");
+    bytes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_two_cone_nats_then_the_link_is_punched_over_udp_and_carries_texts_and_a_photo() {
     let Some(mut lab) = lab() else { return };
@@ -166,6 +189,9 @@ async fn given_two_cone_nats_then_the_link_is_punched_over_udp_and_carries_texts
     assert_eq!(alice.online["nat"], "cone", "{}", alice.online);
     deliver(&mut alice, &mut bob, "hello through two NATs").await;
     let path = path_to(&mut alice, "222").await;
+    if path["path"] != "direct" {
+        panic!("{path}\n{}\n{}\nserver:\n{}", alice.report(), bob.report(), server.stdout.tail(40));
+    }
     assert_eq!((path["path"].as_str(), path["transport"].as_str()), (Some("direct"), Some("udp")), "{path}");
     assert_eq!(path["lan"], false, "{path}");
     let theirs = path_to(&mut bob, "111").await;
@@ -175,17 +201,20 @@ async fn given_two_cone_nats_then_the_link_is_punched_over_udp_and_carries_texts
         "{theirs}"
     );
     deliver(&mut bob, &mut alice, "and back").await;
-    // A 20 MiB photo on the punched path.
-    let dir = common::tempdir();
-    let photo = dir.path().join("photo.jpg");
-    let bytes = common::noise_bytes(7, 20 * 1024 * 1024);
-    std::fs::write(&photo, &bytes).expect("writing the photo");
-    alice.send(json!({"cmd": "send_file", "to": "222", "path": photo})).await;
-    let got = bob.expect_within(Duration::from_secs(60), "file_received", |v| is(v, "file_received")).await;
-    assert_eq!(got["size"], bytes.len() as u64, "{got}");
-    assert_eq!(got["blake3"], blake3::hash(&bytes).to_hex().as_str(), "{got}");
-    alice.send(json!({"cmd": "contacts"})).await;
-    let _ = alice.reply("contacts", |v| is(v, "contacts")).await;
+    deliver_file(&mut alice, &mut bob, 20 * 1024 * 1024).await;
+    // Still the one punched path, and the directory never offered the relay: it carried nothing.
+    bob.send(json!({"cmd": "contacts"})).await;
+    let contacts = bob.reply("contacts", |v| is(v, "contacts")).await;
+    let entry =
+        contacts["contacts"].as_array().and_then(|a| a.iter().find(|c| c["number"] == "111")).cloned();
+    let entry = entry.unwrap_or_else(|| panic!("111 not in {contacts}"));
+    assert_eq!(
+        (entry["path"].as_str(), entry["transport"].as_str()),
+        (Some("direct"), Some("udp")),
+        "{entry}"
+    );
+    let offers = server.stdout.count(|l| l.contains("Relay offered"));
+    assert_eq!(offers, 0, "the relay was offered:\n{}", server.stdout.tail(30));
 }
 
 /// Two clients behind NATs of these kinds reach each other through the relay, which sees no
@@ -206,17 +235,27 @@ async fn relayed(n1: Nat, n2: Nat, reason: &str) {
     let path = path_to(&mut alice, "222").await;
     assert_eq!((path["path"].as_str(), path["reason"].as_str()), (Some("relayed"), Some(reason)), "{path}");
     let theirs = path_to(&mut bob, "111").await;
-    assert_eq!(theirs["path"], "relayed", "{theirs}");
+    assert_eq!(
+        (theirs["path"].as_str(), theirs["reason"].as_str()),
+        (Some("relayed"), Some(reason)),
+        "{theirs}"
+    );
     let reply = "an answer just as secret";
     deliver(&mut bob, &mut alice, reply).await;
+    let file = deliver_file(&mut alice, &mut bob, 1024 * 1024).await;
     let seen = capture.bytes().await;
-    assert!(seen.len() > 1000, "the capture holds {} bytes: nothing went through the relay?", seen.len());
+    assert!(
+        seen.len() > file.len(),
+        "the capture holds {} bytes: the file did not go through the relay?",
+        seen.len()
+    );
     assert!(
         !contains(&seen, secret.as_bytes()) && !contains(&seen, reply.as_bytes()),
         "plaintext on the relay"
     );
-    // The server logs the pair without content.
-    let _ = server.stdout.snapshot();
+    for at in [0, file.len() / 2, file.len() - 64] {
+        assert!(!contains(&seen, &file[at..at + 64]), "the file's bytes at {at} in clear on the relay");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +281,9 @@ async fn given_two_clients_behind_one_router_then_they_link_directly_on_the_lan(
     deliver(&mut alice, &mut bob, "next door").await;
     let path = path_to(&mut alice, "222").await;
     assert_eq!((path["path"].as_str(), path["lan"].as_bool()), (Some("direct"), Some(true)), "{path}");
+    // Linked at bob's LAN address, not hairpinned through the router's public one.
+    let line = alice.stderr.wait_for(TIMEOUT, |l| l.contains("linked to 222 at")).await.expect("linked line");
+    assert!(line.contains(&format!("at {}:", h2.ip)), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,22 +301,26 @@ async fn given_a_relayed_link_when_udp_opens_then_it_moves_to_direct_without_los
     assert_eq!(alice.online["nat"], "no_udp", "{}", alice.online);
     deliver(&mut alice, &mut bob, "m0").await;
     let path = path_to(&mut alice, "222").await;
-    assert_eq!(path["path"], "relayed", "{path}");
+    assert_eq!(
+        (path["path"].as_str(), path["reason"].as_str()),
+        (Some("relayed"), Some("udp_blocked")),
+        "{path}"
+    );
     r1.allow_udp().expect("allowing UDP");
     // Numbered messages flow while the link looks for a direct path, and a while after.
     let mut sent = 1;
     let mut moved_at = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while moved_at.is_none_or(|m| sent < m + 20) {
-        assert!(tokio::time::Instant::now() < deadline, "never moved to a direct path\n{}", alice.report());
+        if tokio::time::Instant::now() > deadline {
+            panic!("never moved to a direct path\n{}\n{}", alice.report(), bob.report());
+        }
         alice.send(json!({"cmd": "send", "to": "222", "text": format!("m{sent}")})).await;
         sent += 1;
         let moved = tokio::time::timeout(Duration::from_millis(100), async {
             loop {
-                let v = alice
-                    .expect_within(Duration::from_secs(3600), "path", |v| is(v, "path") || is(v, "error"))
-                    .await;
-                if is(&v, "path") && v["path"] == "direct" {
+                let v = alice.expect_within(Duration::from_secs(3600), "path", |v| is(v, "path")).await;
+                if v["path"] == "direct" {
                     return v;
                 }
             }
@@ -285,18 +331,36 @@ async fn given_a_relayed_link_when_udp_opens_then_it_moves_to_direct_without_los
             moved_at = Some(sent);
         }
     }
-    // Every message reaches bob once, in order.
-    let mut got = Vec::new();
-    while got.len() < sent {
-        let v = bob.expect_within(Duration::from_secs(30), "message", |v| is(v, "message")).await;
-        got.push(v["text"].as_str().expect("text").to_owned());
+    // Every message reaches bob once, in order (m0 was read by `deliver` already).
+    let texts = |bob: &mut Client| -> Vec<String> {
+        let events = bob.events_so_far();
+        events
+            .iter()
+            .filter(|v| is(v, "message"))
+            .filter_map(|v| v["text"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while texts(&mut bob).len() < sent && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let want: Vec<String> = (0..sent).map(|k| format!("m{k}")).collect();
-    assert_eq!(got, want);
     // And nothing more comes.
-    let before = bob.events_so_far().len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let extra: Vec<Value> =
-        bob.events_so_far().split_off(before).into_iter().filter(|v| is(v, "message")).collect();
-    assert!(extra.is_empty(), "duplicates: {extra:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let want: Vec<String> = (0..sent).map(|k| format!("m{k}")).collect();
+    assert_eq!(texts(&mut bob), want, "\n{}", alice.report());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_peer_without_version_3_then_it_links_over_tcp_as_before() {
+    let server = Server::start(&[]).await;
+    let profiles = common::tempdir();
+    let mut new = Client::start_with(server.port, "111", &profiles.path().join("111"), &[]).await;
+    let old_args = ["--protocol-versions", "2-2"];
+    let mut old = Client::start_with(server.port, "222", &profiles.path().join("222"), &old_args).await;
+    assert!(old.online.get("nat").is_none(), "a version 2 session measures nothing: {}", old.online);
+    deliver(&mut new, &mut old, "to the old one").await;
+    deliver(&mut old, &mut new, "and from it").await;
+    let path = path_to(&mut new, "222").await;
+    assert_eq!((path["path"].as_str(), path["transport"].as_str()), (Some("direct"), Some("tcp")), "{path}");
+    assert_eq!(server.stdout.count(|l| l.contains("Introduced") || l.contains("Relay offered")), 0);
 }

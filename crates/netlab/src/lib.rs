@@ -169,6 +169,24 @@ impl Lab {
             "ACCEPT",
         ])?;
         sh(&["iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP"])?;
+        // The same for packets to the router itself. Accepting them would make the kernel record
+        // an unsolicited packet to a public port as a flow of its own (answered by an ICMP error),
+        // and the LAN host's own later packets to that sender would then leave by another public
+        // port: both sides of a simultaneous UDP open would fail. Home routers drop them.
+        sh(&[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-i",
+            "wan",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ])?;
+        sh(&["iptables", "-A", "INPUT", "-i", "wan", "-j", "DROP"])?;
         Ok(Router { name: name.to_owned(), public_ip, lan_ip, nat, ns, hosts: 1 })
     }
 

@@ -186,9 +186,14 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
             (None, false) if relay_only => {
                 RelaySetting::Here(args.relay_port.or(file.relay_port).unwrap_or(port))
             }
-            (None, false) => RelaySetting::Here(
-                args.relay_port.or(file.relay_port).unwrap_or_else(|| port.wrapping_add(1)),
-            ),
+            // Any free port for the directory (0): any free one for the relay too.
+            (None, false) => {
+                RelaySetting::Here(args.relay_port.or(file.relay_port).unwrap_or(if port == 0 {
+                    0
+                } else {
+                    port.wrapping_add(1)
+                }))
+            }
         },
         relay_only,
         config: Config {

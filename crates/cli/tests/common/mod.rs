@@ -342,7 +342,7 @@ impl Client {
     /// as the client `number`, without waiting for anything.
     pub fn from_command(mut command: Command, number: &str) -> Client {
         let mut child = command
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("W2P_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
