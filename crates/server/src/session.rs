@@ -41,6 +41,8 @@ use crate::Directory;
 
 mod nat;
 
+pub use nat::{MAX_MEETINGS, MEETING_WINDOW};
+
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Most answers buffered before a write, when requests arrive pipelined.

@@ -250,6 +250,12 @@ impl Session {
         self.writer.send_msg(msg).await.expect("send");
     }
 
+    /// Sends `msg`, or says why the link would not.
+    #[allow(dead_code)] // Not every test file sends what a link refuses.
+    pub async fn try_send(&mut self, msg: &ClientToServer) -> Result<(), whatsap2p_link::LinkError> {
+        self.writer.send_msg(msg).await
+    }
+
     /// Registers as listening at `port` and returns the answer (`Registered` or `Refused`).
     pub async fn register(&mut self, port: u16) -> ServerToClient {
         self.send(&ClientToServer::Register { listen: SocketAddr::from(([127, 0, 0, 1], port)) }).await;
