@@ -378,6 +378,27 @@ mod tests {
     }
 
     #[test]
+    fn given_relay_settings_then_the_relay_is_beside_the_directory_alone_elsewhere_or_off() {
+        let relay = |args: Args, file: &str| {
+            let file: FileConfig = toml::from_str(file).expect("toml");
+            resolve(args, file).map(|s| (s.relay, s.relay_only))
+        };
+        let port = |p| Args { port: Some(p), ..Default::default() };
+        assert_eq!(relay(port(7000), "").expect("default"), (RelaySetting::Here(7001), false));
+        assert_eq!(relay(port(0), "").expect("any port"), (RelaySetting::Here(0), false), "never port 1");
+        assert_eq!(relay(port(7000), "relay-port = 7443").expect("file"), (RelaySetting::Here(7443), false));
+        let off = Args { no_relay: true, ..port(7000) };
+        assert_eq!(relay(off, "").expect("off"), (RelaySetting::Off, false));
+        let at: SocketAddr = "198.51.100.7:7001".parse().expect("addr");
+        let elsewhere = Args { relay: Some(at), ..port(7000) };
+        assert_eq!(relay(elsewhere, "").expect("elsewhere"), (RelaySetting::At(at), false));
+        let alone = Args { relay_only: true, ..port(7001) };
+        assert_eq!(relay(alone, "").expect("alone"), (RelaySetting::Here(7001), true));
+        let both = Args { relay_only: true, ..port(7001) };
+        assert!(relay(both, "no-relay = true").is_err(), "--relay-only with no-relay");
+    }
+
+    #[test]
     fn given_unknown_key_or_no_port_then_clear_errors() {
         let unknown = toml::from_str::<FileConfig>("prot = 7000").err().expect("refused").to_string();
         assert!(unknown.contains("prot"), "{unknown}");

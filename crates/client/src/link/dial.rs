@@ -95,6 +95,10 @@ impl Dialer<'_> {
             tokio::select! {
                 Some(done) = attempts.next() => match done {
                     Ok(won) => return Ok(won),
+                    // Someone on a path proved another identity (or a key that is not the
+                    // pinned one): said at once, as a direct dial always did, rather than hidden
+                    // behind the other paths' timeouts.
+                    Err(e) if serious(&e) => return Err(e),
                     Err(e) => {
                         debug!("a path to {to} failed: {e}");
                         errors.push(e);
@@ -184,7 +188,8 @@ impl Dialer<'_> {
     }
 
     async fn relayed(&self, to: &Number, expected: PublicKey, offer: RelayOffer) -> Result<Won, ClientError> {
-        let stream = transport::relay::connect(offer.relay, &offer.ticket, self.timeouts).await?;
+        let pairing = transport::relay::RELAY_PAIRING_ASKER;
+        let stream = transport::relay::connect(offer.relay, &offer.ticket, self.timeouts, pairing).await?;
         // A ticket pairs once: no second connection for a version 2 retry (a peer the directory
         // offered the relay to speaks version 3 anyway).
         let no_redial = || async { Err(ClientError::Timeout("a second relayed connection")) };
@@ -216,15 +221,13 @@ impl Dialer<'_> {
     }
 }
 
-/// The error to report when every path failed: one a person must act on (an identity refused)
-/// before the first path's.
+/// An error a person must act on: an identity refused.
+fn serious(e: &ClientError) -> bool {
+    matches!(e, ClientError::PeerIdentity { .. } | ClientError::KeyChanged { .. })
+}
+
+/// The error to report when every path failed: the first path's (serious ones end the race at
+/// once, see [`Dialer::race`]).
 fn pick(errors: Vec<ClientError>) -> ClientError {
-    let serious =
-        |e: &ClientError| matches!(e, ClientError::PeerIdentity { .. } | ClientError::KeyChanged { .. });
-    let mut errors = errors.into_iter();
-    let Some(first) = errors.next() else { return ClientError::Timeout("connecting to the peer") };
-    if serious(&first) {
-        return first;
-    }
-    errors.find(serious).unwrap_or(first)
+    errors.into_iter().next().unwrap_or(ClientError::Timeout("connecting to the peer"))
 }

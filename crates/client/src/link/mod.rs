@@ -462,7 +462,14 @@ impl Links {
         self.run(
             async move {
                 let timeouts = &links.0.parts.timeouts;
-                match crate::transport::relay::connect(offer.relay, &offer.ticket, timeouts).await {
+                match crate::transport::relay::connect(
+                    offer.relay,
+                    &offer.ticket,
+                    timeouts,
+                    crate::transport::relay::RELAY_PAIRING,
+                )
+                .await
+                {
                     Ok(stream) => {
                         let path = Path::Relayed { reason: offer.reason };
                         links.adopt(stream, offer.relay, path, Some(from), Some(permit)).await;
