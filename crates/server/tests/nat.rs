@@ -208,6 +208,11 @@ async fn given_bad_announcements_then_refused_with_an_error_and_the_session_stay
     let claimed = Candidate { source: Source::Observed, ..local_udp("192.0.2.1:9") };
     sa.send(&ClientToServer::Announce { candidates: vec![claimed], nat: NatKind::Cone }).await;
     sa.expect("an error", |m| matches!(m, ServerToClient::Error { req: None, .. })).await;
+    // Nor point peers at nothing, or at everyone.
+    for nowhere in ["0.0.0.0:5000", "10.0.0.2:0", "224.0.0.1:5000"] {
+        sa.send(&ClientToServer::Announce { candidates: vec![local_udp(nowhere)], nat: NatKind::Cone }).await;
+        sa.expect(nowhere, |m| matches!(m, ServerToClient::Error { req: None, .. })).await;
+    }
     // Ten thousand: more than a frame holds; the link refuses to send it, and nobody is hurt.
     let flood: Vec<Candidate> = (0..10_000u32)
         .map(|i| local_udp(&format!("10.{}.{}.{}:5000", i >> 16, (i >> 8) & 0xff, i & 0xff)))

@@ -89,6 +89,21 @@ impl Online<'_> {
             let message = "announced candidates are local ones; the directory adds what it observes".into();
             return Some(ServerToClient::Error { req: None, message });
         }
+        // Nothing a peer should ever send packets to: no port, no host, a group, or (from a client
+        // that is not itself on loopback) the peer's own machine.
+        let on_loopback = self.addr.ip().is_loopback();
+        let unusable = |c: &Candidate| {
+            let ip = c.addr.ip();
+            c.addr.port() == 0
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (ip.is_loopback() && !on_loopback)
+        };
+        if let Some(bad) = candidates.iter().find(|c| unusable(c)) {
+            warn!("Refusing {}'s announcement of {}", self.number, bad.addr);
+            let message = format!("{} is not an address peers can reach", bad.addr);
+            return Some(ServerToClient::Error { req: None, message });
+        }
         info!("{} announced {} candidates, NAT {nat:?}", self.number, candidates.len());
         self.dir.meetings.announced(&self.number, self.session, candidates, nat);
         None
