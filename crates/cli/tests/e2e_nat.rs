@@ -5,6 +5,8 @@
 //! - cone ↔ cone: a punched QUIC path; texts both ways and a 20 MiB photo.
 //! - symmetric ↔ symmetric, cone ↔ symmetric: through the relay, with the reason, and a capture on
 //!   the relay's host holds none of the plaintext.
+//! - a relay run alone (`--relay-only`, the directory's key file) that the directory points clients
+//!   at (`--relay`): the same as the relay beside the directory.
 //! - two clients behind one router: direct on the LAN.
 //! - upgrade: a pair starts relayed (UDP blocked), UDP is let through, and the link moves to a direct
 //!   path while numbered messages flow: each arrives once, in order.
@@ -48,14 +50,21 @@ struct LabServer {
 }
 
 impl LabServer {
+    /// The directory with its relay beside it.
     async fn start(lab: &mut Lab) -> LabServer {
         let host = lab.public_host("dir").expect("public host");
+        LabServer::spawn(host, PORT, &[], "[+] Server online").await
+    }
+
+    /// `whatsap2p-server PORT` with `extra` on `host`, once it printed `ready`.
+    async fn spawn(host: Host, port: u16, extra: &[&str], ready: &str) -> LabServer {
         let dir = common::tempdir();
         let mut child = host
             .tokio_command(SERVER_BIN)
             .args(["--bind", &host.ip.to_string(), "--data-dir"])
             .arg(dir.path())
-            .arg(PORT.to_string())
+            .args(extra)
+            .arg(port.to_string())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -66,7 +75,7 @@ impl LabServer {
             .expect("spawning the server");
         let stdout = Lines::collect(child.stdout.take().expect("stdout"));
         let stderr = Lines::collect(child.stderr.take().expect("stderr"));
-        if let Err(e) = stdout.wait_for(TIMEOUT, |l| l == "[+] Server online").await {
+        if let Err(e) = stdout.wait_for(TIMEOUT, |l| l.starts_with(ready)).await {
             panic!("server not online: {e}\n{}", stderr.tail(30));
         }
         LabServer { _child: child, host, stdout, _dir: dir }
@@ -120,10 +129,10 @@ struct Capture {
 }
 
 impl Capture {
-    async fn start(server: &LabServer) -> Capture {
+    async fn start(relay: &LabServer) -> Capture {
         let dir = common::tempdir();
         let file = dir.path().join("relay.pcap");
-        let mut child = server
+        let mut child = relay
             .host
             .tokio_command("tcpdump")
             .args(["-i", "any", "-U", "-s", "0", "-w"])
@@ -222,14 +231,19 @@ async fn given_two_cone_nats_then_the_link_is_punched_over_udp_and_carries_texts
 async fn relayed(n1: Nat, n2: Nat, reason: &str) {
     let Some(mut lab) = lab() else { return };
     let server = LabServer::start(&mut lab).await;
+    relayed_in(lab, &server, &server, n1, n2, reason).await;
+}
+
+/// [`relayed`] in `lab`, with the directory `server` and the relay on `relay`'s host.
+async fn relayed_in(mut lab: Lab, server: &LabServer, relay: &LabServer, n1: Nat, n2: Nat, reason: &str) {
     let mut r1 = lab.router("net1", n1).expect("router");
     let mut r2 = lab.router("net2", n2).expect("router");
     let (h1, h2) =
         (lab.host_behind(&mut r1, "alice").expect("host"), lab.host_behind(&mut r2, "bob").expect("host"));
     let profiles = common::tempdir();
-    let mut alice = client(&h1, &server, "111", &profiles).await;
-    let mut bob = client(&h2, &server, "222", &profiles).await;
-    let capture = Capture::start(&server).await;
+    let mut alice = client(&h1, server, "111", &profiles).await;
+    let mut bob = client(&h2, server, "222", &profiles).await;
+    let capture = Capture::start(relay).await;
     let secret = "the plaintext nobody on the way may read";
     deliver(&mut alice, &mut bob, secret).await;
     let path = path_to(&mut alice, "222").await;
@@ -266,6 +280,23 @@ async fn given_two_symmetric_nats_then_the_link_is_relayed_and_the_relay_sees_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_cone_and_a_symmetric_nat_then_the_link_is_relayed() {
     relayed(Nat::Cone, Nat::Symmetric, "symmetric").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_relay_run_alone_with_the_directory_key_then_the_directory_sends_clients_there() {
+    let Some(mut lab) = lab() else { return };
+    let keys = common::tempdir();
+    let key = keys.path().join("server.key");
+    let key = key.to_str().expect("utf-8 path");
+    let relay_host = lab.public_host("relay").expect("public host");
+    let relay_at = format!("{}:{}", relay_host.ip, PORT + 1);
+    let alone = ["--relay-only", "--key-file", key];
+    let relay = LabServer::spawn(relay_host, PORT + 1, &alone, "[+] Relay listening on").await;
+    let host = lab.public_host("dir").expect("public host");
+    let pointing = ["--relay", &relay_at, "--key-file", key];
+    let server = LabServer::spawn(host, PORT, &pointing, "[+] Server online").await;
+    relayed_in(lab, &server, &relay, Nat::Symmetric, Nat::Symmetric, "both_symmetric").await;
+    assert_eq!(server.stdout.count(|l| l.starts_with("[+] Relay listening")), 0, "a second relay ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
