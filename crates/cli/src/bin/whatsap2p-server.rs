@@ -70,8 +70,7 @@ struct Args {
     /// [default: the directory's PORT + 1; 0 picks a free one].
     #[arg(long)]
     relay_port: Option<u16>,
-    /// Run no relay: clients that cannot reach each other directly are not linked (unless
-    /// `--relay` names one elsewhere).
+    /// Run no relay: clients that cannot reach each other directly are not linked.
     #[arg(long)]
     no_relay: bool,
     /// Tell clients to use the relay at this address (one started with `--relay-only` and the
@@ -295,15 +294,10 @@ async fn main() -> anyhow::Result<()> {
             directory.with_metrics_listener(l)
         }
     };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(s.bind, s.port))
-        .await
-        .with_context(|| format!("binding {}:{}", s.bind, s.port))?;
+    // UDP on the same port number as TCP (the one picked for port 0): clients are told it.
+    let (listener, udp) = bind_tcp_and_udp(SocketAddr::new(s.bind, s.port), s.udp, "").await?;
     let local = listener.local_addr()?;
-    let directory = if s.udp {
-        // The same port number as TCP (the one picked for port 0): clients are told it.
-        let udp = tokio::net::UdpSocket::bind(local)
-            .await
-            .with_context(|| format!("binding UDP {local} for address probes (--no-udp to run without)"))?;
+    let directory = if let Some(udp) = udp {
         info!("Answering UDP address probes on {local}");
         directory.with_udp(udp)
     } else {
@@ -330,6 +324,33 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds TCP at `at` and, with `udp`, UDP on the same port number. For port 0 (any free one), tries
+/// ports until one is free for both: a free TCP port's UDP twin may be another program's.
+async fn bind_tcp_and_udp(
+    at: SocketAddr,
+    udp: bool,
+    what: &str,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::UdpSocket>)> {
+    const TRIES: usize = 50;
+    for _ in 0..TRIES {
+        let listener =
+            tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding {at}{what}"))?;
+        if !udp {
+            return Ok((listener, None));
+        }
+        let local = listener.local_addr()?;
+        match tokio::net::UdpSocket::bind(local).await {
+            Ok(socket) => return Ok((listener, Some(socket))),
+            Err(_) if at.port() == 0 => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("binding UDP {local}{what} for address probes (--no-udp)"))
+            }
+        }
+    }
+    bail!("no port free for both TCP and UDP at {at}{what} after {TRIES} tries (--no-udp)")
+}
+
 /// Binds the relay (TCP, and UDP probes on the same port number) on `port` and runs it until
 /// `stop`; returns its task and address.
 async fn start_relay(
@@ -339,18 +360,10 @@ async fn start_relay(
     metrics: Arc<Metrics>,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(s.bind, port)).await.with_context(|| {
-        format!("binding the relay at {}:{port} (--relay-port to move it, --no-relay)", s.bind)
-    })?;
+    let at = SocketAddr::new(s.bind, port);
+    let (listener, udp) =
+        bind_tcp_and_udp(at, s.udp, " for the relay (--relay-port to move it, --no-relay)").await?;
     let addr = listener.local_addr()?;
-    let udp = if s.udp {
-        let udp = tokio::net::UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding UDP {addr} for the relay's address probes (--no-udp)"))?;
-        Some(udp)
-    } else {
-        None
-    };
     let keys = whatsap2p_relay::RelayKeys::derive(server_private);
     let relay = whatsap2p_relay::Relay::new(keys, whatsap2p_relay::Limits::default(), metrics);
     info!("Relay listening on {addr}");

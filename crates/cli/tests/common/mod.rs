@@ -171,13 +171,17 @@ impl Server {
         s
     }
 
-    /// A server on `port` (0: a free one) using `data_dir`.
+    /// A server on `port` (0: a free one) using `data_dir`. Its relay takes a free port unless
+    /// `extra` says otherwise: the default, the next port, may be another test's.
     pub async fn start_in(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let relay_set = extra.iter().any(|a| a.starts_with("--relay") || *a == "--no-relay");
+        let relay: &[&str] = if relay_set { &[] } else { &["--relay-port", "0"] };
         let mut child = Command::new(SERVER_BIN)
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(relay)
             .args(extra)
             .arg(port.to_string())
             .env("RUST_LOG", "info")
