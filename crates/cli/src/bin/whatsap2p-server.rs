@@ -262,8 +262,22 @@ async fn main() -> anyhow::Result<()> {
     };
     if s.relay_only {
         info!("Server key fingerprint: {}", key.public().fingerprint());
+        let scrapes = match s.metrics {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?;
+                info!("Metrics at http://{}/metrics", l.local_addr()?);
+                Some(tokio::spawn(whatsap2p_server::metrics::serve(l, metrics.clone(), stop.clone())))
+            }
+        };
         if let Some((Some(task), _)) = relay {
             task.await?;
+        }
+        stop.cancel();
+        if let Some(scrapes) = scrapes {
+            scrapes.await?;
         }
         info!("Relay stopped");
         return Ok(());
