@@ -143,6 +143,7 @@ async fn measure(root: &Path, long: usize, runs: usize) -> anyhow::Result<Figure
         profile_dir,
         servers: vec![server.addr.into()],
         listen: ([127, 0, 0, 1], 0).into(),
+        listen_udp: 0,
         timeouts: Default::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use whatsap2p_client::{
-    Change, Client, ContactStatus, Event, FileFailCode, Group, GroupId, Number, Presence, Request,
-    RequestItem, SendOutcome, StoredMessage,
+    Change, Client, ContactStatus, Event, FileFailCode, Group, GroupId, NatKind, Number, Path, Presence,
+    RelayReason, Request, RequestItem, SendOutcome, StoredMessage, Transport,
 };
 
 use crate::event_loop::{FrontEnd, Step};
@@ -68,11 +68,14 @@ fn presence(p: &Presence) -> Value {
     if let Some(key) = p.key {
         v["key"] = json!(key.to_hex());
     }
+    if let (Some(path), Some(_)) = (p.path, p.online) {
+        add_path(&mut v, path);
+    }
     v
 }
 
 fn contact(c: &ContactStatus) -> Value {
-    let mut v = presence(&Presence { number: c.number.clone(), online: c.online, key: c.key });
+    let mut v = presence(&Presence { number: c.number.clone(), online: c.online, key: c.key, path: c.path });
     if let Some(name) = &c.name {
         v["name"] = json!(name);
     }
@@ -105,6 +108,45 @@ fn request(r: &Request) -> Value {
         "first_at_ms": r.first_at_ms,
         "items": r.items.iter().map(request_item).collect::<Vec<_>>(),
     })
+}
+
+/// `path`, `transport`, `detail` (and `lan` or `reason`) of a link's path, added to `v`.
+fn add_path(v: &mut Value, path: Path) {
+    v["path"] = json!(if path.is_direct() { "direct" } else { "relayed" });
+    v["transport"] = json!(transport_name(path.transport()));
+    v["detail"] = json!(path.detail());
+    match path {
+        Path::Relayed { reason } => v["reason"] = json!(relay_reason_name(reason)),
+        p => v["lan"] = json!(matches!(p, Path::DirectLan { .. })),
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        _ => "tcp",
+    }
+}
+
+fn relay_reason_name(r: RelayReason) -> &'static str {
+    match r {
+        RelayReason::BothSymmetric => "both_symmetric",
+        RelayReason::Symmetric => "symmetric",
+        RelayReason::UdpBlocked => "udp_blocked",
+        RelayReason::PunchTimedOut => "punch_timed_out",
+        RelayReason::NoDirectTransport => "no_direct_transport",
+        _ => "other",
+    }
+}
+
+fn nat_name(n: NatKind) -> &'static str {
+    match n {
+        NatKind::Open => "open",
+        NatKind::Cone => "cone",
+        NatKind::Symmetric => "symmetric",
+        NatKind::NoUdp => "no_udp",
+        _ => "unmeasured",
+    }
 }
 
 fn group_id(s: &str) -> anyhow::Result<GroupId> {
@@ -239,6 +281,11 @@ fn event(e: Event) -> Value {
         Event::Warning { message } => json!({"event": "warning", "message": message}),
         Event::DirectoryLost { reason } => json!({"event": "directory_lost", "reason": reason}),
         Event::Replaced { message } => json!({"event": "replaced", "message": message}),
+        Event::Path { number, path } => {
+            let mut v = json!({"event": "path", "number": number});
+            add_path(&mut v, path);
+            v
+        }
         other => json!({"event": "unknown", "debug": format!("{other:?}")}),
     }
 }
@@ -262,14 +309,18 @@ fn fail_code(code: FileFailCode) -> &'static str {
 
 /// Announces the client online.
 pub fn online(client: &Client) {
-    emit(&json!({
+    let mut v = json!({
         "event": "online",
         "number": client.number(),
         "listen": client.published_addr().to_string(),
         "key": client.identity_key().to_hex(),
         "server_key": client.server_key().to_hex(),
         "registered": client.directory_version().is_some(),
-    }));
+    });
+    if client.reaches_through_nats() {
+        v["nat"] = json!(nat_name(client.nat()));
+    }
+    emit(&v);
 }
 
 /// One input line as a command.

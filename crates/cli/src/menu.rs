@@ -167,7 +167,10 @@ fn addr(a: std::net::SocketAddr) -> String {
 
 fn describe(p: &Presence) -> String {
     match (p.online, p.key) {
-        (Some(a), _) => format!("{} - Online ({})", p.number, addr(a)),
+        (Some(a), _) => match p.path {
+            Some(path) => format!("{} - Online ({}) · {}", p.number, addr(a), path.detail()),
+            None => format!("{} - Online ({})", p.number, addr(a)),
+        },
         (None, Some(_)) => format!("{} - Offline", p.number),
         (None, None) => format!("{} - never registered (not a whatsap2p user yet)", p.number),
     }
@@ -454,7 +457,7 @@ async fn show_contacts(client: &Client) -> (Vec<String>, bool) {
         Ok(list) => {
             let mut out = vec!["[+] Contacts:".to_owned()];
             for c in list {
-                let p = Presence { number: c.number.clone(), online: c.online, key: c.key };
+                let p = Presence { number: c.number.clone(), online: c.online, key: c.key, path: c.path };
                 let line = describe(&p);
                 out.push(match c.name {
                     Some(name) => format!(
@@ -825,6 +828,12 @@ impl Menu {
                 Some(format!("[!] Lost the directory server: {}", clean(&reason)))
             }
             Event::Replaced { message } => Some(format!("[!] {}", clean(&message))),
+            // A direct link is what a user expects, and the contacts list shows every path; a
+            // relayed one is worth a line (its reason).
+            Event::Path { number, path } if !path.is_direct() => {
+                Some(format!("[+] The link to {number} is {}", path.detail()))
+            }
+            Event::Path { .. } => None,
             other => Some(format!("[+] {other:?}")),
         };
         if let Some(line) = line {

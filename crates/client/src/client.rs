@@ -22,6 +22,7 @@ use crate::link::{LinkParts, Links};
 use crate::outbox::{Outbox, OutboxParts};
 use crate::presence::PresenceCache;
 use crate::profile::{Identity, Profile};
+use crate::reach::Reachability;
 use crate::requests::Requests;
 use crate::shown::Shown;
 use crate::store::{Chat, ChatItem, Conversation, FileRecord, Held, Request, Store, StoredMessage};
@@ -76,6 +77,7 @@ pub struct Client {
     read_receipts: std::sync::atomic::AtomicBool,
     /// Where the peer listener is bound.
     bound: SocketAddr,
+    reach: Reachability,
     server_key: PublicKey,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -122,6 +124,7 @@ struct NoteRoute {
     presence: PresenceCache,
     outbox: Outbox,
     transfers: Transfers,
+    links: Links,
     events: mpsc::Sender<Event>,
 }
 
@@ -159,6 +162,23 @@ impl NoteRoute {
                     let _ = self.events.send(Event::Reconnected).await;
                     self.outbox.kick_all().await;
                 }
+                Note::Introduced { from, intro } => {
+                    let targets = intro
+                        .candidates
+                        .iter()
+                        .filter(|c| c.transport == whatsap2p_proto::nat::Transport::Udp)
+                        .map(|c| c.addr)
+                        .collect();
+                    let parts = self.links.parts();
+                    parts.reach.punch(&from, targets, &parts.tracker, parts.cancel.clone());
+                    // Our probes may have found UDP blocked and it is open now: measure again
+                    // (bounded), so the asker's next try has our public UDP address.
+                    if let Some(reach) = parts.directory.reach() {
+                        let (reachability, directory) = (parts.reach.clone(), parts.directory.clone());
+                        self.links.run(async move { reachability.refresh_if_stale(&directory, reach).await });
+                    }
+                }
+                Note::RelayOffered { from, offer } => self.links.take_relay(from, offer),
             }
         }
     }
@@ -205,6 +225,9 @@ impl Client {
         let store = Store::open(&profile.dir.join("profile.sqlite"))?;
         let listener = PeerListener::bind(config.listen).await?;
         let bound = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let reach = Reachability::start(bound, config.listen_udp, &tracker, cancel.clone())?;
         let number = config.number.clone();
         let identity = profile.identity.clone();
         let params = directory::Params {
@@ -219,8 +242,6 @@ impl Client {
         let (begin, server_key) = first_session(&params).await?;
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (notes_tx, notes) = mpsc::channel(EVENT_QUEUE);
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let directory = directory::spawn(begin, params, notes_tx, cancel.clone(), &tracker);
         let presence = PresenceCache::default();
         let links = Links::new(LinkParts {
@@ -229,6 +250,7 @@ impl Client {
             directory: directory.clone(),
             store: store.clone(),
             presence: presence.clone(),
+            reach: reach.clone(),
             events: events.clone(),
             timeouts: config.timeouts.clone(),
             versions: config.versions,
@@ -276,10 +298,17 @@ impl Client {
             requests: requests.clone(),
         }));
         links.accept(listener);
+        links.accept_quic();
+        // Measured before we say we are online, so the first links already know our NAT.
+        if let Some(r) = directory.reach() {
+            reach.refresh(&directory, r).await;
+        }
+        tracker.spawn(reach.clone().follow(directory.clone(), cancel.clone()));
         let route = NoteRoute {
             presence: presence.clone(),
             outbox: outbox.clone(),
             transfers: transfers.clone(),
+            links: links.clone(),
             events: events.clone(),
         };
         tracker.spawn(route.run(notes));
@@ -300,6 +329,7 @@ impl Client {
             inbox,
             read_receipts: read_receipts.into(),
             bound,
+            reach,
             server_key,
             cancel,
             tracker,
@@ -356,11 +386,33 @@ impl Client {
         }
     }
 
+    /// What our NAT does, as last measured (`Unmeasured` with a directory older than version 3).
+    pub fn nat(&self) -> whatsap2p_proto::nat::NatKind {
+        self.reach.nat()
+    }
+
+    /// Whether the directory offers NAT traversal (it speaks version 3): then [`Client::nat`] was
+    /// measured, and links may be punched or relayed.
+    pub fn reaches_through_nats(&self) -> bool {
+        self.directory.reach().is_some()
+    }
+
+    /// Our UDP socket's address (QUIC, probes and punches).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.reach.udp_addr()
+    }
+
+    /// Which way the live link to `number` goes, if there is one.
+    pub fn path_of(&self, number: &Number) -> Option<crate::link::Path> {
+        self.links.path(number)
+    }
+
     /// Is `number` online, and where?
     pub async fn ping(&self, number: &Number) -> Result<Presence, ClientError> {
         let a = self.directory.lookup(number, LookupIntent::Ping).await?;
         self.presence.saw_online(number, a.online);
-        Ok(Presence { number: a.number, online: a.online.map(|l| l.addr), key: a.key })
+        let path = self.links.path(number);
+        Ok(Presence { number: a.number, online: a.online.map(|l| l.addr), key: a.key, path })
     }
 
     /// Sends `text` to `to`: stores it in the outbox, then writes it to the recipient at once if it
@@ -589,7 +641,8 @@ impl Client {
                     Err(_) => None,
                 },
             };
-            out.push(ContactStatus { number: c.number, online, key: c.key, name: c.name });
+            let path = online.and(self.links.path(&c.number));
+            out.push(ContactStatus { number: c.number, online, key: c.key, name: c.name, path });
         }
         Ok(out)
     }

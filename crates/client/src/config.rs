@@ -85,6 +85,8 @@ pub struct ClientConfig {
     pub servers: Vec<ServerAddr>,
     /// Where to accept peers. An unspecified IP is published as the address the server sees.
     pub listen: SocketAddr,
+    /// The UDP port (QUIC, probes, punches), on the IP of `listen`; 0 lets the system choose.
+    pub listen_udp: u16,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Where received files are saved.

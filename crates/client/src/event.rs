@@ -8,6 +8,7 @@ use whatsap2p_proto::peer::FileFailCode;
 use whatsap2p_proto::{MessageId, Number, PublicKey};
 
 use crate::groups::Group;
+use crate::link::Path;
 use crate::store::RequestItem;
 
 /// Something the user should see.
@@ -83,6 +84,14 @@ pub enum Event {
         number: Number,
         /// Where it listens, if online.
         online: Option<SocketAddr>,
+    },
+    /// The link to a peer now goes another way (the first link, a move from the relay to a direct
+    /// path, …).
+    Path {
+        /// The peer.
+        number: Number,
+        /// Which way the link goes now.
+        path: Path,
     },
     /// A security-relevant refusal nobody asked about (a peer with the wrong key, say).
     Warning {
@@ -206,6 +215,8 @@ pub struct Presence {
     pub online: Option<SocketAddr>,
     /// Its identity key, if it ever registered.
     pub key: Option<PublicKey>,
+    /// Which way our live link to it goes, if we have one.
+    pub path: Option<Path>,
 }
 
 /// A contact, its name and its status.
@@ -219,4 +230,6 @@ pub struct ContactStatus {
     pub key: Option<PublicKey>,
     /// The name the user gave it.
     pub name: Option<String>,
+    /// Which way our live link to it goes, if we have one.
+    pub path: Option<Path>,
 }

@@ -14,10 +14,13 @@
 //!   outbox, files, groups), with a reading connection for the conversation list and history pages.
 //! - [`directory`]: the session with the directory server (register, lookups, heartbeats,
 //!   reconnection); `presence`: what it last pushed about each watched number.
-//! - [`transport`]: the byte streams links run over (TCP first); [`handshake`]: the handshake
-//!   steps (hello, identity proofs) for peers and the directory, in one place.
-//! - [`link`]: one live link per peer: dialing, accepting, reading and writing; what arrives goes
-//!   to its owner through `inbound` (texts to `inbox`, receipts to the outbox, files, groups).
+//! - [`transport`]: the byte streams links run over (TCP, QUIC on our UDP socket, the relay);
+//!   [`handshake`]: the handshake steps (hello, identity proofs) for peers and the directory.
+//! - `reach`: how peers reach us: the UDP socket, probes and our NAT's kind, our candidates,
+//!   punches.
+//! - [`link`]: one live link per peer: dialing (every path raced), accepting, reading and writing,
+//!   its [`Path`] and the move from the relay to a direct path; what arrives goes to its owner
+//!   through `inbound` (texts to `inbox`, receipts to the outbox, files, groups).
 //! - [`outbox`]: messages and receipts waiting for their recipient, and the per-peer couriers.
 //! - [`transfer`]: files over the peer link, both directions: offer, accept, chunks under flow
 //!   control, verify, resume; `partial`: the file a transfer is received into.
@@ -45,6 +48,7 @@ pub mod outbox;
 mod partial;
 mod presence;
 pub mod profile;
+mod reach;
 mod requests;
 mod shown;
 pub mod store;
@@ -56,10 +60,13 @@ pub use config::{ClientConfig, StorageLimits, Timeouts};
 pub use error::ClientError;
 pub use event::{ContactStatus, Event, Presence, SendOutcome};
 pub use groups::{Change, Group};
+pub use link::{reason_text, Path};
+pub use reach::describe as describe_nat;
 pub use store::{
     Chat, ChatItem, Contact, Conversation, FileRecord, FileState, MessageState, Request, RequestItem,
     StoredFile, StoredMessage,
 };
 pub use whatsap2p_proto::group::{GroupId, GroupState};
+pub use whatsap2p_proto::nat::{NatKind, RelayReason, Transport};
 pub use whatsap2p_proto::peer::FileFailCode;
 pub use whatsap2p_proto::{MessageId, Number, PublicKey};

@@ -154,21 +154,16 @@ impl Lab {
             masquerade.push("--random-fully");
         }
         sh(&masquerade)?;
-        // Replies in, nothing unsolicited: what every home router does.
-        sh(&[
-            "iptables",
-            "-A",
-            "FORWARD",
-            "-i",
-            "wan",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ])?;
-        sh(&["iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP"])?;
+        // Replies in, nothing unsolicited: what every home router does. For packets to the router
+        // itself too: accepting them would make the kernel record an unsolicited packet to a public
+        // port as a flow of its own (answered by an ICMP error), and the LAN host's own later
+        // packets to that sender would then leave by another public port, so both sides of a
+        // simultaneous UDP open would fail.
+        for chain in ["FORWARD", "INPUT"] {
+            let replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
+            sh(&[&["iptables", "-A", chain, "-i", "wan"][..], &replies[..]].concat())?;
+            sh(&["iptables", "-A", chain, "-i", "wan", "-j", "DROP"])?;
+        }
         Ok(Router { name: name.to_owned(), public_ip, lan_ip, nat, ns, hosts: 1 })
     }
 

@@ -19,20 +19,29 @@
 //!   implementation.
 //! - [`redis_store`]: both stores in Redis, shared by instances, with cross-instance changes.
 //! - [`server_key`]: the server's Noise static key, kept under the data dir so clients can pin it.
-//! - [`session`]: one client's session, from handshake to logout.
+//! - [`session`]: one client's session, from handshake to logout; `session::nat` its version 3
+//!   requests (announce, introduce, relay).
+//! - [`probes`]: the UDP port: probe tokens of live sessions, and their observed addresses.
+//! - [`meetings`]: the version 3 sessions that may be introduced, and how to push them a message.
 //! - [`roster`]: this instance's sessions by number, to end one that another replaced.
 //! - [`watchers`]: presence subscriptions and pushes.
 //! - [`metrics`]: counters for operators, and their HTTP endpoint.
 //! - `testing` (feature `test-utils`): a redis-server of a test's own.
-//! - [`run`] (here): the accept loop, the feed of changes from other instances, graceful shutdown.
+//! - [`run`] (here): the accept loop, the UDP probe port, the feed of changes from other instances,
+//!   graceful shutdown.
+//!
+//! The relay (`whatsap2p_relay`) is a crate of its own: the directory only seals its tickets and
+//! tells clients where it is ([`Config::relay`]); the binary runs it beside the directory.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod identities;
 pub mod limits;
+pub mod meetings;
 pub mod metrics;
 pub mod presence;
+pub mod probes;
 pub mod redis_store;
 pub mod refusals;
 pub mod roster;
@@ -47,7 +56,7 @@ pub mod watchers;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +64,7 @@ use tracing::{info, warn};
 use whatsap2p_link::StaticKeypair;
 use whatsap2p_proto::directory::{Location, ServerToClient};
 use whatsap2p_proto::{Number, PublicKey};
+use whatsap2p_relay::RelayKeys;
 
 pub use config::Config;
 use identities::IdentityStore;
@@ -112,6 +122,12 @@ pub struct Directory {
     pub limits: limits::RequestLimits,
     /// The budget of log lines about refusals.
     pub refusals: refusals::RefusalLog,
+    /// Probe tokens of this instance's sessions, and what their probes showed.
+    pub probes: Arc<probes::Probes>,
+    /// This instance's version 3 sessions, for introductions and relay offers.
+    pub meetings: meetings::Meetings,
+    /// Seals relay tickets and makes probe tokens (derived from `key`, so the relays check them).
+    pub relay_keys: RelayKeys,
     /// Cancelled when the server shuts down (a session's own token is a child of it).
     pub shutdown: CancellationToken,
     /// Changes from other instances, taken by [`run`] (shared stores only). In a lock only so the
@@ -119,6 +135,10 @@ pub struct Directory {
     feed: std::sync::Mutex<Option<Feed>>,
     /// Where to serve metrics, taken by [`run`].
     metrics_listener: Option<TcpListener>,
+    /// The UDP port for probes, taken by [`run`].
+    udp: Option<UdpSocket>,
+    /// Its port number, told to clients.
+    udp_port: Option<u16>,
 }
 
 impl Directory {
@@ -129,9 +149,11 @@ impl Directory {
         key: StaticKeypair,
         config: Config,
     ) -> Self {
+        let relay_keys = RelayKeys::derive(key.private());
         Self {
             presence,
             identities,
+            relay_keys,
             key,
             sources: Arc::new(sources::Sources::new(&config.limits)),
             limits: limits::RequestLimits::new(&config.limits),
@@ -144,7 +166,24 @@ impl Directory {
             shutdown: CancellationToken::new(),
             feed: Default::default(),
             metrics_listener: None,
+            probes: Default::default(),
+            meetings: Default::default(),
+            udp: None,
+            udp_port: None,
         }
+    }
+
+    /// Answers UDP probes on `socket` while the directory runs (normally bound on the same address
+    /// and port number as the TCP listener).
+    pub fn with_udp(mut self, socket: UdpSocket) -> Self {
+        self.udp_port = socket.local_addr().ok().map(|a| a.port());
+        self.udp = Some(socket);
+        self
+    }
+
+    /// The UDP port number clients probe, if the directory answers probes.
+    pub fn udp_port(&self) -> Option<u16> {
+        self.udp_port
     }
 
     /// Receives the changes of a shared store (see [`redis_store::RedisStore::connect`]).
@@ -237,6 +276,7 @@ pub async fn run(
     let mut directory = directory;
     let feed = directory.feed.get_mut().unwrap_or_else(|p| p.into_inner()).take();
     let metrics_listener = directory.metrics_listener.take();
+    let udp = directory.udp.take();
     let directory = Arc::new(directory);
     // Caps open sessions below the process's file limit; a connection over the cap is closed at once.
     let permits = Arc::new(Semaphore::new(directory.config.max_connections));
@@ -246,6 +286,10 @@ pub async fn run(
     let mut background = JoinSet::new();
     if let Some(feed) = feed {
         background.spawn(follow(feed, directory.clone(), background_cancel.clone()));
+    }
+    if let Some(udp) = udp {
+        let observer: Arc<dyn whatsap2p_relay::Observer> = directory.metrics.clone();
+        background.spawn(probes::serve(udp, directory.probes.clone(), observer, background_cancel.clone()));
     }
     if let Some(listener) = metrics_listener {
         background.spawn(metrics::serve(listener, directory.metrics.clone(), background_cancel.clone()));

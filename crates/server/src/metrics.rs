@@ -3,7 +3,8 @@
 //!
 //! Every instance counts its own sessions; a directory of several instances is the sum of them in
 //! Prometheus. Counting costs an atomic add per event, so it runs whether or not anyone scrapes.
-//! Relay pairs and bytes (issue 13) will join them here.
+//! The relay (in this process, or alone with `--relay-only`) counts here too, through
+//! [`whatsap2p_relay::Observer`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use whatsap2p_proto::nat::RelayStatus;
+use whatsap2p_relay::{Flow, ProbeOutcome};
 
 /// Why the directory refused a session or a registration.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -51,6 +54,55 @@ struct ReasonLabel {
     reason: Refusal,
 }
 
+/// What became of a UDP datagram on a probe port (the directory's or the relay's).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum Probe {
+    Answered,
+    UnknownToken,
+    Limited,
+    Ignored,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: Probe,
+}
+
+/// Why the relay refused a connection (its `RelayStatus`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum RelayRefusal {
+    BadTicket,
+    Expired,
+    Used,
+    Busy,
+    NoPartner,
+    BadPreamble,
+    Other,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: RelayRefusal,
+}
+
+/// What a client asked the directory for, to reach another one (version 3).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Meeting {
+    /// An `Introduce` answered with the other side's candidates (and `Introduced` sent to it).
+    Introduced,
+    /// A `RelayRequest` answered with a ticket (and the same offer sent to the other side).
+    RelayOffered,
+    /// Either, refused: the other side offline or without candidates, or no relay.
+    Unreachable,
+    /// Either, refused: the asking session is over its rate.
+    Limited,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MeetingLabel {
+    result: Meeting,
+}
+
 /// The instance's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +117,12 @@ pub struct Metrics {
     store_errors: Counter,
     store_up: Gauge,
     store_round_trip: Histogram,
+    probes: Family<OutcomeLabel, Counter>,
+    meetings: Family<MeetingLabel, Counter>,
+    relay_pairs: Gauge,
+    relay_paired: Counter,
+    relay_bytes: Counter,
+    relay_refusals: Family<StatusLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,6 +157,12 @@ impl Metrics {
             store_up: Gauge::default(),
             // 50 µs to about 1.6 s.
             store_round_trip: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
+            probes: Family::default(),
+            meetings: Family::default(),
+            relay_pairs: Gauge::default(),
+            relay_paired: Counter::default(),
+            relay_bytes: Counter::default(),
+            relay_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register("online_users", "Registered sessions on this instance", m.online.clone());
@@ -124,6 +188,20 @@ impl Metrics {
             "store_errors",
             "Failed operations of the shared store (Redis)",
             m.store_errors.clone(),
+        );
+        registry.register("probes", "UDP datagrams on a probe port, by outcome", m.probes.clone());
+        registry.register(
+            "meetings",
+            "Introductions and relay offers asked for, by result",
+            m.meetings.clone(),
+        );
+        registry.register("relay_pairs", "Relay pairs piping now", m.relay_pairs.clone());
+        registry.register("relay_paired", "Relay pairs made", m.relay_paired.clone());
+        registry.register("relay_bytes", "Bytes piped by the relay, both ways", m.relay_bytes.clone());
+        registry.register(
+            "relay_refusals",
+            "Relay connections refused, by the status they were answered",
+            m.relay_refusals.clone(),
         );
         if !shared_store {
             return Self { registry, ..m };
@@ -201,12 +279,52 @@ impl Metrics {
         }
     }
 
+    /// An introduction or relay request ended so.
+    pub fn met(&self, result: Meeting) {
+        self.meetings.get_or_create(&MeetingLabel { result }).inc();
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl whatsap2p_relay::Observer for Metrics {
+    fn probe(&self, outcome: ProbeOutcome) {
+        let outcome = match outcome {
+            ProbeOutcome::Answered => Probe::Answered,
+            ProbeOutcome::UnknownToken => Probe::UnknownToken,
+            ProbeOutcome::Limited => Probe::Limited,
+            ProbeOutcome::Ignored => Probe::Ignored,
+        };
+        self.probes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    fn relay_refused(&self, status: RelayStatus) {
+        let status = match status {
+            RelayStatus::BadTicket => RelayRefusal::BadTicket,
+            RelayStatus::Expired => RelayRefusal::Expired,
+            RelayStatus::Used => RelayRefusal::Used,
+            RelayStatus::Busy => RelayRefusal::Busy,
+            RelayStatus::NoPartner => RelayRefusal::NoPartner,
+            RelayStatus::BadPreamble => RelayRefusal::BadPreamble,
+            _ => RelayRefusal::Other,
+        };
+        self.relay_refusals.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    fn relay_paired(&self) {
+        self.relay_paired.inc();
+        self.relay_pairs.inc();
+    }
+
+    fn relay_ended(&self, flow: &Flow) {
+        self.relay_pairs.dec();
+        self.relay_bytes.inc_by(flow.first_to_second + flow.second_to_first);
     }
 }
 

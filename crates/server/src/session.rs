@@ -41,6 +41,10 @@ use crate::store::{Owner, SessionId};
 use crate::watchers::{Push, PUSH_QUEUE};
 use crate::Directory;
 
+mod nat;
+
+pub use nat::{MAX_MEETINGS, MEETING_WINDOW};
+
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Most answers buffered before a write, when requests arrive pipelined.
@@ -288,6 +292,10 @@ struct Online<'d> {
     batch: Vec<u8>,
     /// Lookups among them, for the metrics.
     looked_up: u32,
+    /// The token this session's UDP probes carry: set for version 3 sessions (see `nat`).
+    token: Option<whatsap2p_proto::nat::ProbeToken>,
+    /// Introductions and relay requests asked for lately (see `nat`).
+    meetings: nat::MeetingRate,
 }
 
 impl<'d> Online<'d> {
@@ -317,6 +325,8 @@ impl<'d> Online<'d> {
             unflushed: 0,
             batch: Vec::new(),
             looked_up: 0,
+            token: None,
+            meetings: Default::default(),
         })
     }
 
@@ -329,6 +339,12 @@ impl<'d> Online<'d> {
         }
         info!("Connected: {}", self.number);
         self.dir.metrics.session_opened(true);
+        // Right after the handshake, before any answer: a version 3 client reads it first. Boxed,
+        // like every phase but the wait for requests (see the module's comment).
+        if let Err(e) = Box::pin(self.send_reachability()).await {
+            Box::pin(self.close(e.into())).await;
+            return;
+        }
         let end = self.requests(&cancel).await;
         Box::pin(self.close(end)).await;
     }
@@ -589,6 +605,11 @@ impl<'d> Online<'d> {
                 Some(ServerToClient::HeartbeatAck)
             }
             ClientToServer::Logout => return Err(End::Logout),
+            ClientToServer::Announce { candidates, nat } => self.announce(candidates, nat),
+            ClientToServer::Introduce { req, number } => Some(self.introduce(req, number)),
+            ClientToServer::RelayRequest { req, number, reason } => {
+                Some(self.relay_request(req, number, reason))
+            }
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
         if let Some(reply) = reply {
@@ -657,6 +678,9 @@ impl<'d> Online<'d> {
                 if self.location.replace(location).is_none() {
                     dir.metrics.registered();
                 }
+                if self.token.is_some() {
+                    dir.meetings.registered(number, self.session, listen);
+                }
                 if let Some(change) = applied {
                     dir.apply(change).await;
                 }
@@ -708,6 +732,7 @@ impl<'d> Online<'d> {
     /// Takes the user offline (if this session still owns its presence), tells watchers, logs why
     /// and closes the connection.
     async fn close(&mut self, end: End) {
+        self.leave_meetings();
         let (dir, number) = (self.dir, &self.number);
         dir.watchers.unwatch(self.session, &self.watched);
         dir.roster.leave(number, self.session);

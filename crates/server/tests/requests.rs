@@ -55,6 +55,8 @@ impl Server {
 struct RawClient {
     reader: SessionReader<TcpStream>,
     writer: SessionWriter<TcpStream>,
+    /// The `Reachability` the server sent, taken aside whenever it comes (as a client does).
+    reachability: Option<ServerToClient>,
 }
 
 impl RawClient {
@@ -74,7 +76,7 @@ impl RawClient {
         let proof = IdentityProof::sign(&identity, number, &hs.hash(), &noise.public().0);
         hs.send(&encode(&proof).expect("proof")).await.expect("message 3");
         let (reader, writer) = hs.finish().expect("finish").split();
-        Self { reader, writer }
+        Self { reader, writer, reachability: None }
     }
 
     async fn send(&mut self, msg: &ClientToServer) {
@@ -86,12 +88,15 @@ impl RawClient {
         self.writer.send(bytes).await.expect("send");
     }
 
-    /// The next message, or `None` when the server closed the session.
+    /// The next message other than `Reachability`, or `None` when the server closed the session.
     async fn next(&mut self) -> Option<ServerToClient> {
-        match tokio::time::timeout(WAIT, self.reader.recv_msg::<ServerToClient>()).await {
-            Ok(Ok(msg)) => msg,
-            Ok(Err(e)) => panic!("reading from the server: {e}"),
-            Err(_) => panic!("no answer within {WAIT:?}"),
+        loop {
+            match tokio::time::timeout(WAIT, self.reader.recv_msg::<ServerToClient>()).await {
+                Ok(Ok(Some(m @ ServerToClient::Reachability { .. }))) => self.reachability = Some(m),
+                Ok(Ok(msg)) => return msg,
+                Ok(Err(e)) => panic!("reading from the server: {e}"),
+                Err(_) => panic!("no answer within {WAIT:?}"),
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use whatsap2p_client::{
 };
 
 use crate::backend::{
-    Added, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt,
+    Added, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt, Route,
 };
 use crate::clock::now_ms;
 
@@ -126,6 +126,12 @@ impl Backend for ClientBackend {
         let left: HashSet<GroupId> =
             self.client.groups().await?.into_iter().filter(|g| g.left).map(|g| g.state.id).collect();
         let mut list = Vec::new();
+        let contacts = self.client.contacts().await?;
+        // Which way the live link to a contact goes, if there is one.
+        let route_of = |n: &whatsap2p_client::Number| {
+            let path = contacts.iter().find(|c| &c.number == n).and_then(|c| c.path)?;
+            Some(if path.is_direct() { Route::Direct } else { Route::Relayed })
+        };
         for c in self.client.conversations().await? {
             let (chat, name, online) = match c.chat {
                 whatsap2p_client::Chat::Peer(n) => (Chat::Peer(n.clone()), n.to_string(), self.online(&n)),
@@ -135,19 +141,23 @@ impl Backend for ClientBackend {
             };
             let mut last: Vec<Entry> = c.last.and_then(entry).into_iter().collect();
             with_dimensions(&mut last).await;
+            let route = match &chat {
+                Chat::Peer(n) => route_of(n),
+                Chat::Group(_) => None,
+            };
             list.push(Conversation {
                 left: matches!(chat, Chat::Group(g) if left.contains(&g)),
                 chat,
                 name,
                 online,
-                route: None,
+                route,
                 unread: c.unread.min(u64::from(u32::MAX)) as u32,
                 last: last.pop(),
                 last_activity_ms: c.last_activity_ms,
             });
         }
         // Contacts nobody has written with yet, after every conversation.
-        for contact in self.client.contacts().await? {
+        for contact in &contacts {
             let chat = Chat::Peer(contact.number.clone());
             if list.iter().any(|c| c.chat == chat) {
                 continue;
@@ -155,7 +165,7 @@ impl Backend for ClientBackend {
             list.push(Conversation {
                 name: contact.number.to_string(),
                 online: if contact.online.is_some() { Online::Yes } else { self.online(&contact.number) },
-                route: None,
+                route: route_of(&contact.number),
                 unread: 0,
                 last: None,
                 last_activity_ms: 0,
@@ -248,7 +258,7 @@ impl Backend for ClientBackend {
         let contacts = self.client.contacts().await?;
         Ok(contacts
             .into_iter()
-            .map(|c| Presence { number: c.number, online: c.online, key: c.key })
+            .map(|c| Presence { number: c.number, online: c.online, key: c.key, path: c.path })
             .collect())
     }
 

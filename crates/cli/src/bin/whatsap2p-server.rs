@@ -4,6 +4,10 @@
 //! One instance keeps everything itself (presence in memory, bindings in SQLite under the data
 //! dir). With `--store redis://…`, it is one of the instances of a directory sharing that Redis;
 //! they must also share the server key (`--key-file`). See `docs/operators.md`.
+//!
+//! The relay (for clients that cannot reach each other directly) runs in the same process by
+//! default, on the next port; `--relay-only` runs it alone, `--no-relay` not at all, and `--relay`
+//! points clients at one that runs elsewhere with the same key file.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -87,6 +91,26 @@ struct Args {
     /// [default: 2000000].
     #[arg(long)]
     tracked_lookups: Option<usize>,
+    /// Do not answer UDP address probes (by default the directory listens on UDP too, on the same
+    /// address and port number as TCP; clients behind NATs need it to be reached directly).
+    #[arg(long)]
+    no_udp: bool,
+    /// TCP port of the relay run in this process (it answers UDP probes on the same port number)
+    /// [default: the directory's PORT + 1; 0 picks a free one].
+    #[arg(long)]
+    relay_port: Option<u16>,
+    /// Run no relay: clients that cannot reach each other directly are not linked.
+    #[arg(long)]
+    no_relay: bool,
+    /// Tell clients to use the relay at this address (one started with `--relay-only` and the
+    /// same key file) instead of running one here.
+    #[arg(long, conflicts_with_all = ["no_relay", "relay_only"])]
+    relay: Option<SocketAddr>,
+    /// Run only the relay, on `--relay-port` [default: PORT], checking tickets with the server
+    /// key (`--key-file`: the directory's, for the directory to point clients at it with
+    /// `--relay`).
+    #[arg(long, conflicts_with = "no_relay")]
+    relay_only: bool,
     /// The protocol versions to speak, `LOWEST-HIGHEST` [default: every version this build
     /// speaks]. Hidden: only to see how clients meet a directory older or newer than they are.
     #[arg(long, hide = true)]
@@ -117,7 +141,23 @@ struct FileConfig {
     address_distinct_lookups_per_day: Option<u32>,
     new_numbers_per_address_per_day: Option<u32>,
     tracked_lookups: Option<usize>,
+    no_udp: Option<bool>,
+    relay_port: Option<u16>,
+    no_relay: Option<bool>,
+    relay: Option<SocketAddr>,
+    relay_only: Option<bool>,
     protocol_versions: Option<String>,
+}
+
+/// Where the relay is, for the directory's clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RelaySetting {
+    /// None.
+    Off,
+    /// In this process, on this port.
+    Here(u16),
+    /// Elsewhere.
+    At(SocketAddr),
 }
 
 /// Every setting, resolved.
@@ -128,6 +168,9 @@ struct Settings {
     key_file: Option<PathBuf>,
     store: Option<String>,
     metrics: Option<SocketAddr>,
+    udp: bool,
+    relay: RelaySetting,
+    relay_only: bool,
     config: Config,
 }
 
@@ -164,6 +207,10 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
             args.$name.or(file.$name).unwrap_or(defaults.$name)
         };
     }
+    let relay_only = args.relay_only || file.relay_only.unwrap_or(false);
+    if relay_only && (args.relay.is_some() || file.relay.is_some() || file.no_relay == Some(true)) {
+        bail!("--relay-only runs the relay here: it goes with neither --relay nor --no-relay");
+    }
     let secs = |flag: Option<f64>, file: Option<f64>, name, default| {
         flag.or(file).map_or(Ok(default), |s| seconds(s, name))
     };
@@ -174,6 +221,24 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
         key_file: args.key_file.or(file.key_file),
         store: args.store.or(file.store),
         metrics: args.metrics.or(file.metrics),
+        udp: !(args.no_udp || file.no_udp.unwrap_or(false)),
+        relay: match (args.relay.or(file.relay), args.no_relay || file.no_relay.unwrap_or(false)) {
+            (Some(addr), _) => RelaySetting::At(addr),
+            (None, true) => RelaySetting::Off,
+            // Alone, the relay takes the port given; beside the directory, the next one.
+            (None, false) if relay_only => {
+                RelaySetting::Here(args.relay_port.or(file.relay_port).unwrap_or(port))
+            }
+            // Any free port for the directory (0): any free one for the relay too.
+            (None, false) => {
+                RelaySetting::Here(args.relay_port.or(file.relay_port).unwrap_or(if port == 0 {
+                    0
+                } else {
+                    port.wrapping_add(1)
+                }))
+            }
+        },
+        relay_only,
         config: Config {
             heartbeat_timeout: secs(
                 args.heartbeat_timeout,
@@ -206,6 +271,7 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
                 (None, Some(text)) => text.parse().context("protocol-versions")?,
                 (None, None) => version::SPOKEN,
             },
+            ..Config::default()
         },
     })
 }
@@ -226,6 +292,52 @@ async fn main() -> anyhow::Result<()> {
         None => server_key::load_or_create(&s.data_dir)?,
     };
     let metrics = Arc::new(if s.store.is_some() { Metrics::with_shared_store() } else { Metrics::new() });
+    // Ctrl-C or SIGTERM ends the directory and the relay alike.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        whatsap2p_cli::shutdown_signal().await;
+        signal.cancel();
+    });
+    let relay = match s.relay {
+        RelaySetting::Here(port) => {
+            let (task, addr) = start_relay(&s, port, key.private(), metrics.clone(), stop.clone()).await?;
+            // Unspecified: clients use the address they reached the directory at.
+            Some((Some(task), SocketAddr::new(IpAddr::from([0, 0, 0, 0]), addr.port())))
+        }
+        RelaySetting::At(addr) => {
+            info!("Clients are told to use the relay at {addr}");
+            Some((None, addr))
+        }
+        RelaySetting::Off => {
+            info!("No relay (--no-relay): clients that cannot reach each other directly are not linked");
+            None
+        }
+    };
+    if s.relay_only {
+        info!("Server key fingerprint: {}", key.public().fingerprint());
+        let scrapes = match s.metrics {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?;
+                info!("Metrics at http://{}/metrics", l.local_addr()?);
+                Some(tokio::spawn(whatsap2p_server::metrics::serve(l, metrics.clone(), stop.clone())))
+            }
+        };
+        if let Some((Some(task), _)) = relay {
+            task.await?;
+        }
+        stop.cancel();
+        if let Some(scrapes) = scrapes {
+            scrapes.await?;
+        }
+        info!("Relay stopped");
+        return Ok(());
+    }
+    let mut s = s;
+    s.config.relay = relay.as_ref().map(|(_, addr)| *addr);
     let directory = match &s.store {
         None => {
             let db = s.data_dir.join("identities.sqlite");
@@ -250,10 +362,16 @@ async fn main() -> anyhow::Result<()> {
             directory.with_metrics_listener(l)
         }
     };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(s.bind, s.port))
-        .await
-        .with_context(|| format!("binding {}:{}", s.bind, s.port))?;
+    // UDP on the same port number as TCP (the one picked for port 0): clients are told it.
+    let (listener, udp) = bind_tcp_and_udp(SocketAddr::new(s.bind, s.port), s.udp, "").await?;
     let local = listener.local_addr()?;
+    let directory = if let Some(udp) = udp {
+        info!("Answering UDP address probes on {local}");
+        directory.with_udp(udp)
+    } else {
+        info!("Not answering UDP address probes (--no-udp): clients behind NATs are reached less often");
+        directory
+    };
     info!("Server key fingerprint: {}", key.public().fingerprint());
     info!("Data dir: {}", s.data_dir.display());
     match &s.store {
@@ -265,9 +383,60 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("Listening on {local}");
     info!("Server online");
-    whatsap2p_server::run(listener, directory, whatsap2p_cli::shutdown_signal()).await?;
+    whatsap2p_server::run(listener, directory, stop.clone().cancelled_owned()).await?;
+    stop.cancel();
+    if let Some((Some(task), _)) = relay {
+        task.await?;
+    }
     info!("Server stopped");
     Ok(())
+}
+
+/// Binds TCP at `at` and, with `udp`, UDP on the same port number. For port 0 (any free one), tries
+/// ports until one is free for both: a free TCP port's UDP twin may be another program's.
+async fn bind_tcp_and_udp(
+    at: SocketAddr,
+    udp: bool,
+    what: &str,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::UdpSocket>)> {
+    const TRIES: usize = 50;
+    for _ in 0..TRIES {
+        let listener =
+            tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding {at}{what}"))?;
+        if !udp {
+            return Ok((listener, None));
+        }
+        let local = listener.local_addr()?;
+        match tokio::net::UdpSocket::bind(local).await {
+            Ok(socket) => return Ok((listener, Some(socket))),
+            Err(_) if at.port() == 0 => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("binding UDP {local}{what} for address probes (--no-udp)"))
+            }
+        }
+    }
+    bail!("no port free for both TCP and UDP at {at}{what} after {TRIES} tries (--no-udp)")
+}
+
+/// Binds the relay (TCP, and UDP probes on the same port number) on `port` and runs it until
+/// `stop`; returns its task and address.
+async fn start_relay(
+    s: &Settings,
+    port: u16,
+    server_private: &[u8; 32],
+    metrics: Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    let at = SocketAddr::new(s.bind, port);
+    let (listener, udp) =
+        bind_tcp_and_udp(at, s.udp, " for the relay (--relay-port to move it, --no-relay)").await?;
+    let addr = listener.local_addr()?;
+    let keys = whatsap2p_relay::RelayKeys::derive(server_private);
+    let relay = whatsap2p_relay::Relay::new(keys, whatsap2p_relay::Limits::default(), metrics);
+    info!("Relay listening on {addr}");
+    let task = tokio::spawn(whatsap2p_relay::run(listener, udp, relay, stop.cancelled_owned()));
+    Ok((task, addr))
 }
 
 #[cfg(test)]
@@ -310,6 +479,27 @@ mod tests {
                 ..Limits::default()
             }
         );
+    }
+
+    #[test]
+    fn given_relay_settings_then_the_relay_is_beside_the_directory_alone_elsewhere_or_off() {
+        let relay = |args: Args, file: &str| {
+            let file: FileConfig = toml::from_str(file).expect("toml");
+            resolve(args, file).map(|s| (s.relay, s.relay_only))
+        };
+        let port = |p| Args { port: Some(p), ..Default::default() };
+        assert_eq!(relay(port(7000), "").expect("default"), (RelaySetting::Here(7001), false));
+        assert_eq!(relay(port(0), "").expect("any port"), (RelaySetting::Here(0), false), "never port 1");
+        assert_eq!(relay(port(7000), "relay-port = 7443").expect("file"), (RelaySetting::Here(7443), false));
+        let off = Args { no_relay: true, ..port(7000) };
+        assert_eq!(relay(off, "").expect("off"), (RelaySetting::Off, false));
+        let at: SocketAddr = "198.51.100.7:7001".parse().expect("addr");
+        let elsewhere = Args { relay: Some(at), ..port(7000) };
+        assert_eq!(relay(elsewhere, "").expect("elsewhere"), (RelaySetting::At(at), false));
+        let alone = Args { relay_only: true, ..port(7001) };
+        assert_eq!(relay(alone, "").expect("alone"), (RelaySetting::Here(7001), true));
+        let both = Args { relay_only: true, ..port(7001) };
+        assert!(relay(both, "no-relay = true").is_err(), "--relay-only with no-relay");
     }
 
     #[test]

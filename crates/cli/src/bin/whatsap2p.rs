@@ -36,6 +36,10 @@ struct Args {
     /// Where to accept peers [default: 127.0.0.1:0 for a loopback server, else 0.0.0.0:0].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// UDP port for direct links through NATs (QUIC, punching), on the IP of --listen
+    /// [default: chosen by the system].
+    #[arg(long, default_value_t = 0)]
+    listen_udp: u16,
     /// JSON lines on stdin and stdout, for scripts (see docs/json-lines.md).
     #[arg(long)]
     json: bool,
@@ -124,6 +128,7 @@ fn config(args: &Args, number: Number) -> Result<ClientConfig, String> {
         number,
         servers,
         listen,
+        listen_udp: args.listen_udp,
         timeouts: Default::default(),
         downloads,
         max_file_size: args.max_file_size,

@@ -174,13 +174,17 @@ impl Server {
         s
     }
 
-    /// A server on `port` (0: a free one) using `data_dir`.
+    /// A server on `port` (0: a free one) using `data_dir`. Its relay takes a free port unless
+    /// `extra` says otherwise: the default, the next port, may be another test's.
     pub async fn start_in(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let relay_set = extra.iter().any(|a| a.starts_with("--relay") || *a == "--no-relay");
+        let relay: &[&str] = if relay_set { &[] } else { &["--relay-port", "0"] };
         let mut child = Command::new(SERVER_BIN)
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(relay)
             .args(extra)
             .arg(port.to_string())
             .env("RUST_LOG", "info")
@@ -335,16 +339,17 @@ impl Client {
 
     /// [`Client::spawn`] with the server given as `host` (an IP or a host name).
     pub fn spawn_to(host: &str, server_port: u16, number: &str, profile: &Path, extra: &[&str]) -> Client {
-        let mut child = Command::new(CLIENT_BIN)
-            .arg("--json")
-            .arg("--profile")
-            .arg(profile)
-            .arg("--number")
-            .arg(number)
-            .args(extra)
-            .arg(host)
-            .arg(server_port.to_string())
-            .env("RUST_LOG", "info")
+        let mut command = Command::new(CLIENT_BIN);
+        command.arg("--json").arg("--profile").arg(profile).arg("--number").arg(number).args(extra);
+        command.arg(host).arg(server_port.to_string());
+        Client::from_command(command, number)
+    }
+
+    /// Spawns `command` (a `whatsap2p --json` command line, made elsewhere: inside a lab host, say)
+    /// as the client `number`, without waiting for anything.
+    pub fn from_command(mut command: Command, number: &str) -> Client {
+        let mut child = command
+            .env("RUST_LOG", std::env::var("W2P_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

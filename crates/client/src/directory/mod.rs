@@ -26,6 +26,11 @@
 //! - `address.rs`: [`ServerAddr`], and the order a round tries addresses in.
 //! - `register.rs`: one attempt: dial, handshake, key check and pin, registration.
 //! - `session.rs`: driving one registered session.
+//!
+//! Version 3 directories (sessions that agreed on version 3; they send `Reachability` right after
+//! the handshake) also introduce peers and hand out relay tickets ([`DirectoryHandle::introduce`],
+//! [`DirectoryHandle::relay`]); [`DirectoryHandle::reach`] says what the current session offers,
+//! and nothing of version 3 is ever sent on a session that did not agree on it.
 
 mod address;
 mod register;
@@ -38,10 +43,11 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use whatsap2p_proto::directory::{CloseCode, Location, LookupIntent};
+use whatsap2p_proto::nat::{Candidate, NatKind, ProbeToken, RelayReason, MAX_CANDIDATES};
 use whatsap2p_proto::version;
 use whatsap2p_proto::{Number, PublicKey};
 
@@ -76,10 +82,83 @@ pub struct LookupAnswer {
     pub online: Option<Location>,
 }
 
+/// What a version 3 directory offers for reaching clients behind NATs: said in `Reachability`,
+/// with its addresses made concrete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// What our UDP probes carry.
+    pub token: ProbeToken,
+    /// The directory's UDP port for probes, if it has one.
+    pub probe: Option<SocketAddr>,
+    /// The relay (TCP, and UDP probes on the same port number), if there is one.
+    pub relay: Option<SocketAddr>,
+}
+
+impl Reach {
+    pub(crate) fn new(
+        server: SocketAddr,
+        token: ProbeToken,
+        udp_port: Option<u16>,
+        relay: Option<SocketAddr>,
+    ) -> Self {
+        Self {
+            token,
+            probe: udp_port.map(|port| SocketAddr::new(server.ip(), port)),
+            relay: relay.map(|r| concrete(r, server)),
+        }
+    }
+}
+
+/// `addr`, with an unspecified IP taken as the one we reached the directory at.
+pub(crate) fn concrete(addr: SocketAddr, server: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(server.ip(), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Where a peer may be reached, as the directory introduced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Introduction {
+    /// Its candidates (at most [`MAX_CANDIDATES`]).
+    pub candidates: Vec<Candidate>,
+    /// What its NAT does.
+    pub nat: NatKind,
+}
+
+/// A relay ticket for a link with a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayOffer {
+    /// The relay (made concrete).
+    pub relay: SocketAddr,
+    /// The sealed ticket, opaque to us.
+    pub ticket: Vec<u8>,
+    /// Why the link is relayed.
+    pub reason: RelayReason,
+}
+
 enum Request {
     Lookup { number: Number, intent: LookupIntent, reply: oneshot::Sender<Result<LookupAnswer, ClientError>> },
     Watch { numbers: Vec<Number> },
     Logout { done: oneshot::Sender<()> },
+    Announce { candidates: Vec<Candidate>, nat: NatKind },
+    Introduce { number: Number, reply: oneshot::Sender<Result<Introduction, ClientError>> },
+    Relay { number: Number, reason: RelayReason, reply: oneshot::Sender<Result<RelayOffer, ClientError>> },
+}
+
+impl Request {
+    /// Answers a request that needs a session while there is none (keeping what the next one needs).
+    fn refuse(self, watched: &mut HashSet<Number>) {
+        match self {
+            Request::Lookup { reply, .. } => drop(reply.send(Err(ClientError::NotConnected))),
+            Request::Introduce { reply, .. } => drop(reply.send(Err(ClientError::NotConnected))),
+            Request::Relay { reply, .. } => drop(reply.send(Err(ClientError::NotConnected))),
+            Request::Watch { numbers } => watched.extend(numbers),
+            // Announced again on the next session.
+            Request::Announce { .. } | Request::Logout { .. } => {}
+        }
+    }
 }
 
 /// What the session task shows its handles: the current session's version and published address.
@@ -105,6 +184,7 @@ pub struct DirectoryHandle {
     tx: mpsc::Sender<Request>,
     request_timeout: Duration,
     current: Arc<Current>,
+    reach: watch::Receiver<Option<Reach>>,
 }
 
 impl DirectoryHandle {
@@ -112,12 +192,64 @@ impl DirectoryHandle {
     pub async fn lookup(&self, number: &Number, intent: LookupIntent) -> Result<LookupAnswer, ClientError> {
         let (reply, rx) = oneshot::channel();
         let req = Request::Lookup { number: number.clone(), intent, reply };
+        self.ask(req, rx, "directory lookup").await
+    }
+
+    async fn ask<T>(
+        &self,
+        req: Request,
+        rx: oneshot::Receiver<Result<T, ClientError>>,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
         self.tx.send(req).await.map_err(|_| ClientError::NotConnected)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
-            Err(_) => Err(ClientError::Timeout("directory lookup")),
+            Err(_) => Err(ClientError::Timeout(what)),
             Ok(Err(_)) => Err(ClientError::NotConnected),
             Ok(Ok(answer)) => answer,
         }
+    }
+
+    /// What the current session's server offers for NAT traversal: `None` while disconnected, or
+    /// when the session is older than version 3.
+    pub fn reach(&self) -> Option<Reach> {
+        *self.reach.borrow()
+    }
+
+    /// Follows [`DirectoryHandle::reach`]: changes on every new session.
+    pub(crate) fn reach_changes(&self) -> watch::Receiver<Option<Reach>> {
+        self.reach.clone()
+    }
+
+    /// Tells a version 3 directory where we may be reached (at most [`MAX_CANDIDATES`] are sent).
+    pub(crate) async fn announce(&self, mut candidates: Vec<Candidate>, nat: NatKind) {
+        if self.reach().is_none() {
+            return;
+        }
+        candidates.truncate(MAX_CANDIDATES);
+        let _ = self.tx.send(Request::Announce { candidates, nat }).await;
+    }
+
+    /// Asks a version 3 directory to introduce us to `number` (which is told at once, and starts
+    /// punching towards us).
+    pub(crate) async fn introduce(&self, number: &Number) -> Result<Introduction, ClientError> {
+        if self.reach().is_none() {
+            return Err(ClientError::NotConnected);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.ask(Request::Introduce { number: number.clone(), reply }, rx, "introduction").await
+    }
+
+    /// Asks a version 3 directory for a relay ticket to `number` (which gets the same ticket).
+    pub(crate) async fn relay(
+        &self,
+        number: &Number,
+        reason: RelayReason,
+    ) -> Result<RelayOffer, ClientError> {
+        if self.reach().is_none() {
+            return Err(ClientError::NotConnected);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.ask(Request::Relay { number: number.clone(), reason, reply }, rx, "relay request").await
     }
 
     /// Asks for presence pushes about `numbers` (kept across reconnections).
@@ -185,6 +317,10 @@ pub(crate) enum Note {
     Refused { reason: String },
     /// Another copy of this profile registered: the task has stopped talking to the directory.
     Replaced { reason: String },
+    /// (v3) `from` is trying to reach us now on these paths: punch towards them.
+    Introduced { from: Number, intro: Introduction },
+    /// (v3) `from` asked for a relayed link with us: connect to the relay with this ticket.
+    RelayOffered { from: Number, offer: RelayOffer },
 }
 
 /// How a round of attempts ended.
@@ -271,11 +407,17 @@ pub(crate) fn spawn(
 ) -> DirectoryHandle {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let current = Arc::new(Current::default());
-    if let Begin::Online(s) = &begin {
-        current.set(s);
-    }
-    let handle = DirectoryHandle { tx, request_timeout: params.timeouts.request, current: current.clone() };
-    let task = Task { params, rx, notes, cancel, current, watched: HashSet::new() };
+    let first_reach = match &begin {
+        Begin::Online(s) => {
+            current.set(s);
+            s.reach
+        }
+        Begin::Offline { .. } => None,
+    };
+    let (reach_tx, reach) = watch::channel(first_reach);
+    let handle =
+        DirectoryHandle { tx, request_timeout: params.timeouts.request, current: current.clone(), reach };
+    let task = Task { params, rx, notes, cancel, current, reach: reach_tx, watched: HashSet::new() };
     tracker.spawn(task.supervise(begin));
     handle
 }
@@ -287,6 +429,8 @@ struct Task {
     notes: mpsc::Sender<Note>,
     cancel: CancellationToken,
     current: Arc<Current>,
+    /// What the current session offers for NAT traversal.
+    reach: watch::Sender<Option<Reach>>,
     /// Numbers watched, restored on every new session.
     watched: HashSet<Number>,
 }
@@ -310,9 +454,18 @@ impl Task {
         loop {
             let last = session.target.addr;
             self.current.set(&session);
-            let ended =
-                session::run(*session, &mut self.rx, &mut self.watched, &self.notes, &self.cancel).await;
+            self.reach.send_replace(session.reach);
+            let ended = session::run(
+                *session,
+                &mut self.rx,
+                &mut self.watched,
+                &self.notes,
+                &self.reach,
+                &self.cancel,
+            )
+            .await;
             self.current.version.store(0, Ordering::Relaxed);
+            self.reach.send_replace(None);
             let reason = match ended {
                 session::Ended::Stop => return,
                 session::Ended::Closed(code, reason) => {
@@ -436,8 +589,7 @@ async fn serve<T>(
             req = rx.recv() => match req {
                 None => return None,
                 Some(Request::Logout { done }) => { let _ = done.send(()); return None; }
-                Some(Request::Lookup { reply, .. }) => { let _ = reply.send(Err(ClientError::NotConnected)); }
-                Some(Request::Watch { numbers }) => watched.extend(numbers),
+                Some(other) => other.refuse(watched),
             },
         }
     }

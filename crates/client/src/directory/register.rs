@@ -53,6 +53,8 @@ pub struct Registered {
     pub version: u16,
     /// Where this session is.
     pub(crate) target: Target,
+    /// What a version 3 session offers (its `Reachability`); `None` before version 3.
+    pub reach: Option<super::Reach>,
     /// How often to send heartbeats: a third of the server's timeout, at most the configured interval.
     pub(crate) heartbeat: Duration,
     pub(crate) reader: SessionReader<PeerStream>,
@@ -123,16 +125,29 @@ pub(crate) async fn register(target: &Target, p: &Params) -> Result<Registered, 
         .send_msg(&ClientToServer::Register { listen: p.listen })
         .await
         .map_err(ClientError::link(format!("registering with {what}")))?;
-    let answer = tokio::time::timeout(p.timeouts.request, reader.recv_msg::<ServerToClient>())
-        .await
-        .map_err(|_| ClientError::Timeout("registration"))?
-        .map_err(ClientError::link(format!("registering with {what}")))?;
+    // A version 3 session says what it offers for NAT traversal right after the handshake, so
+    // before it answers the registration.
+    let mut reach = None;
+    let answer = tokio::time::timeout(p.timeouts.request, async {
+        loop {
+            match reader.recv_msg::<ServerToClient>().await {
+                Ok(Some(ServerToClient::Reachability { token, udp_port, relay })) if version >= 3 => {
+                    reach = Some(super::Reach::new(addr, token, udp_port, relay));
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| ClientError::Timeout("registration"))?
+    .map_err(ClientError::link(format!("registering with {what}")))?;
     match answer {
         Some(ServerToClient::Registered { listen }) => Ok(Registered {
             published: listen,
             server_key,
             version,
             target: target.clone(),
+            reach,
             heartbeat,
             reader,
             writer,

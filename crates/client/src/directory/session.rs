@@ -3,20 +3,53 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use whatsap2p_link::LinkError;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, ServerToClient, MAX_WATCH_BATCH};
+use whatsap2p_proto::nat::{Candidate, MAX_CANDIDATES};
 use whatsap2p_proto::Number;
 
 use super::register::Registered;
-use super::{LookupAnswer, Note, Request};
+use super::{concrete, Introduction, LookupAnswer, Note, Reach, RelayOffer, Request};
 use crate::ClientError;
 
 type Writer = whatsap2p_link::SessionWriter<crate::transport::PeerStream>;
 
-type Pending = HashMap<u32, oneshot::Sender<Result<LookupAnswer, ClientError>>>;
+/// A request waiting for its answer, by kind.
+enum Waiting {
+    Lookup(oneshot::Sender<Result<LookupAnswer, ClientError>>),
+    Introduce(oneshot::Sender<Result<Introduction, ClientError>>),
+    Relay(oneshot::Sender<Result<RelayOffer, ClientError>>),
+}
+
+impl Waiting {
+    fn fail(self, e: ClientError) {
+        match self {
+            Waiting::Lookup(r) => drop(r.send(Err(e))),
+            Waiting::Introduce(r) => drop(r.send(Err(e))),
+            Waiting::Relay(r) => drop(r.send(Err(e))),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiting::Lookup(r) => r.is_closed(),
+            Waiting::Introduce(r) => r.is_closed(),
+            Waiting::Relay(r) => r.is_closed(),
+        }
+    }
+}
+
+type Pending = HashMap<u32, Waiting>;
+
+/// At most [`MAX_CANDIDATES`] of what a directory sends: it never sends more, and a broken one
+/// cannot make us try more.
+fn capped(mut candidates: Vec<Candidate>) -> Vec<Candidate> {
+    candidates.truncate(MAX_CANDIDATES);
+    candidates
+}
 
 /// How a session ended.
 pub(super) enum Ended {
@@ -41,8 +74,11 @@ pub(super) async fn run(
     rx: &mut mpsc::Receiver<Request>,
     watched: &mut HashSet<Number>,
     notes: &mpsc::Sender<Note>,
+    reach: &watch::Sender<Option<Reach>>,
     cancel: &CancellationToken,
 ) -> Ended {
+    let server = session.target.addr;
+    let v3 = session.version >= 3;
     let Registered { mut reader, mut writer, heartbeat, .. } = session;
     let mut pending: Pending = HashMap::new();
     let mut next_req: u32 = 0;
@@ -72,9 +108,35 @@ pub(super) async fn run(
                     }
                     Some(Request::Lookup { number, intent, reply }) => {
                         next_req = next_req.wrapping_add(1);
-                        pending.insert(next_req, reply);
+                        pending.insert(next_req, Waiting::Lookup(reply));
                         let lookup = ClientToServer::Lookup { req: next_req, number: number.into(), intent };
                         if let Err(e) = writer.send_msg(&lookup).await {
+                            break Ended::Lost(e.to_string());
+                        }
+                    }
+                    // Version 3 requests: never on an older session (the handle checks `reach`
+                    // first; a request queued across a reconnection is refused here).
+                    Some(other @ (Request::Introduce { .. } | Request::Relay { .. } | Request::Announce { .. })) if !v3 => {
+                        other.refuse(watched);
+                    }
+                    Some(Request::Introduce { number, reply }) => {
+                        next_req = next_req.wrapping_add(1);
+                        pending.insert(next_req, Waiting::Introduce(reply));
+                        let ask = ClientToServer::Introduce { req: next_req, number: number.into() };
+                        if let Err(e) = writer.send_msg(&ask).await {
+                            break Ended::Lost(e.to_string());
+                        }
+                    }
+                    Some(Request::Relay { number, reason, reply }) => {
+                        next_req = next_req.wrapping_add(1);
+                        pending.insert(next_req, Waiting::Relay(reply));
+                        let ask = ClientToServer::RelayRequest { req: next_req, number: number.into(), reason };
+                        if let Err(e) = writer.send_msg(&ask).await {
+                            break Ended::Lost(e.to_string());
+                        }
+                    }
+                    Some(Request::Announce { candidates, nat }) => {
+                        if let Err(e) = writer.send_msg(&ClientToServer::Announce { candidates, nat }).await {
                             break Ended::Lost(e.to_string());
                         }
                     }
@@ -91,21 +153,42 @@ pub(super) async fn run(
                     last_heard = tokio::time::Instant::now();
                     match msg {
                         Ok(Some(ServerToClient::LookupResult { req, number, key, online })) => {
-                            if let Some(reply) = pending.remove(&req) {
+                            if let Some(Waiting::Lookup(reply)) = pending.remove(&req) {
                                 let _ = reply.send(Ok(LookupAnswer { number, key, online }));
                             }
+                        }
+                        Ok(Some(ServerToClient::Introduction { req, candidates, nat, .. })) if v3 => {
+                            if let Some(Waiting::Introduce(reply)) = pending.remove(&req) {
+                                let _ = reply.send(Ok(Introduction { candidates: capped(candidates), nat }));
+                            }
+                        }
+                        Ok(Some(ServerToClient::RelayOffer { req: Some(req), relay, ticket, reason, .. })) if v3 => {
+                            if let Some(Waiting::Relay(reply)) = pending.remove(&req) {
+                                let _ = reply.send(Ok(RelayOffer { relay: concrete(relay, server), ticket, reason }));
+                            }
+                        }
+                        Ok(Some(ServerToClient::RelayOffer { req: None, number, relay, ticket, reason })) if v3 => {
+                            let offer = RelayOffer { relay: concrete(relay, server), ticket, reason };
+                            let _ = notes.send(Note::RelayOffered { from: number, offer }).await;
+                        }
+                        Ok(Some(ServerToClient::Introduced { from, candidates, nat })) if v3 => {
+                            let intro = Introduction { candidates: capped(candidates), nat };
+                            let _ = notes.send(Note::Introduced { from, intro }).await;
+                        }
+                        Ok(Some(ServerToClient::Reachability { token, udp_port, relay })) if v3 => {
+                            reach.send_replace(Some(Reach::new(server, token, udp_port, relay)));
                         }
                         Ok(Some(ServerToClient::Presence { number, online, .. })) => {
                             let _ = notes.send(Note::Presence { number, online }).await;
                         }
                         Ok(Some(ServerToClient::Error { req: Some(req), message })) => {
-                            if let Some(reply) = pending.remove(&req) {
-                                let _ = reply.send(Err(ClientError::Directory(message)));
+                            if let Some(waiting) = pending.remove(&req) {
+                                waiting.fail(ClientError::Directory(message));
                             }
                         }
                         Ok(Some(ServerToClient::Limited { req: Some(req), limit, retry_after_ms })) => {
-                            if let Some(reply) = pending.remove(&req) {
-                                let _ = reply.send(Err(ClientError::limited(limit, retry_after_ms)));
+                            if let Some(waiting) = pending.remove(&req) {
+                                waiting.fail(ClientError::limited(limit, retry_after_ms));
                             }
                         }
                         // A watch past a limit: the numbers before it are watched, the rest are not.
@@ -132,8 +215,8 @@ pub(super) async fn run(
             }
         }
     };
-    for (_, reply) in pending.drain() {
-        let _ = reply.send(Err(ClientError::NotConnected));
+    for (_, waiting) in pending.drain() {
+        waiting.fail(ClientError::NotConnected);
     }
     ended
 }

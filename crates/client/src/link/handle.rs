@@ -16,6 +16,7 @@ use whatsap2p_proto::codec::EncodeError;
 use whatsap2p_proto::peer::PeerMessage;
 use whatsap2p_proto::{Number, PublicKey};
 
+use super::Path;
 use crate::transport::PeerStream;
 
 /// Chat and control frames waiting to be written on one link.
@@ -55,6 +56,14 @@ impl From<LinkError> for WriteError {
 pub(super) struct Outgoing {
     pub(super) msg: Option<PeerMessage>,
     pub(super) written: Option<oneshot::Sender<Result<(), WriteError>>>,
+    /// The link is retired: once this batch is written, close the write side and stop.
+    pub(super) finish: bool,
+}
+
+impl Outgoing {
+    fn msg(msg: Option<PeerMessage>, written: Option<oneshot::Sender<Result<(), WriteError>>>) -> Self {
+        Self { msg, written, finish: false }
+    }
 }
 
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
@@ -67,6 +76,13 @@ struct Link {
     version: u16,
     /// Unique per link, so the outbox and transfers tell this link from the next one to the peer.
     epoch: u64,
+    /// Which way it goes.
+    path: Path,
+    /// Set when a better link took this one's place: nothing new is written on it.
+    retired: CancellationToken,
+    /// Cancelled when the reader has read everything (or given up), so a link that replaces this one
+    /// reads only after it.
+    reader_done: CancellationToken,
     tx: mpsc::Sender<Outgoing>,
     /// The session's writing half: the writer task takes it for each batch, a direct write when
     /// nothing waits, a file's reader thread for each chunk. `None` once the link is closed, so the
@@ -88,6 +104,7 @@ impl LinkHandle {
         peer: Number,
         key: PublicKey,
         version: u16,
+        path: Path,
         writer: Writer,
         closed: CancellationToken,
     ) -> (Self, mpsc::Receiver<Outgoing>) {
@@ -97,6 +114,9 @@ impl LinkHandle {
             key,
             version,
             epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            path,
+            retired: CancellationToken::new(),
+            reader_done: CancellationToken::new(),
             tx,
             writer: tokio::sync::Mutex::new(Some(writer)),
             closed,
@@ -127,8 +147,40 @@ impl LinkHandle {
         self.0.epoch
     }
 
+    /// Which way the link goes.
+    pub(crate) fn path(&self) -> Path {
+        self.0.path
+    }
+
+    /// Whether the link takes new writes: neither closed nor retired.
     pub(crate) fn is_alive(&self) -> bool {
-        !self.0.closed.is_cancelled()
+        !self.0.closed.is_cancelled() && !self.0.retired.is_cancelled()
+    }
+
+    /// A better link took this one's place: refuse new writes, write what is queued, then close
+    /// the write side (the end of the stream tells the peer nothing more comes this way). The
+    /// reader goes on until the peer's side ends too (bounded by `read.rs`).
+    pub(super) async fn retire(&self) {
+        if self.0.retired.is_cancelled() {
+            return;
+        }
+        self.0.retired.cancel();
+        let _ = self.enqueue(Outgoing { msg: None, written: None, finish: true }).await;
+    }
+
+    /// Resolves once the link is retired.
+    pub(super) fn retired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.0.retired.cancelled()
+    }
+
+    /// The reader is done.
+    pub(super) fn reader_finished(&self) {
+        self.0.reader_done.cancel();
+    }
+
+    /// Resolves once the reader is done.
+    pub(super) fn reader_done(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.0.reader_done.cancelled()
     }
 
     /// Ends the link: its reader and writer stop and release the stream.
@@ -211,7 +263,7 @@ impl LinkHandle {
                     Ok(true) => {}
                     // The rest is buffered: the writer task finishes it, before anything queued later.
                     Ok(false) => {
-                        let _ = self.enqueue(Outgoing { msg: None, written: None }).await;
+                        let _ = self.enqueue(Outgoing::msg(None, None)).await;
                     }
                     Err(e) => {
                         debug!("reply not written: {e}");
@@ -221,7 +273,7 @@ impl LinkHandle {
                 return;
             }
         }
-        let _ = self.enqueue(Outgoing { msg: Some(msg), written: None }).await;
+        let _ = self.enqueue(Outgoing::msg(Some(msg), None)).await;
     }
 
     /// Writes `msg` without waiting for the peer: what the socket does not take at once is left to
@@ -248,14 +300,17 @@ impl LinkHandle {
                 let whole = w.send_or_buffer(&frame).inspect_err(|_| self.close())?;
                 drop(writer);
                 // The rest is buffered: the writer task finishes it, before anything queued later.
-                return if whole { Ok(()) } else { queue(Outgoing { msg: None, written: None }) };
+                return if whole { Ok(()) } else { queue(Outgoing::msg(None, None)) };
             }
         }
-        queue(Outgoing { msg: Some(msg), written: None })
+        queue(Outgoing::msg(Some(msg), None))
     }
 
     /// Writes `msg`; returns once it is on the wire.
     pub(crate) async fn write(&self, msg: PeerMessage) -> Result<(), WriteError> {
+        if !self.is_alive() {
+            return Err(WriteError::Closed);
+        }
         if self.0.queued.load(Ordering::Acquire) == 0 {
             if let Ok(mut writer) = self.0.writer.try_lock() {
                 let frame = whatsap2p_proto::encode(&msg)?;
@@ -263,7 +318,7 @@ impl LinkHandle {
             }
         }
         let (written, rx) = oneshot::channel();
-        self.enqueue(Outgoing { msg: Some(msg), written: Some(written) }).await?;
+        self.enqueue(Outgoing::msg(Some(msg), Some(written))).await?;
         rx.await.unwrap_or(Err(WriteError::Closed))
     }
 }

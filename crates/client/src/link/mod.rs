@@ -2,10 +2,20 @@
 //! on them to its owner.
 //!
 //! Dialing: look the number up, check the key the directory gives against the contact's pinned key,
-//! connect, and require the responder to prove that key in the handshake. Accepting: require the
-//! initiator's proof, then ask the directory whether that key owns the number it claims, and check
-//! the pin. Either way the link runs over a [`PeerStream`] (see `transport.rs`): any reliable byte
-//! stream will do, so a link over another transport is established with `Links::adopt`.
+//! race every path to it (`dial.rs`: TCP, QUIC through punched NATs, the relay), and require the
+//! responder to prove that key in the handshake. Accepting: require the initiator's proof, then ask
+//! the directory whether that key owns the number it claims, and check the pin. Either way the link
+//! runs over a [`PeerStream`] (see `transport`): whatever the transport, a stream a peer opened to
+//! us (TCP, QUIC, or the relay after an offer) goes through `Links::adopt`.
+//!
+//! Each link knows its [`Path`]; a change of a peer's path is an [`Event::Path`]. A relayed link we
+//! dialed keeps trying to go direct (`upgrade.rs`); when a direct link to the same peer comes (ours
+//! or the peer's), it takes the relayed one's place: the old one is *retired* — nothing new is
+//! written on it, what was queued is written, its write side is closed (the end of its stream is
+//! the marker) — and the new link's reader waits (bounded) until the old one's reader has read to
+//! the end, so everything sent on the old path is handled before anything from the new one. What
+//! was not acknowledged on the old link goes out again on the new one (the receiver deduplicates),
+//! and a file transfer's attempt fails as "link closed" and resumes on the new link.
 //!
 //! Each link runs two tasks: a writer fed by a bounded queue (`write.rs`), and a reader (`read.rs`)
 //! that hands every message to the link's `LinkOwner` (the client's subsystems, composed in
@@ -17,10 +27,15 @@
 //! - `handle.rs`: `LinkHandle`, what the rest of the client writes through, and [`WriteError`].
 //! - `read.rs`, `write.rs`: the two tasks of a link.
 //! - `admission.rs`: how many peers may handshake at once, in all and from one source.
+//! - `dial.rs`: racing the paths to a peer; `path.rs`: [`Path`]; `upgrade.rs`: a relayed link
+//!   going direct.
 
 mod admission;
+mod dial;
 mod handle;
+mod path;
 mod read;
+mod upgrade;
 mod write;
 
 use std::collections::HashMap;
@@ -42,6 +57,7 @@ use admission::{Admission, Turned};
 pub use admission::{FREE_HANDSHAKES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE};
 pub(crate) use handle::LinkHandle;
 pub use handle::WriteError;
+pub use path::{reason_text, Path};
 
 use crate::config::Timeouts;
 use crate::directory::DirectoryHandle;
@@ -49,8 +65,9 @@ use crate::event::Event;
 use crate::handshake::{Accepted, Linked};
 use crate::presence::PresenceCache;
 use crate::profile::Identity;
+use crate::reach::Reachability;
 use crate::store::Store;
-use crate::transport::{self, PeerListener, PeerStream};
+use crate::transport::{PeerListener, PeerStream};
 use crate::ClientError;
 
 /// Most peer connections accepted at once (handshaking or linked).
@@ -92,6 +109,7 @@ pub(crate) struct LinkParts {
     pub(crate) directory: DirectoryHandle,
     pub(crate) store: Store,
     pub(crate) presence: PresenceCache,
+    pub(crate) reach: Reachability,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) timeouts: Timeouts,
     /// The protocol versions links may use.
@@ -108,13 +126,15 @@ struct Inner {
     /// Set once the subsystems exist (they need `Links` themselves); taken at shutdown, which
     /// ends the reference cycle between them.
     owner: Mutex<Option<Arc<dyn LinkOwner>>>,
-    /// Places for accepted connections.
+    /// Places for accepted connections (TCP, QUIC and relayed alike).
     permits: Arc<Semaphore>,
     /// Places for connections still handshaking, and the count of those turned away.
     admission: Arc<Admission>,
     /// Peers we dialed that speak no version we do, with the versions they speak, once the user
     /// was told; a peer leaves it when a link to it is made. Only numbers we write to are dialed.
     versions_told: Mutex<HashMap<Number, Versions>>,
+    /// The path last reported for each peer with a slot, so an event goes out only on a change.
+    paths: Mutex<HashMap<Number, Path>>,
 }
 
 /// The client's peer links. Cheap to clone.
@@ -130,6 +150,7 @@ impl Links {
             permits: Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS)),
             admission: Arc::default(),
             versions_told: Mutex::default(),
+            paths: Mutex::default(),
         }))
     }
 
@@ -200,34 +221,75 @@ impl Links {
         let free = slot.try_lock().is_ok_and(|held| !held.as_ref().is_some_and(|l| l.is_alive()));
         if free {
             slots.remove(peer);
+            self.paths().remove(peer);
         }
     }
 
-    async fn dial(&self, to: &Number) -> Result<LinkHandle, ClientError> {
+    fn paths(&self) -> std::sync::MutexGuard<'_, HashMap<Number, Path>> {
+        self.0.paths.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The path of the live link to `peer`, if there is one.
+    pub(crate) fn path(&self, peer: &Number) -> Option<Path> {
+        self.try_live(peer).map(|l| l.path())
+    }
+
+    /// Tells the user when `link` changes its peer's path.
+    fn report_path(&self, link: &LinkHandle) {
+        let path = link.path();
+        let before = self.paths().insert(link.peer().clone(), path);
+        if before != Some(path) {
+            info!("path to {}: {}", link.peer(), path.detail());
+            let event = Event::Path { number: link.peer().clone(), path };
+            if self.0.parts.events.try_send(event).is_err() {
+                warn!("event queue full: the path change to {} is not shown", link.peer());
+            }
+        }
+    }
+
+    fn dialer(&self) -> dial::Dialer<'_> {
+        let p = &self.0.parts;
+        dial::Dialer {
+            me: &p.me,
+            identity: &p.identity,
+            directory: &p.directory,
+            reach: &p.reach,
+            timeouts: &p.timeouts,
+            versions: p.versions,
+        }
+    }
+
+    /// The directory's key for `to` (checked against our pin) and where it is published, if online.
+    async fn locate(&self, to: &Number) -> Result<(PublicKey, SocketAddr), ClientError> {
         let p = &self.0.parts;
         let answer = p.directory.lookup(to, LookupIntent::Address).await?;
         p.presence.saw_online(to, answer.online);
         let Some(key) = answer.key else { return Err(ClientError::UnknownNumber(to.clone())) };
         let Some(location) = answer.online else { return Err(ClientError::Offline(to.clone())) };
         p.store.check_pin(to, key).await?;
-        let addr = location.addr;
-        let dial = || transport::dial(addr, p.timeouts.connect, "connecting to the peer");
-        let stream = dial().await?;
-        let handshake =
-            crate::handshake::dial_peer(stream, dial, &p.identity, &p.me, to, key, addr, p.versions);
-        let linked = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
-            Err(_) => return Err(ClientError::Timeout("peer handshake")),
-            Ok(Err(e)) => {
+        Ok((key, location.addr))
+    }
+
+    async fn dial(&self, to: &Number) -> Result<LinkHandle, ClientError> {
+        let (key, published) = self.locate(to).await?;
+        let (linked, path, addr) = match self.dialer().race(to, key, Some(published), dial::Mode::Any).await {
+            Ok(won) => won,
+            Err(e) => {
                 if let ClientError::Version { source, .. } = &e {
                     self.versions_differ(to, source.theirs, &e).await;
                 }
                 return Err(e);
             }
-            Ok(Ok(linked)) => linked,
         };
         self.versions_told().remove(to);
-        info!("linked to {to} at {addr}, protocol version {}", linked.version);
-        self.spawn(to.clone(), key, addr, linked, None).ok_or(ClientError::ShuttingDown)
+        info!("linked to {to} at {addr} ({}), protocol version {}", path.detail(), linked.version);
+        let link =
+            self.spawn(to.clone(), key, addr, path, linked, None, None).ok_or(ClientError::ShuttingDown)?;
+        self.report_path(&link);
+        if !path.is_direct() {
+            upgrade::spawn(self.clone(), link.clone());
+        }
+        Ok(link)
     }
 
     fn versions_told(&self) -> std::sync::MutexGuard<'_, HashMap<Number, Versions>> {
@@ -243,16 +305,46 @@ impl Links {
         }
     }
 
+    /// One bounded try at a direct link to `to` while `relayed` carries it: on success the direct
+    /// link takes the relayed one's place (see the module's comment).
+    pub(crate) async fn try_direct(&self, relayed: &LinkHandle) -> Result<(), ClientError> {
+        let to = relayed.peer().clone();
+        let (key, published) = self.locate(&to).await?;
+        if key != *relayed.key() {
+            return Err(ClientError::KeyChanged { number: to, pinned: *relayed.key(), presented: key });
+        }
+        let (linked, path, addr) =
+            self.dialer().race(&to, key, Some(published), dial::Mode::DirectOnly).await?;
+        info!("linked to {to} at {addr} ({}), leaving the relay", path.detail());
+        self.install(to, key, addr, path, linked, None).await;
+        Ok(())
+    }
+
     /// Runs the responder's handshake on a stream a peer opened to us (over any transport), and
     /// makes it the peer's link unless a live one is in place (then both run until idle).
+    ///
+    /// `path` is the way the stream came; `expect`, when set, is the only number the peer may be
+    /// (a relayed stream is for the peer the directory named in its offer).
     pub(crate) async fn adopt(
         &self,
         stream: PeerStream,
         addr: SocketAddr,
+        path: Path,
+        expect: Option<Number>,
         permit: Option<OwnedSemaphorePermit>,
     ) {
         let p = &self.0.parts;
-        let vouch = |claimed: Number, key: PublicKey| async move { self.vouch(&claimed, key, addr).await };
+        let expect = expect.as_ref();
+        let vouch = |claimed: Number, key: PublicKey| async move {
+            if let Some(expected) = expect.filter(|e| **e != claimed) {
+                return Err(ClientError::PeerIdentity {
+                    number: claimed,
+                    addr,
+                    reason: format!("the relay was offered for {expected}"),
+                });
+            }
+            self.vouch(&claimed, key, addr).await
+        };
         let handshake = crate::handshake::accept_peer(stream, &p.identity, &p.me, addr, p.versions, vouch);
         // Anyone can make these happen at will: counted, and logged in a summary (`admission.rs`).
         let accepted = match tokio::time::timeout(p.timeouts.handshake, handshake).await {
@@ -274,12 +366,33 @@ impl Links {
             Ok(Ok(accepted)) => accepted,
         };
         let Accepted { number, key, linked } = accepted;
-        info!("{number} linked from {addr}, protocol version {}", linked.version);
-        let Some(link) = self.spawn(number.clone(), key, addr, linked, permit) else { return };
-        let slot = self.slot(&number);
+        info!("{number} linked from {addr} ({}), protocol version {}", path.detail(), linked.version);
+        self.install(number, key, addr, path, linked, permit).await;
+    }
+
+    /// Starts a link and puts it in its peer's slot: when the slot is free, or when the new link is
+    /// direct and the one there is relayed (which is then retired). Otherwise both run until idle.
+    async fn install(
+        &self,
+        peer: Number,
+        key: PublicKey,
+        addr: SocketAddr,
+        path: Path,
+        linked: Linked<PeerStream>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let slot = self.slot(&peer);
         let mut held = slot.lock().await;
-        if !held.as_ref().is_some_and(|l| l.is_alive()) {
-            *held = Some(link);
+        let current = held.as_ref().filter(|l| l.is_alive()).cloned();
+        let replaces = current.as_ref().filter(|old| path.is_direct() && !old.path().is_direct()).cloned();
+        let Some(link) = self.spawn(peer, key, addr, path, linked, permit, replaces.clone()) else { return };
+        if current.is_none() || replaces.is_some() {
+            *held = Some(link.clone());
+            drop(held);
+            self.report_path(&link);
+        }
+        if let Some(old) = replaces {
+            old.retire().await;
         }
     }
 
@@ -306,25 +419,111 @@ impl Links {
         }
     }
 
-    /// Starts a link's reader and writer; `None` when the client is shutting down.
+    /// Starts a link's reader and writer; `None` when the client is shutting down. The reader
+    /// starts reading once `after`'s reader is done (bounded), so what `after` carried comes first.
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
         peer: Number,
         key: PublicKey,
         addr: SocketAddr,
+        path: Path,
         linked: Linked<PeerStream>,
         permit: Option<OwnedSemaphorePermit>,
+        after: Option<LinkHandle>,
     ) -> Option<LinkHandle> {
         let owner = self.owner()?;
         let p = &self.0.parts;
         let (reader, writer) = linked.session.split();
         let span = info_span!("link", peer = %peer, %addr);
-        let (link, rx) = LinkHandle::new(peer, key, linked.version, writer, p.cancel.child_token());
+        let (link, rx) = LinkHandle::new(peer, key, linked.version, path, writer, p.cancel.child_token());
         p.tracker.spawn(write::write_loop(link.clone(), rx).instrument(span.clone()));
-        let reading =
-            read::read_loop(self.clone(), owner, reader, link.clone(), p.timeouts.link_idle, permit);
+        let reading = read::read_loop(
+            self.clone(),
+            owner,
+            reader,
+            link.clone(),
+            read::ReadOptions { idle: p.timeouts.link_idle, permit, after },
+        );
         p.tracker.spawn(reading.instrument(span));
         Some(link)
+    }
+
+    /// Spawns `work` on the client's tracker.
+    pub(crate) fn run<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.0.parts.tracker.spawn(work);
+    }
+
+    pub(crate) fn parts(&self) -> &LinkParts {
+        &self.0.parts
+    }
+
+    /// The peer `from` was offered a relayed link with us: connect to the relay and accept the link
+    /// on it (the asker is the Noise initiator).
+    pub(crate) fn take_relay(&self, from: Number, offer: crate::directory::RelayOffer) {
+        let Ok(permit) = self.0.permits.clone().try_acquire_owned() else {
+            return warn!("not joining {from} at the relay: {MAX_PEER_CONNECTIONS} connections open");
+        };
+        let links = self.clone();
+        let span = info_span!("relay", peer = %from, relay = %offer.relay);
+        self.run(
+            async move {
+                let timeouts = &links.0.parts.timeouts;
+                match crate::transport::relay::connect(
+                    offer.relay,
+                    &offer.ticket,
+                    timeouts,
+                    crate::transport::relay::RELAY_PAIRING,
+                )
+                .await
+                {
+                    Ok(stream) => {
+                        let path = Path::Relayed { reason: offer.reason };
+                        links.adopt(stream, offer.relay, path, Some(from), Some(permit)).await;
+                    }
+                    Err(e) => warn!("joining {from} at the relay failed: {e}"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Accepts QUIC connections on our UDP socket until shutdown, through the same path as TCP.
+    pub(crate) fn accept_quic(&self) {
+        let p = &self.0.parts;
+        p.tracker.spawn(self.clone().accept_quic_loop(p.cancel.clone()));
+    }
+
+    async fn accept_quic_loop(self, cancel: CancellationToken) {
+        let quic = self.0.parts.reach.quic().clone();
+        loop {
+            let incoming = tokio::select! {
+                _ = cancel.cancelled() => return,
+                i = quic.incoming() => match i { Some(i) => i, None => return },
+            };
+            let addr = incoming.remote_address();
+            let Ok(permit) = self.0.permits.clone().try_acquire_owned() else {
+                warn!("refusing QUIC peer {addr}: {MAX_PEER_CONNECTIONS} connections open");
+                incoming.refuse();
+                continue;
+            };
+            let links = self.clone();
+            let within = self.0.parts.timeouts.handshake;
+            let on_lan = self.0.parts.reach.on_lan(addr.ip());
+            let adopting = async move {
+                match crate::transport::quic::open(incoming, within).await {
+                    Ok(stream) => {
+                        let path = Path::direct(whatsap2p_proto::nat::Transport::Udp, on_lan);
+                        links.adopt(stream, addr, path, None, Some(permit)).await;
+                    }
+                    Err(e) => debug!("QUIC peer {addr} did not open a link: {e}"),
+                }
+            };
+            self.0.parts.tracker.spawn(adopting.instrument(info_span!("peer", %addr)));
+        }
     }
 
     /// Accepts peers on `listener` until shutdown.
@@ -362,9 +561,11 @@ impl Links {
                 continue;
             };
             let links = self.clone();
+            let path =
+                Path::direct(whatsap2p_proto::nat::Transport::Tcp, self.0.parts.reach.on_lan(addr.ip()));
             // The handshake's place is held until it ends (`adopt` returns once linked).
             let adopting = async move {
-                links.adopt(stream, addr, Some(permit)).await;
+                links.adopt(stream, addr, path, None, Some(permit)).await;
                 drop(place);
             };
             self.0.parts.tracker.spawn(adopting.instrument(info_span!("peer", %addr)));

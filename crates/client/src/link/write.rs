@@ -9,8 +9,12 @@ const WRITE_BATCH: usize = 32;
 
 /// Writes until the link closes or a write fails; then closes the write side and drops it, which
 /// (with the reader gone too) releases the stream.
+///
+/// A retired link (see `LinkHandle::retire`) stops after its finishing batch without closing the
+/// link: its reader goes on until the peer's side ends.
 pub(super) async fn write_loop(link: LinkHandle, mut rx: mpsc::Receiver<Outgoing>) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
+    let mut finished = false;
     loop {
         let first = tokio::select! {
             biased;
@@ -40,16 +44,19 @@ pub(super) async fn write_loop(link: LinkHandle, mut rx: mpsc::Receiver<Outgoing
         link.dequeued(batch.len());
         drop(writer);
         let failed = result.is_err();
+        finished = batch.iter().any(|out| out.finish);
         for out in batch.drain(..) {
             if let Some(written) = out.written {
                 let _ = written.send(result.clone());
             }
         }
-        if failed {
+        if failed || finished {
             break;
         }
     }
-    link.close();
+    if !finished {
+        link.close();
+    }
     // Taken out even if closing fails: nothing may write on this link any more.
     let writer = link.writer().lock().await.take();
     if let Some(mut writer) = writer {

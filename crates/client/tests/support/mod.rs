@@ -211,6 +211,7 @@ pub fn config(server: SocketAddr, number: &Number, root: &Path) -> ClientConfig 
         profile_dir: dir.join("profile"),
         servers: vec![server.into()],
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen_udp: 0,
         timeouts: Timeouts::default(),
         downloads: dir.join("downloads"),
         max_file_size: ClientConfig::DEFAULT_MAX_FILE_SIZE,

@@ -49,7 +49,10 @@ pub use whatsap2p_server::testing::Redis;
 
 /// A directory instance in this process.
 pub struct Instance {
+    /// Its TCP address.
     pub addr: SocketAddr,
+    /// Its UDP probe port (the same port number).
+    pub udp: SocketAddr,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -105,8 +108,10 @@ impl Instance {
 
     async fn serve(directory: Directory, data: Option<tempfile::TempDir>) -> Instance {
         let metrics = directory.metrics.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (listener, udp) = bind_tcp_and_udp().await;
         let addr = listener.local_addr().expect("addr");
+        let udp_addr = udp.local_addr().expect("addr");
+        let directory = directory.with_udp(udp);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             whatsap2p_server::run(listener, directory, async {
@@ -115,7 +120,7 @@ impl Instance {
             .await
             .expect("run");
         });
-        Instance { addr, metrics, stop: Some(stop), task, _data: data }
+        Instance { addr, udp: udp_addr, metrics, stop: Some(stop), task, _data: data }
     }
 
     /// Shuts down cleanly: every session says goodbye and takes its user offline.
@@ -131,6 +136,17 @@ impl Instance {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// A TCP listener and a UDP socket on the same loopback port number, as the directory binds them.
+pub async fn bind_tcp_and_udp() -> (tokio::net::TcpListener, tokio::net::UdpSocket) {
+    for _ in 0..50 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        if let Ok(udp) = tokio::net::UdpSocket::bind(listener.local_addr().expect("addr")).await {
+            return (listener, udp);
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP");
 }
 
 /// A user's keys and number.
@@ -157,6 +173,8 @@ pub struct Session {
     next_req: u32,
     /// Messages read while waiting for another, in order, for the next reads.
     backlog: std::collections::VecDeque<ServerToClient>,
+    /// The `Reachability` the server sent, taken aside whenever it comes (as a client does).
+    pub reachability: Option<ServerToClient>,
 }
 
 /// The answer to a Hello, message 2, as the initiator reads it.
@@ -252,12 +270,18 @@ impl Session {
         );
         hs.send(&whatsap2p_proto::encode(&proof).expect("proof")).await.expect("send proof");
         let (reader, writer) = hs.finish().expect("finish").split();
-        Session { reader, writer, next_req: 0, backlog: Default::default() }
+        Session { reader, writer, next_req: 0, backlog: Default::default(), reachability: None }
     }
 
     /// Sends `msg`.
     pub async fn send(&mut self, msg: &ClientToServer) {
         self.writer.send_msg(msg).await.expect("send");
+    }
+
+    /// Sends `msg`, or says why the link would not.
+    #[allow(dead_code)] // Not every test file sends what a link refuses.
+    pub async fn try_send(&mut self, msg: &ClientToServer) -> Result<(), whatsap2p_link::LinkError> {
+        self.writer.send_msg(msg).await
     }
 
     /// Registers as listening at `port` and returns the answer (`Registered` or `Refused`).
@@ -275,15 +299,18 @@ impl Session {
         }
     }
 
-    /// The next message, `None` when the server closed the session.
+    /// The next message other than `Reachability`, `None` when the server closed the session.
     pub async fn next(&mut self) -> Option<ServerToClient> {
         if let Some(m) = self.backlog.pop_front() {
             return Some(m);
         }
-        match tokio::time::timeout(TIMEOUT, self.reader.recv_msg::<ServerToClient>()).await {
-            Err(_) => panic!("no message from the server within {TIMEOUT:?}"),
-            Ok(Ok(msg)) => msg,
-            Ok(Err(_)) => None,
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.reader.recv_msg::<ServerToClient>()).await {
+                Err(_) => panic!("no message from the server within {TIMEOUT:?}"),
+                Ok(Ok(Some(m @ ServerToClient::Reachability { .. }))) => self.reachability = Some(m),
+                Ok(Ok(msg)) => return msg,
+                Ok(Err(_)) => return None,
+            }
         }
     }
 

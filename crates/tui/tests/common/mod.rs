@@ -238,7 +238,7 @@ impl Backend for Mock {
         self.record(format!("ping {number}"));
         self.ping_started.notify_one();
         self.ping_gate.notified().await;
-        Ok(Presence { number: number.clone(), online: None, key: None })
+        Ok(Presence { number: number.clone(), online: None, key: None, path: None })
     }
 
     async fn contacts(&self) -> Result<Vec<Presence>, BackendError> {

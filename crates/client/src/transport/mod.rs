@@ -1,10 +1,20 @@
 //! The transport seam: how a byte stream to a peer or to the directory is made.
 //!
-//! Everything above this file takes a [`PeerStream`], any reliable, ordered byte stream: the Noise
+//! Everything above this module takes a [`PeerStream`], any reliable, ordered byte stream: the Noise
 //! session (`whatsap2p_link`) runs over it and proves who is at the other end, so a stream needs no
-//! security of its own. TCP is the first transport (`dial` and `PeerListener`); a stream punched
-//! through a NAT or relayed by a third party can be handed to `crate::link::Links::adopt` the same
-//! way, and nothing else in the client names `TcpStream`.
+//! security of its own. Three transports make one: TCP (`dial` and `PeerListener`, here), QUIC over
+//! the client's one UDP socket (`quic`, on the socket of `udp`), and TCP through the relay (`relay`).
+//! Streams that peers open to us, whatever the transport, go through `crate::link::Links::adopt`, and
+//! nothing outside this module names a socket type.
+//!
+//! # Layout
+//! - `udp`: the shared UDP socket, which hands QUIC's datagrams to quinn and ours to `crate::reach`.
+//! - `quic`: the QUIC endpoint on it (dial, accept), and why its TLS checks no certificate.
+//! - `relay`: a stream through the relay (preamble, ticket, pairing).
+
+pub(crate) mod quic;
+pub(crate) mod relay;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,6 +45,13 @@ pub(crate) async fn dial(
     // Frames are written whole; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
     Ok(Box::new(stream))
+}
+
+/// The client's UDP socket, bound on the IP of the TCP listener (so the two share a network) at
+/// `port` (0: the system chooses).
+pub(crate) fn bind_udp(listen: SocketAddr, port: u16) -> Result<std::net::UdpSocket, ClientError> {
+    let addr = SocketAddr::new(listen.ip(), port);
+    std::net::UdpSocket::bind(addr).map_err(ClientError::io(format!("binding UDP on {addr}")))
 }
 
 /// Where peers connect to us.
