@@ -144,10 +144,15 @@ impl LeanSession {
         let listen = SocketAddr::from(([127, 0, 0, 1], 9));
         session.queue(&ClientToServer::Register { listen }).await?;
         session.flush().await?;
-        match session.next().await? {
-            ServerToClient::Registered { .. } => Ok(session),
-            ServerToClient::Refused { reason } => bail!("registration refused: {reason}"),
-            other => bail!("unexpected answer to registration: {other:?}"),
+        // A version 3 directory says how to reach it over UDP first (see `Reachability` in
+        // docs/protocol.md); nobody probes from these accounts.
+        loop {
+            match session.next().await? {
+                ServerToClient::Registered { .. } => return Ok(session),
+                ServerToClient::Refused { reason } => bail!("registration refused: {reason}"),
+                ServerToClient::Reachability { .. } => continue,
+                other => bail!("unexpected answer to registration: {other:?}"),
+            }
         }
     }
 

@@ -273,5 +273,16 @@ async fn main() -> anyhow::Result<()> {
         println!("\nwrote {}", args.out.display());
     }
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
+    // A figure of ours that failed is a broken product or a broken bench: either way CI goes red
+    // (a baseline that is unavailable is not).
+    let failed: Vec<&str> = sections
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| r.ours.is_err())
+        .map(|r| r.figure.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{} figures failed: {}", failed.len(), failed.join("; "));
+    }
     Ok(())
 }
