@@ -207,13 +207,29 @@ async fn fill(
         let count = share.min(held - p * share);
         holders.push(Holder::spawn(&addrs, count, p * share)?);
     }
-    let (mut registered, mut load_rss) = (0u64, 0u64);
-    for h in &mut holders {
-        let ready = h.line(FILL_TIMEOUT).await?;
-        let [ok, _failed, rss] = ready[..] else { bail!("hold child said {ready:?}") };
-        registered += ok;
-        load_rss += rss;
-    }
+    let (registered, load_rss) = {
+        let ready = async {
+            let (mut registered, mut load_rss) = (0u64, 0u64);
+            for h in &mut holders {
+                let ready = h.line(FILL_TIMEOUT).await?;
+                let [ok, _failed, rss] = ready[..] else { bail!("hold child said {ready:?}") };
+                registered += ok;
+                load_rss += rss;
+            }
+            Ok((registered, load_rss))
+        };
+        // The probe beats like every other client while they come in: a large fill outlasts the
+        // server's heartbeat timeout.
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.tick().await;
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                r = &mut ready => break r?,
+                _ = beat.tick() => probe.heartbeat().await?,
+            }
+        }
+    };
     let fill = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut alive = 0;
