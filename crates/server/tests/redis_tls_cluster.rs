@@ -1,0 +1,156 @@
+//! The shared directory on Redis over TLS (`rediss://`, a private CA made by the test) and on a
+//! Redis Cluster (`redis+cluster://`, three primaries the test starts): instances that are one
+//! directory, a store they cannot trust refused with the reason in the log, registration races on
+//! a cluster, users going offline on whichever primary holds their entry.
+//!
+//! Instances run in this process on port 0; clients are raw protocol sessions (see `common`). Tests
+//! that need redis-server skip with a message when it is missing.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{Account, Instance, Session, TIMEOUT};
+use whatsap2p_link::StaticKeypair;
+use whatsap2p_proto::directory::{ClientToServer, CloseCode, ServerToClient};
+use whatsap2p_server::redis_store::{StoreAddress, StoreTls};
+use whatsap2p_server::testing::{Redis, TestCa};
+
+/// Every log line of this test binary's instances (they run in this process).
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("whatsap2p_server=info"))
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits for a log line that contains every one of `words`, and returns it.
+async fn log_line(words: &[&str]) -> String {
+    let logs = logs();
+    let t0 = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+        if let Some(line) = text.lines().find(|l| words.iter().all(|w| l.contains(w))) {
+            return line.to_owned();
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no log line with {words:?} within {TIMEOUT:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_taken(m: &ServerToClient) -> bool {
+    matches!(m, ServerToClient::Closed { code: CloseCode::NumberTaken, .. })
+}
+
+fn is_unavailable(m: &ServerToClient) -> bool {
+    matches!(m, ServerToClient::Closed { code: CloseCode::StoreUnavailable, .. })
+}
+
+fn address(url: &str) -> StoreAddress {
+    url.parse().expect("store address")
+}
+
+/// Two instances on one store are one directory: a lookup and a presence push across them, an
+/// impostor refused through the other instance, a logout heard across.
+async fn one_directory(x: &Instance, y: &Instance, base: u32) {
+    let n = |i: u32| (base + i).to_string();
+    let (a, b, w) = (Account::new(&n(1)), Account::new(&n(2)), Account::new(&n(3)));
+    let _a = Session::online(x.addr, &a, 1001).await;
+    let mut watcher = Session::online(y.addr, &w, 1003).await;
+    assert_eq!(watcher.lookup(&a.number).await, Some(1001), "a on x, seen from y");
+    watcher.watch(&[&b.number]).await;
+    watcher.presence(&b.number, None).await;
+    let t0 = Instant::now();
+    let mut b_session = Session::online(x.addr, &b, 1002).await;
+    watcher.presence(&b.number, Some(1002)).await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "push took {:?}", t0.elapsed());
+    let impostor = Account::new(&n(1));
+    assert!(is_taken(&Session::connect(y.addr, &impostor).await.register(1).await), "impostor got in");
+    b_session.send(&ClientToServer::Logout).await;
+    watcher.presence(&b.number, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_instances_on_redis_over_tls_then_they_are_one_directory() {
+    logs();
+    let Some(redis) = Redis::start_tls(false).await else { return };
+    let ca = redis.ca().expect("TLS redis");
+    let tls = StoreTls::from_files(Some(&ca.ca_file()), None, None).expect("CA file");
+    let key = StaticKeypair::generate().expect("key");
+    let at = address(&redis.url());
+    assert!(redis.url().starts_with("rediss://"));
+    let (x, y) = (Instance::store(&at, &tls, &key).await, Instance::store(&at, &tls, &key).await);
+    one_directory(&x, &y, 11_000).await;
+    x.stop().await;
+    y.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_ca_that_did_not_sign_redis_then_registrations_are_refused_and_the_log_says_why() {
+    logs();
+    let Some(redis) = Redis::start_tls(false).await else { return };
+    let key = StaticKeypair::generate().expect("key");
+    let stranger = TestCa::new();
+    let (x, store) =
+        Instance::store_unready(&address(&redis.url()), &StoreTls::with_ca(stranger.ca_pem), &key).await;
+    let a = Account::new("12001");
+    let answer = Session::connect(x.addr, &a).await.register(1).await;
+    assert!(is_unavailable(&answer), "registered on a store it cannot trust: {answer:?}");
+    let line = log_line(&[&format!("127.0.0.1:{}", redis.port), "unreachable"]).await;
+    eprintln!("the instance said: {line}");
+    assert!(line.contains("certificate") && line.contains("refusing registrations"), "{line}");
+    assert!(!store.is_up());
+    // Still refused, still up: the instance keeps trying and never crashes.
+    tokio::time::sleep(redis_check_period()).await;
+    let answer = Session::connect(x.addr, &a).await.register(1).await;
+    assert!(is_unavailable(&answer), "{answer:?}");
+    x.stop().await;
+}
+
+fn redis_check_period() -> Duration {
+    whatsap2p_server::redis_store::CHECK_PERIOD + Duration::from_millis(200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_redis_asking_for_client_certificates_then_only_an_instance_with_one_gets_in() {
+    logs();
+    let Some(redis) = Redis::start_tls(true).await else { return };
+    let ca = redis.ca().expect("TLS redis");
+    let (cert, cert_key) = ca.client_files();
+    let with_cert = StoreTls::from_files(Some(&ca.ca_file()), Some(&cert), Some(&cert_key)).expect("files");
+    let key = StaticKeypair::generate().expect("key");
+    let at = address(&redis.url());
+    let x = Instance::store(&at, &with_cert, &key).await;
+    let a = Account::new("13001");
+    let _a = Session::online(x.addr, &a, 1001).await;
+    let (y, _) = Instance::store_unready(&at, &StoreTls::with_ca(ca.ca_pem.clone()), &key).await;
+    let answer = Session::connect(y.addr, &Account::new("13002")).await.register(1).await;
+    assert!(is_unavailable(&answer), "registered without a client certificate: {answer:?}");
+    x.stop().await;
+    y.stop().await;
+}
