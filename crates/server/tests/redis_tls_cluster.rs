@@ -12,11 +12,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{Account, Instance, Session, TIMEOUT};
+use common::{config, Account, Instance, Session, TIMEOUT};
 use whatsap2p_link::StaticKeypair;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, ServerToClient};
 use whatsap2p_server::redis_store::{StoreAddress, StoreTls};
-use whatsap2p_server::testing::{Redis, TestCa};
+use whatsap2p_server::testing::{Redis, RedisCluster, TestCa};
 
 /// Every log line of this test binary's instances (they run in this process).
 fn logs() -> Arc<Mutex<Vec<u8>>> {
@@ -117,7 +117,8 @@ async fn given_a_ca_that_did_not_sign_redis_then_registrations_are_refused_and_t
     let key = StaticKeypair::generate().expect("key");
     let stranger = TestCa::new();
     let (x, store) =
-        Instance::store_unready(&address(&redis.url()), &StoreTls::with_ca(stranger.ca_pem), &key).await;
+        Instance::store_unready(&address(&redis.url()), &StoreTls::with_ca(stranger.ca_pem), &key, config())
+            .await;
     let a = Account::new("12001");
     let answer = Session::connect(x.addr, &a).await.register(1).await;
     assert!(is_unavailable(&answer), "registered on a store it cannot trust: {answer:?}");
@@ -148,9 +149,107 @@ async fn given_redis_asking_for_client_certificates_then_only_an_instance_with_o
     let x = Instance::store(&at, &with_cert, &key).await;
     let a = Account::new("13001");
     let _a = Session::online(x.addr, &a, 1001).await;
-    let (y, _) = Instance::store_unready(&at, &StoreTls::with_ca(ca.ca_pem.clone()), &key).await;
+    let (y, _) = Instance::store_unready(&at, &StoreTls::with_ca(ca.ca_pem.clone()), &key, config()).await;
     let answer = Session::connect(y.addr, &Account::new("13002")).await.register(1).await;
     assert!(is_unavailable(&answer), "registered without a client certificate: {answer:?}");
     x.stop().await;
+    y.stop().await;
+}
+
+/// Two instances on a fresh 3-primary cluster, once both have reached it.
+async fn on_cluster(cluster: &RedisCluster, key: &StaticKeypair) -> (Instance, Instance) {
+    let at = address(&cluster.url());
+    (
+        Instance::store(&at, &StoreTls::default(), key).await,
+        Instance::store(&at, &StoreTls::default(), key).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_instances_on_a_cluster_then_they_are_one_directory() {
+    logs();
+    let Some(cluster) = RedisCluster::start(3).await else { return };
+    let key = StaticKeypair::generate().expect("key");
+    let (x, y) = on_cluster(&cluster, &key).await;
+    one_directory(&x, &y, 21_000).await;
+    // The keys of those numbers are spread over the primaries: more than one holds some.
+    let holding = {
+        let mut n = 0;
+        for port in &cluster.ports {
+            let keys = cluster.cli(*port, &["dbsize"]).await;
+            n += usize::from(keys.trim().parse::<usize>().unwrap_or(0) > 0);
+        }
+        n
+    };
+    assert!(holding >= 2, "the numbers' keys all landed on one primary");
+    x.stop().await;
+    y.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_instances_racing_to_bind_a_number_on_a_cluster_then_exactly_one_key_wins_every_time() {
+    logs();
+    let Some(cluster) = RedisCluster::start(3).await else { return };
+    let key = StaticKeypair::generate().expect("key");
+    let (x, y) = on_cluster(&cluster, &key).await;
+    for round in 0..50 {
+        let number = format!("22{round:04}");
+        let race = |addr, account: Account| async move {
+            let mut s = Session::connect(addr, &account).await;
+            let answer = s.register(1).await;
+            (matches!(answer, ServerToClient::Registered { .. }), is_taken(&answer), s, account)
+        };
+        let ((won_a, refused_a, sa, a), (won_b, refused_b, sb, b)) =
+            tokio::join!(race(x.addr, Account::new(&number)), race(y.addr, Account::new(&number)));
+        assert!(won_a != won_b && refused_a != refused_b, "round {round}: {won_a} {won_b}");
+        // The loser stays refused through either instance.
+        let loser = if won_a { &b } else { &a };
+        let mut again = Session::connect(if won_a { y.addr } else { x.addr }, loser).await;
+        assert!(is_taken(&again.register(1).await), "round {round}: the loser got in later");
+        drop((sa, sb));
+    }
+    x.stop().await;
+    y.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_users_of_an_instance_on_a_cluster_then_they_go_offline_when_their_sessions_end_or_it_dies() {
+    logs();
+    let Some(cluster) = RedisCluster::start(3).await else { return };
+    let key = StaticKeypair::generate().expect("key");
+    let at = address(&cluster.url());
+    let x = Instance::store(&at, &StoreTls::default(), &key).await;
+    // The watcher's instance waits long for heartbeats: the watcher sends none while it waits.
+    let patient = common::Config { heartbeat_timeout: Duration::from_secs(10), ..config() };
+    let y = Instance::store_with(&at, &StoreTls::default(), &key, patient).await;
+    // Enough numbers that every primary holds the presence of some of them.
+    let users: Vec<Account> = (0..9).map(|i| Account::new(&format!("2300{i}"))).collect();
+    let mut sessions = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        sessions.push(Session::online(x.addr, u, 3000 + i as u16).await);
+    }
+    let w = Account::new("23100");
+    let mut watcher = Session::online(y.addr, &w, 3100).await;
+    let numbers: Vec<_> = users.iter().map(|u| &u.number).collect();
+    watcher.watch(&numbers).await;
+    for (i, u) in users.iter().enumerate() {
+        watcher.presence(&u.number, Some(3000 + i as u16)).await;
+    }
+    // One session ends: heard across at once.
+    let t0 = Instant::now();
+    let mut first = sessions.remove(0);
+    first.send(&ClientToServer::Logout).await;
+    watcher.presence(&users[0].number, None).await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "push took {:?}", t0.elapsed());
+    // The instance dies: every other user goes offline when its entry expires, on whichever
+    // primary holds it, within the heartbeat timeout.
+    let t0 = Instant::now();
+    x.die().await;
+    for u in &users[1..] {
+        watcher.presence(&u.number, None).await;
+    }
+    let took = t0.elapsed();
+    assert!(took < config().heartbeat_timeout + Duration::from_secs(2), "offline after {took:?}");
+    assert_eq!(watcher.lookup(&users[5].number).await, None);
     y.stop().await;
 }

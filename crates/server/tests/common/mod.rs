@@ -96,7 +96,17 @@ impl Instance {
     /// An instance on the store at `address` (one node or a cluster), trusting `tls`, once it has
     /// reached the store.
     pub async fn store(address: &StoreAddress, tls: &StoreTls, key: &StaticKeypair) -> Instance {
-        let (i, store) = Instance::store_unready(address, tls, key).await;
+        Instance::store_with(address, tls, key, config()).await
+    }
+
+    /// The same with other limits.
+    pub async fn store_with(
+        address: &StoreAddress,
+        tls: &StoreTls,
+        key: &StaticKeypair,
+        config: Config,
+    ) -> Instance {
+        let (i, store) = Instance::store_unready(address, tls, key, config).await;
         let t0 = std::time::Instant::now();
         while !store.is_up() {
             assert!(t0.elapsed() < TIMEOUT, "the instance did not reach its store within {TIMEOUT:?}");
@@ -111,8 +121,8 @@ impl Instance {
         address: &StoreAddress,
         tls: &StoreTls,
         key: &StaticKeypair,
+        config: Config,
     ) -> (Instance, Arc<RedisStore>) {
-        let config = config();
         let metrics = Arc::new(Metrics::with_shared_store());
         let (store, feed) =
             RedisStore::connect_to(address, tls, config.heartbeat_timeout, metrics.clone()).expect("store");
