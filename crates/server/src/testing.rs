@@ -211,7 +211,10 @@ pub struct RedisCluster {
     children: Vec<Child>,
     /// The nodes' ports.
     pub ports: Vec<u16>,
-    _dirs: Vec<tempfile::TempDir>,
+    /// Their cluster bus ports.
+    buses: Vec<u16>,
+    /// Their dirs (with `nodes.conf`, which a restarted node reads to join the cluster again).
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl RedisCluster {
@@ -221,10 +224,33 @@ impl RedisCluster {
         if !installed("redis-server") || !installed("redis-cli") {
             return None;
         }
-        let (mut children, mut ports, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..primaries {
-            let (port, bus) = (free_port(), free_port());
-            let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = RedisCluster {
+            children: Vec::new(),
+            ports: (0..primaries).map(|_| free_port()).collect(),
+            buses: (0..primaries).map(|_| free_port()).collect(),
+            dirs: (0..primaries).map(|_| tempfile::tempdir().expect("tempdir")).collect(),
+        };
+        cluster.spawn().await;
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("running redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        cluster.wait_ready().await;
+        Some(cluster)
+    }
+
+    async fn spawn(&mut self) {
+        for ((port, bus), dir) in self.ports.iter().zip(&self.buses).zip(&self.dirs) {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
@@ -239,36 +265,29 @@ impl RedisCluster {
                 .kill_on_drop(true)
                 .spawn()
                 .expect("starting redis-server");
-            children.push(child);
-            ports.push(port);
-            dirs.push(dir);
+            self.children.push(child);
         }
-        for port in &ports {
+        for port in &self.ports {
             wait_listening(*port).await;
         }
-        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("running redis-cli --cluster create");
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&created.stdout)
-        );
-        let cluster = RedisCluster { children, ports, _dirs: dirs };
+    }
+
+    async fn wait_ready(&self) {
         let t0 = Instant::now();
-        for port in &cluster.ports {
+        for port in &self.ports {
             while !cluster_ok(*port).await {
                 assert!(t0.elapsed() < READY, "the cluster was not ready within {READY:?}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Some(cluster)
+    }
+
+    /// Starts every node again (after [`RedisCluster::kill`]) on its ports and dir, and waits until
+    /// the cluster is ready. No persistence: the nodes come back empty, in the same cluster.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+        self.wait_ready().await;
     }
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`.
@@ -279,7 +298,7 @@ impl RedisCluster {
 
     /// Kills every node at once.
     pub async fn kill(&mut self) {
-        for c in &mut self.children {
+        for mut c in self.children.drain(..) {
             let _ = c.kill().await;
         }
     }

@@ -253,3 +253,39 @@ async fn given_users_of_an_instance_on_a_cluster_then_they_go_offline_when_their
     assert_eq!(watcher.lookup(&users[5].number).await, None);
     y.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_cluster_gone_then_registrations_are_refused_sessions_stay_and_it_recovers() {
+    logs();
+    let Some(mut cluster) = RedisCluster::start(3).await else { return };
+    let key = StaticKeypair::generate().expect("key");
+    // Sessions here wait through the cluster's restart without heartbeats.
+    let patient = common::Config { heartbeat_timeout: Duration::from_secs(8), ..config() };
+    let x = Instance::store_with(&address(&cluster.url()), &StoreTls::default(), &key, patient).await;
+    let a = Account::new("24001");
+    let mut a_session = Session::online(x.addr, &a, 4001).await;
+    cluster.kill().await;
+    let first = format!("127.0.0.1:{}", cluster.ports[0]);
+    log_line(&["Store at cluster", &first, "unreachable", "refusing registrations"]).await;
+    let answer = Session::connect(x.addr, &Account::new("24002")).await.register(1).await;
+    assert!(is_unavailable(&answer), "registered without a store: {answer:?}");
+    // The established session stays: its heartbeats are answered.
+    a_session.heartbeat().await;
+    // The cluster comes back (empty: no persistence here): registrations work again by themselves.
+    cluster.restart().await;
+    let t0 = Instant::now();
+    let mut b_session = loop {
+        let mut s = Session::connect(x.addr, &Account::new("24002")).await;
+        match s.register(4002).await {
+            ServerToClient::Registered { .. } => break s,
+            m if is_unavailable(&m) && t0.elapsed() < TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("still refused after {:?}: {other:?}", t0.elapsed()),
+        }
+    };
+    eprintln!("registrations again {:?} after the cluster was back", t0.elapsed());
+    a_session.heartbeat().await;
+    assert_eq!(b_session.lookup(&a.number).await, Some(4001), "a's heartbeat put its presence back");
+    x.stop().await;
+}
