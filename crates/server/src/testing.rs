@@ -54,17 +54,19 @@ impl TestCa {
         let name = format!("whatsap2p test CA {}", dir.path().display());
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA");
-        let issue = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let issue = |name: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
             let key = KeyPair::generate().expect("key");
             let mut params =
                 CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
-            params.extended_key_usages = vec![usage];
+            params.extended_key_usages = usages;
             let cert = params.signed_by(&key, &ca).expect("certificate");
             std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).expect("write cert");
             std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).expect("write key");
         };
-        issue("server", ExtendedKeyUsagePurpose::ServerAuth);
-        issue("client", ExtendedKeyUsagePurpose::ClientAuth);
+        // A cluster node shows its certificate as a client too (on the cluster bus, which always
+        // asks for one).
+        issue("server", vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]);
+        issue("client", vec![ExtendedKeyUsagePurpose::ClientAuth]);
         let ca_pem = ca.pem();
         std::fs::write(dir.path().join("ca.pem"), &ca_pem).expect("write CA");
         TestCa { dir, ca_pem }
@@ -215,12 +217,24 @@ pub struct RedisCluster {
     buses: Vec<u16>,
     /// Their dirs (with `nodes.conf`, which a restarted node reads to join the cluster again).
     dirs: Vec<tempfile::TempDir>,
+    /// For a cluster over TLS (clients and the cluster bus alike): its CA.
+    tls: Option<TestCa>,
 }
 
 impl RedisCluster {
     /// A cluster of `primaries` nodes (at least 3: `redis-cli` makes no smaller one), ready
     /// (`cluster_state:ok` on every node), or `None` when redis-server or redis-cli is missing.
     pub async fn start(primaries: usize) -> Option<RedisCluster> {
+        Self::start_with(primaries, None).await
+    }
+
+    /// The same over TLS only (`rediss+cluster://`), with certificates from a new [`TestCa`] (see
+    /// [`RedisCluster::ca`]).
+    pub async fn start_tls(primaries: usize) -> Option<RedisCluster> {
+        Self::start_with(primaries, Some(TestCa::new())).await
+    }
+
+    async fn start_with(primaries: usize, tls: Option<TestCa>) -> Option<RedisCluster> {
         if !installed("redis-server") || !installed("redis-cli") {
             return None;
         }
@@ -229,16 +243,21 @@ impl RedisCluster {
             ports: (0..primaries).map(|_| free_port()).collect(),
             buses: (0..primaries).map(|_| free_port()).collect(),
             dirs: (0..primaries).map(|_| tempfile::tempdir().expect("tempdir")).collect(),
+            tls,
         };
         cluster.spawn().await;
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
+        let create = Command::new("redis-cli")
+            .args(cluster.cli_tls())
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdin(Stdio::null())
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let created = tokio::time::timeout(READY, create)
             .await
+            .expect("redis-cli --cluster create did not finish in time")
             .expect("running redis-cli --cluster create");
         assert!(
             created.status.success(),
@@ -251,8 +270,21 @@ impl RedisCluster {
 
     async fn spawn(&mut self) {
         for ((port, bus), dir) in self.ports.iter().zip(&self.buses).zip(&self.dirs) {
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()])
+            let mut command = Command::new("redis-server");
+            match &self.tls {
+                None => command.args(["--port", &port.to_string()]),
+                Some(ca) => command
+                    .args(["--port", "0", "--tls-port", &port.to_string(), "--tls-cluster", "yes"])
+                    .arg("--tls-cert-file")
+                    .arg(ca.path("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(ca.path("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca.ca_file())
+                    .args(["--tls-auth-clients", "no"]),
+            };
+            let child = command
+                .args(["--cluster-port", &bus.to_string()])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", "2000", "--bind", "127.0.0.1", "--save", ""])
                 .args(["--appendonly", "no", "--protected-mode", "no", "--daemonize", "no"])
@@ -275,7 +307,7 @@ impl RedisCluster {
     async fn wait_ready(&self) {
         let t0 = Instant::now();
         for port in &self.ports {
-            while !cluster_ok(*port).await {
+            while !cluster_ok(*port, &self.cli_tls()).await {
                 assert!(t0.elapsed() < READY, "the cluster was not ready within {READY:?}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -290,10 +322,24 @@ impl RedisCluster {
         self.wait_ready().await;
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…` (`rediss+cluster://` over TLS).
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        format!("redis+cluster://{}", nodes.join(","))
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", nodes.join(","))
+    }
+
+    /// The CA of one over TLS.
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.tls.as_ref()
+    }
+
+    /// `redis-cli`'s TLS arguments for this cluster (none without TLS).
+    fn cli_tls(&self) -> Vec<std::ffi::OsString> {
+        match &self.tls {
+            None => Vec::new(),
+            Some(ca) => vec!["--tls".into(), "--cacert".into(), ca.ca_file().into_os_string()],
+        }
     }
 
     /// Kills every node at once.
@@ -305,23 +351,27 @@ impl RedisCluster {
 
     /// Runs `redis-cli -p PORT ARGS…` against the node on `port` and returns what it printed.
     pub async fn cli(&self, port: u16, args: &[&str]) -> String {
-        cli(port, args).await
+        cli(port, &self.cli_tls(), args).await
     }
 }
 
-async fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+async fn cli(port: u16, tls: &[std::ffi::OsString], args: &[&str]) -> String {
+    let run = Command::new("redis-cli")
+        .args(tls)
         .args(["-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(READY, run)
         .await
+        .expect("redis-cli did not finish in time")
         .expect("running redis-cli");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Whether the node on `port` says the cluster is ready and knows every slot.
-async fn cluster_ok(port: u16) -> bool {
-    let info = cli(port, &["cluster", "info"]).await;
+async fn cluster_ok(port: u16, tls: &[std::ffi::OsString]) -> bool {
+    let info = cli(port, tls, &["cluster", "info"]).await;
     info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
 }

@@ -289,3 +289,21 @@ async fn given_the_cluster_gone_then_registrations_are_refused_sessions_stay_and
     assert_eq!(b_session.lookup(&a.number).await, Some(4001), "a's heartbeat put its presence back");
     x.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_instances_on_a_cluster_over_tls_then_they_are_one_directory() {
+    logs();
+    let Some(cluster) = RedisCluster::start_tls(3).await else { return };
+    let ca = cluster.ca().expect("TLS cluster");
+    let tls = StoreTls::from_files(Some(&ca.ca_file()), None, None).expect("CA file");
+    let key = StaticKeypair::generate().expect("key");
+    let at = address(&cluster.url());
+    assert!(at.is_tls());
+    let (x, y) = (Instance::store(&at, &tls, &key).await, Instance::store(&at, &tls, &key).await);
+    one_directory(&x, &y, 25_000).await;
+    // Expiries are heard from every primary, over TLS too.
+    let first = format!("127.0.0.1:{}", cluster.ports[0]);
+    log_line(&["hearing the expiries of the cluster's primary", &first]).await;
+    x.stop().await;
+    y.stop().await;
+}
