@@ -287,6 +287,23 @@ async fn given_the_cluster_gone_then_registrations_are_refused_sessions_stay_and
     eprintln!("registrations again {:?} after the cluster was back", t0.elapsed());
     a_session.heartbeat().await;
     assert_eq!(b_session.lookup(&a.number).await, Some(4001), "a's heartbeat put its presence back");
+    // The instance listens again on every primary: when another instance dies, its users go offline
+    // for the watchers here.
+    let z = Instance::store(&address(&cluster.url()), &StoreTls::default(), &key).await;
+    let users: Vec<Account> = (0..6).map(|i| Account::new(&format!("2410{i}"))).collect();
+    let mut held = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        held.push(Session::online(z.addr, u, 5000 + i as u16).await);
+    }
+    b_session.watch(&users.iter().map(|u| &u.number).collect::<Vec<_>>()).await;
+    for (i, u) in users.iter().enumerate() {
+        b_session.presence(&u.number, Some(5000 + i as u16)).await;
+    }
+    z.die().await;
+    for u in &users {
+        b_session.presence(&u.number, None).await;
+    }
+    drop(held);
     x.stop().await;
 }
 
