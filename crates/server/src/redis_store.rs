@@ -1,5 +1,6 @@
 //! Bindings and presence in Redis, shared by every instance that points at it: one directory on
-//! several machines.
+//! several machines. Redis is one node (`redis://`, `rediss://` over TLS) or a Redis Cluster
+//! (`redis+cluster://`, `rediss+cluster://`), see [`StoreAddress`].
 //!
 //! # Keys
 //! - `w2p:binding:<number>`: the 32-byte identity key. Made with `SET NX` (the first claim wins,
@@ -16,30 +17,42 @@
 //! is announced by Redis itself (keyspace notifications, `notify-keyspace-events Ex`, which the
 //! instance switches on). Changes reach [`crate::run`] through a [`Feed`].
 //!
-//! Two connections, each a `redis::aio::ConnectionManager` that reconnects by itself: one for
-//! commands (multiplexed: every session shares it), one (RESP3) for the subscriptions, which it
-//! renews after a reconnection. The feed's upkeep pings Redis every [`CHECK_PERIOD`], which
-//! measures the round trip, says in the log and the metrics when Redis goes and comes back, and
-//! turns the notifications on again after a Redis restart.
+//! # Cluster
+//! Every command and script touches one key, so each runs whole on the primary of that key's slot:
+//! a binding's first claim still wins atomically, and a script's checks and writes are one step.
+//! A `PUBLISH`, in a script too, reaches the subscribers of every node, so one subscription to
+//! [`CHANGES`] hears every change; expiry notifications stay on the node where the key lived, so
+//! the instance subscribes to them on every primary, which it finds with `CLUSTER NODES` (again
+//! every [`NOTIFICATIONS_CHECK`] checks: primaries come and go with failovers). See
+//! [`connections`].
 //!
-//! Cluster: every script touches one key, and the messages go through `PUBLISH`, which a cluster
-//! forwards to every node; what is left is a cluster client for commands and subscriptions on every
-//! primary for the expiry notifications (they stay on the node where the key lived). Not done yet:
-//! `--store` takes a single node (`redis://` or, with Sentinel or a proxy in front, its address).
+//! # Connections
+//! Commands go through one multiplexed connection (every session shares it) that reconnects by
+//! itself; subscriptions through RESP3 connections of their own, renewed after a reconnection. The
+//! feed's upkeep pings Redis every [`CHECK_PERIOD`], which measures the round trip, says in the log
+//! and the metrics when Redis goes and comes back (and why: refused, timed out, a certificate it
+//! does not trust), and turns the notifications on again after a Redis restart.
+
+mod address;
+mod connections;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{AsyncCommands, Client, PushInfo, PushKind, Script, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use whatsap2p_proto::directory::Location;
 use whatsap2p_proto::{Number, PublicKey};
+
+pub use address::{AddressError, StoreAddress, StoreTls, TlsError};
+use connections::{Commands, Listener};
 
 use crate::identities::{Binding, IdentityStore};
 use crate::metrics::Metrics;
@@ -53,7 +66,8 @@ const PRESENCE: &str = "w2p:presence:";
 
 /// How often the upkeep checks that Redis answers.
 pub const CHECK_PERIOD: Duration = Duration::from_secs(1);
-/// Every this many checks, the upkeep makes sure expiry notifications are still on.
+/// Every this many checks, the upkeep makes sure expiry notifications are still on (and, on a
+/// cluster, looks for primaries that came or went).
 const NOTIFICATIONS_CHECK: u64 = 5;
 /// A command that Redis has not answered in this long has failed. Short: a session waits for it.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,17 +78,25 @@ pub const FEED_QUEUE: usize = 65_536;
 /// Why the store could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The address is not a Redis URL this build can use.
+    /// The address is not one this build can use.
     #[error("{0}")]
-    Address(redis::RedisError),
+    Address(#[from] AddressError),
+    /// The `redis` crate refused the URL or the certificates.
+    #[error("{0}")]
+    Url(redis::RedisError),
+    /// Certificates were given for a store not reached over TLS.
+    #[error("certificates (--store-ca, --store-cert) are for a store reached over TLS: rediss:// or rediss+cluster://")]
+    NotTls,
     /// The connection could not be made.
     #[error("connecting: {0}")]
     Connect(redis::RedisError),
 }
 
-/// Both stores in one Redis.
+/// Both stores in one Redis (one node or a cluster).
 pub struct RedisStore {
-    commands: ConnectionManager,
+    /// Where commands go: set at once for one node; for a cluster, once the upkeep first reaches
+    /// it (the cluster client needs the cluster to learn its slots).
+    commands: OnceLock<Commands>,
     /// Whether Redis answered its last health check and every command since. While it does not,
     /// commands fail at once instead of each waiting for the reconnection: a session waiting on
     /// its store reads no frames.
@@ -161,67 +183,187 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).unwrap_or_default()
 }
 
+/// A node's client for `url`, trusting what `tls` says, speaking RESP3 when `resp3` (the
+/// subscriptions' connections: pushes need it).
+fn node_client(url: &str, tls: &StoreTls, resp3: bool) -> Result<Client, SetupError> {
+    let client = match tls.certificates() {
+        Some(certificates) => Client::build_with_tls(url, certificates),
+        None => Client::open(url),
+    }
+    .map_err(SetupError::Url)?;
+    if !resp3 {
+        return Ok(client);
+    }
+    // Same address, credentials and TLS settings; only the protocol changes.
+    let info = client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+    Client::open(info.set_redis_settings(settings)).map_err(SetupError::Url)
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+        .set_max_delay(CHECK_PERIOD)
+}
+
+/// A listener on one node (`url`), its pushes to `subscriber`, made lazily: it connects at its
+/// first ping.
+fn node_listener(
+    url: &str,
+    at: String,
+    tls: &StoreTls,
+    channels: Vec<String>,
+    subscriber: &Arc<Subscriber>,
+) -> Result<Listener, SetupError> {
+    let subscriber = subscriber.clone();
+    let config = manager_config()
+        .set_push_sender(move |push: PushInfo| {
+            subscriber.deliver(push);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .set_automatic_resubscription();
+    let conn = ConnectionManager::new_lazy_with_config(node_client(url, tls, true)?, config)
+        .map_err(SetupError::Connect)?;
+    Ok(Listener::new(Commands::Node(conn), at, channels, true))
+}
+
+/// What a cluster's upkeep needs to reach it.
+struct ClusterSetup {
+    /// For commands.
+    commands: ClusterClient,
+    /// For the subscription to [`CHANGES`] (RESP3, pushes to the subscriber).
+    changes: ClusterClient,
+    /// `redis[s]://[CREDENTIALS@]`: a primary's URL is this and its `HOST:PORT`.
+    node_prefix: String,
+    tls: StoreTls,
+    subscriber: Arc<Subscriber>,
+}
+
+impl ClusterSetup {
+    fn new(nodes: &[String], tls: &StoreTls, subscriber: Arc<Subscriber>) -> Result<Self, SetupError> {
+        let builder = || {
+            let b = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                .connection_timeout(RESPONSE_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                // A command is retried within its RESPONSE_TIMEOUT, not for long after: a
+                // session waits for it.
+                .retries(2);
+            match tls.certificates() {
+                Some(certificates) => b.certs(certificates),
+                None => b,
+            }
+        };
+        let pushes = subscriber.clone();
+        let changes = builder()
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(move |push: PushInfo| {
+                pushes.deliver(push);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .build()
+            .map_err(SetupError::Url)?;
+        let first = nodes.first().map(String::as_str).unwrap_or_default();
+        let (scheme, rest) = first.split_once("://").unwrap_or(("redis", first));
+        let credentials = rest.rsplit_once('@').map_or(String::new(), |(c, _)| format!("{c}@"));
+        Ok(Self {
+            commands: builder().build().map_err(SetupError::Url)?,
+            changes,
+            node_prefix: format!("{scheme}://{credentials}"),
+            tls: tls.clone(),
+            subscriber,
+        })
+    }
+}
+
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://[:password@]host:port[/db]`). Presence entries
-    /// live `presence_ttl` without a heartbeat. Returns the store and the feed of changes for
-    /// [`crate::Directory::with_feed`]. Redis may be down: the instance starts all the same, refuses
-    /// registrations until it answers, and connects when it does.
+    /// Connects to the Redis at `url` (`redis://[:password@]host:port[/db]`, or any
+    /// [`StoreAddress`]) with the system's TLS roots. See [`RedisStore::connect_to`].
     pub fn connect(
         url: &str,
         presence_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Self>, Feed), SetupError> {
-        let client = Client::open(url).map_err(SetupError::Address)?;
-        let info = client.get_connection_info().clone();
-        let db = info.redis_settings().db();
-        let addr = info.addr().to_string();
-        let resp3 = info
-            .clone()
-            .set_redis_settings(info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3));
-        let subscriber_client = Client::open(resp3).map_err(SetupError::Address)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_max_delay(CHECK_PERIOD);
-        let commands =
-            ConnectionManager::new_lazy_with_config(client, config.clone()).map_err(SetupError::Connect)?;
+        Self::connect_to(&url.parse()?, &StoreTls::default(), presence_ttl, metrics)
+    }
+
+    /// Connects to the store at `address`, over TLS trusting `tls` for `rediss`. Presence entries
+    /// live `presence_ttl` without a heartbeat. Returns the store and the feed of changes for
+    /// [`crate::Directory::with_feed`]. Redis may be down: the instance starts all the same, refuses
+    /// registrations until it answers, and connects when it does.
+    pub fn connect_to(
+        address: &StoreAddress,
+        tls: &StoreTls,
+        presence_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, Feed), SetupError> {
+        if !tls.is_empty() && !address.is_tls() {
+            return Err(SetupError::NotTls);
+        }
         let (tx, changes) = mpsc::channel(FEED_QUEUE);
-        let expired = format!("__keyevent@{db}__:expired");
         let missed = Arc::new(AtomicBool::new(false));
-        let sender = Subscriber {
-            tx: tx.clone(),
-            missed: missed.clone(),
-            expired: expired.clone(),
-            metrics: metrics.clone(),
-        };
-        let subscriber = ConnectionManager::new_lazy_with_config(
-            subscriber_client,
-            config
-                .set_push_sender(move |push: PushInfo| {
-                    sender.deliver(push);
-                    Ok::<(), std::convert::Infallible>(())
-                })
-                .set_automatic_resubscription(),
-        )
-        .map_err(SetupError::Connect)?;
         let store = Arc::new(Self {
-            commands,
+            commands: OnceLock::new(),
             up: AtomicBool::new(false),
             ttl_ms: presence_ttl.as_millis().max(1) as u64,
-            metrics,
+            metrics: metrics.clone(),
             take_over: Script::new(TAKE_OVER),
             set_online: Script::new(SET_ONLINE),
             renew: Script::new(RENEW),
             set_offline: Script::new(SET_OFFLINE),
         });
-        let upkeep =
-            Box::pin(upkeep(store.clone(), Subscription { conn: subscriber, expired, missed, tx }, addr));
-        Ok((store, Feed { changes, upkeep }))
+        let subscriber = |db: i64| {
+            Arc::new(Subscriber {
+                tx: tx.clone(),
+                missed: missed.clone(),
+                expired: format!("__keyevent@{db}__:expired"),
+                metrics: metrics.clone(),
+            })
+        };
+        let (listeners, topology, probe) = match address {
+            StoreAddress::Node(url) => {
+                let client = node_client(url, tls, false)?;
+                let client_probe = client.clone();
+                let db = client.get_connection_info().redis_settings().db();
+                let commands = ConnectionManager::new_lazy_with_config(client, manager_config())
+                    .map_err(SetupError::Connect)?;
+                let _ = store.commands.set(Commands::Node(commands));
+                let subscriber = subscriber(db);
+                let channels = vec![CHANGES.to_owned(), subscriber.expired.clone()];
+                (
+                    vec![node_listener(url, address.describe(), tls, channels, &subscriber)?],
+                    None,
+                    Some(client_probe),
+                )
+            }
+            // A cluster has database 0 only.
+            StoreAddress::Cluster(nodes) => {
+                (Vec::new(), Some(ClusterSetup::new(nodes, tls, subscriber(0))?), None)
+            }
+        };
+        let upkeep = Upkeep {
+            store: store.clone(),
+            listeners,
+            cluster: topology,
+            missed,
+            tx,
+            addr: address.describe(),
+            probe,
+        };
+        Ok((store, Feed { changes, upkeep: Box::pin(upkeep.run()) }))
     }
 
     /// Whether Redis answered the last health check (and every command since).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// The connection for a command, unless there is none yet (a cluster not reached so far).
+    fn conn(&self) -> Result<Commands, StoreError> {
+        self.commands.get().cloned().ok_or_else(|| {
+            self.metrics.store_error();
+            StoreError::Unavailable
+        })
     }
 
     /// Runs one command, within [`RESPONSE_TIMEOUT`], unless Redis is known to be down.
@@ -316,85 +458,204 @@ impl Subscriber {
     }
 }
 
-/// Pings Redis every [`CHECK_PERIOD`] (both connections, which reconnect on failure), logs and
+/// Pings Redis every [`CHECK_PERIOD`] (every connection, each reconnecting on failure), logs and
 /// counts when it goes and comes back, and (re)subscribes and (re)enables expiry notifications
-/// whenever it comes back. Runs until dropped.
-/// The upkeep's side of the subscription.
-struct Subscription {
-    conn: ConnectionManager,
-    expired: String,
+/// whenever it comes back. On a cluster, first connects, then keeps a listener on every primary.
+/// Runs until dropped.
+struct Upkeep {
+    store: Arc<RedisStore>,
+    /// The subscriptions' connections.
+    listeners: Vec<Listener>,
+    /// For a cluster: how to reach it and its primaries.
+    cluster: Option<ClusterSetup>,
+    /// Set when the subscription to [`CHANGES`] (re)starts; the upkeep then sends
+    /// [`Change::Missed`].
     missed: Arc<AtomicBool>,
     tx: mpsc::Sender<Change>,
+    /// Where the store is, for the log.
+    addr: String,
+    /// One node's client, to find out why it does not answer (see [`Upkeep::diagnose`]).
+    probe: Option<Client>,
 }
 
-async fn upkeep(store: Arc<RedisStore>, sub: Subscription, addr: String) {
-    let Subscription { conn: mut subscriber, expired, missed, tx } = sub;
-    // Unknown at start, so the first check says how it went either way; then said on changes.
-    let mut up: Option<bool> = None;
-    let mut subscribed = false;
-    let mut ticker = tokio::time::interval(CHECK_PERIOD);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for tick in 0u64.. {
-        ticker.tick().await;
-        let mut commands = store.commands.clone();
-        let t0 = Instant::now();
-        let answered = tokio::time::timeout(RESPONSE_TIMEOUT, async {
-            redis::cmd("PING").query_async::<()>(&mut commands).await?;
-            redis::cmd("PING").query_async::<()>(&mut subscriber).await
-        })
-        .await
-        .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "no answer in time").into()));
-        store.metrics.store_checked(answered.is_ok().then(|| t0.elapsed()));
-        if answered.is_err() {
-            store.up.store(false, Ordering::Relaxed);
-        }
-        match answered {
-            Ok(()) => {
-                let was_up = up.replace(true) == Some(true);
-                if !was_up {
-                    info!("Store at {addr} answers");
-                }
-                // Again now and then: a Redis restarted between two checks forgets a CONFIG SET.
-                if !was_up || tick % NOTIFICATIONS_CHECK == 0 {
-                    enable_expiry_notifications(&mut commands).await;
-                }
-                if !subscribed {
-                    match subscribe(&mut subscriber, &expired).await {
-                        Ok(()) => subscribed = true,
-                        Err(e) => warn!("Cannot subscribe to the store's changes: {e}"),
+impl Upkeep {
+    async fn run(mut self) {
+        // Unknown at start, so the first check says how it went either way; then said on changes.
+        let mut up: Option<bool> = None;
+        let mut ticker = tokio::time::interval(CHECK_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for tick in 0u64.. {
+            ticker.tick().await;
+            let t0 = Instant::now();
+            let answered = tokio::time::timeout(RESPONSE_TIMEOUT * 2, self.check())
+                .await
+                .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "no answer in time").into()));
+            self.store.metrics.store_checked(answered.is_ok().then(|| t0.elapsed()));
+            if answered.is_err() {
+                self.store.up.store(false, Ordering::Relaxed);
+            }
+            match answered {
+                Ok(()) => {
+                    let was_up = up.replace(true) == Some(true);
+                    if !was_up {
+                        info!("Store at {} answers", self.addr);
+                    }
+                    // Again now and then: a Redis restarted between two checks forgets a CONFIG
+                    // SET, and a cluster's primaries change with failovers.
+                    let periodic = !was_up || tick % NOTIFICATIONS_CHECK == 0;
+                    let found = periodic && self.find_primaries().await;
+                    if periodic || found {
+                        for l in self.listeners.iter_mut().filter(|l| l.notifications) {
+                            let at = l.at.clone();
+                            enable_expiry_notifications(l.conn(), &at).await;
+                        }
+                    }
+                    let mut subscribed = !self.listeners.is_empty();
+                    for l in &mut self.listeners {
+                        if let Err(e) = l.subscribe().await {
+                            warn!("Cannot subscribe to the store's changes on {}: {e}", l.at);
+                            subscribed = false;
+                        }
+                    }
+                    // Up once subscribed: an instance that accepted registrations before would not
+                    // hear the changes they make.
+                    self.store.up.store(subscribed, Ordering::Relaxed);
+                    if self.missed.swap(false, Ordering::Relaxed) && self.tx.try_send(Change::Missed).is_err()
+                    {
+                        self.missed.store(true, Ordering::Relaxed);
                     }
                 }
-                // Up once subscribed: an instance that accepted registrations before would not
-                // hear the changes they make.
-                store.up.store(subscribed, Ordering::Relaxed);
-                if missed.swap(false, Ordering::Relaxed) && tx.try_send(Change::Missed).is_err() {
-                    missed.store(true, Ordering::Relaxed);
-                }
-            }
-            Err(e) => {
-                store.metrics.store_error();
-                if up.replace(false) != Some(false) {
-                    warn!("Store at {addr} unreachable: {e}; refusing registrations until it is back");
+                Err(e) => {
+                    self.store.metrics.store_error();
+                    if up.replace(false) != Some(false) {
+                        let e = self.diagnose(e).await;
+                        warn!(
+                            "Store at {} unreachable: {}; refusing registrations until it is back",
+                            self.addr,
+                            why(&e)
+                        );
+                    }
                 }
             }
         }
     }
+
+    /// Why the store does not answer: a connection that reconnects by itself says only that it
+    /// timed out, so a fresh connection of one node's says what goes wrong (refused, a certificate
+    /// not trusted, a password refused).
+    async fn diagnose(&self, e: redis::RedisError) -> redis::RedisError {
+        let Some(probe) = &self.probe else { return e };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        match tokio::time::timeout(
+            RESPONSE_TIMEOUT * 2,
+            probe.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Err(cause)) => cause,
+            _ => e,
+        }
+    }
+
+    /// Connects to a cluster not reached yet, then pings every connection.
+    async fn check(&mut self) -> redis::RedisResult<()> {
+        if let Some(cluster) = &self.cluster {
+            if self.store.commands.get().is_none() {
+                let conn = cluster.commands.get_async_connection().await?;
+                let _ = self.store.commands.set(Commands::Cluster(conn));
+            }
+            if self.listeners.is_empty() {
+                let conn = cluster.changes.get_async_connection().await?;
+                let at = format!("{} (presence changes)", self.addr);
+                self.listeners.push(Listener::new(
+                    Commands::Cluster(conn),
+                    at,
+                    vec![CHANGES.to_owned()],
+                    false,
+                ));
+            }
+        }
+        if let Some(mut commands) = self.store.commands.get().cloned() {
+            redis::cmd("PING").query_async::<()>(&mut commands).await?;
+        }
+        for l in &mut self.listeners {
+            redis::cmd("PING").query_async::<()>(l.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// On a cluster, keeps one listener for expiries on each primary: adds the new ones, drops the
+    /// ones that are no longer primaries. Whether it added any.
+    async fn find_primaries(&mut self) -> bool {
+        let (Some(cluster), Some(mut commands)) = (&self.cluster, self.store.commands.get().cloned()) else {
+            return false;
+        };
+        let text: String = match redis::cmd("CLUSTER").arg("NODES").query_async(&mut commands).await {
+            Ok(text) => text,
+            Err(e) => {
+                warn!("Cannot list the cluster's nodes: {e}; expiries heard from the primaries known so far");
+                return false;
+            }
+        };
+        let primaries = connections::primaries(&text);
+        if primaries.is_empty() {
+            return false;
+        }
+        self.listeners.retain(|l| {
+            let keep = !l.notifications || primaries.contains(&l.at);
+            if !keep {
+                info!("Store: {} is no longer a primary of the cluster", l.at);
+            }
+            keep
+        });
+        let mut added = false;
+        for node in primaries {
+            if self.listeners.iter().any(|l| l.at == node) {
+                continue;
+            }
+            let url = format!("{}{node}", cluster.node_prefix);
+            let channels = vec![cluster.subscriber.expired.clone()];
+            match node_listener(&url, node.clone(), &cluster.tls, channels, &cluster.subscriber) {
+                Ok(l) => {
+                    info!("Store: hearing the expiries of the cluster's primary {node}");
+                    self.listeners.push(l);
+                    added = true;
+                }
+                Err(e) => warn!("Cannot listen to the cluster's primary {node}: {e}"),
+            }
+        }
+        added
+    }
 }
 
-async fn subscribe(subscriber: &mut ConnectionManager, expired: &str) -> redis::RedisResult<()> {
-    subscriber.subscribe(CHANGES).await?;
-    subscriber.subscribe(expired).await
+/// An error of the store, with its causes: a TLS failure says which certificate check failed only
+/// in its source.
+fn why(e: &redis::RedisError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
-/// Adds `E` (keyevent) and `x` (expired) to Redis's `notify-keyspace-events`, keeping what else is
-/// there. A Redis that refuses `CONFIG` (some managed ones) must have them in its configuration.
-async fn enable_expiry_notifications(conn: &mut ConnectionManager) {
-    let current: redis::RedisResult<Vec<String>> =
+/// Adds `E` (keyevent) and `x` (expired) to the node's `notify-keyspace-events`, keeping what else
+/// is there. A Redis that refuses `CONFIG` (some managed ones) must have them in its configuration.
+async fn enable_expiry_notifications(conn: &mut impl ConnectionLike, at: &str) {
+    // A map in RESP3 (the listeners' connections), pairs in RESP2: a `HashMap` reads both.
+    let current: redis::RedisResult<std::collections::HashMap<String, String>> =
         redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(conn).await;
     let flags = match current {
-        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Ok(pairs) => pairs.get("notify-keyspace-events").cloned().unwrap_or_default(),
         Err(e) => {
-            warn!("Cannot read the store's notify-keyspace-events ({e}); set it to include \"Ex\", or users of an instance that dies are shown online until they come back");
+            warn!("Cannot read the notify-keyspace-events of the store at {at} ({e}); set it to include \"Ex\", or users of an instance that dies are shown online until they come back");
             return;
         }
     };
@@ -411,15 +672,17 @@ async fn enable_expiry_notifications(conn: &mut ConnectionManager) {
     let set: redis::RedisResult<()> =
         redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(&wanted).query_async(conn).await;
     match set {
-        Ok(()) => info!("Store: notify-keyspace-events set to {wanted:?} (expired presence is announced)"),
-        Err(e) => warn!("Cannot set the store's notify-keyspace-events to {wanted:?}: {e}"),
+        Ok(()) => {
+            info!("Store at {at}: notify-keyspace-events set to {wanted:?} (expired presence is announced)")
+        }
+        Err(e) => warn!("Cannot set the notify-keyspace-events of the store at {at} to {wanted:?}: {e}"),
     }
 }
 
 #[async_trait]
 impl IdentityStore for RedisStore {
     async fn claim(&self, number: &Number, key: &PublicKey) -> Result<Binding, StoreError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         // SET NX GET: binds if free and says who owned it otherwise, in one atomic step.
         let mut set = redis::cmd("SET");
         set.arg(binding_key(number)).arg(&key.0[..]).arg("NX").arg("GET");
@@ -436,7 +699,7 @@ impl IdentityStore for RedisStore {
     }
 
     async fn key_of(&self, number: &Number) -> Result<Option<PublicKey>, StoreError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         let bytes: Option<Vec<u8>> = self.run(conn.get(binding_key(number))).await?;
         bytes
             .map(|b| PublicKey::try_from(b.as_slice()))
@@ -460,7 +723,7 @@ impl PresenceStore for RedisStore {
             instance: owner.instance,
             session: owner.session,
         });
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         let mut script = self.take_over.key(presence_key(number));
         script
             .arg(&owner.to_bytes()[..])
@@ -483,7 +746,7 @@ impl PresenceStore for RedisStore {
             }),
             None => Vec::new(),
         };
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         let mut script = self.set_online.key(presence_key(number));
         script
             .arg(&entry.owner.to_bytes()[..])
@@ -498,7 +761,7 @@ impl PresenceStore for RedisStore {
     }
 
     async fn renew(&self, number: &Number, owner: Owner) -> Result<Renewal, StoreError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         let mut script = self.renew.key(presence_key(number));
         script.arg(&owner.to_bytes()[..]).arg(self.ttl_ms);
         Ok(match self.run(script.invoke_async::<i64>(&mut conn)).await? {
@@ -515,7 +778,7 @@ impl PresenceStore for RedisStore {
         key: PublicKey,
     ) -> Result<Applied, StoreError> {
         let announcement = encode(&Announcement::Offline { number: number.clone(), key });
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         let mut script = self.set_offline.key(presence_key(number));
         script.arg(&owner.to_bytes()[..]).arg(CHANGES).arg(announcement);
         let _: i64 = self.run(script.invoke_async(&mut conn)).await?;
@@ -523,7 +786,7 @@ impl PresenceStore for RedisStore {
     }
 
     async fn get(&self, number: &Number) -> Result<Option<PresenceEntry>, StoreError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.conn()?;
         let Some(value): Option<Vec<u8>> = self.run(conn.get(presence_key(number))).await? else {
             return Ok(None);
         };

@@ -23,7 +23,7 @@ use whatsap2p_server::config::Limits;
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
-use whatsap2p_server::redis_store::RedisStore;
+use whatsap2p_server::redis_store::{RedisStore, StoreAddress, StoreTls};
 use whatsap2p_server::{server_key, Config, Directory};
 
 /// The whatsap2p directory server: who is online and where. It never carries a message.
@@ -46,11 +46,24 @@ struct Args {
     /// Every instance of one directory must use the same key.
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// Shared store of bindings and presence: `redis://[:PASSWORD@]HOST:PORT[/DB]`. Every instance
+    /// Shared store of bindings and presence: one Redis, `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`
+    /// (`rediss://` over TLS), or a Redis Cluster, `redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]`
+    /// (`rediss+cluster://` over TLS; some of its nodes, the others are found). Every instance
     /// pointing at the same Redis is part of one directory [default: in this process (memory and
     /// SQLite)].
     #[arg(long)]
     store: Option<String>,
+    /// PEM file of the CA (or CAs) that signed the store's TLS certificate, trusted instead of the
+    /// system's roots (for a private CA) [default: the system's roots].
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+    /// PEM certificate (chain) this instance shows a store that asks clients for one
+    /// (`tls-auth-clients yes`); goes with --store-key.
+    #[arg(long, requires = "store_key")]
+    store_cert: Option<PathBuf>,
+    /// PEM private key of --store-cert.
+    #[arg(long, requires = "store_cert")]
+    store_key: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100) [default: off].
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -129,6 +142,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     key_file: Option<PathBuf>,
     store: Option<String>,
+    store_ca: Option<PathBuf>,
+    store_cert: Option<PathBuf>,
+    store_key: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     heartbeat_timeout: Option<f64>,
     handshake_timeout: Option<f64>,
@@ -167,6 +183,7 @@ struct Settings {
     data_dir: PathBuf,
     key_file: Option<PathBuf>,
     store: Option<String>,
+    store_tls: StoreTls,
     metrics: Option<SocketAddr>,
     udp: bool,
     relay: RelaySetting,
@@ -214,12 +231,28 @@ fn resolve(args: Args, file: FileConfig) -> anyhow::Result<Settings> {
     let secs = |flag: Option<f64>, file: Option<f64>, name, default| {
         flag.or(file).map_or(Ok(default), |s| seconds(s, name))
     };
+    let store = args.store.or(file.store);
+    let store_files = [
+        args.store_ca.or(file.store_ca),
+        args.store_cert.or(file.store_cert),
+        args.store_key.or(file.store_key),
+    ];
     Ok(Settings {
         port,
         bind: args.bind.or(file.bind).unwrap_or(IpAddr::from([0, 0, 0, 0])),
         data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
         key_file: args.key_file.or(file.key_file),
-        store: args.store.or(file.store),
+        store_tls: match &store {
+            None if store_files.iter().any(Option::is_some) => {
+                bail!("--store-ca, --store-cert and --store-key go with --store")
+            }
+            None => StoreTls::default(),
+            Some(_) => {
+                let [ca, cert, key] = store_files;
+                StoreTls::from_files(ca.as_deref(), cert.as_deref(), key.as_deref())?
+            }
+        },
+        store,
         metrics: args.metrics.or(file.metrics),
         udp: !(args.no_udp || file.no_udp.unwrap_or(false)),
         relay: match (args.relay.or(file.relay), args.no_relay || file.no_relay.unwrap_or(false)) {
@@ -346,8 +379,10 @@ async fn main() -> anyhow::Result<()> {
             Directory::new(Arc::new(MemoryPresence::new()), Arc::new(identities), key.clone(), s.config)
         }
         Some(url) => {
+            let address: StoreAddress = url.parse().context("--store")?;
             let (store, feed) =
-                RedisStore::connect(url, s.config.heartbeat_timeout, metrics.clone()).context("--store")?;
+                RedisStore::connect_to(&address, &s.store_tls, s.config.heartbeat_timeout, metrics.clone())
+                    .context("--store")?;
             Directory::new(store.clone(), store, key.clone(), s.config).with_feed(feed)
         }
     }
@@ -500,6 +535,25 @@ mod tests {
         assert_eq!(relay(alone, "").expect("alone"), (RelaySetting::Here(7001), true));
         let both = Args { relay_only: true, ..port(7001) };
         assert!(relay(both, "no-relay = true").is_err(), "--relay-only with no-relay");
+    }
+
+    #[test]
+    fn given_store_certificates_in_the_file_then_they_are_read_and_need_a_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").expect("ca");
+        let file = |text: String| toml::from_str::<FileConfig>(&text).expect("toml");
+        let with_store =
+            format!("port = 7000\nstore = \"rediss://r:6380\"\nstore-ca = {:?}", ca.display().to_string());
+        let s = resolve(Args::default(), file(with_store)).expect("resolve");
+        assert!(!s.store_tls.is_empty());
+        let alone = format!("port = 7000\nstore-ca = {:?}", ca.display().to_string());
+        let e = resolve(Args::default(), file(alone)).err().expect("refused").to_string();
+        assert!(e.contains("go with --store"), "{e}");
+        let half = Args { store_cert: Some(ca.clone()), ..Default::default() };
+        let e =
+            resolve(half, file("port = 7000\nstore = \"rediss://r:6380\"".into())).err().expect("refused");
+        assert!(e.to_string().contains("--store-key"), "{e}");
     }
 
     #[test]

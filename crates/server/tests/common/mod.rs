@@ -24,7 +24,7 @@ use whatsap2p_proto::{IdentityProof, Number};
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::metrics::Metrics;
 use whatsap2p_server::presence::MemoryPresence;
-use whatsap2p_server::redis_store::RedisStore;
+use whatsap2p_server::redis_store::{RedisStore, StoreAddress, StoreTls};
 pub use whatsap2p_server::Config;
 
 /// How the server said a session ended.
@@ -91,6 +91,45 @@ impl Instance {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("the instance did not reach redis within 5 s");
+    }
+
+    /// An instance on the store at `address` (one node or a cluster), trusting `tls`, once it has
+    /// reached the store.
+    pub async fn store(address: &StoreAddress, tls: &StoreTls, key: &StaticKeypair) -> Instance {
+        Instance::store_with(address, tls, key, config()).await
+    }
+
+    /// The same with other limits.
+    pub async fn store_with(
+        address: &StoreAddress,
+        tls: &StoreTls,
+        key: &StaticKeypair,
+        config: Config,
+    ) -> Instance {
+        let (i, store) = Instance::store_unready(address, tls, key, config).await;
+        let t0 = std::time::Instant::now();
+        while !store.is_up() {
+            assert!(t0.elapsed() < TIMEOUT, "the instance did not reach its store within {TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        i
+    }
+
+    /// The same without waiting for the store, which may never answer: the instance and its
+    /// store.
+    pub async fn store_unready(
+        address: &StoreAddress,
+        tls: &StoreTls,
+        key: &StaticKeypair,
+        config: Config,
+    ) -> (Instance, Arc<RedisStore>) {
+        let metrics = Arc::new(Metrics::with_shared_store());
+        let (store, feed) =
+            RedisStore::connect_to(address, tls, config.heartbeat_timeout, metrics.clone()).expect("store");
+        let directory = Directory::new(store.clone(), store.clone(), key.clone(), config)
+            .with_feed(feed)
+            .with_metrics(metrics);
+        (Instance::serve(directory, None).await, store)
     }
 
     /// A single instance with the embedded stores.
