@@ -212,13 +212,13 @@ impl Network {
 struct Attempt {
     /// Send → `Delivered`, in ms; `None` when it failed.
     millis: Option<f64>,
-    /// The path it took (`lan`, `tcp`, `udp`, `relayed`), or why it failed.
+    /// The path it took (`lan-tcp`, `lan-udp`, `tcp`, `udp`, `relayed`), or why it failed.
     path: String,
 }
 
 impl Attempt {
     fn direct(&self) -> bool {
-        matches!(self.path.as_str(), "lan" | "tcp" | "udp")
+        matches!(self.path.as_str(), "lan-tcp" | "lan-udp" | "tcp" | "udp")
     }
 }
 
@@ -587,7 +587,8 @@ pub async fn nat(scale: &Scale) -> Section {
         "Files: a {mib} MiB file of pseudo-random bytes from a fresh sender to a fresh receiver (its contact), \
          after a first text and a 4 MiB warm-up transfer and {UNTIMED_ROUNDS} untimed full-size one; {} timed \
          runs from `Client::send_file` to the receiver's `Event::FileReceived`. Relayed: both behind symmetric NATs \
-         (path `{}`); direct: two public hosts (path `{}`); punched: both behind cone NATs (path `{}`). Relay CPU: \
+         (path `{}`); direct: two public hosts (path `{}`: they share the lab internet's /24, so the client \
+         calls it its LAN); punched: both behind cone NATs (path `{}`). Relay CPU: \
          user + system time of the relay's process over the timed relayed runs ({:.2} s for {:.2} GiB).",
         m.relayed.mib_per_s.len(),
         m.relayed.path,

@@ -21,7 +21,9 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, Notify};
-use whatsap2p_client::{Client, ClientConfig, Event, MessageId, Number, Path as LinkPath, SendOutcome};
+use whatsap2p_client::{
+    Client, ClientConfig, Event, MessageId, Number, Path as LinkPath, SendOutcome, Transport,
+};
 use whatsap2p_server::config::Limits;
 use whatsap2p_server::identities::SqliteIdentities;
 use whatsap2p_server::presence::MemoryPresence;
@@ -141,7 +143,8 @@ async fn pump(me: Number, deliveries: Arc<Deliveries>, mut events: mpsc::Receive
 /// A path as one word, for the bench's parser.
 pub fn path_word(path: Option<LinkPath>) -> &'static str {
     match path {
-        Some(LinkPath::DirectLan { .. }) => "lan",
+        Some(LinkPath::DirectLan { transport: Transport::Udp }) => "lan-udp",
+        Some(LinkPath::DirectLan { .. }) => "lan-tcp",
         Some(LinkPath::DirectTcp) => "tcp",
         Some(LinkPath::DirectUdp) => "udp",
         Some(LinkPath::Relayed { .. }) => "relayed",
@@ -160,7 +163,7 @@ fn parse_number(word: Option<&str>) -> anyhow::Result<Number> {
 ///
 /// - `start N [C]`: starts a client numbered N (its contact C, if given) → `started N NAT`;
 /// - `send N TO`: a text from N to TO → `delivered N TO MICROS PATH` (send → `Delivered`, and the
-///   path the link took: `lan`, `tcp`, `udp`, `relayed`);
+///   path the link took: `lan-tcp`, `lan-udp`, `tcp`, `udp`, `relayed`);
 /// - `file N TO FILE`: starts sending FILE → `sending N TO` (TO's host says `file_received TO`);
 /// - `stop N`: logs N out → `stopped N`.
 ///
