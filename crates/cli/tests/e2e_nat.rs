@@ -11,8 +11,8 @@
 //! - upgrade: a pair starts relayed (UDP blocked), UDP is let through, and the link moves to a direct
 //!   path while numbered messages flow: each arrives once, in order.
 //! - a peer without version 3 (outside the lab: on loopback) links over TCP as before.
-//! - a peer that punches through with the wrong key for its number: refused, said and logged; the
-//!   real contact still gets through.
+//! - a peer that punches through, or reaches over the relay, with the wrong key for its number:
+//!   refused, said and logged; the real contact still gets through.
 //!
 //! Every relayed pair is logged by the relay when it ends, with both numbers, the bytes each way,
 //! each side's address and the duration, and never content: checked for the relay beside the
@@ -458,14 +458,15 @@ async fn given_a_peer_without_version_3_then_it_links_over_tcp_as_before() {
     assert_eq!(server.stdout.count(|l| l.contains("Introduced") || l.contains("Relay offered")), 0);
 }
 
-/// Bad input: a peer that punches through and then fails the identity proof. The directory lost
+/// Bad input: a peer that punches through (or reaches over the relay) and then fails the identity proof. The directory lost
 /// its bindings (it starts again on a fresh data dir with the same key: to a client this is a
 /// directory that lists another key for a number), so a new key takes 111 and punches through to
 /// bob, who pinned 111's first key. Bob refuses the link, says why and logs it; once the directory
 /// is itself again, the real 111 reaches bob as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_peer_that_punches_through_with_the_wrong_key_then_refused_and_the_real_contact_still_gets_through(
-) {
+///
+/// Behind `nat`, the impostor reaches bob the way the server's log line `through` says (an
+/// introduction and a punched path, or a relay offer).
+async fn impostor(nat: Nat, through: &str) {
     let Some(mut lab) = lab() else { return };
     let keys = common::tempdir();
     let key = keys.path().join("server.key");
@@ -474,7 +475,7 @@ async fn given_a_peer_that_punches_through_with_the_wrong_key_then_refused_and_t
     let dir_host = lab.public_host("dir").expect("public host");
     let mut r1 = lab.router("home1", Nat::Cone).expect("router");
     let mut r2 = lab.router("home2", Nat::Cone).expect("router");
-    let mut r3 = lab.router("home3", Nat::Cone).expect("router");
+    let mut r3 = lab.router("home3", nat).expect("router");
     let (h1, h2, h3) = (
         lab.host_behind(&mut r1, "alice").expect("host"),
         lab.host_behind(&mut r2, "bob").expect("host"),
@@ -500,9 +501,9 @@ async fn given_a_peer_that_punches_through_with_the_wrong_key_then_refused_and_t
     assert!(is(&w, "warning"), "bob accepted a new key for 111: {w}");
     assert!(w["message"].as_str().is_some_and(|m| m.contains("KEY CHANGED") && m.contains("111")), "{w}");
     bob.stderr.wait_for(TIMEOUT, |l| l.contains("KEY CHANGED")).await.expect("bob logs the refusal");
-    // It came through an introduction: the punched path (behind two cone NATs nothing else
-    // reaches bob from outside).
-    server.stdout.wait_for(TIMEOUT, |l| l.contains("Introduced 111 to 222")).await.expect("introduced");
+    // It came the way it should: behind two cone NATs only a punched path reaches bob from
+    // outside; behind a symmetric one only the relay does.
+    server.stdout.wait_for(TIMEOUT, |l| l.contains(through)).await.expect("introduced or relayed");
     // Barrier on bob's stdout: the text was never shown, and bob is still online and well.
     bob.send(json!({"cmd": "contacts"})).await;
     bob.reply("contacts", |v| is(v, "contacts")).await;
@@ -518,4 +519,16 @@ async fn given_a_peer_that_punches_through_with_the_wrong_key_then_refused_and_t
     deliver(&mut alice, &mut bob, "still me").await;
     let path = path_to(&mut alice, "222").await;
     assert_eq!((path["path"].as_str(), path["transport"].as_str()), (Some("direct"), Some("udp")), "{path}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_peer_that_punches_through_with_the_wrong_key_then_refused_and_the_real_contact_still_gets_through(
+) {
+    impostor(Nat::Cone, "Introduced 111 to 222").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_peer_that_reaches_over_the_relay_with_the_wrong_key_then_refused_and_the_real_contact_still_gets_through(
+) {
+    impostor(Nat::Symmetric, "Relay offered to 111 and 222").await;
 }
