@@ -458,14 +458,12 @@ async fn given_a_peer_without_version_3_then_it_links_over_tcp_as_before() {
     assert_eq!(server.stdout.count(|l| l.contains("Introduced") || l.contains("Relay offered")), 0);
 }
 
-/// Bad input: a peer that punches through (or reaches over the relay) and then fails the identity proof. The directory lost
-/// its bindings (it starts again on a fresh data dir with the same key: to a client this is a
-/// directory that lists another key for a number), so a new key takes 111 and punches through to
-/// bob, who pinned 111's first key. Bob refuses the link, says why and logs it; once the directory
-/// is itself again, the real 111 reaches bob as before.
-///
-/// Behind `nat`, the impostor reaches bob the way the server's log line `through` says (an
-/// introduction and a punched path, or a relay offer).
+/// Bad input: a peer that punches through (or reaches over the relay) and then fails the identity
+/// proof. The directory lost its bindings (it starts again on a fresh data dir with the same key:
+/// to a client this is a directory that lists another key for a number), so a new key takes 111
+/// and reaches bob, who pinned 111's first key: from behind `nat`, the way the server's log line
+/// `through` says (an introduction and a punched path, or a relay offer). Bob refuses the link,
+/// says why and logs it; once the directory is itself again, the real 111 reaches bob as before.
 async fn impostor(nat: Nat, through: &str) {
     let Some(mut lab) = lab() else { return };
     let keys = common::tempdir();
