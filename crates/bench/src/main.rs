@@ -17,6 +17,8 @@
 //! - [`wormhole`]: the same file transfer beside magic-wormhole, with its servers in network
 //!   namespaces of the bench's own.
 //! - [`tui`]: the terminal UI opening a long conversation and drawing a frame.
+//! - [`nat`]: first messages, files and direct-path success across NAT routers of the network lab,
+//!   with its child processes in [`nat_roles`].
 //! - [`lean_session`]: the lean directory client the load generators use.
 //! - [`server_proc`]: the server under test in a child process (the `serve` subcommand).
 //! - [`report`], [`stats`], [`machine`]: the table, medians and percentiles, and what /proc says.
@@ -28,6 +30,8 @@ mod directory_load;
 mod instances;
 mod lean_session;
 mod machine;
+mod nat;
+mod nat_roles;
 mod peers;
 mod redis_baseline;
 mod report;
@@ -43,7 +47,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 /// Every group of figures, in the order they run.
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "lookups",
     "registrations",
     "capacity",
@@ -55,6 +59,7 @@ const GROUPS: [&str; 11] = [
     "group",
     "start",
     "tui",
+    "nat",
 ];
 
 /// Benchmarks of whatsap2p against baselines measured in the same run.
@@ -65,7 +70,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these groups (comma-separated: lookups, registrations, capacity, instances, spread, latency, file,
-    /// wormhole, group, start, tui); the report is printed but not written.
+    /// wormhole, group, start, tui, nat); the report is printed but not written.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -100,6 +105,39 @@ enum Role {
         /// Index of the first client's number.
         #[arg(long)]
         first: usize,
+    },
+    /// The relay of the `nat` group, until stdin closes.
+    #[command(hide = true)]
+    NatRelay {
+        /// Where to listen (TCP, and UDP probes on the same port).
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Where the server key is (made if absent).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// The directory of the `nat` group, until stdin closes.
+    #[command(hide = true)]
+    NatDirectory {
+        /// Where to listen (TCP, and UDP probes on the same port).
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Where the server key and the identities are.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The relay clients are told to use.
+        #[arg(long)]
+        relay: SocketAddr,
+    },
+    /// Clients of the `nat` group driven by lines on stdin, until it closes.
+    #[command(hide = true)]
+    NatHost {
+        /// The directory.
+        #[arg(long)]
+        server: SocketAddr,
+        /// Where the clients' profiles go.
+        #[arg(long)]
+        root: PathBuf,
     },
 }
 
@@ -144,6 +182,12 @@ pub struct Scale {
     pub spread_runs: usize,
     /// Messages in the conversation the terminal UI opens.
     pub tui_messages: usize,
+    /// First messages per NAT pairing (and on loopback) in the `nat` group.
+    pub nat_attempts: usize,
+    /// Size of the file the `nat` group sends relayed, direct and punched.
+    pub nat_file_size: u64,
+    /// Timed transfers of it on each path.
+    pub nat_file_runs: usize,
 }
 
 impl Scale {
@@ -168,6 +212,9 @@ impl Scale {
             spread_hold_processes: 2,
             spread_runs: 1,
             tui_messages: 10_000,
+            nat_attempts: 3,
+            nat_file_size: 8 << 20,
+            nat_file_runs: 1,
         }
     }
 
@@ -192,6 +239,9 @@ impl Scale {
             spread_hold_processes: 7,
             spread_runs: 1,
             tui_messages: 100_000,
+            nat_attempts: 20,
+            nat_file_size: 256 << 20,
+            nat_file_runs: 3,
         }
     }
 }
@@ -208,6 +258,7 @@ async fn run_group(group: &str, scale: &Scale) -> report::Section {
         "wormhole" => wormhole::wormhole(scale).await,
         "group" => peers::group(scale).await,
         "tui" => tui::tui(scale).await,
+        "nat" => nat::nat(scale).await,
         _ => peers::client_start(scale).await,
     }
 }
@@ -225,6 +276,11 @@ async fn main() -> anyhow::Result<()> {
             return server_proc::serve_main(&data_dir, store.as_deref()).await
         }
         Some(Role::Hold { server, count, first }) => return capacity::hold_main(&server, count, first).await,
+        Some(Role::NatRelay { bind, data_dir }) => return nat_roles::relay_main(bind, &data_dir).await,
+        Some(Role::NatDirectory { bind, data_dir, relay }) => {
+            return nat_roles::directory_main(bind, &data_dir, relay).await
+        }
+        Some(Role::NatHost { server, root }) => return nat_roles::host_main(server, &root).await,
         None => {}
     }
     if let Some(unknown) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {

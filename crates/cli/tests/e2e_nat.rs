@@ -11,6 +11,12 @@
 //! - upgrade: a pair starts relayed (UDP blocked), UDP is let through, and the link moves to a direct
 //!   path while numbered messages flow: each arrives once, in order.
 //! - a peer without version 3 (outside the lab: on loopback) links over TCP as before.
+//! - a peer that punches through, or reaches over the relay, with the wrong key for its number:
+//!   refused, said and logged; the real contact still gets through.
+//!
+//! Every relayed pair is logged by the relay when it ends, with both numbers, the bytes each way,
+//! each side's address and the duration, and never content: checked for the relay beside the
+//! directory and for one run alone.
 
 mod common;
 
@@ -46,7 +52,7 @@ struct LabServer {
     _child: Child,
     host: Host,
     stdout: Lines,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl LabServer {
@@ -59,10 +65,23 @@ impl LabServer {
     /// `whatsap2p-server PORT` with `extra` on `host`, once it printed `ready`.
     async fn spawn(host: Host, port: u16, extra: &[&str], ready: &str) -> LabServer {
         let dir = common::tempdir();
+        let mut server = LabServer::spawn_in(host, dir.path(), port, extra, ready).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// The same with its data in `data`, which the caller keeps (to start it again on the same).
+    async fn spawn_in(
+        host: Host,
+        data: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+        ready: &str,
+    ) -> LabServer {
         let mut child = host
             .tokio_command(SERVER_BIN)
             .args(["--bind", &host.ip.to_string(), "--data-dir"])
-            .arg(dir.path())
+            .arg(data)
             .args(extra)
             .arg(port.to_string())
             .env("RUST_LOG", "info")
@@ -78,8 +97,20 @@ impl LabServer {
         if let Err(e) = stdout.wait_for(TIMEOUT, |l| l.starts_with(ready)).await {
             panic!("server not online: {e}\n{}", stderr.tail(30));
         }
-        LabServer { _child: child, host, stdout, _dir: dir }
+        LabServer { _child: child, host, stdout, _dir: None }
     }
+}
+
+impl LabServer {
+    /// Kills it and waits until it is gone, so that its port is free for the next one.
+    async fn kill(mut self) {
+        let _ = self._child.kill().await;
+    }
+}
+
+/// The directory (with its relay) on `host`, with its data in `data` and the server key in `key`.
+async fn directory_on(host: &Host, data: &std::path::Path, key: &str) -> LabServer {
+    LabServer::spawn_in(host.clone(), data, PORT, &["--key-file", key], "[+] Server online").await
 }
 
 /// A JSON-lines client inside `host`, online.
@@ -280,6 +311,27 @@ async fn relayed_in(mut lab: Lab, server: &LabServer, relay: &LabServer, n1: Nat
     for at in [0, file.len() / 2, file.len() - 64] {
         assert!(!contains(&seen, &file[at..at + 64]), "the file's bytes at {at} in clear on the relay");
     }
+    // The pair ends when bob leaves: the relay logs it with both numbers, the bytes each way (the
+    // file's among them), each side's address (its router's) and the duration; never content.
+    bob.logout().await;
+    let pair = |l: &str| l.contains("Relayed 111 and 222") || l.contains("Relayed 222 and 111");
+    let line = relay
+        .stdout
+        .wait_for(TIMEOUT, pair)
+        .await
+        .unwrap_or_else(|e| panic!("no line for the relayed pair: {e}\n{}", relay.stdout.tail(30)));
+    let bytes: Vec<u64> = line
+        .split([' ', ':', ','])
+        .zip(line.split([' ', ':', ',']).skip(1))
+        .filter(|(_, next)| *next == "bytes" || *next == "from")
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    assert!(bytes.len() == 2 && bytes.iter().any(|b| *b > file.len() as u64), "{line}");
+    for router in [&r1, &r2] {
+        assert!(line.contains(&format!("({}/", router.public_ip)), "{line}");
+    }
+    assert!(line.contains("closed by the clients"), "{line}");
+    assert!(!line.contains(secret) && !line.contains(reply), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,4 +456,77 @@ async fn given_a_peer_without_version_3_then_it_links_over_tcp_as_before() {
     let path = path_to(&mut new, "222").await;
     assert_eq!((path["path"].as_str(), path["transport"].as_str()), (Some("direct"), Some("tcp")), "{path}");
     assert_eq!(server.stdout.count(|l| l.contains("Introduced") || l.contains("Relay offered")), 0);
+}
+
+/// Bad input: a peer that punches through (or reaches over the relay) and then fails the identity
+/// proof. The directory lost its bindings (it starts again on a fresh data dir with the same key:
+/// to a client this is a directory that lists another key for a number), so a new key takes 111
+/// and reaches bob, who pinned 111's first key: from behind `nat`, the way the server's log line
+/// `through` says (an introduction and a punched path, or a relay offer). Bob refuses the link,
+/// says why and logs it; once the directory is itself again, the real 111 reaches bob as before.
+async fn impostor(nat: Nat, through: &str) {
+    let Some(mut lab) = lab() else { return };
+    let keys = common::tempdir();
+    let key = keys.path().join("server.key");
+    let key = key.to_str().expect("utf-8 path");
+    let (bindings, lost) = (common::tempdir(), common::tempdir());
+    let dir_host = lab.public_host("dir").expect("public host");
+    let mut r1 = lab.router("home1", Nat::Cone).expect("router");
+    let mut r2 = lab.router("home2", Nat::Cone).expect("router");
+    let mut r3 = lab.router("home3", nat).expect("router");
+    let (h1, h2, h3) = (
+        lab.host_behind(&mut r1, "alice").expect("host"),
+        lab.host_behind(&mut r2, "bob").expect("host"),
+        lab.host_behind(&mut r3, "mallory").expect("host"),
+    );
+    let (profiles, mallory_profiles) = (common::tempdir(), common::tempdir());
+
+    let server = directory_on(&dir_host, bindings.path(), key).await;
+    let mut alice = client(&h1, &server, "111", &profiles).await;
+    let mut bob = client(&h2, &server, "222", &profiles).await;
+    deliver(&mut alice, &mut bob, "hello, it is me").await;
+    let real_key = alice.key();
+    alice.logout().await;
+    bob.logout().await;
+    server.kill().await;
+
+    let server = directory_on(&dir_host, lost.path(), key).await;
+    let mut bob = client(&h2, &server, "222", &profiles).await;
+    let mut mallory = client(&h3, &server, "111", &mallory_profiles).await;
+    assert_ne!(mallory.key(), real_key);
+    mallory.send(json!({"cmd": "send", "to": "222", "text": "it is me, really"})).await;
+    let w = bob.expect_within(LINK_WAIT, "warning", |v| is(v, "warning") || is(v, "message")).await;
+    assert!(is(&w, "warning"), "bob accepted a new key for 111: {w}");
+    assert!(w["message"].as_str().is_some_and(|m| m.contains("KEY CHANGED") && m.contains("111")), "{w}");
+    bob.stderr.wait_for(TIMEOUT, |l| l.contains("KEY CHANGED")).await.expect("bob logs the refusal");
+    // It came the way it should: behind two cone NATs only a punched path reaches bob from
+    // outside; behind a symmetric one only the relay does.
+    server.stdout.wait_for(TIMEOUT, |l| l.contains(through)).await.expect("introduced or relayed");
+    // Barrier on bob's stdout: the text was never shown, and bob is still online and well.
+    bob.send(json!({"cmd": "contacts"})).await;
+    bob.reply("contacts", |v| is(v, "contacts")).await;
+    let shown = bob.events_so_far().into_iter().find(|v| is(v, "message") || is(v, "request"));
+    assert!(shown.is_none(), "bob showed the impostor's text: {shown:?}");
+    mallory.logout().await;
+    bob.logout().await;
+    server.kill().await;
+
+    let server = directory_on(&dir_host, bindings.path(), key).await;
+    let mut alice = client(&h1, &server, "111", &profiles).await;
+    let mut bob = client(&h2, &server, "222", &profiles).await;
+    deliver(&mut alice, &mut bob, "still me").await;
+    let path = path_to(&mut alice, "222").await;
+    assert_eq!((path["path"].as_str(), path["transport"].as_str()), (Some("direct"), Some("udp")), "{path}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_peer_that_punches_through_with_the_wrong_key_then_refused_and_the_real_contact_still_gets_through(
+) {
+    impostor(Nat::Cone, "Introduced 111 to 222").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_peer_that_reaches_over_the_relay_with_the_wrong_key_then_refused_and_the_real_contact_still_gets_through(
+) {
+    impostor(Nat::Symmetric, "Relay offered to 111 and 222").await;
 }

@@ -139,7 +139,8 @@ pub struct Relay<S = TcpStream> {
     keys: RelayKeys,
     limits: Limits,
     observer: Arc<dyn Observer>,
-    rendezvous: Arc<Rendezvous<S>>,
+    /// The first side of a ticket waits here for the second's stream and address.
+    rendezvous: Arc<Rendezvous<(S, SocketAddr)>>,
     /// Refusals anyone can cause (garbage, guessed tickets): logged through the throttle.
     forged: LogThrottle,
     /// Cancelled when the relay shuts down.
@@ -272,7 +273,7 @@ where
             return refuse(relay, stream, peer, Refusal::Status(status), Some(&ticket)).await;
         }
         Arrival::Join(partner) => {
-            if let Err(stream) = partner.send(stream) {
+            if let Err((stream, _)) = partner.send((stream, peer)) {
                 // The first side's task is gone (the relay is shutting down).
                 let refusal = Refusal::Status(RelayStatus::NoPartner);
                 refuse(relay, stream, peer, refusal, Some(&ticket)).await;
@@ -302,7 +303,7 @@ where
             return;
         }
     };
-    let second = match waited {
+    let (second, second_peer) = match waited {
         Ok(Ok(second)) => second,
         Ok(Err(_)) => return,
         Err(_) if slot.give_up() => {
@@ -319,12 +320,19 @@ where
     let started = Instant::now();
     let flow = pair(relay, stream, second).await;
     relay.observer.relay_ended(&flow);
+    // The relay cannot tell which number is which side (both present the same ticket, and it
+    // reads nothing of what they send): it names both, and the sides by their addresses, which
+    // the directory's log ties to numbers.
     info!(
-        "Relayed {} and {}: {} bytes from the first to connect, {} from the second, {:.1?}, {}",
+        "Relayed {} and {}: {} bytes from the first to connect ({}/{}), {} from the second ({}/{}), {:.1?}, {}",
         ticket.a,
         ticket.b,
         flow.first_to_second,
+        peer.ip(),
+        peer.port(),
         flow.second_to_first,
+        second_peer.ip(),
+        second_peer.port(),
         started.elapsed(),
         flow.end
     );

@@ -190,6 +190,12 @@ async fn given_two_clients_with_one_ticket_then_paired_and_bytes_flow_both_ways_
     let (log, _guard) = Captured::start();
     let relay = Running::start(Limits::default()).await;
     let (mut first, mut second, _) = paired(relay.addr, "5550001", "5550002").await;
+    // Each side as the relay sees it (ip/port), for the log line.
+    let side = |s: &TcpStream| {
+        let a = s.local_addr().expect("addr");
+        format!("({}/{})", a.ip(), a.port())
+    };
+    let (first_side, second_side) = (side(&first), side(&second));
     // A megabyte one way, then an answer the other way: the relay copies, whatever the bytes.
     let big: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
     let to_send = big.clone();
@@ -212,7 +218,12 @@ async fn given_two_clients_with_one_ticket_then_paired_and_bytes_flow_both_ways_
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!((ended[0].first_to_second, ended[0].second_to_first), ((1 << 20) + 4, 4));
     assert!(
-        log.has(&["Relayed 5550001 and 5550002", "1048580 bytes from the first", "4 from the second"]),
+        log.has(&[
+            "Relayed 5550001 and 5550002",
+            &format!("1048580 bytes from the first to connect {first_side}"),
+            &format!("4 from the second {second_side}"),
+            "closed by the clients"
+        ]),
         "{:?}",
         log.lines(|l| l.contains("Relay"))
     );

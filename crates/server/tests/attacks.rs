@@ -15,6 +15,7 @@ use common::{hello_from, Account, Answer, Config, Ending, Instance, Session, TIM
 use whatsap2p_link::StaticKeypair;
 use whatsap2p_proto::directory::{ClientToServer, CloseCode, LimitKind, LookupIntent, ServerToClient};
 use whatsap2p_proto::handshake::Purpose;
+use whatsap2p_proto::nat::RelayReason;
 use whatsap2p_proto::version;
 use whatsap2p_proto::Number;
 use whatsap2p_server::config::Limits;
@@ -257,5 +258,123 @@ async fn given_an_enumerator_then_distinct_numbers_per_day_are_limited_per_numbe
     assert_eq!(presences, 30);
     third.heartbeat().await;
     first.heartbeat().await;
+    server.stop().await;
+}
+
+/// An `Introduce` or a `RelayRequest`, whose answer is `Limited`, `Introduction`, `RelayOffer` or
+/// `Error`.
+fn meeting(req: u32, number: &Number, relay: bool) -> ClientToServer {
+    let number = number.into();
+    if relay {
+        ClientToServer::RelayRequest { req, number, reason: RelayReason::PunchTimedOut }
+    } else {
+        ClientToServer::Introduce { req, number }
+    }
+}
+
+/// Sends `msgs` at once; returns the answers in order.
+async fn answers(s: &mut Session, msgs: &[ClientToServer]) -> Vec<ServerToClient> {
+    for m in msgs {
+        s.send(m).await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < msgs.len() {
+        answers.push(s.next().await.expect("an answer"));
+    }
+    answers
+}
+
+/// The value of a meetings counter in the instance's metrics.
+fn meetings(server: &Instance, result: &str) -> u64 {
+    let text = server.metrics.render();
+    let prefix = format!("whatsap2p_meetings_total{{result=\"{result}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.parse().expect("a count"))
+}
+
+/// Attack 4, around the lookups: an introduction or a relay offer says whether a number is online
+/// (and where) as a lookup does, so an enumerator asks for those instead. They take from the same
+/// distinct numbers per day: past it, no answer says anything about a number, and its session is
+/// never told; the numbers already looked up today are still introduced.
+#[tokio::test]
+async fn given_an_enumerator_asking_for_introductions_and_relays_then_they_count_as_distinct_lookups() {
+    let limits = Limits { distinct_lookups_per_day: 6, ..Limits::default() };
+    let key = StaticKeypair::generate().expect("server key");
+    let relay = "0.0.0.0:7001".parse().expect("addr");
+    let server = Instance::memory_with(&key, Config { limits, relay: Some(relay), ..common::config() }).await;
+    let mut first = Session::online(server.addr, &Account::new("5550100"), 41000).await;
+    let mut hidden = Session::online(server.addr, &Account::new("5550105"), 41005).await;
+    let mut contact = Session::online(server.addr, &Account::new("5550109"), 41009).await;
+
+    let mut enumerator = Session::connect_from(ATTACKER, server.addr, &Account::new("5550666")).await;
+    // Two lookups (the second of an offline number), then introductions and relay requests in
+    // turn through the range.
+    let range: Vec<Number> = (100..110).map(|i| n(&format!("5550{i}"))).collect();
+    let mut msgs = vec![
+        ClientToServer::Lookup { req: 1, number: (&range[9]).into(), intent: LookupIntent::Ping },
+        ClientToServer::Lookup { req: 2, number: (&range[8]).into(), intent: LookupIntent::Ping },
+    ];
+    msgs.extend(range.iter().enumerate().map(|(i, number)| meeting(10 + i as u32, number, i % 2 == 1)));
+    let got = answers(&mut enumerator, &msgs).await;
+    assert!(matches!(got[..2], [ServerToClient::LookupResult { .. }, ServerToClient::LookupResult { .. }]));
+    // The first four numbers: 5550100 is online and introduced, the others are not.
+    assert!(matches!(got[2], ServerToClient::Introduction { req: 10, .. }), "{:?}", got[2]);
+    for (a, req) in got[3..6].iter().zip(11..) {
+        assert!(matches!(a, ServerToClient::Error { req: Some(r), .. } if *r == req), "{a:?}");
+    }
+    // Then nothing about 5550104..5550107, 5550105 online among them: limited, with the time left
+    // in the day.
+    for (a, req) in got[6..10].iter().zip(14..) {
+        match a {
+            ServerToClient::Limited { req: Some(r), limit: LimitKind::DistinctLookups, retry_after_ms }
+                if *r == req =>
+            {
+                let day = DAY.as_millis() as u32;
+                assert!(*retry_after_ms > day - 60_000 && *retry_after_ms <= day, "{retry_after_ms}");
+            }
+            other => panic!("a fresh number past the limit got {other:?}"),
+        }
+    }
+    // The numbers it looked up are still served: 5550108 is offline, 5550109 gets its relay offer.
+    assert!(matches!(got[10], ServerToClient::Error { req: Some(18), .. }), "{:?}", got[10]);
+    assert!(matches!(got[11], ServerToClient::RelayOffer { req: Some(19), .. }), "{:?}", got[11]);
+    first.expect("the introduction", |m| matches!(m, ServerToClient::Introduced { .. })).await;
+    contact.expect("the relay offer", |m| matches!(m, ServerToClient::RelayOffer { req: None, .. })).await;
+    // The session past the limit was told nothing (each push is counted when made).
+    assert_eq!((meetings(&server, "Introduced"), meetings(&server, "RelayOffered")), (1, 1));
+    hidden.send(&ClientToServer::Heartbeat).await;
+    let first_told = hidden.next().await.expect("the heartbeat's answer");
+    assert_eq!(first_told, ServerToClient::HeartbeatAck, "5550105 was told of the enumerator");
+    assert_eq!(refusals(&server, "DistinctLookups"), 4);
+    enumerator.heartbeat().await;
+    server.stop().await;
+}
+
+/// The same enumerator, faster than the lookups per second: introductions and relay requests take
+/// from the same rate as lookups, and a lookup after them is limited.
+#[tokio::test]
+async fn given_introductions_and_relay_requests_then_they_take_from_the_lookup_rate() {
+    let server = directory(Limits { lookups_per_second: 1, ..Limits::default() }).await;
+    let target = Account::new("5550100");
+    let _online = Session::online(server.addr, &target, 41000).await;
+    let mut enumerator = Session::connect_from(ATTACKER, server.addr, &Account::new("5550666")).await;
+    // A burst of a minute's worth at 1 a second, 60, half of it in meetings (at most 60 a minute
+    // on their own), then lookups past it.
+    let mut msgs: Vec<ClientToServer> = (0..30).map(|i| meeting(1 + i, &target.number, i % 2 == 1)).collect();
+    let lookup =
+        |req| ClientToServer::Lookup { req, number: (&target.number).into(), intent: LookupIntent::Ping };
+    msgs.extend((31..=40).map(lookup));
+    msgs.extend((41..=50).map(|i| meeting(i, &target.number, false)));
+    msgs.extend((51..=80).map(lookup));
+    let got = answers(&mut enumerator, &msgs).await;
+    let limited = got
+        .iter()
+        .filter(|a| matches!(a, ServerToClient::Limited { limit: LimitKind::LookupRate, .. }))
+        .count();
+    // 80 asked; a burst of 60, and perhaps one or two more as seconds pass.
+    assert!((18..=20).contains(&limited), "{limited} limited: {got:?}");
+    assert!(got[..30].iter().all(|a| !matches!(a, ServerToClient::Limited { .. })), "{got:?}");
+    assert!(matches!(got[79], ServerToClient::Limited { req: Some(80), limit: LimitKind::LookupRate, .. }));
+    assert_eq!(refusals(&server, "LookupRate") as usize, limited);
+    enumerator.heartbeat().await;
     server.stop().await;
 }

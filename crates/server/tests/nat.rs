@@ -233,6 +233,38 @@ async fn given_bad_announcements_then_refused_with_an_error_and_the_session_stay
 }
 
 #[tokio::test]
+async fn given_thousands_of_candidates_in_one_frame_then_refused_and_everyone_else_unaffected() {
+    let key = StaticKeypair::generate().expect("key");
+    let dir = Instance::memory(&key).await;
+    let (a, b, c) = (Account::new("5550001"), Account::new("5550002"), Account::new("5550003"));
+    let mut sa = Session::online(dir.addr, &a, 4001).await;
+    let mut sb = Session::online(dir.addr, &b, 4002).await;
+    let mut sc = Session::online(dir.addr, &c, 4003).await;
+    // As many as a frame holds: decoded (the frame bounds it), then refused; the session stays.
+    let many: Vec<Candidate> =
+        (0..6_000u32).map(|i| local_udp(&format!("10.0.{}.{}:5000", i >> 8, i & 0xff))).collect();
+    let many = ClientToServer::Announce { candidates: many, nat: NatKind::Cone };
+    assert!(whatsap2p_proto::encode(&many).expect("encode").len() < 65_000, "it fits in one frame");
+    sa.send(&many).await;
+    let e = sa.expect("an error", |m| matches!(m, ServerToClient::Error { req: None, .. })).await;
+    assert!(format!("{e:?}").contains("not 6000"), "{e:?}");
+    sa.heartbeat().await;
+    // A frame that says 10 000 and holds one: malformed, the session is dropped (nothing is
+    // allocated for what the count claims).
+    let one = ClientToServer::Announce { candidates: vec![local_udp("10.0.0.2:5000")], nat: NatKind::Cone };
+    let mut bytes = whatsap2p_proto::encode(&one).expect("encode");
+    assert_eq!(&bytes[..2], [5, 1], "kind 5, then the count");
+    bytes.splice(1..2, [0x90, 0x4e]); // 10 000 as a varint
+    sb.send_raw(&bytes).await;
+    assert_eq!(sb.closed().await, None, "the session was dropped without a word");
+    // Nobody else noticed: the first session still meets the third, with nothing announced.
+    sa.send(&ClientToServer::Introduce { req: 1, number: (&c.number).into() }).await;
+    assert!(matches!(answer(&mut sa, 1).await, ServerToClient::Introduction { .. }));
+    sc.expect("introduced", |m| matches!(m, ServerToClient::Introduced { .. })).await;
+    dir.stop().await;
+}
+
+#[tokio::test]
 async fn given_no_v3_session_to_meet_then_introduce_and_relay_request_get_errors_and_sessions_stay() {
     let key = StaticKeypair::generate().expect("key");
     let config = Config { relay: Some("0.0.0.0:7001".parse().expect("addr")), ..common::config() };

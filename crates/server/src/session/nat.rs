@@ -19,6 +19,7 @@ use whatsap2p_proto::{Number, WireNumber};
 use super::{invalid_number, now_ms, short, Online};
 use crate::meetings::Unreachable;
 use crate::metrics::Meeting;
+use crate::sources::SourceAddr;
 use crate::watchers::PUSH_QUEUE;
 
 /// Most introductions and relay requests one session may ask for in [`MEETING_WINDOW`]. A client
@@ -110,7 +111,12 @@ impl Online<'_> {
     }
 
     /// The other side of a meeting `req` asks for: a number that is a reachable session here, not
-    /// this one, within the session's rate. `Err`: the error to answer.
+    /// this one, within the session's rate and the directory's lookup limits. `Err`: the answer.
+    ///
+    /// An introduction or a relay offer tells whether `wanted` is online (and where) just as a
+    /// `Lookup` does, so it counts as one: against the lookups per second, checked before the
+    /// number is read as for a lookup, and against the distinct numbers per day. Otherwise a
+    /// client could enumerate who is online around those limits, 60 numbers a minute.
     fn meet(&mut self, req: u32, wanted: &WireNumber) -> Result<Number, ServerToClient> {
         let error = |message: String| ServerToClient::Error { req: Some(req), message: short(message) };
         if self.token.is_none() {
@@ -122,10 +128,13 @@ impl Online<'_> {
                 "at most {MAX_MEETINGS} introductions and relay requests a minute; try later"
             )));
         }
+        let (dir, source) = (self.dir, SourceAddr::from(self.addr.ip()));
+        dir.limits.lookup_rate(&self.number, source).map_err(|l| self.limited(Some(req), l))?;
         let wanted = Number::try_from(wanted).map_err(|e| error(invalid_number(wanted, &e)))?;
         if wanted == self.number {
             return Err(error("that is this session's own number".into()));
         }
+        dir.limits.distinct(&self.number, source, &wanted).map_err(|l| self.limited(Some(req), l))?;
         Ok(wanted)
     }
 

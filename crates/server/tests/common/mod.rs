@@ -317,6 +317,12 @@ impl Session {
         self.writer.send_msg(msg).await.expect("send");
     }
 
+    /// Sends `plaintext` as one frame, whatever it holds (for malformed messages).
+    #[allow(dead_code)] // Not every test file sends malformed messages.
+    pub async fn send_raw(&mut self, plaintext: &[u8]) {
+        self.writer.send(plaintext).await.expect("send");
+    }
+
     /// Sends `msg`, or says why the link would not.
     #[allow(dead_code)] // Not every test file sends what a link refuses.
     pub async fn try_send(&mut self, msg: &ClientToServer) -> Result<(), whatsap2p_link::LinkError> {
