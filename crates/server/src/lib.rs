@@ -38,6 +38,7 @@
 pub mod config;
 pub mod identities;
 pub mod limits;
+pub mod mailbox;
 pub mod meetings;
 pub mod metrics;
 pub mod presence;

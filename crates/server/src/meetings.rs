@@ -12,19 +12,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
 use whatsap2p_proto::directory::ServerToClient;
 use whatsap2p_proto::nat::{Candidate, NatKind, ProbeToken, Source, Transport, MAX_CANDIDATES};
 use whatsap2p_proto::Number;
 
+use crate::mailbox::{Refused, Sender};
 use crate::probes::Probes;
 use crate::store::SessionId;
-use crate::watchers::Push;
 
 /// One reachable session.
 struct Entry {
     session: SessionId,
-    push: mpsc::Sender<Push>,
+    push: Sender,
     token: ProbeToken,
     /// What the client announced (each [`Source::Local`]).
     announced: Vec<Candidate>,
@@ -64,7 +63,7 @@ impl Meetings {
     }
 
     /// `session` of `number` may be introduced from now on (it replaces an older session's entry).
-    pub fn join(&self, number: &Number, session: SessionId, push: mpsc::Sender<Push>, token: ProbeToken) {
+    pub fn join(&self, number: &Number, session: SessionId, push: Sender, token: ProbeToken) {
         let entry =
             Entry { session, push, token, announced: Vec::new(), nat: NatKind::Unmeasured, tcp: None };
         self.map().insert(number.clone(), entry);
@@ -119,8 +118,8 @@ impl Meetings {
     pub fn push(&self, number: &Number, msg: ServerToClient) -> Result<(), Unreachable> {
         let push = self.map().get(number).map(|e| e.push.clone()).ok_or(Unreachable::Absent)?;
         push.try_send(Arc::new(msg)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Unreachable::Busy,
-            mpsc::error::TrySendError::Closed(_) => Unreachable::Absent,
+            Refused::Full => Unreachable::Busy,
+            Refused::Closed => Unreachable::Absent,
         })
     }
 
@@ -138,6 +137,7 @@ impl Meetings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::mailbox;
     use whatsap2p_relay::RelayKeys;
 
     fn local(addr: &str, transport: Transport) -> Candidate {
@@ -149,7 +149,7 @@ mod tests {
         let (meetings, probes) = (Meetings::default(), Probes::default());
         let token = probes.issue(&RelayKeys::derive(&[3; 32]));
         let n = Number::new("5550001").expect("n");
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = mailbox();
         meetings.join(&n, 1, tx, token);
         meetings.registered(&n, 1, "203.0.113.5:4000".parse().expect("addr"));
         let udp: SocketAddr = "203.0.113.5:5000".parse().expect("addr");
@@ -176,8 +176,8 @@ mod tests {
         let (meetings, probes) = (Meetings::default(), Probes::default());
         let keys = RelayKeys::derive(&[3; 32]);
         let n = Number::new("5550001").expect("n");
-        let (old, _a) = mpsc::channel(4);
-        let (new, mut rx) = mpsc::channel(4);
+        let (old, _a) = mailbox();
+        let (new, rx) = mailbox();
         meetings.join(&n, 1, old, probes.issue(&keys));
         meetings.join(&n, 2, new, probes.issue(&keys));
         meetings.leave(&n, 1);

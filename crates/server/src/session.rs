@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 use whatsap2p_link::{decode_or_skip, Handshake, LinkError, SessionReader, SessionWriter};
@@ -34,11 +34,12 @@ use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber}
 
 use crate::identities::Binding;
 use crate::limits::Limited;
+use crate::mailbox;
 use crate::metrics::Refusal;
 use crate::presence::{Held, PresenceEntry, Renewal};
 use crate::sources::{Slot, SourceAddr};
 use crate::store::{Owner, SessionId};
-use crate::watchers::{Push, PUSH_QUEUE};
+use crate::watchers::Push;
 use crate::Directory;
 
 mod nat;
@@ -258,7 +259,7 @@ async fn end_with(
 }
 
 /// The next presence push; pending forever while the session watches nothing.
-async fn next_push(push: &mut Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>) -> Option<Push> {
+async fn next_push(push: &Option<(mailbox::Sender, mailbox::Receiver)>) -> Push {
     match push {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
@@ -281,7 +282,7 @@ struct Online<'d> {
     writer: Writer,
     /// This session's bounded queue of presence pushes, made at its first `Watch`: a session that
     /// watches nothing pays nothing for it.
-    push: Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>,
+    push: Option<(mailbox::Sender, mailbox::Receiver)>,
     watched: HashSet<Number>,
     /// Where the client registered, once it has: kept to put the entry back if the store lost it.
     location: Option<Location>,
@@ -498,7 +499,7 @@ impl<'d> Online<'d> {
                     _ = cancel.cancelled() => {
                         return if self.dir.shutdown.is_cancelled() { End::Shutdown } else { End::Replaced };
                     }
-                    Some(push) = next_push(&mut self.push) => {
+                    push = next_push(&self.push) => {
                         if let Err(e) = Box::pin(self.writer.send_msg(&*push)).await {
                             return e.into();
                         }
@@ -583,7 +584,7 @@ impl<'d> Online<'d> {
                         info!("Not watching invalid numbers: {message}");
                         self.writer.send_msg(&ServerToClient::Error { req: None, message }).await?;
                     }
-                    let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
+                    let push = self.push.get_or_insert_with(mailbox::mailbox).0.clone();
                     let mut limited = None;
                     for n in numbers {
                         // Past a limit, the rest of the batch is not watched (and said once, below).

@@ -1,21 +1,18 @@
 //! Presence subscriptions: which sessions want to hear when a number comes online or goes offline.
 //!
-//! Pushes go through each session's bounded queue with `try_send`: a session that does not keep up
+//! Pushes go through each session's bounded queue ([`crate::mailbox`]) with `try_send`: a session that does not keep up
 //! loses pushes (counted in the metrics and logged) instead of slowing the session that changed state. A client that
 //! misses one still has `Lookup` to ask.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use tracing::warn;
 use whatsap2p_proto::directory::ServerToClient;
 use whatsap2p_proto::Number;
 
+use crate::mailbox::{Refused, Sender};
 use crate::store::SessionId;
-
-/// Pushes waiting to be written to one session.
-pub const PUSH_QUEUE: usize = 1024;
 
 /// One presence push, shared by every session it goes to: a queue slot is a pointer, not a copy.
 pub type Push = Arc<ServerToClient>;
@@ -23,12 +20,12 @@ pub type Push = Arc<ServerToClient>;
 /// The subscriptions of every session in this process.
 #[derive(Default)]
 pub struct Watchers {
-    by_number: Mutex<HashMap<Number, HashMap<SessionId, mpsc::Sender<Push>>>>,
+    by_number: Mutex<HashMap<Number, HashMap<SessionId, Sender>>>,
 }
 
 impl Watchers {
     /// `session` wants pushes about `number`.
-    pub fn watch(&self, number: &Number, session: SessionId, tx: &mpsc::Sender<Push>) {
+    pub fn watch(&self, number: &Number, session: SessionId, tx: &Sender) {
         let mut map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(number.clone()).or_default().insert(session, tx.clone());
     }
@@ -59,7 +56,7 @@ impl Watchers {
     /// Queues `msg` for every session watching `number`; returns how many pushes were dropped
     /// because a queue was full (the caller counts them).
     pub fn notify(&self, number: &Number, msg: ServerToClient) -> u64 {
-        let targets: Vec<mpsc::Sender<Push>> = {
+        let targets: Vec<Sender> = {
             let map = self.by_number.lock().unwrap_or_else(|p| p.into_inner());
             map.get(number).map(|w| w.values().cloned().collect()).unwrap_or_default()
         };
@@ -69,7 +66,7 @@ impl Watchers {
         let msg = Arc::new(msg);
         let mut dropped = 0;
         for tx in targets {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
+            if let Err(Refused::Full) = tx.try_send(msg.clone()) {
                 dropped += 1;
                 warn!("a watcher of {number} is not keeping up: presence push dropped");
             }

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use whatsap2p_proto::directory::ServerToClient;
@@ -17,10 +16,10 @@ use whatsap2p_proto::version::V3;
 use whatsap2p_proto::{Number, WireNumber};
 
 use super::{invalid_number, now_ms, short, Online};
+use crate::mailbox::mailbox;
 use crate::meetings::Unreachable;
 use crate::metrics::Meeting;
 use crate::sources::SourceAddr;
-use crate::watchers::PUSH_QUEUE;
 
 /// Most introductions and relay requests one session may ask for in [`MEETING_WINDOW`]. A client
 /// asks once per peer it links to (and its upgrades back off from 1 s to 5 min), so this leaves
@@ -62,7 +61,7 @@ impl Online<'_> {
         }
         let dir = self.dir;
         let token = *self.token.get_or_insert_with(|| dir.probes.issue(&dir.relay_keys));
-        let push = self.push.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE)).0.clone();
+        let push = self.push.get_or_insert_with(mailbox).0.clone();
         dir.meetings.join(&self.number, self.session, push, token);
         Some(ServerToClient::Reachability { token, udp_port: dir.udp_port(), relay: dir.config.relay })
     }

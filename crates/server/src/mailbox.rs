@@ -1,0 +1,154 @@
+//! A session's bounded queue of pushes (presence changes, introductions, relay offers), shared by
+//! whoever may push to it: the watch maps and the meetings table.
+//!
+//! Every version 3 session must be reachable for introductions from its registration on, so each
+//! held session has one. A `tokio::sync::mpsc` channel allocates its first block of slots when
+//! made, about 1.2 KiB more per held session than the 4 KiB a session may cost (issue 6); this
+//! queue allocates nothing until a push is queued and frees its slots once they are written.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::watchers::Push;
+
+/// Pushes waiting to be written to one session.
+pub const PUSH_QUEUE: usize = 1024;
+
+struct Shared {
+    // A std lock: held for one queue operation, never across an await.
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    pushes: VecDeque<Push>,
+    /// The session is gone: pushing to it is pointless.
+    closed: bool,
+}
+
+/// The pushing side; cheap to clone (one pointer).
+#[derive(Clone)]
+pub struct Sender(Arc<Shared>);
+
+/// The session's side. Dropping it closes the queue.
+pub struct Receiver(Arc<Shared>);
+
+/// Why a push was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// [`PUSH_QUEUE`] pushes wait already: the session is not keeping up.
+    Full,
+    /// The session ended.
+    Closed,
+}
+
+/// A new, empty queue.
+pub fn mailbox() -> (Sender, Receiver) {
+    let shared = Arc::new(Shared { queue: Mutex::default(), ready: Notify::new() });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sender {
+    /// Queues `push` without waiting.
+    pub fn try_send(&self, push: Push) -> Result<(), Refused> {
+        {
+            let mut queue = self.0.queue();
+            if queue.closed {
+                return Err(Refused::Closed);
+            }
+            if queue.pushes.len() >= PUSH_QUEUE {
+                return Err(Refused::Full);
+            }
+            queue.pushes.push_back(push);
+        }
+        // One waiter at most (the session): a permit is kept if it is not waiting right now.
+        self.0.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Receiver {
+    /// The next push, waiting for one. Cancel-safe: nothing is taken until it is returned.
+    pub async fn recv(&self) -> Push {
+        loop {
+            if let Some(push) = self.try_recv() {
+                return push;
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// The next push if one waits.
+    pub fn try_recv(&self) -> Option<Push> {
+        let pushes = &mut self.0.queue().pushes;
+        let push = pushes.pop_front();
+        if pushes.is_empty() && pushes.capacity() > 0 {
+            // An idle session keeps no slots.
+            *pushes = VecDeque::new();
+        }
+        push
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // What waits is dropped with the session, not with the last sender.
+        *self.0.queue() = Queue { pushes: VecDeque::new(), closed: true };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whatsap2p_proto::directory::ServerToClient;
+
+    fn push() -> Push {
+        Arc::new(ServerToClient::HeartbeatAck)
+    }
+
+    #[tokio::test]
+    async fn given_pushes_then_they_come_out_in_order_and_a_waiting_receiver_wakes() {
+        let (tx, rx) = mailbox();
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv().await;
+            let second = rx.recv().await;
+            (first, second, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(push()).expect("queued");
+        tx.try_send(Arc::new(ServerToClient::Error { req: None, message: "x".into() })).expect("queued");
+        let (first, second, rx) = waiting.await.expect("task");
+        assert_eq!(*first, ServerToClient::HeartbeatAck);
+        assert!(matches!(*second, ServerToClient::Error { .. }));
+        assert!(rx.try_recv().is_none());
+    }
+
+    #[test]
+    fn given_a_full_queue_then_pushes_are_refused_until_one_is_taken() {
+        let (tx, rx) = mailbox();
+        for _ in 0..PUSH_QUEUE {
+            tx.try_send(push()).expect("room");
+        }
+        assert_eq!(tx.try_send(push()), Err(Refused::Full));
+        assert!(rx.try_recv().is_some());
+        tx.try_send(push()).expect("room again");
+    }
+
+    #[test]
+    fn given_a_dropped_receiver_then_pushes_are_refused_as_closed_and_nothing_is_held() {
+        let (tx, rx) = mailbox();
+        tx.try_send(push()).expect("queued");
+        drop(rx);
+        assert_eq!(tx.try_send(push()), Err(Refused::Closed));
+        assert_eq!(tx.0.queue().pushes.capacity(), 0);
+    }
+}
