@@ -202,11 +202,27 @@ impl<S: AsyncWrite> SessionWriter<S> {
     /// Encrypts one frame and buffers it without writing: call [`SessionWriter::flush`] after a
     /// batch, so many small frames leave in one write. A long batch is written out as it goes.
     pub async fn feed_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
-        let bytes = whatsap2p_proto::encode(msg)?;
         if self.frames.is_full() {
             self.flush().await?;
         }
-        self.seal(&bytes)
+        self.seal_msg(msg)
+    }
+
+    /// Encodes and encrypts one message into the queue of frames to write, without writing, even
+    /// when [`SessionWriter::should_flush`] says it is time: the caller flushes.
+    pub fn queue_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
+        self.seal_msg(msg)
+    }
+
+    /// Whether enough is queued that it should be written before more is queued.
+    pub fn should_flush(&self) -> bool {
+        self.frames.is_full()
+    }
+
+    /// Encodes and encrypts one message into the queue of frames to write. Not async, so the
+    /// encoding's stack buffer is never part of a future.
+    fn seal_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
+        whatsap2p_proto::codec::with_encoded(msg, |bytes| self.seal(bytes))?
     }
 
     /// Writes out every buffered frame, within [`WRITE_TIMEOUT`].
@@ -220,8 +236,8 @@ impl<S: AsyncWrite> SessionWriter<S> {
 
     /// Encodes and sends one message.
     pub async fn send_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), LinkError> {
-        let bytes = whatsap2p_proto::encode(msg)?;
-        self.send(&bytes).await
+        self.seal_msg(msg)?;
+        self.flush().await
     }
 
     /// Flushes and shuts the write side down, telling the peer no more frames come.

@@ -59,6 +59,21 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(bytes)
 }
 
+/// Encodes `msg` as [`encode`] does and hands the bytes to `use_bytes`. A message that fits in
+/// [`STACK_ENCODE_LEN`] bytes (every request and answer of the directory but the largest) is encoded
+/// on the stack: no allocation, and no buffer grown a byte at a time.
+pub fn with_encoded<T: Serialize, R>(msg: &T, use_bytes: impl FnOnce(&[u8]) -> R) -> Result<R, EncodeError> {
+    let mut stack = [0u8; STACK_ENCODE_LEN];
+    match postcard::to_slice(msg, &mut stack) {
+        Ok(bytes) => Ok(use_bytes(bytes)),
+        Err(postcard::Error::SerializeBufferFull) => Ok(use_bytes(&encode(msg)?)),
+        Err(e) => Err(EncodeError::Serialize(e.to_string())),
+    }
+}
+
+/// See [`with_encoded`]; well under [`MAX_PLAINTEXT_LEN`].
+pub const STACK_ENCODE_LEN: usize = 512;
+
 /// The message kind (variant index) at the start of `bytes`, if it is a canonical varint.
 pub fn kind(bytes: &[u8]) -> Option<u32> {
     let (kind, rest) = postcard::take_from_bytes::<u32>(bytes).ok()?;
@@ -147,6 +162,17 @@ mod tests {
     use super::*;
     use crate::directory::{ClientToServer, ServerToClient};
     use crate::peer::PeerMessage;
+
+    #[test]
+    fn given_messages_on_either_side_of_the_stack_buffer_then_with_encoded_gives_what_encode_gives() {
+        for len in [0, STACK_ENCODE_LEN - 8, STACK_ENCODE_LEN, 40_000] {
+            let msg = ServerToClient::Error { req: Some(7), message: "x".repeat(len) };
+            let expected = encode(&msg).expect("encode");
+            assert_eq!(with_encoded(&msg, <[u8]>::to_vec).expect("with_encoded"), expected, "{len}");
+        }
+        let huge = ServerToClient::Error { req: None, message: "x".repeat(crate::MAX_PLAINTEXT_LEN) };
+        assert!(matches!(with_encoded(&huge, |_| ()), Err(EncodeError::TooLarge(_))));
+    }
 
     #[test]
     fn given_over_long_varints_then_refused_as_non_canonical() {

@@ -10,7 +10,7 @@
 //! Everything here is per instance: several instances behind one name each count on their own.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
+use rustc_hash::FxHasher;
 use tokio::time::Instant;
 use whatsap2p_proto::directory::LimitKind;
 use whatsap2p_proto::Number;
@@ -105,13 +106,23 @@ const LOOKUP_RATE: (LimitKind, Refusal) = (LimitKind::LookupRate, Refusal::Looku
 const NEW_NUMBERS: (LimitKind, Refusal) = (LimitKind::NewNumbers, Refusal::NewNumbers);
 const DISTINCT: (LimitKind, Refusal) = (LimitKind::DistinctLookups, Refusal::DistinctLookups);
 
-/// Who a distinct-lookup count belongs to.
+/// Who a distinct-lookup count belongs to, by keyed hash: a copy of each number would cost more,
+/// and nobody can pick numbers or addresses whose hashes collide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Looker {
-    /// A number (by its keyed hash: a copy of the number for each would cost more).
     Number(u64),
-    /// A source address.
-    Address(SourceAddr),
+    Address(u64),
+}
+
+/// The maps below hold only keyed hashes, already as good as random: a fast hasher will do.
+type Fx = BuildHasherDefault<FxHasher>;
+
+/// Who asks: a session's number and address, hashed once for as long as the session lives (see
+/// [`RequestLimits::asker`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Asker {
+    number: u64,
+    address: u64,
 }
 
 /// What one looker looked up in its current day.
@@ -119,12 +130,12 @@ struct Seen {
     /// When its day began (its first lookup after the last day ended).
     since: Instant,
     /// Keyed hashes of the numbers.
-    numbers: HashSet<u64>,
+    numbers: HashSet<u64, Fx>,
 }
 
 /// The distinct numbers each looker looked up today.
 struct Distinct {
-    seen: HashMap<Looker, Seen>,
+    seen: HashMap<Looker, Seen, Fx>,
     /// Hashes held in all of `seen`.
     total: usize,
 }
@@ -133,10 +144,11 @@ impl Distinct {
     /// Whether `looker` may look `number` up now, as one of at most `limit` a day; `Ok(true)` if
     /// it is new to it. A day that ended is forgotten first.
     fn allows(&mut self, looker: Looker, number: u64, limit: u32, now: Instant) -> Result<bool, Limited> {
-        let seen = self.seen.entry(looker).or_insert_with(|| Seen { since: now, numbers: HashSet::new() });
+        let seen =
+            self.seen.entry(looker).or_insert_with(|| Seen { since: now, numbers: HashSet::default() });
         if now >= seen.since + DAY {
             self.total -= seen.numbers.len();
-            *seen = Seen { since: now, numbers: HashSet::new() };
+            *seen = Seen { since: now, numbers: HashSet::default() };
         }
         if seen.numbers.contains(&number) {
             return Ok(false);
@@ -200,14 +212,26 @@ impl RequestLimits {
             lookups_by_number: per_second(limits.lookups_per_second),
             lookups_by_address: per_second(limits.address_lookups_per_second),
             new_numbers: daily(limits.new_numbers_per_address_per_day),
-            distinct: Mutex::new(Distinct { seen: HashMap::new(), total: 0 }),
+            distinct: Mutex::new(Distinct { seen: HashMap::default(), total: 0 }),
         }
     }
 
     /// May the session of `me`, from `from`, make a lookup now? Counts it if so. Checked before
     /// the number asked for is even read, so a flood of bad lookups is limited too.
     pub fn lookup_rate(&self, me: &Number, from: SourceAddr) -> Result<(), Limited> {
-        check(&self.lookups_by_number, &self.hasher.hash_one(me), LOOKUP_RATE)?;
+        self.asker_lookup_rate(&self.asker(me, from), from)
+    }
+
+    /// `me` asking from `from`, for the `asker_*` checks: a session computes this once.
+    pub fn asker(&self, me: &Number, from: SourceAddr) -> Asker {
+        let address =
+            if self.limits.address_distinct_lookups_per_day > 0 { self.hasher.hash_one(from) } else { 0 };
+        Asker { number: self.hasher.hash_one(me), address }
+    }
+
+    /// [`RequestLimits::lookup_rate`] for an [`Asker`].
+    pub fn asker_lookup_rate(&self, asker: &Asker, from: SourceAddr) -> Result<(), Limited> {
+        check(&self.lookups_by_number, &asker.number, LOOKUP_RATE)?;
         check(&self.lookups_by_address, &from, LOOKUP_RATE)
     }
 
@@ -220,13 +244,17 @@ impl RequestLimits {
     /// it among the distinct numbers both looked up today if so. Watches are not limited per
     /// second: a session watches at most `MAX_WATCHED` numbers in all.
     pub fn distinct(&self, me: &Number, from: SourceAddr, wanted: &Number) -> Result<(), Limited> {
-        let me = self.hasher.hash_one(me);
+        self.asker_distinct(&self.asker(me, from), wanted)
+    }
+
+    /// [`RequestLimits::distinct`] for an [`Asker`].
+    pub fn asker_distinct(&self, asker: &Asker, wanted: &Number) -> Result<(), Limited> {
         let wanted = self.hasher.hash_one(wanted);
         let now = Instant::now();
         let mut distinct = self.distinct.lock().unwrap_or_else(|p| p.into_inner());
         let lookers = [
-            (Looker::Number(me), self.limits.distinct_lookups_per_day),
-            (Looker::Address(from), self.limits.address_distinct_lookups_per_day),
+            (Looker::Number(asker.number), self.limits.distinct_lookups_per_day),
+            (Looker::Address(asker.address), self.limits.address_distinct_lookups_per_day),
         ];
         let mut new = [false; 2];
         for ((looker, limit), new) in lookers.iter().zip(&mut new) {

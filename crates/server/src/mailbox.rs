@@ -7,9 +7,9 @@
 //! queue allocates nothing until a push is queued and frees its slots once they are written.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 use crate::watchers::Push;
 
@@ -19,12 +19,14 @@ pub const PUSH_QUEUE: usize = 1024;
 struct Shared {
     // A std lock: held for one queue operation, never across an await.
     queue: Mutex<Queue>,
-    ready: Notify,
 }
 
 #[derive(Default)]
 struct Queue {
     pushes: VecDeque<Push>,
+    /// The session, waiting for a push. A waker rather than a `Notify`: the wait is part of every
+    /// held session's future, and this keeps it one pointer.
+    waiting: Option<Waker>,
     /// The session is gone: pushing to it is pointless.
     closed: bool,
 }
@@ -47,7 +49,7 @@ pub enum Refused {
 
 /// A new, empty queue.
 pub fn mailbox() -> (Sender, Receiver) {
-    let shared = Arc::new(Shared { queue: Mutex::default(), ready: Notify::new() });
+    let shared = Arc::new(Shared { queue: Mutex::default() });
     (Sender(shared.clone()), Receiver(shared))
 }
 
@@ -60,7 +62,7 @@ impl Shared {
 impl Sender {
     /// Queues `push` without waiting.
     pub fn try_send(&self, push: Push) -> Result<(), Refused> {
-        {
+        let waiting = {
             let mut queue = self.0.queue();
             if queue.closed {
                 return Err(Refused::Closed);
@@ -69,9 +71,12 @@ impl Sender {
                 return Err(Refused::Full);
             }
             queue.pushes.push_back(push);
+            queue.waiting.take()
+        };
+        // Woken outside the lock.
+        if let Some(waker) = waiting {
+            waker.wake();
         }
-        // One waiter at most (the session): a permit is kept if it is not waiting right now.
-        self.0.ready.notify_one();
         Ok(())
     }
 }
@@ -79,21 +84,29 @@ impl Sender {
 impl Receiver {
     /// The next push, waiting for one. Cancel-safe: nothing is taken until it is returned.
     pub async fn recv(&self) -> Push {
-        loop {
-            if let Some(push) = self.try_recv() {
-                return push;
+        poll_fn(|cx| {
+            let mut queue = self.0.queue();
+            match Self::pop(&mut queue) {
+                Some(push) => Poll::Ready(push),
+                None => {
+                    queue.waiting = Some(cx.waker().clone());
+                    Poll::Pending
+                }
             }
-            self.0.ready.notified().await;
-        }
+        })
+        .await
     }
 
     /// The next push if one waits.
     pub fn try_recv(&self) -> Option<Push> {
-        let pushes = &mut self.0.queue().pushes;
-        let push = pushes.pop_front();
-        if pushes.is_empty() && pushes.capacity() > 0 {
+        Self::pop(&mut self.0.queue())
+    }
+
+    fn pop(queue: &mut Queue) -> Option<Push> {
+        let push = queue.pushes.pop_front();
+        if queue.pushes.is_empty() && queue.pushes.capacity() > 0 {
             // An idle session keeps no slots.
-            *pushes = VecDeque::new();
+            queue.pushes = VecDeque::new();
         }
         push
     }
@@ -102,7 +115,7 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         // What waits is dropped with the session, not with the last sender.
-        *self.0.queue() = Queue { pushes: VecDeque::new(), closed: true };
+        *self.0.queue() = Queue { pushes: VecDeque::new(), waiting: None, closed: true };
     }
 }
 

@@ -33,7 +33,7 @@ use whatsap2p_proto::version::{self, HelloForm, NoCommonVersion, V3};
 use whatsap2p_proto::{IdentityProof, Number, NumberError, PublicKey, WireNumber};
 
 use crate::identities::Binding;
-use crate::limits::Limited;
+use crate::limits::{Asker, Limited};
 use crate::mailbox;
 use crate::metrics::Refusal;
 use crate::presence::{Held, PresenceEntry, Renewal};
@@ -278,6 +278,8 @@ struct Online<'d> {
     version: u16,
     session: SessionId,
     addr: SocketAddr,
+    /// The number and address, hashed once for the request limits.
+    asker: Asker,
     reader: Reader,
     writer: Writer,
     /// This session's bounded queue of presence pushes, made at its first `Watch`: a session that
@@ -310,8 +312,10 @@ impl<'d> Online<'d> {
         reader: Reader,
         writer: Writer,
     ) -> Box<Self> {
+        let asker = dir.limits.asker(&proof.number, SourceAddr::from(addr.ip()));
         Box::new(Self {
             dir,
+            asker,
             number: proof.number,
             key: proof.identity,
             bound: false,
@@ -522,53 +526,125 @@ impl<'d> Online<'d> {
                 Err(e) => return e.into(),
                 Ok(Some(m)) => m,
             };
-            match Box::pin(self.answer(msg, cancel)).await {
+            // A lookup answered from memory, the most frequent request by far, needs no future
+            // of its own; anything else runs boxed (see the top of this file).
+            let reply = match msg {
+                ClientToServer::Lookup { req, number, intent } => match self.lookup_now(req, &number, intent)
+                {
+                    Ok(reply) => Some(reply),
+                    Err(wanted) => Some(Box::pin(self.lookup_stored(req, wanted)).await),
+                },
+                msg => match Box::pin(self.answer(msg, cancel)).await {
+                    Ok(reply) => reply,
+                    Err(end) => return end,
+                },
+            };
+            match self.queue(reply) {
                 Ok(Some(next)) => ready = Some(next),
-                // Every request read so far is answered: the last of them came in about now. One
-                // clock read per batch of pipelined requests, not one per request.
-                Ok(None) => last_frame = tokio::time::Instant::now(),
-                Err(end) => return end,
+                Ok(None) => {
+                    // Boxed, once per batch: a write's state would otherwise size every held session.
+                    if let Err(e) = Box::pin(self.write_batch()).await {
+                        return e.into();
+                    }
+                    // Every request read so far is answered: the last of them came in about now.
+                    // One clock read per batch of pipelined requests, not one per request.
+                    last_frame = tokio::time::Instant::now();
+                }
+                Err(e) => return e.into(),
             }
         }
     }
 
-    /// Answers one request. Pipelined requests already here are answered in the same write: returns
-    /// the next one if it was already read, else writes out the answers fed so far.
+    /// Queues `reply`. Pipelined requests already here are answered in the same write: returns the
+    /// next one if it was already read; `None` when the batch should be written out
+    /// ([`Online::write_batch`]).
+    fn queue(&mut self, reply: Option<ServerToClient>) -> Result<Option<Received>, LinkError> {
+        if let Some(reply) = reply {
+            self.writer.queue_msg(&reply)?;
+            self.unflushed += 1;
+        }
+        if self.unflushed < MAX_UNFLUSHED && !self.writer.should_flush() {
+            return Ok(self.pipelined());
+        }
+        Ok(None)
+    }
+
+    /// Writes out the answers queued since the last write.
+    async fn write_batch(&mut self) -> Result<(), LinkError> {
+        // The batch is over: its buffer goes, so an idle session holds none.
+        self.batch = Vec::new();
+        if self.unflushed > 0 {
+            self.writer.flush().await?;
+            self.unflushed = 0;
+            // Counted once per write: a counter shared by every session is a cache line the cores
+            // would otherwise pass around on every lookup.
+            self.dir.metrics.looked_up(std::mem::take(&mut self.looked_up).into());
+        }
+        Ok(())
+    }
+
+    /// A lookup, answered at once when the number is online here (or in this instance's copy of
+    /// the store's presence); otherwise gives back the number, for [`Online::lookup_stored`].
+    fn lookup_now(
+        &mut self,
+        req: u32,
+        wanted: &WireNumber,
+        intent: LookupIntent,
+    ) -> Result<ServerToClient, Number> {
+        let (dir, addr) = (self.dir, self.addr);
+        if let Err(limited) = dir.limits.asker_lookup_rate(&self.asker, SourceAddr::from(addr.ip())) {
+            return Ok(self.limited(Some(req), limited));
+        }
+        let wanted = match Number::try_from(wanted) {
+            Ok(n) => n,
+            Err(e) => {
+                info!("Request from {} {}", addr.ip(), addr.port());
+                info!("Refusing a lookup of an invalid number: {e}");
+                let message = invalid_number(wanted, &e);
+                return Ok(ServerToClient::Error { req: Some(req), message });
+            }
+        };
+        if let Err(limited) = dir.limits.asker_distinct(&self.asker, &wanted) {
+            return Ok(self.limited(Some(req), limited));
+        }
+        // Only lookups that are served are logged one by one (refusals go by the budget).
+        info!("Request from {} {}", addr.ip(), addr.port());
+        match intent {
+            LookupIntent::Address => info!("Retrieving Address of {wanted}"),
+            _ => info!("Pinging {wanted}"),
+        }
+        self.looked_up += 1;
+        match dir.presence.get_now(&wanted) {
+            Some(Some(e)) => {
+                Ok(ServerToClient::LookupResult { req, number: wanted, key: Some(e.key), online: e.location })
+            }
+            // Offline (its key is in the bindings) or not known here (the store knows).
+            _ => Err(wanted),
+        }
+    }
+
+    /// The rest of a lookup that [`Online::lookup_now`] could not answer: asks the stores.
+    async fn lookup_stored(&mut self, req: u32, wanted: Number) -> ServerToClient {
+        match self.dir.status_of(&wanted).await {
+            Ok((key, online)) => ServerToClient::LookupResult { req, number: wanted, key, online },
+            Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
+        }
+    }
+
+    /// The answer to one request, if it has one.
     async fn answer(
         &mut self,
         msg: ClientToServer,
         cancel: &CancellationToken,
-    ) -> Result<Option<Received>, End> {
-        let (dir, number, addr) = (self.dir, &self.number, self.addr);
-        let source = SourceAddr::from(addr.ip());
+    ) -> Result<Option<ServerToClient>, End> {
+        let (dir, number) = (self.dir, &self.number);
         let reply = match msg {
             ClientToServer::Register { listen } => Some(Box::pin(self.register(listen, cancel)).await?),
-            ClientToServer::Lookup { req, number: wanted, intent } => 'lookup: {
-                if let Err(limited) = dir.limits.lookup_rate(number, source) {
-                    break 'lookup Some(self.limited(Some(req), limited));
-                }
-                let wanted = match Number::try_from(&wanted) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        info!("Request from {} {}", addr.ip(), addr.port());
-                        info!("Refusing a lookup of an invalid number: {e}");
-                        let message = invalid_number(&wanted, &e);
-                        break 'lookup Some(ServerToClient::Error { req: Some(req), message });
-                    }
-                };
-                if let Err(limited) = dir.limits.distinct(number, source, &wanted) {
-                    break 'lookup Some(self.limited(Some(req), limited));
-                }
-                // Only lookups that are served are logged one by one (refusals go by the budget).
-                info!("Request from {} {}", addr.ip(), addr.port());
-                match intent {
-                    LookupIntent::Address => info!("Retrieving Address of {wanted}"),
-                    _ => info!("Pinging {wanted}"),
-                }
-                self.looked_up += 1;
-                Some(match dir.status_of(&wanted).await {
-                    Ok((key, online)) => ServerToClient::LookupResult { req, number: wanted, key, online },
-                    Err(e) => ServerToClient::Error { req: Some(req), message: short(e.to_string()) },
+            // `requests` answers lookups itself; this keeps `answer` whole.
+            ClientToServer::Lookup { req, number, intent } => {
+                Some(match self.lookup_now(req, &number, intent) {
+                    Ok(reply) => reply,
+                    Err(wanted) => self.lookup_stored(req, wanted).await,
                 })
             }
             ClientToServer::Watch { numbers } => {
@@ -588,7 +664,7 @@ impl<'d> Online<'d> {
                     let mut limited = None;
                     for n in numbers {
                         // Past a limit, the rest of the batch is not watched (and said once, below).
-                        if let Err(l) = dir.limits.distinct(number, source, &n) {
+                        if let Err(l) = dir.limits.asker_distinct(&self.asker, &n) {
                             limited = Some(l);
                             break;
                         }
@@ -613,25 +689,7 @@ impl<'d> Online<'d> {
             }
             _ => Some(ServerToClient::Error { req: None, message: "unsupported request".into() }),
         };
-        if let Some(reply) = reply {
-            self.writer.feed_msg(&reply).await?;
-            self.unflushed += 1;
-        }
-        if self.unflushed < MAX_UNFLUSHED {
-            if let Some(next) = self.pipelined() {
-                return Ok(Some(next));
-            }
-        }
-        // The batch is over: its buffer goes, so an idle session holds none.
-        self.batch = Vec::new();
-        if self.unflushed > 0 {
-            self.writer.flush().await?;
-            self.unflushed = 0;
-            // Counted once per write: a counter shared by every session is a cache line the cores
-            // would otherwise pass around on every lookup.
-            dir.metrics.looked_up(std::mem::take(&mut self.looked_up).into());
-        }
-        Ok(None)
+        Ok(reply)
     }
 
     /// The next request if it is already here, without waiting. The read is cancel-safe, so
