@@ -156,17 +156,15 @@ impl LeanSession {
         }
     }
 
-    /// Encrypts `msg` into the outgoing buffer. Encoded on the stack, as `redis-benchmark` formats
+    /// Encrypts `msg` into the outgoing buffer, encoded on the stack, as `redis-benchmark` formats
     /// its commands into a buffer it keeps: the load generator's own costs are not the figure.
     pub async fn queue(&mut self, msg: &ClientToServer) -> anyhow::Result<()> {
-        let mut plain = [0u8; 512];
-        let bytes = postcard::to_slice(msg, &mut plain).context("encoding a request")?;
-        self.writer.send(bytes).await?;
-        Ok(())
+        self.writer.queue_msg(msg).context("encoding a request")
     }
 
     /// Writes every queued message to the socket.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
+        self.writer.flush().await?;
         drain(&self.out, &mut self.spare, &mut self.wire).await.context("writing to the directory")
     }
 
@@ -176,7 +174,14 @@ impl LeanSession {
             let Some(n) = self.reader.recv_into(&mut self.inbox).await? else {
                 bail!("the server closed the session");
             };
-            if let Some(msg) = decode_or_skip::<ServerToClient>(&self.inbox[..n])? {
+            let bytes = &self.inbox[..n];
+            // Read as any client would, without the canonical-encoding check (a defence against
+            // a hostile server, which this one is not; the protocol's tests and fuzz targets hold
+            // the server to it): `redis-benchmark` does not check its replies' bytes either.
+            if let Ok(msg) = postcard::from_bytes::<ServerToClient>(bytes) {
+                return Ok(msg);
+            }
+            if let Some(msg) = decode_or_skip::<ServerToClient>(bytes)? {
                 return Ok(msg);
             }
         }

@@ -244,13 +244,13 @@ impl RequestLimits {
     /// it among the distinct numbers both looked up today if so. Watches are not limited per
     /// second: a session watches at most `MAX_WATCHED` numbers in all.
     pub fn distinct(&self, me: &Number, from: SourceAddr, wanted: &Number) -> Result<(), Limited> {
-        self.asker_distinct(&self.asker(me, from), wanted)
+        self.asker_distinct(&self.asker(me, from), wanted, Instant::now())
     }
 
-    /// [`RequestLimits::distinct`] for an [`Asker`].
-    pub fn asker_distinct(&self, asker: &Asker, wanted: &Number) -> Result<(), Limited> {
+    /// [`RequestLimits::distinct`] for an [`Asker`], at `now` (a session reads the clock once per
+    /// batch of requests).
+    pub fn asker_distinct(&self, asker: &Asker, wanted: &Number, now: Instant) -> Result<(), Limited> {
         let wanted = self.hasher.hash_one(wanted);
-        let now = Instant::now();
         let mut distinct = self.distinct.lock().unwrap_or_else(|p| p.into_inner());
         let lookers = [
             (Looker::Number(asker.number), self.limits.distinct_lookups_per_day),

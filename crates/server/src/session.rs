@@ -516,7 +516,12 @@ impl<'d> Online<'d> {
                         self.reader.recv_msg::<ClientToServer>(),
                     ) => match r {
                         Err(_) => return End::Silent,
-                        Ok(r) => r,
+                        Ok(r) => {
+                            // A batch of requests begins: the one clock read for all of it (the
+                            // pipelined requests that follow came in about now too).
+                            last_frame = tokio::time::Instant::now();
+                            r
+                        }
                     },
                 });
             }
@@ -529,11 +534,12 @@ impl<'d> Online<'d> {
             // A lookup answered from memory, the most frequent request by far, needs no future
             // of its own; anything else runs boxed (see the top of this file).
             let reply = match msg {
-                ClientToServer::Lookup { req, number, intent } => match self.lookup_now(req, &number, intent)
-                {
-                    Ok(reply) => Some(reply),
-                    Err(wanted) => Some(Box::pin(self.lookup_stored(req, wanted)).await),
-                },
+                ClientToServer::Lookup { req, number, intent } => {
+                    match self.lookup_now(req, &number, intent, last_frame) {
+                        Ok(reply) => Some(reply),
+                        Err(wanted) => Some(Box::pin(self.lookup_stored(req, wanted)).await),
+                    }
+                }
                 msg => match Box::pin(self.answer(msg, cancel)).await {
                     Ok(reply) => reply,
                     Err(end) => return end,
@@ -546,9 +552,6 @@ impl<'d> Online<'d> {
                     if let Err(e) = Box::pin(self.write_batch()).await {
                         return e.into();
                     }
-                    // Every request read so far is answered: the last of them came in about now.
-                    // One clock read per batch of pipelined requests, not one per request.
-                    last_frame = tokio::time::Instant::now();
                 }
                 Err(e) => return e.into(),
             }
@@ -590,6 +593,7 @@ impl<'d> Online<'d> {
         req: u32,
         wanted: &WireNumber,
         intent: LookupIntent,
+        now: tokio::time::Instant,
     ) -> Result<ServerToClient, Number> {
         let (dir, addr) = (self.dir, self.addr);
         if let Err(limited) = dir.limits.asker_lookup_rate(&self.asker, SourceAddr::from(addr.ip())) {
@@ -604,7 +608,7 @@ impl<'d> Online<'d> {
                 return Ok(ServerToClient::Error { req: Some(req), message });
             }
         };
-        if let Err(limited) = dir.limits.asker_distinct(&self.asker, &wanted) {
+        if let Err(limited) = dir.limits.asker_distinct(&self.asker, &wanted, now) {
             return Ok(self.limited(Some(req), limited));
         }
         // Only lookups that are served are logged one by one (refusals go by the budget).
@@ -642,7 +646,7 @@ impl<'d> Online<'d> {
             ClientToServer::Register { listen } => Some(Box::pin(self.register(listen, cancel)).await?),
             // `requests` answers lookups itself; this keeps `answer` whole.
             ClientToServer::Lookup { req, number, intent } => {
-                Some(match self.lookup_now(req, &number, intent) {
+                Some(match self.lookup_now(req, &number, intent, tokio::time::Instant::now()) {
                     Ok(reply) => reply,
                     Err(wanted) => self.lookup_stored(req, wanted).await,
                 })
@@ -664,7 +668,9 @@ impl<'d> Online<'d> {
                     let mut limited = None;
                     for n in numbers {
                         // Past a limit, the rest of the batch is not watched (and said once, below).
-                        if let Err(l) = dir.limits.asker_distinct(&self.asker, &n) {
+                        if let Err(l) =
+                            dir.limits.asker_distinct(&self.asker, &n, tokio::time::Instant::now())
+                        {
                             limited = Some(l);
                             break;
                         }

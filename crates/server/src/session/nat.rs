@@ -133,7 +133,9 @@ impl Online<'_> {
         if wanted == self.number {
             return Err(error("that is this session's own number".into()));
         }
-        dir.limits.asker_distinct(&self.asker, &wanted).map_err(|l| self.limited(Some(req), l))?;
+        dir.limits
+            .asker_distinct(&self.asker, &wanted, Instant::now())
+            .map_err(|l| self.limited(Some(req), l))?;
         Ok(wanted)
     }
 
