@@ -45,12 +45,25 @@ pub fn safe_name(offered: &str) -> String {
     }
     // Leading dots would make it hidden (or `.`/`..`); trailing dots and spaces are dropped by Windows.
     let trimmed = cleaned.trim_start_matches(['.', ' ']).trim_end_matches(['.', ' ']);
-    let mut name = if trimmed.is_empty() { "file".to_owned() } else { trimmed.to_owned() };
-    let stem = name.split('.').next().unwrap_or_default().to_ascii_uppercase();
-    if RESERVED.contains(&stem.as_str()) {
-        name.insert(0, '_');
+    let name = if trimmed.is_empty() { "file" } else { trimmed };
+    // Checked after the cut, which may leave only a device name ("COM1" and spaces, then more).
+    not_reserved(truncate_keeping_extension(name, MAX_NAME_BYTES))
+}
+
+/// Whether Windows would take `name` for a device: a reserved name before the first dot, trailing
+/// spaces ignored, in any case (`con.txt`, `COM1 .png`).
+pub fn is_reserved(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or_default().trim_end_matches(' ');
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem))
+}
+
+/// `name` with a `_` in front if it is reserved; a name starting with `_` never is.
+fn not_reserved(name: String) -> String {
+    if is_reserved(&name) {
+        truncate_keeping_extension(&format!("_{name}"), MAX_NAME_BYTES)
+    } else {
+        name
     }
-    truncate_keeping_extension(&name, MAX_NAME_BYTES)
 }
 
 /// The extension of a safe name (after its last dot), if it has one.
@@ -68,7 +81,7 @@ pub fn with_extension(name: &str, ext: &str) -> String {
         Some(old) => &name[..name.len() - old.len() - 1],
         None => name,
     };
-    truncate_keeping_extension(&format!("{stem}.{ext}"), MAX_NAME_BYTES)
+    not_reserved(truncate_keeping_extension(&format!("{stem}.{ext}"), MAX_NAME_BYTES))
 }
 
 fn truncate_keeping_extension(name: &str, max: usize) -> String {
@@ -130,6 +143,16 @@ mod tests {
         assert!(safe.len() <= MAX_NAME_BYTES);
         assert!(safe.ends_with(".jpg"));
         assert_eq!(safe_name(&"x".repeat(10_000)).len(), MAX_NAME_BYTES);
+    }
+
+    /// Found by the `file_name` fuzz target: the cut to the longest name left only "COM1".
+    #[test]
+    fn given_a_long_name_that_the_cut_leaves_reserved_then_it_is_still_made_safe() {
+        let offered = format!("COM1{}{}", " ".repeat(MAX_NAME_BYTES), "_".repeat(100));
+        assert_eq!(safe_name(&offered), "_COM1");
+        let stem = format!("COM1{}x", " ".repeat(MAX_NAME_BYTES - 6));
+        assert_eq!(with_extension(&safe_name(&stem), "png"), "_COM1.png");
+        assert_eq!(safe_name("com1 .txt"), "_com1 .txt");
     }
 
     #[test]

@@ -194,9 +194,10 @@ pub fn decode_wire(data: &[u8]) {
 
 /// Any bytes as the name of a file offered by a peer (as UTF-8, invalid sequences replaced, as a
 /// decoded `FileOffer` could only hold valid UTF-8): the safe name is one short, visible path
-/// component, and making it safe again changes nothing; a new extension keeps all of that.
+/// component and no device name, and making it safe again changes nothing; a new extension keeps
+/// all of that.
 pub fn file_name(data: &[u8]) {
-    use crate::file_name::{is_invisible_format, safe_name, with_extension, MAX_NAME_BYTES};
+    use crate::file_name::{is_invisible_format, is_reserved, safe_name, with_extension, MAX_NAME_BYTES};
     let offered = String::from_utf8_lossy(data);
     let safe = safe_name(&offered);
     let check = |name: &str| {
@@ -205,6 +206,7 @@ pub fn file_name(data: &[u8]) {
         assert!(!name.contains(['/', '\\']), "a separator in {name:?}");
         assert!(!name.contains("..") && !name.starts_with('.'), "dots in {name:?}");
         assert!(!name.ends_with(['.', ' ']), "a trailing dot or space in {name:?}");
+        assert!(!is_reserved(name), "a device name: {name:?}");
         let bad = name.chars().find(|&c| c.is_control() || is_invisible_format(c));
         assert!(bad.is_none(), "{bad:?} in {name:?}");
     };
