@@ -630,3 +630,21 @@ fn given_a_group_message_then_one_member_s_receipt_does_not_mark_it_delivered() 
     app.on_event(Event::Read { id, by: n("456") });
     assert_eq!(app.open.as_ref().and_then(|o| o.entries.back()).map(|e| e.state), Some(MessageState::Sent));
 }
+
+#[test]
+fn given_a_message_request_or_a_pending_message_then_the_notice_says_what_to_do() {
+    let mut app = app();
+    three(&mut app);
+    let item =
+        whatsap2p_client::RequestItem::Text { id: MessageId::new(), text: "hi".into(), sent_at_ms: NOW };
+    app.on_event(Event::Request { from: n("301"), item });
+    let notice = app.notice.as_ref().expect("a notice");
+    assert!(
+        !notice.error && notice.text.contains("301") && notice.text.contains("/add 301"),
+        "{}",
+        notice.text
+    );
+    app.on_event(Event::Pending { id: MessageId::new(), to: n("456") });
+    let notice = app.notice.as_ref().expect("a notice");
+    assert!(notice.text.contains("456 has not added you"), "{}", notice.text);
+}

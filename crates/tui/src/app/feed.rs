@@ -1,7 +1,7 @@
 //! What comes into the [`App`] from outside: the answers to its requests and the client's events.
 
 use super::*;
-use whatsap2p_client::FileFailCode;
+use whatsap2p_client::{FileFailCode, RequestItem};
 
 impl App {
     /// The answer to a request.
@@ -274,6 +274,21 @@ impl App {
             }
             Event::Delivered { id, .. } => self.set_state(id, MessageState::Delivered),
             Event::Sent { id, .. } => self.set_state(id, MessageState::Sent),
+            // Only contacts (and numbers we wrote to first) reach us directly; anything else waits
+            // as a message request, which `/add N` accepts. Said here, or it would go unseen.
+            Event::Request { from, item } => {
+                let what = match item {
+                    RequestItem::Text { .. } | RequestItem::GroupText { .. } => "a message",
+                    RequestItem::File { .. } => "a file",
+                    RequestItem::Group { .. } => "a group invitation",
+                    _ => "something",
+                };
+                self.say(format!("{from}, not a contact, sent you {what}: /add {from} accepts it"));
+            }
+            Event::Pending { id, to } => {
+                self.set_state(id, MessageState::Pending);
+                self.say(format!("{to} has not added you as a contact: it waits until {to} accepts"));
+            }
             Event::Read { id, .. } => self.set_state(id, MessageState::Read),
             Event::Failed { id, to, reason } => {
                 self.set_state(id, MessageState::Failed);
