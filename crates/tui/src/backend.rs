@@ -196,6 +196,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Every contact with its status.
     fn contacts(&self) -> impl Future<Output = Result<Vec<Presence>, BackendError>> + Send;
 
+    /// The numbers whose message requests wait (held before this start too). None by default.
+    fn message_requests(&self) -> impl Future<Output = Result<Vec<Number>, BackendError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// Creates a group of contacts.
     fn group_create(
         &self,

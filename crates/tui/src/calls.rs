@@ -66,6 +66,8 @@ pub enum Request {
     Ping(Number),
     /// Every contact with its status.
     Contacts,
+    /// The numbers whose message requests wait.
+    MessageRequests,
     /// Create a group.
     GroupCreate {
         /// Its name.
@@ -149,6 +151,8 @@ pub enum Outcome {
     },
     /// The contacts.
     Contacts(Result<Vec<Presence>, String>),
+    /// The numbers whose message requests wait.
+    MessageRequests(Result<Vec<Number>, String>),
     /// A group created, changed or left.
     Group(Result<Group, String>),
     /// A transfer cancelled.
@@ -326,6 +330,7 @@ async fn run<B: Backend>(
             Outcome::Pinged { number, result }
         }
         Request::Contacts => Outcome::Contacts(backend.contacts().await.map_err(text)),
+        Request::MessageRequests => Outcome::MessageRequests(backend.message_requests().await.map_err(text)),
         Request::GroupCreate { name, members } => {
             Outcome::Group(backend.group_create(&name, &members).await.map_err(text))
         }

@@ -254,6 +254,10 @@ impl Backend for ClientBackend {
         Ok(self.client.ping(number).await?)
     }
 
+    async fn message_requests(&self) -> Result<Vec<Number>, BackendError> {
+        Ok(self.client.requests().await?.into_iter().map(|r| r.from).collect())
+    }
+
     async fn contacts(&self) -> Result<Vec<Presence>, BackendError> {
         let contacts = self.client.contacts().await?;
         Ok(contacts

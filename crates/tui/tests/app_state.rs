@@ -648,3 +648,12 @@ fn given_a_message_request_or_a_pending_message_then_the_notice_says_what_to_do(
     let notice = app.notice.as_ref().expect("a notice");
     assert!(notice.text.contains("456 has not added you"), "{}", notice.text);
 }
+
+#[test]
+fn given_message_requests_held_from_before_then_the_start_says_so() {
+    let mut app = App::new(me(), whatsap2p_tui::clock::Zone::utc(), Box::new(|| NOW));
+    assert!(app.take_requests().contains(&Request::MessageRequests), "asked at the start");
+    app.on_outcome(Outcome::MessageRequests(Ok(vec![n("301"), n("302")])));
+    let notice = app.notice.as_ref().expect("a notice");
+    assert!(notice.text.contains("301, 302") && notice.text.contains("/add 301"), "{}", notice.text);
+}

@@ -75,6 +75,13 @@ impl App {
                 }
             }
             Outcome::Contacts(Err(e)) => self.complain(e),
+            Outcome::MessageRequests(Ok(from)) => {
+                if let Some(first) = from.first() {
+                    let list = from.iter().map(Number::as_str).collect::<Vec<_>>().join(", ");
+                    self.say(format!("message requests wait from {list}: /add {first} accepts one"));
+                }
+            }
+            Outcome::MessageRequests(Err(e)) => self.complain(e),
             Outcome::Group(Ok(g)) => {
                 let name = crate::text::clean(&g.state.name).into_owned();
                 if g.left {

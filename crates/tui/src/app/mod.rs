@@ -336,6 +336,8 @@ impl App {
             drafts: HashMap::new(),
         };
         app.requests.push(Request::Conversations);
+        // Requests held while we were away would otherwise go unsaid until the next one comes.
+        app.requests.push(Request::MessageRequests);
         app
     }
 
