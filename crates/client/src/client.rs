@@ -297,6 +297,9 @@ impl Client {
             groups: groups.clone(),
             requests: requests.clone(),
         }));
+        // Where the texts stored before this start end, read before any link can bring a new one:
+        // a text that came in between would be shown live and then again by the replay.
+        let shown = Arc::new(Shown::new(store.clone(), events.clone()).await?);
         links.accept(listener);
         links.accept_quic();
         // Measured before we say we are online, so the first links already know our NAT.
@@ -312,7 +315,6 @@ impl Client {
             events: events.clone(),
         };
         tracker.spawn(route.run(notes));
-        let shown = Arc::new(Shown::new(store.clone(), events.clone()).await?);
         tracker.spawn(checkpoints(store.clone(), shown.clone(), cancel.clone()));
         let client = Self {
             number,
