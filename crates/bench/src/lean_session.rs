@@ -138,7 +138,11 @@ impl LeanSession {
             &account.noise.public().0,
         );
         hs.send(&whatsap2p_proto::encode(&proof)?).await?;
-        let (reader, writer) = hs.finish()?.split();
+        let mut link = hs.finish()?;
+        if version::batches(Purpose::Directory, agreed) {
+            link.set_batched();
+        }
+        let (reader, writer) = link.split();
         let mut session = Self { reader, writer, out, wire, spare, inbox: Vec::new(), next_req: 0 };
         // A fake listening address: nobody dials these accounts.
         let listen = SocketAddr::from(([127, 0, 0, 1], 9));

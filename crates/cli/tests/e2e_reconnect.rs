@@ -45,12 +45,12 @@ async fn given_a_host_name_for_the_server_then_the_client_resolves_it_and_regist
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_server_speaking_only_newer_versions_then_the_client_says_which_at_start() {
-    let server = Server::start(&["--protocol-versions", "4-5"]).await;
+    let server = Server::start(&["--protocol-versions", "5-6"]).await;
     let profile = tempdir();
     let err = Client::start_refused(server.port, "123", profile.path(), &[]).await;
-    let want = "no protocol version in common: this side speaks versions 2 to 3, the other side speaks versions 4 to 5";
+    let want = "no protocol version in common: this side speaks versions 2 to 4, the other side speaks versions 5 to 6";
     assert!(err.contains(want), "{err}");
-    let theirs = "no protocol version in common: this side speaks versions 4 to 5, the other side speaks versions 2 to 3";
+    let theirs = "no protocol version in common: this side speaks versions 5 to 6, the other side speaks versions 2 to 4";
     server.wait_line("its refusal", |l| l.starts_with("[!] Refusing 127.0.0.1/") && l.contains(theirs)).await;
 }
 

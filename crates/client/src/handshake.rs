@@ -139,7 +139,11 @@ where
     let link_err = || ClientError::link(format!("handshake with {context}"));
     let mine = IdentityProof::sign(&identity.signing, number.clone(), &hs.hash(), &identity.noise.public().0);
     hs.send(&encode(&mine).map_err(|e| link_err()(e.into()))?).await.map_err(link_err())?;
-    Ok((checked, version, hs.finish().map_err(link_err())?))
+    let mut session = hs.finish().map_err(link_err())?;
+    if version::batches(purpose, version) {
+        session.set_batched();
+    }
+    Ok((checked, version, session))
 }
 
 /// A link to a peer, and the protocol version it agreed.

@@ -47,13 +47,13 @@ async fn start(config: ClientConfig) -> (Client, tokio::sync::mpsc::Receiver<Eve
 async fn given_directories_speaking_only_newer_or_only_older_versions_then_start_fails_naming_both_ranges() {
     let root = tempfile::tempdir().expect("tempdir");
     let key = StaticKeypair::generate().expect("key");
-    for (theirs, said) in [(range(4, 5), "versions 4 to 5"), (Versions::only(1), "version 1")] {
+    for (theirs, said) in [(range(5, 6), "versions 5 to 6"), (Versions::only(1), "version 1")] {
         let d = directory_on(([127, 0, 0, 1], 0).into(), &key, theirs).await;
         let e = Client::start(config(&[d.addr], 123, root.path())).await.err().expect("refused");
         assert!(matches!(e, ClientError::Version { .. }), "{e:?}");
         let text = e.to_string();
         let want = format!(
-            "no protocol version in common: this side speaks versions 2 to 3, the other side speaks {said}"
+            "no protocol version in common: this side speaks versions 2 to 4, the other side speaks {said}"
         );
         assert!(text.contains(&want) && text.contains(&d.addr.to_string()), "{text}");
         d.stop().await;
@@ -69,17 +69,17 @@ async fn given_a_directory_from_before_version_3_then_the_client_retries_with_th
     assert_eq!(client.directory_version(), Some(2));
     // The v3 Hello first (refused by closing, as version 2 does), then the v2 Hello.
     let hellos = old.hellos.lock().expect("hellos").clone();
-    assert_eq!(hellos, vec![vec![3, 0, 2], vec![2, 0]]);
+    assert_eq!(hellos, vec![vec![4, 0, 2], vec![2, 0]]);
     client.shutdown().await;
 }
 
 #[tokio::test]
-async fn given_a_current_directory_then_the_session_agrees_on_version_3() {
+async fn given_a_current_directory_then_the_session_agrees_on_version_4() {
     let key = StaticKeypair::generate().expect("key");
     let d = directory(&key).await;
     let root = tempfile::tempdir().expect("tempdir");
     let (client, _events) = start(config(&[d.addr], 123, root.path())).await;
-    assert_eq!(client.directory_version(), Some(3));
+    assert_eq!(client.directory_version(), Some(4));
     client.shutdown().await;
     d.stop().await;
 }
@@ -123,7 +123,7 @@ async fn given_a_directory_whose_store_is_down_then_the_client_starts_and_retrie
     // Three refusals, then registered: pauses of 0.2, 0.4 and 0.8 s between the tries.
     let took = started.elapsed().as_secs_f64();
     assert!((took - 1.4).abs() < 0.05, "registered after {took}s");
-    assert_eq!(client.directory_version(), Some(3));
+    assert_eq!(client.directory_version(), Some(4));
     client.shutdown().await;
 }
 
@@ -170,7 +170,7 @@ async fn given_two_addresses_of_one_directory_when_the_one_in_use_shuts_down_the
     assert!(reason.contains("shutting down"), "{reason}");
     let a = directory_on(a_addr, &key, version::SPOKEN).await;
     next(&mut events, |e| matches!(e, Event::Reconnected).then_some(())).await;
-    assert_eq!(client.directory_version(), Some(3));
+    assert_eq!(client.directory_version(), Some(4));
     client.shutdown().await;
     contact.shutdown().await;
     a.stop().await;
@@ -232,7 +232,7 @@ async fn given_a_profile_registered_before_when_its_directory_is_down_at_start_t
     next(&mut events, |e| matches!(e, Event::Reconnected).then_some(())).await;
     // The backoff reached its longest pause (5 s) long ago: back within one.
     assert!(back.elapsed() <= Duration::from_secs(5), "{:?}", back.elapsed());
-    assert_eq!(client.directory_version(), Some(3));
+    assert_eq!(client.directory_version(), Some(4));
     client.shutdown().await;
     d.stop().await;
 }
@@ -274,7 +274,7 @@ async fn given_two_copies_of_one_profile_then_the_second_wins_and_the_first_stop
     // No flapping: a minute later the first has not come back, the second was never displaced.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(first.directory_version(), None);
-    assert_eq!(second.directory_version(), Some(3));
+    assert_eq!(second.directory_version(), Some(4));
     while let Ok(e) = first_events.try_recv() {
         assert!(!matches!(e, Event::Reconnected), "the replaced copy came back");
     }

@@ -205,7 +205,11 @@ async fn silent_directory(timeout: Duration) -> (SocketAddr, Arc<Mutex<Vec<Insta
         payload.extend(whatsap2p_proto::encode(&hello).expect("encode"));
         hs.send(&payload).await.expect("server hello");
         let _proof = hs.recv().await.expect("proof");
-        let (mut reader, mut writer) = hs.finish().expect("finish").split();
+        let mut session = hs.finish().expect("finish");
+        if version::batches(whatsap2p_proto::handshake::Purpose::Directory, agreed) {
+            session.set_batched();
+        }
+        let (mut reader, mut writer) = session.split();
         while let Ok(Some(msg)) = reader.recv_msg::<ClientToServer>().await {
             match msg {
                 ClientToServer::Register { listen } => {

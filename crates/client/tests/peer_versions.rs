@@ -120,7 +120,7 @@ async fn given_a_peer_from_before_version_3_then_it_links_with_a_current_client_
     let (_, outcome) = a.send(&old.number, "to an old peer").await.expect("send");
     assert_eq!(outcome, SendOutcome::Sent);
     next(&mut events, |e| matches!(e, Event::Delivered { .. }).then_some(())).await;
-    assert_eq!(*hellos.lock().expect("hellos"), vec![vec![3, 1, 2], v2_hello()]);
+    assert_eq!(*hellos.lock().expect("hellos"), vec![vec![4, 1, 2], v2_hello()]);
     a.shutdown().await;
     scene.stop().await;
 }
@@ -148,7 +148,7 @@ async fn given_a_peer_speaking_only_newer_versions_then_both_sides_warn_once_nam
     // A directory both can use.
     let config = whatsap2p_server::Config {
         heartbeat_timeout: NO_EXPIRY,
-        versions: Versions::new(2, 5).expect("range"),
+        versions: Versions::new(2, 6).expect("range"),
         ..Default::default()
     };
     let key = whatsap2p_link::StaticKeypair::generate().expect("key");
@@ -157,15 +157,15 @@ async fn given_a_peer_speaking_only_newer_versions_then_both_sides_warn_once_nam
     let (a, mut a_events) =
         Client::start(support::config(d.addr, &number(123), root.path())).await.expect("a");
     let mut newer = support::config(d.addr, &number(456), root.path());
-    newer.versions = Versions::new(4, 5).expect("range");
+    newer.versions = Versions::new(5, 6).expect("range");
     let (b, mut b_events) = Client::start(newer).await.expect("b");
-    assert_eq!((a.directory_version(), b.directory_version()), (Some(3), Some(5)));
+    assert_eq!((a.directory_version(), b.directory_version()), (Some(4), Some(6)));
 
     let (_, outcome) = a.send(b.number(), "hello, newer").await.expect("send");
-    let want_a = "no protocol version in common: this side speaks versions 2 to 3, the other side speaks versions 4 to 5";
+    let want_a = "no protocol version in common: this side speaks versions 2 to 4, the other side speaks versions 5 to 6";
     assert!(matches!(&outcome, SendOutcome::Queued { reason } if reason.contains(want_a)), "{outcome:?}");
     let (_, outcome) = b.send(a.number(), "hello, older").await.expect("send");
-    let want_b = "no protocol version in common: this side speaks versions 4 to 5, the other side speaks versions 2 to 3";
+    let want_b = "no protocol version in common: this side speaks versions 5 to 6, the other side speaks versions 2 to 4";
     assert!(matches!(&outcome, SendOutcome::Queued { reason } if reason.contains(want_b)), "{outcome:?}");
 
     // The couriers retry for two minutes (a handful of dials each); each side was told once.

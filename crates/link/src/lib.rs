@@ -28,6 +28,7 @@ mod vectors;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     pub use crate::frames::check_splits;
+    pub use crate::session::check_records;
 }
 
 pub use handshake::Handshake;
@@ -64,6 +65,10 @@ pub enum LinkError {
     /// A message could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A frame of records (directory sessions from version 4) held a record whose length is not a
+    /// canonical varint, is zero, or runs past the frame.
+    #[error("malformed record in a frame")]
+    BadRecord,
     /// A write did not finish within [`WRITE_TIMEOUT`].
     #[error("write timed out")]
     WriteTimeout,

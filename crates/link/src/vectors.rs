@@ -29,7 +29,7 @@ use whatsap2p_proto::peer::{FileFailCode, PeerMessage};
 use whatsap2p_proto::version::{self, HelloForm, HelloReply, Versions};
 use whatsap2p_proto::{decode, encode, DecodeError, IdentityProof, MessageId, Number, PublicKey, WireNumber};
 
-use crate::{Handshake, StaticKeypair};
+use crate::{Handshake, SessionWriter, StaticKeypair};
 
 const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol-vectors.json");
 
@@ -481,23 +481,24 @@ async fn transcript(connection: Connection) -> Value {
     assert_eq!(h3, res.hs.hash());
     let (End { hs: ini, wire: mut ini_wire }, End { hs: res, wire: mut res_wire }) = (ini, res);
 
-    let (_ini_r, mut ini_w) = ini.finish().expect("finish").split();
-    let (_res_r, mut res_w) = res.finish().expect("finish").split();
-    let (first, answer): (Value, Value) = match connection {
+    let batched = version::batches(purpose, agreed);
+    let (mut ini, mut res) = (ini.finish().expect("finish"), res.finish().expect("finish"));
+    if batched {
+        ini.set_batched();
+        res.set_batched();
+    }
+    let ((_ini_r, mut ini_w), (_res_r, mut res_w)) = (ini.split(), res.split());
+    // A directory session of version 4 carries records: the client's first frame holds two
+    // requests, to show how they follow each other.
+    let (first, answer): (Vec<Value>, Vec<Value>) = match connection {
         Connection::Directory => (
-            serde_json::to_value(client_to_server()[0].clone()).expect("json"),
-            serde_json::to_value(ServerToClient::Registered {
-                listen: "203.0.113.5:40000".parse().expect("addr"),
-            })
-            .expect("json"),
+            vec![to_json(&client_to_server()[0]), to_json(&client_to_server()[2])],
+            vec![to_json(&ServerToClient::Registered { listen: "203.0.113.5:40000".parse().expect("addr") })],
         ),
-        Connection::Peer => (
-            serde_json::to_value(&peer_messages()[0]).expect("json"),
-            serde_json::to_value(&peer_messages()[1]).expect("json"),
-        ),
+        Connection::Peer => (vec![to_json(&peer_messages()[0])], vec![to_json(&peer_messages()[1])]),
     };
     let mut transport = Vec::new();
-    for (from, w, wire, value, ty) in [
+    for (from, w, wire, values, ty) in [
         (
             "initiator",
             &mut ini_w,
@@ -513,12 +514,19 @@ async fn transcript(connection: Connection) -> Value {
             if connection == Connection::Peer { "PeerMessage" } else { "ServerToClient" },
         ),
     ] {
-        let plaintext = encode_value(ty, &value);
-        w.send(&plaintext).await.expect("send");
+        let mut messages = Vec::new();
+        let mut encoded = Vec::new();
+        for value in values {
+            let bytes = encode_value(ty, &value);
+            queue_value(w, ty, &value);
+            messages.push(json!({ "type": ty, "value": value, "hex": hex::encode(&bytes) }));
+            encoded.push(bytes);
+        }
+        w.flush().await.expect("flush");
         let frame = read_frame(wire).await;
         transport.push(json!({
-            "from": from, "nonce": 0, "type": ty, "value": value,
-            "plaintext_hex": hex::encode(&plaintext), "frame_hex": hex::encode(&frame),
+            "from": from, "nonce": 0, "batched": batched, "messages": messages,
+            "plaintext_hex": hex::encode(frame_plaintext(batched, &encoded)), "frame_hex": hex::encode(&frame),
         }));
     }
     let mut sides = json!({ "initiator": ini_side.describe(true) });
@@ -530,6 +538,38 @@ async fn transcript(connection: Connection) -> Value {
         "handshake_hash": hex::encode(&h3),
         "transport": transport,
     })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("json")
+}
+
+/// The plaintext of a frame carrying `messages`: the one message, or records (section 2).
+fn frame_plaintext(batched: bool, messages: &[Vec<u8>]) -> Vec<u8> {
+    if !batched {
+        assert_eq!(messages.len(), 1, "one message a frame");
+        return messages[0].clone();
+    }
+    let mut out = Vec::new();
+    for m in messages {
+        let mut len = [0u8; 5];
+        out.extend_from_slice(whatsap2p_proto::codec::put_varint(m.len() as u32, &mut len));
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+/// Queues the JSON `value` of a message of type `ty` on `w`, as the real code queues it.
+fn queue_value(w: &mut SessionWriter<DuplexStream>, ty: &str, value: &Value) {
+    fn queue<T: Serialize + DeserializeOwned>(w: &mut SessionWriter<DuplexStream>, value: &Value) {
+        w.queue_msg(&serde_json::from_value::<T>(value.clone()).expect("value")).expect("queue");
+    }
+    match ty {
+        "ClientToServer" => queue::<ClientToServer>(w, value),
+        "ServerToClient" => queue::<ServerToClient>(w, value),
+        "PeerMessage" => queue::<PeerMessage>(w, value),
+        other => panic!("no message type {other}"),
+    }
 }
 
 /// Encodes the JSON `value` of a message of type `ty`.
@@ -566,10 +606,12 @@ fn version_vectors() -> Value {
     let range = |a, b| Versions::new(a, b).expect("range");
     json!({
         "hello_v3": [
+            { "purpose": "Directory", "lowest": 2, "highest": 4, "hex": hex::encode(version::hello(Purpose::Directory, range(2, 4)).expect("hello")) },
             { "purpose": "Directory", "lowest": 2, "highest": 3, "hex": hex::encode(version::hello(Purpose::Directory, range(2, 3)).expect("hello")) },
             { "purpose": "Peer", "lowest": 3, "highest": 3, "hex": hex::encode(version::hello(Purpose::Peer, range(3, 3)).expect("hello")) },
         ],
         "reply": [
+            payload_vector("HelloReply", &HelloReply::Agreed { version: 4 }),
             payload_vector("HelloReply", &HelloReply::Agreed { version: 3 }),
             payload_vector("HelloReply", &HelloReply::NoCommonVersion { lowest: 4, highest: 5 }),
         ],
@@ -626,7 +668,7 @@ async fn generate() -> Value {
         payload_vector("SignedGroupState", &signed_family()),
     ];
     json!({
-        "about": "Test vectors for docs/protocol.md (protocol version 3, which negotiates, and the version 2 forms a side still reads). Byte strings are lower-case hex; message ids are ULID text in values and 16 big-endian bytes on the wire. Regenerate: cargo test -p whatsap2p-link --lib vectors::regenerate -- --ignored",
+        "about": "Test vectors for docs/protocol.md (protocol version 4: version 3, which negotiates, with records in directory frames; and the version 2 forms a side still reads). Byte strings are lower-case hex; message ids are ULID text in values and 16 big-endian bytes on the wire. Regenerate: cargo test -p whatsap2p-link --lib vectors::regenerate -- --ignored",
         "noise": { "protocol": NOISE_PARAMS, "prologue_hex": hex::encode(PROLOGUE) },
         "messages": messages,
         "payloads": payloads,
@@ -856,16 +898,37 @@ async fn replay(t: &Value, as_initiator: bool) {
         }
     }
     assert_eq!(hex::encode(hs.hash()), t["handshake_hash"]);
-    let (mut r, mut w) = hs.finish().expect("finish").split();
+    let mut session = hs.finish().expect("finish");
+    let purpose = if t["connection"] == "peer" { Purpose::Peer } else { Purpose::Directory };
+    let agreed = version::negotiate(version::SPOKEN, version::SPOKEN).expect("a version");
+    if version::batches(purpose, agreed) {
+        session.set_batched();
+    }
+    let (mut r, mut w) = session.split();
     for m in t["transport"].as_array().expect("transport") {
-        let plaintext = bytes(&m["plaintext_hex"]);
-        assert_eq!(encode_value(m["type"].as_str().expect("type"), &m["value"]), plaintext);
+        assert_eq!(m["batched"], version::batches(purpose, agreed), "{m}");
+        let messages = m["messages"].as_array().expect("messages");
+        let encoded: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|msg| {
+                let ty = msg["type"].as_str().expect("type");
+                let bytes = bytes(&msg["hex"]);
+                assert_eq!(encode_value(ty, &msg["value"]), bytes, "{msg}");
+                bytes
+            })
+            .collect();
+        assert_eq!(frame_plaintext(m["batched"] == true, &encoded), bytes(&m["plaintext_hex"]), "{m}");
         if m["from"] == my_name {
-            w.send(&plaintext).await.expect("send");
+            for msg in messages {
+                queue_value(&mut w, msg["type"].as_str().expect("type"), &msg["value"]);
+            }
+            w.flush().await.expect("flush");
             assert_eq!(read_frame(&mut wire).await, bytes(&m["frame_hex"]), "{m}");
         } else {
             wire.write_all(&bytes(&m["frame_hex"])).await.expect("write");
-            assert_eq!(r.recv().await.expect("recv"), Some(plaintext), "{m}");
+            for message in encoded {
+                assert_eq!(r.recv().await.expect("recv"), Some(message), "{m}");
+            }
         }
     }
 }

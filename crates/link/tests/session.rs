@@ -117,3 +117,75 @@ async fn given_a_peer_not_reading_then_send_or_buffer_returns_at_once_and_a_flus
     assert_eq!(first.as_deref(), Some(&b"fits"[..]));
     assert_eq!(second, Some(big));
 }
+
+/// Two sessions over an in-memory stream; `batched` turns batches on at the initiator and the
+/// responder respectively.
+async fn batched_pair(
+    batched: (bool, bool),
+) -> (whatsap2p_link::Session<tokio::io::DuplexStream>, whatsap2p_link::Session<tokio::io::DuplexStream>) {
+    let (mut s1, mut s2) = pair(1 << 20).await;
+    if batched.0 {
+        s1.set_batched();
+    }
+    if batched.1 {
+        s2.set_batched();
+    }
+    (s1, s2)
+}
+
+#[tokio::test]
+async fn given_batched_sessions_then_a_batch_of_messages_arrives_whole_and_in_order() {
+    let (s1, s2) = batched_pair((true, true)).await;
+    let (_r1, mut w1) = s1.split();
+    let (mut r2, _w2) = s2.split();
+    // Small messages, and large ones that cannot share a frame: each arrives as sent.
+    let sent: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| if i % 50 == 7 { vec![i as u8; 30_000] } else { i.to_le_bytes().repeat(1 + i as usize % 5) })
+        .collect();
+    for m in &sent {
+        w1.queue_msg(m).expect("queue");
+    }
+    w1.flush().await.expect("flush");
+    w1.send(b"last").await.expect("send");
+    let mut out = Vec::new();
+    for m in &sent {
+        let n = r2.recv_into(&mut out).await.expect("recv").expect("a message");
+        let got: Vec<u8> = whatsap2p_proto::codec::decode_struct(&out[..n]).expect("decodes");
+        assert_eq!(&got, m);
+    }
+    assert_eq!(r2.recv().await.expect("recv").as_deref(), Some(&b"last"[..]));
+    w1.close().await.expect("close");
+    assert_eq!(r2.recv().await.expect("eof"), None);
+}
+
+#[tokio::test]
+async fn given_a_batched_reader_then_a_frame_with_a_broken_record_is_refused_after_the_good_ones() {
+    for (plaintext, good) in [
+        (&[0x00, 0x01][..], 0),                   // a record of length zero
+        (&[0x01, 0x41, 0x05, 0x41][..], 1),       // the second runs past the frame
+        (&[0x01, 0x41, 0x81, 0x00, 0x41][..], 1), // a non-canonical length (1 as two bytes)
+        (&[][..], 0),                             // no record at all
+    ] {
+        // The initiator writes raw frames; the responder reads records.
+        let (s1, s2) = batched_pair((false, true)).await;
+        let (_r1, mut w1) = s1.split();
+        let (mut r2, _w2) = s2.split();
+        w1.send(plaintext).await.expect("send");
+        for _ in 0..good {
+            assert_eq!(r2.recv().await.expect("a good record").as_deref(), Some(&b"A"[..]));
+        }
+        assert!(matches!(r2.recv().await, Err(LinkError::BadRecord)), "{plaintext:02x?}");
+    }
+}
+
+#[tokio::test]
+async fn given_a_batched_writer_then_an_empty_or_oversized_message_is_refused_and_nothing_is_sent() {
+    let (s1, s2) = batched_pair((true, true)).await;
+    let (_r1, mut w1) = s1.split();
+    let (mut r2, _w2) = s2.split();
+    assert!(matches!(w1.send(b"").await, Err(LinkError::FrameTooLarge)));
+    let too_big = vec![1u8; whatsap2p_proto::MAX_PLAINTEXT_LEN];
+    assert!(matches!(w1.send(&too_big).await, Err(LinkError::FrameTooLarge)));
+    w1.send(b"fine").await.expect("send");
+    assert_eq!(r2.recv().await.expect("recv").as_deref(), Some(&b"fine"[..]));
+}

@@ -31,9 +31,19 @@ pub const V2: u16 = 2;
 /// directory messages, say) is gated on the version a session agreed, `>= V3`.
 pub const V3: u16 = 3;
 
-/// The versions this code speaks: version 2 (so sides from before negotiation still talk to it),
-/// and version 3.
-pub const SPOKEN: Versions = Versions::between(V2, V3);
+/// Version 3, and directory sessions carry several messages per frame (`docs/protocol.md`,
+/// section 2): a batch of pipelined requests or answers costs one seal and one open. Peer links
+/// are unchanged from version 3.
+pub const V4: u16 = 4;
+
+/// The versions this code speaks: version 2 (so sides from before negotiation still talk to it)
+/// to version 4.
+pub const SPOKEN: Versions = Versions::between(V2, V4);
+
+/// Whether a session that agreed on `version` for `purpose` carries several messages per frame.
+pub fn batches(purpose: Purpose, version: u16) -> bool {
+    purpose == Purpose::Directory && version >= V4
+}
 
 /// The versions one side speaks: every version from `lowest` to `highest`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -291,7 +301,7 @@ mod tests {
         assert_eq!("4".parse(), Ok(Versions::only(4)));
         assert!("3-2".parse::<Versions>().is_err());
         assert!("x".parse::<Versions>().is_err());
-        assert_eq!(SPOKEN, range(2, 3));
+        assert_eq!(SPOKEN, range(2, 4));
     }
 
     #[test]

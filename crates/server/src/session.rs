@@ -192,7 +192,11 @@ async fn handshake(stream: TcpStream, dir: Arc<Directory>) -> Result<Handshaken,
     proof.verify(&hash, &remote.0).map_err(|e| {
         whatsap2p_proto::DecodeError::Malformed(format!("identity proof for {}: {e}", proof.number))
     })?;
-    let (reader, writer) = hs.finish()?.split();
+    let mut session = hs.finish()?;
+    if version::batches(Purpose::Directory, version) {
+        session.set_batched();
+    }
+    let (reader, writer) = session.split();
     Ok((proof, version, reader, writer))
 }
 
@@ -527,9 +531,18 @@ impl<'d> Online<'d> {
             }
             let Some(msg) = ready.take() else { continue };
             let msg = match msg {
-                Ok(None) => return End::Closed,
-                Err(e) => return e.into(),
                 Ok(Some(m)) => m,
+                end => {
+                    // The requests read before the end (or before a broken one) are answered.
+                    if self.unflushed > 0 {
+                        // The session ends whatever this gives.
+                        let _ = Box::pin(self.write_batch()).await;
+                    }
+                    return match end {
+                        Err(e) => e.into(),
+                        Ok(_) => End::Closed,
+                    };
+                }
             };
             // A lookup answered from memory, the most frequent request by far, needs no future
             // of its own; anything else runs boxed (see the top of this file).

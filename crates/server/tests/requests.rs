@@ -62,6 +62,11 @@ struct RawClient {
 impl RawClient {
     /// Handshake as `number` with fresh keys; nothing sent after it.
     async fn connect(server: &Server, number: &str) -> Self {
+        Self::connect_with(server, number, true).await
+    }
+
+    /// [`RawClient::connect`], writing records in frames as version 4 has it only if `batched`.
+    async fn connect_with(server: &Server, number: &str, batched: bool) -> Self {
         let stream = TcpStream::connect(server.addr).await.expect("connect");
         let noise = StaticKeypair::generate().expect("noise key");
         let identity = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -71,11 +76,17 @@ impl RawClient {
         let message_2 = hs.recv().await.expect("message 2");
         let (agreed, rest) = version::read_reply(version::SPOKEN, &message_2).expect("a version");
         let server_hello: ServerHello = decode_struct(rest).expect("server hello");
-        assert_eq!((agreed, server_hello.version), (version::V3, version::V3));
+        assert_eq!((agreed, server_hello.version), (version::V4, version::V4));
         let number = Number::new(number).expect("number");
         let proof = IdentityProof::sign(&identity, number, &hs.hash(), &noise.public().0);
         hs.send(&encode(&proof).expect("proof")).await.expect("message 3");
-        let (reader, writer) = hs.finish().expect("finish").split();
+        let (mut reader, mut writer) = hs.finish().expect("finish").split();
+        reader.set_batched();
+        // Not batched, it writes each message as a frame of its own, records or not: to send the
+        // server frames whose records are broken.
+        if batched {
+            writer.set_batched();
+        }
         Self { reader, writer, reachability: None }
     }
 
@@ -267,5 +278,46 @@ async fn given_many_messages_of_an_unknown_kind_then_skipped_logged_once_at_info
     let lines = log.lines(unknown);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(lines[1].contains("skipped 99 messages of unknown kinds"), "{lines:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn given_a_batch_of_requests_in_one_frame_then_each_is_answered_in_order() {
+    let server = Server::start().await;
+    let mut b = RawClient::connect(&server, "5550002").await;
+    b.register().await;
+    let mut a = RawClient::connect(&server, "5550001").await;
+    // Version 4: everything queued before a flush leaves as one frame of records.
+    for req in 1..=16 {
+        let number = WireNumber::new(if req % 4 == 0 { "12x" } else { "5550002" });
+        a.writer
+            .queue_msg(&ClientToServer::Lookup { req, number, intent: LookupIntent::Ping })
+            .expect("queue");
+    }
+    a.writer.queue_msg(&ClientToServer::Heartbeat).expect("queue");
+    a.writer.flush().await.expect("flush");
+    for want in 1..=16 {
+        match a.next().await {
+            Some(ServerToClient::LookupResult { req, online, .. }) => {
+                assert_eq!(req, want);
+                assert!(online.is_some(), "5550002 is online");
+            }
+            Some(ServerToClient::Error { req: Some(req), .. }) => assert_eq!((req, req % 4), (want, 0)),
+            other => panic!("answer {want}: {other:?}"),
+        }
+    }
+    assert_eq!(a.next().await, Some(ServerToClient::HeartbeatAck));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn given_a_frame_whose_record_runs_past_its_end_then_the_requests_before_it_are_answered_and_the_session_dropped(
+) {
+    let server = Server::start().await;
+    let mut c = RawClient::connect_with(&server, "5550001", false).await;
+    // A heartbeat (kind 2) as a record of one byte, then a record announcing 9 bytes of 1.
+    c.send_raw(&[1, 2, 9, 2]).await;
+    assert_eq!(c.next().await, Some(ServerToClient::HeartbeatAck));
+    assert_eq!(c.next().await, None);
     server.stop().await;
 }

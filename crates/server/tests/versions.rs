@@ -36,18 +36,24 @@ async fn given_clients_of_both_versions_then_each_is_served_in_its_own_layout() 
     let x = directory(version::SPOKEN).await;
     let (a, b) = (Account::new("8001"), Account::new("8002"));
     let (_, answer) = hello(x.addr, &a, &v3_hello(version::SPOKEN), version::SPOKEN).await;
-    let agreed = ServerHello { version: 3, heartbeat_timeout_ms: HEARTBEAT_MS };
-    assert_eq!(answer, Answer::V3(Ok(3), Some(agreed)));
+    let agreed = ServerHello { version: 4, heartbeat_timeout_ms: HEARTBEAT_MS };
+    assert_eq!(answer, Answer::V3(Ok(4), Some(agreed)));
     // A client from before version 3: exactly the bytes it sends, exactly the message 2 it reads.
     assert_eq!(v2_hello(), [2, 0]);
     let (_, answer) = hello(x.addr, &b, &v2_hello(), Versions::only(2)).await;
     assert_eq!(answer, Answer::V2(ServerHello { version: 2, heartbeat_timeout_ms: HEARTBEAT_MS }));
-    // And both get a session that works: they find each other.
-    let mut a3 = Session::online(x.addr, &a, 8001).await;
+    // And each gets a session that works: they find each other. A client of version 3 is
+    // served one message a frame, as before version 4.
+    let c = Account::new("8003");
+    let mut a4 = Session::online(x.addr, &a, 8001).await;
     let mut b2 = Session::connect_v2(x.addr, &b).await;
+    let mut c3 = Session::connect_v3(x.addr, &c).await;
     assert!(matches!(b2.register(8002).await, ServerToClient::Registered { .. }));
-    assert_eq!(a3.lookup(&b.number).await, Some(8002));
+    assert!(matches!(c3.register(8003).await, ServerToClient::Registered { .. }));
+    assert_eq!(a4.lookup(&b.number).await, Some(8002));
     assert_eq!(b2.lookup(&a.number).await, Some(8001));
+    assert_eq!(c3.lookup(&a.number).await, Some(8001));
+    assert_eq!(a4.lookup(&c.number).await, Some(8003));
     x.stop().await;
 }
 

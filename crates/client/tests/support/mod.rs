@@ -146,13 +146,13 @@ async fn fake_session(
     let Ok(hello) = hs.recv().await else { return };
     hellos.lock().expect("hellos").push(hello.clone());
     let timeout_ms = 30_000;
-    let payload = match speaks {
+    let (payload, agreed) = match speaks {
         Speaks::V2Only => {
             if decode_struct::<Hello>(&hello).is_err() {
                 return;
             }
-            whatsap2p_proto::encode(&ServerHello { version: 2, heartbeat_timeout_ms: timeout_ms })
-                .expect("encode")
+            let hello = ServerHello { version: 2, heartbeat_timeout_ms: timeout_ms };
+            (whatsap2p_proto::encode(&hello).expect("encode"), 2)
         }
         Speaks::Versions(ours) => {
             let offered = version::read_hello(&hello).expect("a hello");
@@ -164,13 +164,16 @@ async fn fake_session(
             let mut payload = answer.prefix;
             let server_hello = ServerHello { version: agreed, heartbeat_timeout_ms: timeout_ms };
             payload.extend(whatsap2p_proto::encode(&server_hello).expect("encode"));
-            payload
+            (payload, agreed)
         }
     };
     if hs.send(&payload).await.is_err() || hs.recv().await.is_err() {
         return;
     }
-    let Ok(session) = hs.finish() else { return };
+    let Ok(mut session) = hs.finish() else { return };
+    if version::batches(whatsap2p_proto::handshake::Purpose::Directory, agreed) {
+        session.set_batched();
+    }
     let (mut reader, mut writer) = session.split();
     loop {
         tokio::select! {
