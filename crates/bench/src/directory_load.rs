@@ -45,10 +45,6 @@ async fn sessions(
 /// Lookups per second in consecutive windows, `depth` lookups in flight per session, the sessions
 /// spread over `servers` (each then asks for a number registered on the next server). `prefix`
 /// keeps the numbers of separate runs on one store apart.
-///
-/// The sessions run on a thread of their own, on a single-threaded runtime, as `redis-benchmark`
-/// drives its 50 clients from one thread: the load generator pays no cross-thread wake-ups, and
-/// leaves the other core to the server, as the baseline's does.
 pub async fn lookup_rates(
     servers: &[ServerProcess],
     depth: usize,
@@ -56,23 +52,25 @@ pub async fn lookup_rates(
     scale: &Scale,
 ) -> anyhow::Result<Vec<Rate>> {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let registered = sessions(&addrs, prefix, CLIENTS).await?;
+    let numbers: Vec<_> = registered.iter().map(|(a, _)| a.number.clone()).collect();
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    let load = {
+    let mut tasks = JoinSet::new();
+    for (i, (_, mut session)) in registered.into_iter().enumerate() {
+        // Each session asks for the next one's number: always online, spread over the map.
+        let wanted = numbers[(i + 1) % numbers.len()].clone();
         let (count, stop) = (count.clone(), stop.clone());
-        std::thread::Builder::new().name("lookup-load".into()).spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("building the load's runtime")
-                .and_then(|rt| rt.block_on(lookup_load(&addrs, depth, prefix, count, stop, ready_tx)));
-            let _ = done_tx.send(result);
-        })?
-    };
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = session.lookup_batch(&wanted, depth).await?;
+                count.fetch_add(n, Ordering::Relaxed);
+            }
+            // Logging out here could take this number offline while a neighbour still asks for it.
+            Ok::<_, anyhow::Error>(session)
+        });
+    }
     let watch = async {
-        ready_rx.await.context("the load ended before it began")?;
         tokio::time::sleep(scale.warmup).await;
         let mut rates = Vec::new();
         let cpu = || {
@@ -98,47 +96,13 @@ pub async fn lookup_rates(
     };
     // A session that fails ends the measurement with its error instead of a figure that hides it.
     let rates = tokio::select! {
-        rates = watch => rates,
-        done = &mut done_rx => Err(match done {
-            Ok(Err(e)) => e,
-            _ => anyhow::anyhow!("the lookup load ended early"),
-        }),
+        rates = watch => rates?,
+        Some(joined) = tasks.join_next() => {
+            joined.context("a lookup task panicked")??;
+            anyhow::bail!("a lookup session ended early");
+        }
     };
     stop.store(true, Ordering::Relaxed);
-    let ended = done_rx.await;
-    let _ = tokio::task::spawn_blocking(move || load.join()).await;
-    let rates = rates?;
-    ended.context("the lookup load panicked")??;
-    Ok(rates)
-}
-
-/// The sessions of [`lookup_rates`], on the load's own runtime: registers them, says when they
-/// are ready, looks up until `stop`, then logs them out.
-async fn lookup_load(
-    addrs: &[SocketAddr],
-    depth: usize,
-    prefix: u16,
-    count: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    ready: tokio::sync::oneshot::Sender<()>,
-) -> anyhow::Result<()> {
-    let registered = sessions(addrs, prefix, CLIENTS).await?;
-    let numbers: Vec<_> = registered.iter().map(|(a, _)| a.number.clone()).collect();
-    let mut tasks = JoinSet::new();
-    for (i, (_, mut session)) in registered.into_iter().enumerate() {
-        // Each session asks for the next one's number: always online, spread over the map.
-        let wanted = numbers[(i + 1) % numbers.len()].clone();
-        let (count, stop) = (count.clone(), stop.clone());
-        tasks.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let n = session.lookup_batch(&wanted, depth).await?;
-                count.fetch_add(n, Ordering::Relaxed);
-            }
-            // Logging out here could take this number offline while a neighbour still asks for it.
-            Ok::<_, anyhow::Error>(session)
-        });
-    }
-    let _ = ready.send(());
     let mut done = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         done.push(joined.context("a lookup task panicked")??);
@@ -146,7 +110,7 @@ async fn lookup_load(
     for session in done {
         session.logout().await?;
     }
-    Ok(())
+    Ok(rates)
 }
 
 /// Redis GETs per second over `runs` runs of about `window` each, after a calibrating warm-up run.
