@@ -1,14 +1,22 @@
 //! The phone-like number that names a user; it cannot hold anything else.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A phone-like number: an optional leading `+` and 3 to 15 ASCII digits (E.164 allows 15).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Number(String);
+///
+/// Held inline, not on the heap: a directory decodes, compares and copies numbers on every
+/// request, and sixteen bytes hold them all. It compares, orders, hashes, prints and encodes as
+/// its text.
+#[derive(Clone)]
+pub struct Number {
+    len: u8,
+    text: [u8; Number::MAX_LEN],
+}
 
 /// Why a string is not a [`Number`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +37,8 @@ impl Number {
     pub const MIN_DIGITS: usize = 3;
     /// Most digits a number may have.
     pub const MAX_DIGITS: usize = 15;
+    /// Its longest text: the digits and a `+`.
+    const MAX_LEN: usize = Self::MAX_DIGITS + 1;
 
     /// Checks `s` (surrounding whitespace ignored) and wraps it.
     pub fn new(s: &str) -> Result<Self, NumberError> {
@@ -40,18 +50,70 @@ impl Number {
         if !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(NumberError::NotDigits);
         }
-        Ok(Self(s.to_owned()))
+        let mut text = [0u8; Self::MAX_LEN];
+        text[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Self { len: s.len() as u8, text })
     }
 
     /// The number as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII digits and '+' are ever stored (see `new`).
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
+    }
+
+    /// The text's bytes: what comparing and hashing look at (as they would at the text's, without
+    /// checking again that it is text).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+}
+
+impl PartialEq for Number {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Number {}
+
+impl Hash for Number {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
+impl PartialOrd for Number {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Number {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Bytes order as the text does.
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl fmt::Debug for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Number").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for Number {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Number {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -92,13 +154,13 @@ impl WireNumber {
 
 impl From<Number> for WireNumber {
     fn from(n: Number) -> Self {
-        Self(n.0)
+        Self(n.as_str().to_owned())
     }
 }
 
 impl From<&Number> for WireNumber {
     fn from(n: &Number) -> Self {
-        Self(n.0.clone())
+        Self(n.as_str().to_owned())
     }
 }
 
@@ -109,7 +171,7 @@ impl TryFrom<&WireNumber> for Number {
     /// are refused, so a number has one form on the wire.
     fn try_from(w: &WireNumber) -> Result<Self, NumberError> {
         let n = Number::new(&w.0)?;
-        if n.0.len() != w.0.len() {
+        if n.as_str().len() != w.0.len() {
             return Err(NumberError::NotDigits);
         }
         Ok(n)
@@ -118,8 +180,22 @@ impl TryFrom<&WireNumber> for Number {
 
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::new(&s).map_err(serde::de::Error::custom)
+        /// Reads the text where it lies (borrowed or not): no copy of it on the heap.
+        struct Text;
+
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Number;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a phone-like number")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Number, E> {
+                Number::new(s).map_err(E::custom)
+            }
+        }
+
+        d.deserialize_str(Text)
     }
 }
 
@@ -133,6 +209,30 @@ mod tests {
             assert!(Number::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(Number::new(" 456 ").map(|n| n.to_string()), Ok("456".to_owned()));
+    }
+
+    fn n(s: &str) -> Number {
+        Number::new(s).expect("number")
+    }
+
+    #[test]
+    fn given_numbers_then_they_compare_order_print_and_encode_as_their_text() {
+        let texts = ["999", "1000", "+5511987654321", "123456789012345", "+123456789012345"];
+        let mut numbers: Vec<Number> = texts.iter().map(|t| n(t)).collect();
+        numbers.sort();
+        let mut sorted = texts.to_vec();
+        sorted.sort();
+        assert_eq!(numbers.iter().map(Number::as_str).collect::<Vec<_>>(), sorted);
+        for t in texts {
+            let number = n(t);
+            assert_eq!(format!("{number:?}"), format!("Number({t:?})"));
+            assert_eq!(number.to_string(), t);
+            assert_eq!(crate::encode(&number).expect("encodes"), crate::encode(&t).expect("encodes"));
+            assert_eq!(serde_json::to_string(&number).expect("json"), format!("{t:?}"));
+            assert_eq!(serde_json::from_str::<Number>(&format!("{t:?}")).expect("json"), number);
+            assert_eq!(number, n(&format!(" {t} ")));
+        }
+        assert_ne!(n("123"), n("1234"));
     }
 
     #[test]

@@ -118,11 +118,21 @@ enum Looker {
 type Fx = BuildHasherDefault<FxHasher>;
 
 /// Who asks: a session's number and address, hashed once for as long as the session lives (see
-/// [`RequestLimits::asker`]).
-#[derive(Clone, Copy, Debug)]
+/// [`RequestLimits::asker`]), and the number it was last let look up.
+#[derive(Clone, Debug)]
 pub struct Asker {
     number: u64,
     address: u64,
+    /// Boxed: a session that never looks up (most of those a directory holds) pays one pointer.
+    recent: Option<Box<Recent>>,
+}
+
+/// The number an [`Asker`] was last let look up, already counted among today's distinct ones.
+#[derive(Clone, Debug)]
+struct Recent {
+    number: Number,
+    /// When the earliest of the asker's days ends: from then on the number counts anew.
+    until: Instant,
 }
 
 /// What one looker looked up in its current day.
@@ -141,24 +151,31 @@ struct Distinct {
 }
 
 impl Distinct {
-    /// Whether `looker` may look `number` up now, as one of at most `limit` a day; `Ok(true)` if
-    /// it is new to it. A day that ended is forgotten first.
-    fn allows(&mut self, looker: Looker, number: u64, limit: u32, now: Instant) -> Result<bool, Limited> {
+    /// Whether `looker` may look `number` up now, as one of at most `limit` a day: if so, whether
+    /// it is new to it, and when the looker's day ends. A day that ended is forgotten first.
+    fn allows(
+        &mut self,
+        looker: Looker,
+        number: u64,
+        limit: u32,
+        now: Instant,
+    ) -> Result<(bool, Instant), Limited> {
         let seen =
             self.seen.entry(looker).or_insert_with(|| Seen { since: now, numbers: HashSet::default() });
         if now >= seen.since + DAY {
             self.total -= seen.numbers.len();
             *seen = Seen { since: now, numbers: HashSet::default() };
         }
+        let day_end = seen.since + DAY;
         if seen.numbers.contains(&number) {
-            return Ok(false);
+            return Ok((false, day_end));
         }
         if seen.numbers.len() >= limit as usize {
-            let retry_after = (seen.since + DAY).saturating_duration_since(now);
+            let retry_after = day_end.saturating_duration_since(now);
             let (limit, refusal) = DISTINCT;
             return Err(Limited { limit, refusal, retry_after });
         }
-        Ok(true)
+        Ok((true, day_end))
     }
 
     fn record(&mut self, looker: Looker, number: u64) {
@@ -226,7 +243,7 @@ impl RequestLimits {
     pub fn asker(&self, me: &Number, from: SourceAddr) -> Asker {
         let address =
             if self.limits.address_distinct_lookups_per_day > 0 { self.hasher.hash_one(from) } else { 0 };
-        Asker { number: self.hasher.hash_one(me), address }
+        Asker { number: self.hasher.hash_one(me), address, recent: None }
     }
 
     /// [`RequestLimits::lookup_rate`] for an [`Asker`].
@@ -244,31 +261,54 @@ impl RequestLimits {
     /// it among the distinct numbers both looked up today if so. Watches are not limited per
     /// second: a session watches at most `MAX_WATCHED` numbers in all.
     pub fn distinct(&self, me: &Number, from: SourceAddr, wanted: &Number) -> Result<(), Limited> {
-        self.asker_distinct(&self.asker(me, from), wanted, Instant::now())
+        self.asker_distinct(&mut self.asker(me, from), wanted, Instant::now())
     }
 
     /// [`RequestLimits::distinct`] for an [`Asker`], at `now` (a session reads the clock once per
     /// batch of requests).
-    pub fn asker_distinct(&self, asker: &Asker, wanted: &Number, now: Instant) -> Result<(), Limited> {
-        let wanted = self.hasher.hash_one(wanted);
-        let mut distinct = self.distinct.lock().unwrap_or_else(|p| p.into_inner());
+    ///
+    /// A session asking again for the number it was last let look up (a client pinging a contact,
+    /// resending to it) is let through without the shared map and its lock, until the day it was
+    /// counted in ends. (If the map forgot the asker in between, to stay under
+    /// [`Limits::tracked_lookups`], that number is not counted again that day: what forgetting
+    /// forgives anyway.)
+    pub fn asker_distinct(&self, asker: &mut Asker, wanted: &Number, now: Instant) -> Result<(), Limited> {
+        if asker.recent.as_ref().is_some_and(|r| r.number == *wanted && now < r.until) {
+            return Ok(());
+        }
         let lookers = [
             (Looker::Number(asker.number), self.limits.distinct_lookups_per_day),
             (Looker::Address(asker.address), self.limits.address_distinct_lookups_per_day),
         ];
+        if lookers.iter().all(|(_, limit)| *limit == 0) {
+            return Ok(());
+        }
+        let hash = self.hasher.hash_one(wanted);
+        let mut distinct = self.distinct.lock().unwrap_or_else(|p| p.into_inner());
         let mut new = [false; 2];
+        let mut until = now + DAY;
         for ((looker, limit), new) in lookers.iter().zip(&mut new) {
             if *limit > 0 {
-                *new = distinct.allows(*looker, wanted, *limit, now)?;
+                let day_end;
+                (*new, day_end) = distinct.allows(*looker, hash, *limit, now)?;
+                until = until.min(day_end);
             }
         }
         for ((looker, _), new) in lookers.iter().zip(new) {
             if new {
-                distinct.record(*looker, wanted);
+                distinct.record(*looker, hash);
             }
         }
         if distinct.total > self.limits.tracked_lookups {
             distinct.trim(self.limits.tracked_lookups, now);
+        }
+        drop(distinct);
+        match &mut asker.recent {
+            Some(recent) => {
+                recent.number.clone_from(wanted);
+                recent.until = until;
+            }
+            None => asker.recent = Some(Box::new(Recent { number: wanted.clone(), until })),
         }
         Ok(())
     }
@@ -333,6 +373,30 @@ mod tests {
         limits.distinct(&me, HOME, &n("5550102")).expect("and may be watched");
         tokio::time::advance(limited.retry_after).await;
         limits.distinct(&me, HOME, &n("5550199")).expect("a new day");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_one_session_asking_again_for_its_last_number_then_let_through_and_the_limit_still_holds() {
+        let limits = RequestLimits::new(&Limits { distinct_lookups_per_day: 2, ..Limits::default() });
+        let mut session = limits.asker(&n("5550001"), HOME);
+        let (a, b, c) = (n("5550101"), n("5550102"), n("5550103"));
+        let now = Instant::now;
+        for _ in 0..100 {
+            limits.asker_distinct(&mut session, &a, now()).expect("its last number, again and again");
+        }
+        limits.asker_distinct(&mut session, &b, now()).expect("a second number");
+        limits.asker_distinct(&mut session, &c, now()).expect_err("a third is over the day's two");
+        limits.asker_distinct(&mut session, &b, now()).expect("the last one let through");
+        limits.asker_distinct(&mut session, &a, now()).expect("one counted today");
+        limits.asker_distinct(&mut session, &c, now()).expect_err("still over, whatever came before");
+        // The day ends: the number counts anew, in the new day's two.
+        tokio::time::advance(DAY).await;
+        limits.asker_distinct(&mut session, &a, now()).expect("the new day's first");
+        limits.asker_distinct(&mut session, &c, now()).expect("its second");
+        limits.asker_distinct(&mut session, &b, now()).expect_err("a third in the new day");
+        // Another session of the same number shares its day.
+        let mut other = limits.asker(&n("5550001"), HOME);
+        limits.asker_distinct(&mut other, &b, now()).expect_err("the same number's day");
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,7 +154,7 @@ impl MemoryPresence {
     /// read. Someone who picks numbers to land in one shard only gets back the single lock: each
     /// shard's map keeps its own keyed hash against collisions.
     fn shard(&self, number: &Number) -> &RwLock<HashMap<Number, PresenceEntry>> {
-        let tail = number.as_str().bytes().rev().take(3).fold(0usize, |h, b| h * 10 + usize::from(b));
+        let tail = number.as_bytes().iter().rev().take(3).fold(0usize, |h, &b| h * 10 + usize::from(b));
         &self.shards[tail & (SHARDS - 1)]
     }
 

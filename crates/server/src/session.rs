@@ -621,7 +621,7 @@ impl<'d> Online<'d> {
                 return Ok(ServerToClient::Error { req: Some(req), message });
             }
         };
-        if let Err(limited) = dir.limits.asker_distinct(&self.asker, &wanted, now) {
+        if let Err(limited) = dir.limits.asker_distinct(&mut self.asker, &wanted, now) {
             return Ok(self.limited(Some(req), limited));
         }
         // Only lookups that are served are logged one by one (refusals go by the budget).
@@ -682,7 +682,7 @@ impl<'d> Online<'d> {
                     for n in numbers {
                         // Past a limit, the rest of the batch is not watched (and said once, below).
                         if let Err(l) =
-                            dir.limits.asker_distinct(&self.asker, &n, tokio::time::Instant::now())
+                            dir.limits.asker_distinct(&mut self.asker, &n, tokio::time::Instant::now())
                         {
                             limited = Some(l);
                             break;

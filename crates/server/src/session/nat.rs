@@ -134,7 +134,7 @@ impl Online<'_> {
             return Err(error("that is this session's own number".into()));
         }
         dir.limits
-            .asker_distinct(&self.asker, &wanted, Instant::now())
+            .asker_distinct(&mut self.asker, &wanted, Instant::now())
             .map_err(|l| self.limited(Some(req), l))?;
         Ok(wanted)
     }
