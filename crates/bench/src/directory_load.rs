@@ -272,7 +272,8 @@ pub async fn lookups(scale: &Scale) -> Section {
                 unit: Unit::PerSec,
                 ours: summary(per_sec(&piped)),
                 baseline: base_piped,
-                target: Target::ReportRatio,
+                // Issue 15: the memory store keeps up with redis under pipelining.
+                target: Target::RatioAtLeast(1.0),
             },
         ],
         details,
