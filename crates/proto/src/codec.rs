@@ -141,12 +141,12 @@ pub fn take_varint(bytes: &[u8]) -> Option<(u32, &[u8])> {
 /// Decodes a whole message; trailing bytes and non-canonical encodings are errors. A kind this
 /// version does not know is [`DecodeError::UnknownVariant`] whatever follows it.
 pub fn decode<T: DeserializeOwned + Serialize + WireEnum>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if let Some(variant) = kind(bytes) {
-        if variant >= T::KNOWN_VARIANTS {
-            return Err(DecodeError::UnknownVariant(variant));
-        }
-    }
-    decode_struct(bytes)
+    // A message that decodes is of a known kind: its kind is read only when it does not (the
+    // usual case costs one pass, not two).
+    decode_struct(bytes).map_err(|e| match kind(bytes) {
+        Some(variant) if variant >= T::KNOWN_VARIANTS => DecodeError::UnknownVariant(variant),
+        _ => e,
+    })
 }
 
 /// Decodes a whole non-enum payload (handshake payloads); trailing bytes and non-canonical
