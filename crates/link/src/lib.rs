@@ -66,7 +66,7 @@ pub enum LinkError {
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// A frame of records (directory sessions from version 4) held a record whose length is not a
-    /// canonical varint, is zero, or runs past the frame.
+    /// canonical varint, is zero, or runs past the frame; or an empty message was to be sent as one.
     #[error("malformed record in a frame")]
     BadRecord,
     /// A write did not finish within [`WRITE_TIMEOUT`].

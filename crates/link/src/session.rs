@@ -6,7 +6,7 @@
 //! sessions that are idle nearly all the time.
 //!
 //! A frame carries one message, or, once both sides turned batches on ([`Session::set_batched`]:
-//! directory sessions from version 4, `docs/protocol.md` section 2), every message queued before a
+//! directory sessions from version 4, `docs/protocol.md` section 1.1), every message queued before a
 //! flush as length-prefixed records: one seal and one open per batch instead of one per message,
 //! which is most of what pipelined requests cost past the kernel.
 
@@ -295,7 +295,10 @@ impl<S: AsyncWrite> SessionWriter<S> {
         if !self.batched {
             return self.seal(message);
         }
-        if message.is_empty() || message.len() + MAX_VARINT_LEN > MAX_PLAINTEXT_LEN {
+        if message.is_empty() {
+            return Err(LinkError::BadRecord);
+        }
+        if message.len() + MAX_VARINT_LEN > MAX_PLAINTEXT_LEN {
             return Err(LinkError::FrameTooLarge);
         }
         if self.staged.len() + MAX_VARINT_LEN + message.len() > MAX_PLAINTEXT_LEN {

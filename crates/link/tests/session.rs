@@ -183,7 +183,7 @@ async fn given_a_batched_writer_then_an_empty_or_oversized_message_is_refused_an
     let (s1, s2) = batched_pair((true, true)).await;
     let (_r1, mut w1) = s1.split();
     let (mut r2, _w2) = s2.split();
-    assert!(matches!(w1.send(b"").await, Err(LinkError::FrameTooLarge)));
+    assert!(matches!(w1.send(b"").await, Err(LinkError::BadRecord)));
     let too_big = vec![1u8; whatsap2p_proto::MAX_PLAINTEXT_LEN];
     assert!(matches!(w1.send(&too_big).await, Err(LinkError::FrameTooLarge)));
     w1.send(b"fine").await.expect("send");
