@@ -42,16 +42,20 @@ impl Number {
 
     /// Checks `s` (surrounding whitespace ignored) and wraps it.
     pub fn new(s: &str) -> Result<Self, NumberError> {
-        let s = s.trim();
-        let digits = s.strip_prefix('+').unwrap_or(s);
+        Self::exact(s.trim().as_bytes())
+    }
+
+    /// Checks `s`, all of it, and wraps it.
+    fn exact(s: &[u8]) -> Result<Self, NumberError> {
+        let digits = s.strip_prefix(b"+").unwrap_or(s);
         if !(Self::MIN_DIGITS..=Self::MAX_DIGITS).contains(&digits.len()) {
             return Err(NumberError::Length { got: digits.len() });
         }
-        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if !digits.iter().all(u8::is_ascii_digit) {
             return Err(NumberError::NotDigits);
         }
         let mut text = [0u8; Self::MAX_LEN];
-        text[..s.len()].copy_from_slice(s.as_bytes());
+        text[..s.len()].copy_from_slice(s);
         Ok(Self { len: s.len() as u8, text })
     }
 
@@ -127,40 +131,65 @@ impl FromStr for Number {
 /// A number as a request carries it: any text, checked only when the server turns it into a
 /// [`Number`]. Kept apart from [`Number`] so that a request naming a bad number still decodes and
 /// gets an error of its own, instead of being malformed (which drops the session).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct WireNumber(String);
+///
+/// Text that is a number in its one wire form is held as a [`Number`], checked once and off the
+/// heap: what nearly every request carries.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct WireNumber(Wire);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Wire {
+    Number(Number),
+    /// Anything else, exactly as received.
+    Other(Box<str>),
+}
 
 impl WireNumber {
     /// Any text, unchecked (what a client with a bug, or a newer client, might send).
     pub fn new(text: impl Into<String>) -> Self {
-        Self(text.into())
+        let text = text.into();
+        Self::read(text.as_bytes()).unwrap_or_else(|| Self(Wire::Other(text.into_boxed_str())))
+    }
+
+    /// The text as a number in its wire form, if it is one.
+    fn read(text: &[u8]) -> Option<Self> {
+        Number::exact(text).ok().map(|n| Self(Wire::Number(n)))
     }
 
     /// The text as received.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Wire::Number(n) => n.as_str(),
+            Wire::Other(text) => text,
+        }
     }
 
     /// At most `max` characters of the text, for an error message that names it.
     pub fn excerpt(&self, max: usize) -> String {
-        let mut s: String = self.0.chars().take(max).collect();
-        if s.len() < self.0.len() {
+        let text = self.as_str();
+        let mut s: String = text.chars().take(max).collect();
+        if s.len() < text.len() {
             s.push('…');
         }
         s
     }
 }
 
+impl fmt::Debug for WireNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("WireNumber").field(&self.as_str()).finish()
+    }
+}
+
 impl From<Number> for WireNumber {
     fn from(n: Number) -> Self {
-        Self(n.as_str().to_owned())
+        Self(Wire::Number(n))
     }
 }
 
 impl From<&Number> for WireNumber {
     fn from(n: &Number) -> Self {
-        Self(n.as_str().to_owned())
+        Self(Wire::Number(n.clone()))
     }
 }
 
@@ -170,12 +199,66 @@ impl TryFrom<&WireNumber> for Number {
     /// Exact: unlike [`Number::new`], which reads what a person typed, spaces around the digits
     /// are refused, so a number has one form on the wire.
     fn try_from(w: &WireNumber) -> Result<Self, NumberError> {
-        let n = Number::new(&w.0)?;
-        if n.as_str().len() != w.0.len() {
-            return Err(NumberError::NotDigits);
+        match &w.0 {
+            Wire::Number(n) => Ok(n.clone()),
+            // Not a number: which rule it breaks, for the error. Spaces around digits are refused
+            // as characters that are not digits.
+            Wire::Other(text) => match Number::new(text) {
+                Ok(_) => Err(NumberError::NotDigits),
+                Err(e) => Err(e),
+            },
         }
-        Ok(n)
     }
+}
+
+impl Serialize for WireNumber {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WireNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Reads the text where it lies: a number needs no copy on the heap.
+        struct Text;
+
+        impl serde::de::Visitor<'_> for Text {
+            type Value = WireNumber;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("text")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<WireNumber, E> {
+                Ok(WireNumber::read(s.as_bytes()).unwrap_or_else(|| WireNumber(Wire::Other(s.into()))))
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<WireNumber, E> {
+                match WireNumber::read(b) {
+                    Some(n) => Ok(n),
+                    None => self.visit_str(text(b)?),
+                }
+            }
+        }
+
+        de_text(d, Text)
+    }
+}
+
+/// Asks `d` for text. A binary format is asked for bytes, which it writes as it writes text
+/// (postcard: a varint length, then the bytes): a number, plain ASCII, is then read without a pass
+/// to check that it is UTF-8, and anything else is checked by [`text`].
+fn de_text<'de, D: Deserializer<'de>, V: serde::de::Visitor<'de>>(d: D, v: V) -> Result<V::Value, D::Error> {
+    if d.is_human_readable() {
+        d.deserialize_str(v)
+    } else {
+        d.deserialize_bytes(v)
+    }
+}
+
+/// Bytes that must be text.
+fn text<E: serde::de::Error>(b: &[u8]) -> Result<&str, E> {
+    std::str::from_utf8(b).map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(b), &"text"))
 }
 
 impl<'de> Deserialize<'de> for Number {
@@ -193,9 +276,18 @@ impl<'de> Deserialize<'de> for Number {
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Number, E> {
                 Number::new(s).map_err(E::custom)
             }
+
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Number, E> {
+                match Number::exact(b) {
+                    Ok(n) => Ok(n),
+                    // What `new` forgives (spaces around it) decodes, as it always has; the
+                    // canonical check refuses it on the wire.
+                    Err(_) => self.visit_str(text(b)?),
+                }
+            }
         }
 
-        d.deserialize_str(Text)
+        de_text(d, Text)
     }
 }
 
@@ -251,6 +343,18 @@ mod tests {
         assert_eq!(WireNumber::from(Number::new("456").expect("n")).as_str(), "456");
         assert_eq!(WireNumber::new("1234567890").excerpt(4), "1234…");
         assert_eq!(WireNumber::new("1234").excerpt(4), "1234");
+    }
+
+    #[test]
+    fn given_any_text_on_the_wire_then_it_decodes_as_sent() {
+        for text in ["5550001", "+5550001", " 123", "12x", "", "1234567890123456", "é"] {
+            let bytes = postcard::to_allocvec(text).expect("encode");
+            let wire: WireNumber = postcard::from_bytes(&bytes).expect(text);
+            assert_eq!(wire.as_str(), text);
+            assert_eq!(wire, WireNumber::new(text));
+            assert_eq!(postcard::to_allocvec(&wire).expect("encode"), bytes);
+            assert_eq!(Number::try_from(&wire).ok(), Number::new(text).ok().filter(|n| n.as_str() == text));
+        }
     }
 
     #[test]

@@ -132,10 +132,14 @@ pub trait PresenceStore: Send + Sync + 'static {
 /// and forth on every one. A power of two.
 const SHARDS: usize = 64;
 
+/// One shard's map. Its hash is keyed with a random seed of its own (numbers are picked by whoever
+/// registers them, so they must not be able to collide on purpose), and fast: every lookup hashes.
+type Shard = HashMap<Number, PresenceEntry, foldhash::fast::RandomState>;
+
 /// Presence in this process's memory.
 pub struct MemoryPresence {
     // std locks: held only for a map operation, never across an await.
-    shards: Box<[RwLock<HashMap<Number, PresenceEntry>>]>,
+    shards: Box<[RwLock<Shard>]>,
 }
 
 impl Default for MemoryPresence {
@@ -153,7 +157,7 @@ impl MemoryPresence {
     /// The shard of `number`: from its last digits, which spread numbers well and cost nothing to
     /// read. Someone who picks numbers to land in one shard only gets back the single lock: each
     /// shard's map keeps its own keyed hash against collisions.
-    fn shard(&self, number: &Number) -> &RwLock<HashMap<Number, PresenceEntry>> {
+    fn shard(&self, number: &Number) -> &RwLock<Shard> {
         let tail = number.as_bytes().iter().rev().take(3).fold(0usize, |h, &b| h * 10 + usize::from(b));
         &self.shards[tail & (SHARDS - 1)]
     }
