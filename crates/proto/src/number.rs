@@ -117,7 +117,7 @@ impl fmt::Display for Number {
 
 impl Serialize for Number {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+        ser_text(self.as_bytes(), s)
     }
 }
 
@@ -213,7 +213,20 @@ impl TryFrom<&WireNumber> for Number {
 
 impl Serialize for WireNumber {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+        match &self.0 {
+            Wire::Number(n) => n.serialize(s),
+            Wire::Other(text) => s.serialize_str(text),
+        }
+    }
+}
+
+/// Writes `text` (ASCII) as text: as bytes to a binary format, which writes both alike (see
+/// [`de_text`]), so the ASCII is not checked again on its way out.
+fn ser_text<S: Serializer>(text: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        s.serialize_str(std::str::from_utf8(text).map_err(serde::ser::Error::custom)?)
+    } else {
+        s.serialize_bytes(text)
     }
 }
 
