@@ -103,6 +103,8 @@ pub enum Receipt {
     Queued,
     /// Written to the recipient: ✓.
     Sent,
+    /// The recipient holds it as a message request, until it accepts us as a contact: ✓?.
+    Held,
     /// The recipient has it: ✓✓.
     Delivered,
     /// The recipient saw it: ✓✓ in the read colour.
@@ -116,8 +118,8 @@ impl Receipt {
     pub fn of(state: MessageState) -> Option<Self> {
         match state {
             MessageState::Queued => Some(Receipt::Queued),
-            // Held as a message request: shown as sent until the TUI shows requests.
-            MessageState::Sent | MessageState::Pending => Some(Receipt::Sent),
+            MessageState::Sent => Some(Receipt::Sent),
+            MessageState::Pending => Some(Receipt::Held),
             MessageState::Delivered => Some(Receipt::Delivered),
             MessageState::Read => Some(Receipt::Read),
             MessageState::Failed => Some(Receipt::Failed),
@@ -130,6 +132,7 @@ impl Receipt {
         match self {
             Receipt::Queued => "…",
             Receipt::Sent => "✓",
+            Receipt::Held => "✓?",
             Receipt::Delivered | Receipt::Read => "✓✓",
             Receipt::Failed => "✗",
         }

@@ -81,6 +81,29 @@ fn given_our_messages_then_receipts_show_sent_delivered_read_queued_and_failed()
 }
 
 #[test]
+fn given_a_message_held_as_a_request_then_its_receipt_says_so() {
+    let mut app = app();
+    list(&mut app, vec![peer("789", Online::Yes, 0, None)]);
+    let entry = said(None, NOW - MINUTE, "hello, we met at the conference", MessageState::Sent);
+    let id = entry.id;
+    open(&mut app, Chat::Peer(n("789")), vec![entry], false);
+    app.on_event(Event::Pending { id, to: n("789") });
+    let terminal = draw(&mut app, 80, 10);
+    let shown = screen(&terminal);
+    let line = shown.lines().find(|l| l.contains("conference")).expect("the message");
+    assert!(line.contains("conference ✓?"), "held, not just sent: {line}");
+    assert!(shown.contains("789 has not added you as a contact"), "said why:\n{shown}");
+    let buf = terminal.backend().buffer();
+    let row = shown.lines().position(|l| l.contains("conference")).expect("row") as u16;
+    let tick = (0..buf.area.width).find(|&x| buf[(x, row)].symbol() == "✓").expect("a tick");
+    assert_eq!(buf[(tick, row)].style().fg, Some(Color::Yellow));
+    // Accepted later: delivered, as any other.
+    app.on_event(Event::Delivered { id, to: n("789") });
+    let shown = screen(&draw(&mut app, 80, 10));
+    assert!(shown.contains("conference ✓✓"), "{shown}");
+}
+
+#[test]
 fn given_a_received_photo_then_it_is_drawn_inline_with_half_blocks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gradient.png");

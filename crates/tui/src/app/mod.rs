@@ -295,11 +295,13 @@ pub struct App {
 fn rank(state: MessageState) -> u8 {
     match state {
         MessageState::Queued => 0,
-        // Held by the recipient as a message request: written, not delivered.
-        MessageState::Sent | MessageState::Pending => 1,
-        MessageState::Delivered => 2,
-        MessageState::Read | MessageState::Received => 3,
-        MessageState::Failed => 4,
+        MessageState::Sent => 1,
+        // Held by the recipient as a message request: written, not delivered. Written again when
+        // the request is accepted, its `Sent` then does not hide that it was held.
+        MessageState::Pending => 2,
+        MessageState::Delivered => 3,
+        MessageState::Read | MessageState::Received => 4,
+        MessageState::Failed => 5,
     }
 }
 

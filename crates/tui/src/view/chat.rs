@@ -99,6 +99,7 @@ fn receipt(frame: &mut Frame, x: u16, y: u16, r: Receipt, base: Style) {
     let style = match r {
         Receipt::Queued => base.patch(dim()),
         Receipt::Sent | Receipt::Delivered => base.fg(Color::Gray),
+        Receipt::Held => base.fg(Color::Yellow),
         Receipt::Read => base.fg(Color::LightBlue).add_modifier(Modifier::BOLD),
         Receipt::Failed => base.patch(error()),
     };

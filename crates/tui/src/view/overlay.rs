@@ -69,6 +69,7 @@ pub fn help_lines() -> Vec<(String, String)> {
     lines.extend(COMMANDS.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     lines.push((String::new(), String::new()));
     lines.push(("✓ ✓✓ ✓✓".into(), "sent · delivered · read (blue); … queued, ✗ failed".into()));
+    lines.push(("✓?".into(), "sent, held until they accept you as a contact".into()));
     lines
 }
 
