@@ -56,7 +56,7 @@ use throttle::LogThrottle;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Pairs at once, waiting for their second side or piping. Each piping pair holds two
-    /// connections and `2 × pipe::BUFFER` bytes.
+    /// connections and at most `2 × pipe::BUFFER` bytes.
     pub max_pairs: usize,
     /// Pairs at once that one number is a side of: one user cannot take the relay for themselves.
     pub pairs_per_number: usize,
