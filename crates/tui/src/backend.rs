@@ -144,6 +144,17 @@ pub struct Added {
     pub key: Option<PublicKey>,
 }
 
+/// What to do about a number that is not a contact and wrote to us (or may again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Drop its message request; it is not told.
+    Ignore,
+    /// Drop its request and show nothing it sends again; it is not told.
+    Block,
+    /// Let it write again (as a message request).
+    Unblock,
+}
+
 /// Why a backend call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -200,6 +211,14 @@ pub trait Backend: Send + Sync + 'static {
     fn message_requests(&self) -> impl Future<Output = Result<Vec<Number>, BackendError>> + Send {
         async { Ok(Vec::new()) }
     }
+
+    /// Ignores `number`'s message request, or blocks or unblocks it. Returns false when there was
+    /// nothing to change (blocked or unblocked already).
+    fn answer_request(
+        &self,
+        number: &Number,
+        answer: Answer,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
 
     /// Creates a group of contacts.
     fn group_create(

@@ -17,7 +17,7 @@ use ratatui_image::protocol::Protocol;
 use tokio::task::JoinSet;
 use whatsap2p_client::{Change, Group, GroupId, MessageId, Number, Presence};
 
-use crate::backend::{Added, Backend, Chat, Conversation, Entry, Page, PageAt};
+use crate::backend::{Added, Answer, Backend, Chat, Conversation, Entry, Page, PageAt};
 use crate::complete::{self, Completion};
 use crate::photo;
 
@@ -68,6 +68,13 @@ pub enum Request {
     Contacts,
     /// The numbers whose message requests wait.
     MessageRequests,
+    /// Ignore a message request, or block or unblock a number.
+    AnswerRequest {
+        /// Whose.
+        number: Number,
+        /// What to do.
+        answer: Answer,
+    },
     /// Create a group.
     GroupCreate {
         /// Its name.
@@ -153,6 +160,15 @@ pub enum Outcome {
     Contacts(Result<Vec<Presence>, String>),
     /// The numbers whose message requests wait.
     MessageRequests(Result<Vec<Number>, String>),
+    /// A request ignored, or a number blocked or unblocked.
+    Answered {
+        /// Whose.
+        number: Number,
+        /// What was done.
+        answer: Answer,
+        /// False when there was nothing to change.
+        result: Result<bool, String>,
+    },
     /// A group created, changed or left.
     Group(Result<Group, String>),
     /// A transfer cancelled.
@@ -331,6 +347,10 @@ async fn run<B: Backend>(
         }
         Request::Contacts => Outcome::Contacts(backend.contacts().await.map_err(text)),
         Request::MessageRequests => Outcome::MessageRequests(backend.message_requests().await.map_err(text)),
+        Request::AnswerRequest { number, answer } => {
+            let result = backend.answer_request(&number, answer).await.map_err(text);
+            Outcome::Answered { number, answer, result }
+        }
         Request::GroupCreate { name, members } => {
             Outcome::Group(backend.group_create(&name, &members).await.map_err(text))
         }

@@ -13,7 +13,8 @@ use whatsap2p_client::{
 };
 
 use crate::backend::{
-    Added, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt, Route,
+    Added, Answer, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt,
+    Route,
 };
 use crate::clock::now_ms;
 
@@ -256,6 +257,14 @@ impl Backend for ClientBackend {
 
     async fn message_requests(&self) -> Result<Vec<Number>, BackendError> {
         Ok(self.client.requests().await?.into_iter().map(|r| r.from).collect())
+    }
+
+    async fn answer_request(&self, number: &Number, answer: Answer) -> Result<bool, BackendError> {
+        Ok(match answer {
+            Answer::Ignore => self.client.ignore(number).await.map(|()| true)?,
+            Answer::Block => self.client.block(number).await?,
+            Answer::Unblock => self.client.unblock(number).await?,
+        })
     }
 
     async fn contacts(&self) -> Result<Vec<Presence>, BackendError> {

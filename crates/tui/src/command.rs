@@ -34,6 +34,14 @@ pub enum Command {
     Ping(Option<Number>),
     /// `/contacts`: every contact with its status.
     Contacts,
+    /// `/requests`: the message requests waiting.
+    Requests,
+    /// `/ignore [N]`: drop N's message request.
+    Ignore(Option<Number>),
+    /// `/block [N]`: drop N's request and show nothing N sends again.
+    Block(Option<Number>),
+    /// `/unblock [N]`: let N write again.
+    Unblock(Option<Number>),
     /// `/help`: keys and commands.
     Help,
     /// `/quit`: log out and leave.
@@ -71,6 +79,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("/leave", "leave this group"),
     ("/ping N", "is N online?"),
     ("/contacts", "your contacts and who is online"),
+    ("/requests", "message requests waiting (from non-contacts)"),
+    ("/ignore N", "drop N's message request (N is not told)"),
+    ("/block N", "block N: nothing N sends is shown again (N is not told)"),
+    ("/unblock N", "let N write to you again"),
     ("/help", "this help (also F1, or ? on an empty line in the list)"),
     ("/quit", "log out and leave (also Ctrl-C)"),
 ];
@@ -114,6 +126,10 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "file" => Ok(Command::File(optional_path(rest))),
         "leave" => Ok(Command::Leave),
         "contacts" => Ok(Command::Contacts),
+        "requests" => Ok(Command::Requests),
+        "ignore" => optional_number(rest, "/ignore N").map(Command::Ignore),
+        "block" => optional_number(rest, "/block N").map(Command::Block),
+        "unblock" => optional_number(rest, "/unblock N").map(Command::Unblock),
         "help" => Ok(Command::Help),
         "quit" => Ok(Command::Quit),
         "group" => {
@@ -166,6 +182,10 @@ mod tests {
         assert_eq!(parse("/group remove"), Ok(Command::GroupRemove(None)));
         assert_eq!(parse("/leave"), Ok(Command::Leave));
         assert_eq!(parse("/contacts"), Ok(Command::Contacts));
+        assert_eq!(parse("/requests"), Ok(Command::Requests));
+        assert_eq!(parse("/ignore 301"), Ok(Command::Ignore(Some(n("301")))));
+        assert_eq!(parse("/block"), Ok(Command::Block(None)));
+        assert_eq!(parse("/unblock +301"), Ok(Command::Unblock(Some(n("+301")))));
         assert_eq!(parse("/quit"), Ok(Command::Quit));
     }
 

@@ -9,7 +9,7 @@ use crossterm::event::{
 };
 use whatsap2p_client::{Change, Event, FileFailCode, GroupId, MessageId, MessageState};
 use whatsap2p_tui::app::{Ask, Focus, Overlay, Scroll, MAX_WINDOW, PAGE};
-use whatsap2p_tui::backend::{Body, Chat, Online, Page, PageAt};
+use whatsap2p_tui::backend::{Answer, Body, Chat, Online, Page, PageAt};
 use whatsap2p_tui::calls::{Outcome, Request};
 use whatsap2p_tui::App;
 
@@ -647,6 +647,54 @@ fn given_a_message_request_or_a_pending_message_then_the_notice_says_what_to_do(
     app.on_event(Event::Pending { id: MessageId::new(), to: n("456") });
     let notice = app.notice.as_ref().expect("a notice");
     assert!(notice.text.contains("456 has not added you"), "{}", notice.text);
+}
+
+#[test]
+fn given_request_commands_then_requests_are_listed_ignored_blocked_and_unblocked() {
+    let mut app = app();
+    three(&mut app);
+    let run = |app: &mut App, line: &str| {
+        typed(app, line);
+        app.on_key(key(KeyCode::Enter));
+        app.take_requests()
+    };
+    let said = |app: &App| app.notice.as_ref().map(|n| (n.error, n.text.clone())).expect("a notice");
+    // Listing: said even when none waits (at the start, nothing is said then).
+    assert_eq!(run(&mut app, "/requests"), vec![Request::MessageRequests]);
+    app.on_outcome(Outcome::MessageRequests(Ok(vec![])));
+    assert_eq!(said(&app), (false, "no message requests wait".into()));
+    assert_eq!(run(&mut app, "/requests"), vec![Request::MessageRequests]);
+    app.on_outcome(Outcome::MessageRequests(Ok(vec![n("301")])));
+    assert!(said(&app).1.contains("/add 301 accepts one, /ignore or /block refuses it"), "{:?}", said(&app));
+    // Each answer goes to the client, and what came of it is said.
+    let block = Request::AnswerRequest { number: n("301"), answer: Answer::Block };
+    assert_eq!(run(&mut app, "/block 301"), vec![block]);
+    app.on_outcome(Outcome::Answered { number: n("301"), answer: Answer::Block, result: Ok(true) });
+    assert_eq!(said(&app), (false, "blocked 301: nothing 301 sends is shown (301 is not told)".into()));
+    app.on_outcome(Outcome::Answered { number: n("301"), answer: Answer::Block, result: Ok(false) });
+    assert_eq!(said(&app), (false, "301 was blocked already".into()));
+    assert_eq!(
+        run(&mut app, "/unblock 301"),
+        vec![Request::AnswerRequest { number: n("301"), answer: Answer::Unblock }]
+    );
+    app.on_outcome(Outcome::Answered { number: n("301"), answer: Answer::Unblock, result: Ok(false) });
+    assert_eq!(said(&app), (false, "301 was not blocked".into()));
+    // Without a number, a dialog asks for it.
+    assert!(run(&mut app, "/ignore").is_empty());
+    assert!(matches!(&app.overlay, Some(Overlay::Dialog(d)) if d.ask == Ask::Ignore));
+    assert_eq!(
+        run(&mut app, "302"),
+        vec![Request::AnswerRequest { number: n("302"), answer: Answer::Ignore }]
+    );
+    app.on_outcome(Outcome::Answered {
+        number: n("302"),
+        answer: Answer::Ignore,
+        result: Err("no message request from 302".into()),
+    });
+    assert_eq!(said(&app), (true, "no message request from 302".into()));
+    // Not oneself.
+    assert!(run(&mut app, "/block 123").is_empty());
+    assert!(said(&app).0, "refused");
 }
 
 #[test]

@@ -156,7 +156,7 @@ fn given_f1_then_the_help_lists_keys_and_commands() {
     let mut app = app();
     sample(&mut app);
     app.on_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::F(1)));
-    let terminal = draw(&mut app, 90, 34);
+    let terminal = draw(&mut app, 90, 40);
     insta::assert_snapshot!(screen(&terminal));
 }
 

@@ -76,11 +76,31 @@ impl App {
             }
             Outcome::Contacts(Err(e)) => self.complain(e),
             Outcome::MessageRequests(Ok(from)) => {
-                if let Some(first) = from.first() {
-                    let list = from.iter().map(Number::as_str).collect::<Vec<_>>().join(", ");
-                    self.say(format!("message requests wait from {list}: /add {first} accepts one"));
+                let asked = std::mem::take(&mut self.requests_asked);
+                match from.first() {
+                    Some(first) => {
+                        let list = from.iter().map(Number::as_str).collect::<Vec<_>>().join(", ");
+                        self.say(format!(
+                            "message requests wait from {list}: /add {first} accepts one, /ignore or /block refuses it"
+                        ));
+                    }
+                    None if asked => self.say("no message requests wait"),
+                    None => {}
                 }
             }
+            Outcome::Answered { number, answer, result } => match (answer, result) {
+                (Answer::Ignore, Ok(_)) => {
+                    self.say(format!("ignored the request from {number} ({number} is not told)"))
+                }
+                (Answer::Block, Ok(true)) => self
+                    .say(format!("blocked {number}: nothing {number} sends is shown ({number} is not told)")),
+                (Answer::Block, Ok(false)) => self.say(format!("{number} was blocked already")),
+                (Answer::Unblock, Ok(true)) => {
+                    self.say(format!("unblocked {number}: it can write to you again"))
+                }
+                (Answer::Unblock, Ok(false)) => self.say(format!("{number} was not blocked")),
+                (_, Err(e)) => self.complain(e),
+            },
             Outcome::MessageRequests(Err(e)) => self.complain(e),
             Outcome::Group(Ok(g)) => {
                 let name = crate::text::clean(&g.state.name).into_owned();
@@ -290,7 +310,9 @@ impl App {
                     RequestItem::Group { .. } => "a group invitation",
                     _ => "something",
                 };
-                self.say(format!("{from}, not a contact, sent you {what}: /add {from} accepts it"));
+                self.say(format!(
+                    "{from}, not a contact, sent you {what}: /add {from} accepts it, /block {from} blocks"
+                ));
             }
             Event::Pending { id, to } => {
                 self.set_state(id, MessageState::Pending);

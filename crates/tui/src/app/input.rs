@@ -180,6 +180,9 @@ impl App {
                     Ask::Add => Command::Add(Some(n)),
                     Ask::Ping => Command::Ping(Some(n)),
                     Ask::GroupAdd => Command::GroupAdd(Some(n)),
+                    Ask::Ignore => Command::Ignore(Some(n)),
+                    Ask::Block => Command::Block(Some(n)),
+                    Ask::Unblock => Command::Unblock(Some(n)),
                     _ => Command::GroupRemove(Some(n)),
                 },
                 Err(e) => {
@@ -441,6 +444,23 @@ impl App {
             Command::Contacts => {
                 self.overlay = Some(Overlay::Contacts { list: None, selected: 0 });
                 self.requests.push(Request::Contacts);
+            }
+            Command::Requests => {
+                self.requests_asked = true;
+                self.requests.push(Request::MessageRequests);
+            }
+            Command::Ignore(None) => self.ask(Ask::Ignore),
+            Command::Block(None) => self.ask(Ask::Block),
+            Command::Unblock(None) => self.ask(Ask::Unblock),
+            Command::Block(Some(n)) if n == self.me.number => self.complain("that is your own number"),
+            Command::Ignore(Some(number)) => {
+                self.requests.push(Request::AnswerRequest { number, answer: Answer::Ignore })
+            }
+            Command::Block(Some(number)) => {
+                self.requests.push(Request::AnswerRequest { number, answer: Answer::Block })
+            }
+            Command::Unblock(Some(number)) => {
+                self.requests.push(Request::AnswerRequest { number, answer: Answer::Unblock })
             }
             Command::Help => self.overlay = Some(Overlay::Help { scroll: 0 }),
             Command::Quit => self.quit = true,

@@ -24,7 +24,7 @@ use crossterm::event::{
 use ratatui::layout::{Position, Rect, Size};
 use whatsap2p_client::{Change, Event, MessageId, MessageState, Number, Presence, PublicKey};
 
-use crate::backend::{Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt};
+use crate::backend::{Answer, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt};
 use crate::calls::{Outcome, Request};
 use crate::clock::Zone;
 use crate::command::{self, Command};
@@ -86,6 +86,12 @@ pub enum Ask {
     GroupAdd,
     /// A number to remove from the open group.
     GroupRemove,
+    /// A number whose message request to ignore.
+    Ignore,
+    /// A number to block.
+    Block,
+    /// A number to unblock.
+    Unblock,
     /// A photo to send.
     Photo,
     /// A file to send.
@@ -101,6 +107,9 @@ impl Ask {
             Ask::Ping => "Ping (number)",
             Ask::GroupAdd => "Add to this group (number)",
             Ask::GroupRemove => "Remove from this group (number)",
+            Ask::Ignore => "Ignore the message request of (number)",
+            Ask::Block => "Block (number)",
+            Ask::Unblock => "Unblock (number)",
             Ask::Photo => "Photo to send (path; Tab completes)",
             Ask::File => "File to send (path; Tab completes)",
         }
@@ -285,6 +294,8 @@ pub struct App {
     pub drawn: Drawn,
     clock: Box<dyn Fn() -> u64 + Send>,
     requests: Vec<Request>,
+    /// `/requests` was typed: its answer is said even when no request waits.
+    requests_asked: bool,
     early_states: VecDeque<(MessageId, MessageState)>,
     /// What was typed in each conversation left with a draft, so a draft never goes to the
     /// conversation opened next.
@@ -334,6 +345,7 @@ impl App {
             drawn: Drawn::default(),
             clock,
             requests: Vec::new(),
+            requests_asked: false,
             early_states: VecDeque::new(),
             drafts: HashMap::new(),
         };

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use whatsap2p_client::{Change, Group, GroupId, MessageId, MessageState, Number, Presence};
 use whatsap2p_tui::app::{App, Me};
 use whatsap2p_tui::backend::{
-    Added, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt,
+    Added, Answer, Backend, BackendError, Body, Chat, Conversation, Entry, FileInfo, Online, Page, PageAt,
 };
 use whatsap2p_tui::calls::{Outcome, Request};
 use whatsap2p_tui::clock::Zone;
@@ -239,6 +239,11 @@ impl Backend for Mock {
         self.ping_started.notify_one();
         self.ping_gate.notified().await;
         Ok(Presence { number: number.clone(), online: None, key: None, path: None })
+    }
+
+    async fn answer_request(&self, number: &Number, answer: Answer) -> Result<bool, BackendError> {
+        self.record(format!("answer_request {number} {answer:?}"));
+        Ok(true)
     }
 
     async fn contacts(&self) -> Result<Vec<Presence>, BackendError> {
