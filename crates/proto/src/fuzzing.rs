@@ -64,6 +64,9 @@ pub fn client_to_server(data: &[u8]) {
         if let Ok(n) = Number::try_from(&number) {
             assert_eq!(n.as_str(), number.as_str());
         }
+        // Exactly the texts that are a number as typed, with nothing around it, convert.
+        let exact = Number::new(number.as_str()).is_ok_and(|n| n.as_str() == number.as_str());
+        assert_eq!(Number::try_from(&number).is_ok(), exact, "{number:?}");
     }
 }
 
