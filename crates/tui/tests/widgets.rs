@@ -97,10 +97,11 @@ fn given_a_message_held_as_a_request_then_its_receipt_says_so() {
     let row = shown.lines().position(|l| l.contains("conference")).expect("row") as u16;
     let tick = (0..buf.area.width).find(|&x| buf[(x, row)].symbol() == "✓").expect("a tick");
     assert_eq!(buf[(tick, row)].style().fg, Some(Color::Yellow));
-    // Accepted later: delivered, as any other.
+    // Accepted later: delivered, as any other, and the notice says so.
     app.on_event(Event::Delivered { id, to: n("789") });
     let shown = screen(&draw(&mut app, 80, 10));
     assert!(shown.contains("conference ✓✓"), "{shown}");
+    assert!(shown.contains("789 accepted your message request"), "{shown}");
 }
 
 #[test]

@@ -299,7 +299,14 @@ impl App {
                 };
                 self.add_entry(Chat::Peer(from), entry, true);
             }
-            Event::Delivered { id, .. } => self.set_state(id, MessageState::Delivered),
+            Event::Delivered { id, to } => {
+                // A message that waited as a request is delivered once the request is accepted:
+                // said, or the notice that it waits would be the last word.
+                if self.state_of(id) == Some(MessageState::Pending) {
+                    self.say(format!("{to} accepted your message request"));
+                }
+                self.set_state(id, MessageState::Delivered);
+            }
             Event::Sent { id, .. } => self.set_state(id, MessageState::Sent),
             // Only contacts (and numbers we wrote to first) reach us directly; anything else waits
             // as a message request, which `/add N` accepts. Said here, or it would go unseen.
@@ -432,6 +439,14 @@ impl App {
             open.entries.iter_mut().for_each(fail);
         }
         self.conversations.iter_mut().filter_map(|c| c.last.as_mut()).for_each(fail);
+    }
+
+    /// The state shown for our message `id`, if it is on screen or last in a conversation.
+    fn state_of(&self, id: MessageId) -> Option<MessageState> {
+        let open = self.open.as_ref().and_then(|o| o.position(id).map(|i| o.entries[i].state));
+        open.or_else(|| {
+            self.conversations.iter().filter_map(|c| c.last.as_ref()).find(|l| l.id == id).map(|l| l.state)
+        })
     }
 
     fn set_state(&mut self, id: MessageId, state: MessageState) {
