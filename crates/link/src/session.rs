@@ -184,20 +184,30 @@ impl<S: AsyncRead> SessionReader<S> {
     /// at `info`, summarised: the first at once, then at most one line a minute
     /// ([`crate::unknown::SUMMARY_EVERY`]).
     ///
-    /// Cancel-safe: a `select!` may drop this future without losing a frame.
+    /// Cancel-safe: a `select!` may drop this future without losing a frame. The future holds only
+    /// a pointer: a partial frame waits in the reader, and a whole one is decoded in the poll that
+    /// completes it (a server keeps one such future per held session).
     pub async fn recv_msg<T: DeserializeOwned + Serialize + WireEnum>(
         &mut self,
     ) -> Result<Option<T>, LinkError> {
+        poll_fn(|cx| self.poll_recv_msg(cx)).await
+    }
+
+    fn poll_recv_msg<T: DeserializeOwned + Serialize + WireEnum>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<T>, LinkError>> {
         loop {
-            let Some(bytes) = self.recv().await? else { return Ok(None) };
-            match whatsap2p_proto::decode::<T>(&bytes) {
-                Ok(msg) => return Ok(Some(msg)),
+            let mut bytes = Vec::new();
+            let Some(n) = ready!(self.poll_recv_into(cx, &mut bytes))? else { return Poll::Ready(Ok(None)) };
+            match whatsap2p_proto::decode::<T>(&bytes[..n]) {
+                Ok(msg) => return Poll::Ready(Ok(Some(msg))),
                 Err(DecodeError::UnknownVariant(kind)) => {
                     if let Some(line) = self.unknown.skipped(kind, tokio::time::Instant::now()) {
                         crate::unknown::log(&line);
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }

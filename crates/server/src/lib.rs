@@ -61,6 +61,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use whatsap2p_link::StaticKeypair;
 use whatsap2p_proto::directory::{Location, ServerToClient};
@@ -129,7 +130,7 @@ pub struct Directory {
     pub meetings: meetings::Meetings,
     /// Seals relay tickets and makes probe tokens (derived from `key`, so the relays check them).
     pub relay_keys: RelayKeys,
-    /// Cancelled when the server shuts down (a session's own token is a child of it).
+    /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Changes from other instances, taken by [`run`] (shared stores only). In a lock only so the
     /// directory is `Sync` although the feed's upkeep future is not.
@@ -296,7 +297,9 @@ pub async fn run(
         background.spawn(metrics::serve(listener, directory.metrics.clone(), background_cancel.clone()));
     }
     background.spawn(upkeep(directory.clone(), background_cancel.clone()));
-    let mut sessions = JoinSet::new();
+    // A tracker rather than a `JoinSet`: it keeps no handle per session, only a count, which every
+    // held session would otherwise pay for.
+    let sessions = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -323,14 +326,14 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                sessions.spawn(session::serve(stream, addr, directory.clone(), cancel.child_token(), (permit, slot)));
+                sessions.spawn(session::serve(stream, addr, directory.clone(), (permit, slot)));
             }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
     info!("Shutting down: closing {} sessions", sessions.len());
+    sessions.close();
     cancel.cancel();
-    while sessions.join_next().await.is_some() {}
+    sessions.wait().await;
     background_cancel.cancel();
     while background.join_next().await.is_some() {}
     Ok(())

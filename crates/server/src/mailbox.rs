@@ -1,5 +1,7 @@
 //! A session's bounded queue of pushes (presence changes, introductions, relay offers), shared by
-//! whoever may push to it: the watch maps and the meetings table.
+//! whoever may push to it: the watch maps and the meetings table; and how the roster ends a
+//! session that a newer one of its number replaced ([`Sender::end`]), which costs a held session
+//! nothing more than the queue it waits on anyway.
 //!
 //! Every version 3 session must be reachable for introductions from its registration on, so each
 //! held session has one. A `tokio::sync::mpsc` channel allocates its first block of slots when
@@ -29,6 +31,8 @@ struct Queue {
     waiting: Option<Waker>,
     /// The session is gone: pushing to it is pointless.
     closed: bool,
+    /// The session is to end ([`Sender::end`]).
+    ended: bool,
 }
 
 /// The pushing side; cheap to clone (one pointer).
@@ -79,15 +83,31 @@ impl Sender {
         }
         Ok(())
     }
+
+    /// Tells the session to end: its next [`Receiver::recv`] says so, before any push.
+    pub fn end(&self) {
+        let waiting = {
+            let mut queue = self.0.queue();
+            queue.ended = true;
+            queue.waiting.take()
+        };
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
 }
 
 impl Receiver {
-    /// The next push, waiting for one. Cancel-safe: nothing is taken until it is returned.
-    pub async fn recv(&self) -> Push {
+    /// The next push, waiting for one; `None` once the session is to end ([`Sender::end`]).
+    /// Cancel-safe: nothing is taken until it is returned.
+    pub async fn recv(&self) -> Option<Push> {
         poll_fn(|cx| {
             let mut queue = self.0.queue();
+            if queue.ended {
+                return Poll::Ready(None);
+            }
             match Self::pop(&mut queue) {
-                Some(push) => Poll::Ready(push),
+                Some(push) => Poll::Ready(Some(push)),
                 None => {
                     queue.waiting = Some(cx.waker().clone());
                     Poll::Pending
@@ -115,7 +135,7 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         // What waits is dropped with the session, not with the last sender.
-        *self.0.queue() = Queue { pushes: VecDeque::new(), waiting: None, closed: true };
+        *self.0.queue() = Queue { closed: true, ..Queue::default() };
     }
 }
 
@@ -132,8 +152,8 @@ mod tests {
     async fn given_pushes_then_they_come_out_in_order_and_a_waiting_receiver_wakes() {
         let (tx, rx) = mailbox();
         let waiting = tokio::spawn(async move {
-            let first = rx.recv().await;
-            let second = rx.recv().await;
+            let first = rx.recv().await.expect("a push");
+            let second = rx.recv().await.expect("a push");
             (first, second, rx)
         });
         tokio::task::yield_now().await;
@@ -154,6 +174,19 @@ mod tests {
         assert_eq!(tx.try_send(push()), Err(Refused::Full));
         assert!(rx.try_recv().is_some());
         tx.try_send(push()).expect("room again");
+    }
+
+    #[tokio::test]
+    async fn given_an_end_then_a_waiting_receiver_wakes_to_it_before_any_push() {
+        let (tx, rx) = mailbox();
+        let waiting = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::task::yield_now().await;
+        tx.end();
+        assert!(waiting.await.expect("task"), "woken to end");
+        let (tx, rx) = mailbox();
+        tx.try_send(push()).expect("queued");
+        tx.end();
+        assert!(rx.recv().await.is_none(), "the end comes first");
     }
 
     #[test]

@@ -6,16 +6,17 @@
 //! the instance where that session lives ends it. Two sessions starting at once on two instances
 //! so end with exactly the one the store ordered last, on every instance alike.
 //!
-//! A session is ended through its cancellation token; it tells its client why and closes itself.
-//! The roster only holds the token (a pointer), not the session.
+//! A session is ended through its push queue ([`crate::mailbox::Sender::end`]); it tells its
+//! client why and closes itself. The roster only holds the queue's sender (a pointer), not the
+//! session.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-use tokio_util::sync::CancellationToken;
 use whatsap2p_proto::Number;
 
+use crate::mailbox::Sender;
 use crate::store::{Owner, SessionId};
 
 /// The open sessions of this instance.
@@ -26,7 +27,7 @@ use crate::store::{Owner, SessionId};
 #[derive(Default)]
 pub struct Roster {
     // A std lock: held only for a map operation, never across an await.
-    members: Mutex<BTreeMap<(u64, SessionId), CancellationToken>>,
+    members: Mutex<BTreeMap<(u64, SessionId), Sender>>,
     hasher: RandomState,
 }
 
@@ -35,8 +36,8 @@ impl Roster {
         self.hasher.hash_one(number)
     }
 
-    /// `session` of `number` is open; `end` cancels it.
-    pub fn join(&self, number: &Number, session: SessionId, end: CancellationToken) {
+    /// `session` of `number` is open; `end` ends it.
+    pub fn join(&self, number: &Number, session: SessionId, end: Sender) {
         let key = (self.key(number), session);
         self.members.lock().unwrap_or_else(|p| p.into_inner()).insert(key, end);
     }
@@ -55,13 +56,15 @@ impl Roster {
         }
         let key = (self.key(number), replaced.session);
         let map = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).map(CancellationToken::cancel).is_some()
+        map.get(&key).map(Sender::end).is_some()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::mailbox;
+    use futures::FutureExt;
 
     const HERE: u64 = 7;
 
@@ -69,15 +72,16 @@ mod tests {
     fn given_a_replaced_session_then_only_it_ends_and_only_on_its_own_instance() {
         let r = Roster::default();
         let n = Number::new("123").expect("n");
-        let (old, new) = (CancellationToken::new(), CancellationToken::new());
-        r.join(&n, 1, old.clone());
-        r.join(&n, 2, new.clone());
+        let ((old, old_rx), (new, new_rx)) = (mailbox(), mailbox());
+        r.join(&n, 1, old);
+        r.join(&n, 2, new);
         assert!(
             !r.replaced(&n, Owner { instance: HERE + 1, session: 1 }, HERE),
             "another instance's session 1"
         );
         assert!(r.replaced(&n, Owner { instance: HERE, session: 1 }, HERE));
-        assert!(old.is_cancelled() && !new.is_cancelled());
+        assert!(matches!(old_rx.recv().now_or_never(), Some(None)), "told to end");
+        assert!(new_rx.recv().now_or_never().is_none(), "still waiting");
         r.leave(&n, 1);
         assert!(!r.replaced(&n, Owner { instance: HERE, session: 1 }, HERE), "gone");
         r.leave(&n, 2);
