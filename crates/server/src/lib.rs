@@ -332,7 +332,9 @@ pub async fn run(
     }
     info!("Shutting down: closing {} sessions", sessions.len());
     sessions.close();
+    // Handshakes watch the token; sessions past theirs hear it from the roster.
     cancel.cancel();
+    directory.roster.close();
     sessions.wait().await;
     background_cancel.cancel();
     while background.join_next().await.is_some() {}

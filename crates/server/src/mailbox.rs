@@ -1,7 +1,7 @@
 //! A session's bounded queue of pushes (presence changes, introductions, relay offers), shared by
 //! whoever may push to it: the watch maps and the meetings table; and how the roster ends a
-//! session that a newer one of its number replaced ([`Sender::end`]), which costs a held session
-//! nothing more than the queue it waits on anyway.
+//! session, replaced or at shutdown ([`Sender::end`]), so that a held session waits on this one
+//! queue and its socket, and nothing else.
 //!
 //! Every version 3 session must be reachable for introductions from its registration on, so each
 //! held session has one. A `tokio::sync::mpsc` channel allocates its first block of slots when
@@ -31,8 +31,17 @@ struct Queue {
     waiting: Option<Waker>,
     /// The session is gone: pushing to it is pointless.
     closed: bool,
-    /// The session is to end ([`Sender::end`]).
-    ended: bool,
+    /// The session is to end, and why ([`Sender::end`]).
+    ended: Option<Ending>,
+}
+
+/// Why a session is told to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A newer session of its number replaced it.
+    Replaced,
+    /// The server shuts down.
+    Shutdown,
 }
 
 /// The pushing side; cheap to clone (one pointer).
@@ -84,11 +93,12 @@ impl Sender {
         Ok(())
     }
 
-    /// Tells the session to end: its next [`Receiver::recv`] says so, before any push.
-    pub fn end(&self) {
+    /// Tells the session to end: its next [`Receiver::recv`] says so, before any push. The first
+    /// reason given is the one it hears.
+    pub fn end(&self, why: Ending) {
         let waiting = {
             let mut queue = self.0.queue();
-            queue.ended = true;
+            queue.ended.get_or_insert(why);
             queue.waiting.take()
         };
         if let Some(waker) = waiting {
@@ -98,16 +108,16 @@ impl Sender {
 }
 
 impl Receiver {
-    /// The next push, waiting for one; `None` once the session is to end ([`Sender::end`]).
+    /// The next push, waiting for one; why the session is to end once it is ([`Sender::end`]).
     /// Cancel-safe: nothing is taken until it is returned.
-    pub async fn recv(&self) -> Option<Push> {
+    pub async fn recv(&self) -> Result<Push, Ending> {
         poll_fn(|cx| {
             let mut queue = self.0.queue();
-            if queue.ended {
-                return Poll::Ready(None);
+            if let Some(why) = queue.ended {
+                return Poll::Ready(Err(why));
             }
             match Self::pop(&mut queue) {
-                Some(push) => Poll::Ready(Some(push)),
+                Some(push) => Poll::Ready(Ok(push)),
                 None => {
                     queue.waiting = Some(cx.waker().clone());
                     Poll::Pending
@@ -153,7 +163,7 @@ mod tests {
         let (tx, rx) = mailbox();
         let waiting = tokio::spawn(async move {
             let first = rx.recv().await.expect("a push");
-            let second = rx.recv().await.expect("a push");
+            let second = rx.recv().await.expect("another");
             (first, second, rx)
         });
         tokio::task::yield_now().await;
@@ -179,14 +189,15 @@ mod tests {
     #[tokio::test]
     async fn given_an_end_then_a_waiting_receiver_wakes_to_it_before_any_push() {
         let (tx, rx) = mailbox();
-        let waiting = tokio::spawn(async move { rx.recv().await.is_none() });
+        let waiting = tokio::spawn(async move { rx.recv().await.err() });
         tokio::task::yield_now().await;
-        tx.end();
-        assert!(waiting.await.expect("task"), "woken to end");
+        tx.end(Ending::Replaced);
+        assert_eq!(waiting.await.expect("task"), Some(Ending::Replaced), "woken to end");
         let (tx, rx) = mailbox();
         tx.try_send(push()).expect("queued");
-        tx.end();
-        assert!(rx.recv().await.is_none(), "the end comes first");
+        tx.end(Ending::Shutdown);
+        tx.end(Ending::Replaced);
+        assert_eq!(rx.recv().await.err(), Some(Ending::Shutdown), "the first end, before any push");
     }
 
     #[test]

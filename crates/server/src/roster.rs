@@ -8,7 +8,8 @@
 //!
 //! A session is ended through its push queue ([`crate::mailbox::Sender::end`]); it tells its
 //! client why and closes itself. The roster only holds the queue's sender (a pointer), not the
-//! session.
+//! session. Every session is in it from the end of its handshake to its end, so the server's
+//! shutdown goes through it too ([`Roster::close`]).
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 
 use whatsap2p_proto::Number;
 
-use crate::mailbox::Sender;
+use crate::mailbox::{Ending, Sender};
 use crate::store::{Owner, SessionId};
 
 /// The open sessions of this instance.
@@ -27,8 +28,15 @@ use crate::store::{Owner, SessionId};
 #[derive(Default)]
 pub struct Roster {
     // A std lock: held only for a map operation, never across an await.
-    members: Mutex<BTreeMap<(u64, SessionId), Sender>>,
+    members: Mutex<Members>,
     hasher: RandomState,
+}
+
+#[derive(Default)]
+struct Members {
+    open: BTreeMap<(u64, SessionId), Sender>,
+    /// The server shuts down: a session that joins now is ended at once.
+    closed: bool,
 }
 
 impl Roster {
@@ -36,16 +44,43 @@ impl Roster {
         self.hasher.hash_one(number)
     }
 
+    fn members(&self) -> std::sync::MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// `session` of `number` is open; `end` ends it.
     pub fn join(&self, number: &Number, session: SessionId, end: Sender) {
         let key = (self.key(number), session);
-        self.members.lock().unwrap_or_else(|p| p.into_inner()).insert(key, end);
+        let mut members = self.members();
+        if members.closed {
+            end.end(Ending::Shutdown);
+        }
+        members.open.insert(key, end);
     }
 
     /// `session` of `number` closed.
     pub fn leave(&self, number: &Number, session: SessionId) {
         let key = (self.key(number), session);
-        self.members.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        self.members().open.remove(&key);
+    }
+
+    /// The server shuts down: ends every session, and any that joins from now on.
+    pub fn close(&self) {
+        let mut members = self.members();
+        members.closed = true;
+        for end in members.open.values() {
+            end.end(Ending::Shutdown);
+        }
+    }
+
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.members().open.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// `replaced` lost `number` to a newer session: ends it if it lives on instance `here`.
@@ -55,8 +90,7 @@ impl Roster {
             return false;
         }
         let key = (self.key(number), replaced.session);
-        let map = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).map(Sender::end).is_some()
+        self.members().open.get(&key).map(|s| s.end(Ending::Replaced)).is_some()
     }
 }
 
@@ -80,11 +114,27 @@ mod tests {
             "another instance's session 1"
         );
         assert!(r.replaced(&n, Owner { instance: HERE, session: 1 }, HERE));
-        assert!(matches!(old_rx.recv().now_or_never(), Some(None)), "told to end");
+        assert_eq!(
+            old_rx.recv().now_or_never().map(|r| r.err()),
+            Some(Some(Ending::Replaced)),
+            "told to end"
+        );
         assert!(new_rx.recv().now_or_never().is_none(), "still waiting");
         r.leave(&n, 1);
         assert!(!r.replaced(&n, Owner { instance: HERE, session: 1 }, HERE), "gone");
         r.leave(&n, 2);
-        assert!(r.members.lock().expect("lock").is_empty());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn given_a_closed_roster_then_every_session_ends_and_so_does_one_that_joins_later() {
+        let r = Roster::default();
+        let ((a, a_rx), (b, b_rx)) = (mailbox(), mailbox());
+        r.join(&Number::new("123").expect("n"), 1, a);
+        r.close();
+        r.join(&Number::new("456").expect("n"), 2, b);
+        for rx in [a_rx, b_rx] {
+            assert_eq!(rx.recv().now_or_never().map(|r| r.err()), Some(Some(Ending::Shutdown)));
+        }
     }
 }

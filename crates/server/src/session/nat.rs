@@ -16,7 +16,6 @@ use whatsap2p_proto::version::V3;
 use whatsap2p_proto::{Number, WireNumber};
 
 use super::{invalid_number, now_ms, short, Online};
-use crate::mailbox::mailbox;
 use crate::meetings::Unreachable;
 use crate::metrics::Meeting;
 use crate::sources::SourceAddr;
@@ -61,7 +60,7 @@ impl Online<'_> {
         }
         let dir = self.dir;
         let token = *self.token.get_or_insert_with(|| dir.probes.issue(&dir.relay_keys));
-        let push = self.push.get_or_insert_with(mailbox).0.clone();
+        let push = self.push.0.clone();
         dir.meetings.join(&self.number, self.session, push, token);
         Some(ServerToClient::Reachability { token, udp_port: dir.udp_port(), relay: dir.config.relay })
     }
