@@ -30,6 +30,8 @@ use crate::{LinkError, WRITE_TIMEOUT};
 pub struct Session<S> {
     reader: SessionReader<S>,
     writer: SessionWriter<S>,
+    /// Here rather than in a half: a directory holds a reader per session, and has no use for it.
+    remote_static: PublicKey,
 }
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
@@ -47,7 +49,6 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 frames,
                 transport: transport.clone(),
                 nonce: 0,
-                remote_static,
                 unknown: UnknownKinds::default(),
                 batched: false,
                 rest: BytesMut::new(),
@@ -60,6 +61,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 batched: false,
                 staged: Vec::new(),
             },
+            remote_static,
         }
     }
 
@@ -73,7 +75,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
 
     /// The peer's Noise static key, authenticated by the handshake.
     pub fn remote_static(&self) -> PublicKey {
-        self.reader.remote_static
+        self.remote_static
     }
 
     /// Splits into halves that can be used from different tasks.
@@ -88,7 +90,6 @@ pub struct SessionReader<S> {
     frames: FrameReader,
     transport: Arc<snow::StatelessTransportState>,
     nonce: u64,
-    remote_static: PublicKey,
     /// Messages of unknown kinds skipped by [`SessionReader::recv_msg`], for its log lines.
     unknown: UnknownKinds,
     /// Whether frames carry records (see [`Session::set_batched`]).
@@ -210,11 +211,6 @@ impl<S: AsyncRead> SessionReader<S> {
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
-    }
-
-    /// The peer's Noise static key.
-    pub fn remote_static(&self) -> PublicKey {
-        self.remote_static
     }
 
     /// Reads frames as records from now on (see [`Session::set_batched`], which is what a side

@@ -120,6 +120,8 @@ pub struct Directory {
     pub metrics: Arc<Metrics>,
     /// Connections per source address.
     pub sources: Arc<sources::Sources>,
+    /// Connections open, below `config.max_connections` (the process's file limit).
+    pub connections: Arc<Semaphore>,
     /// Lookups and registrations per number and per address.
     pub limits: limits::RequestLimits,
     /// The budget of log lines about refusals.
@@ -158,6 +160,7 @@ impl Directory {
             relay_keys,
             key,
             sources: Arc::new(sources::Sources::new(&config.limits)),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
             limits: limits::RequestLimits::new(&config.limits),
             refusals: Default::default(),
             config,
@@ -281,7 +284,6 @@ pub async fn run(
     let udp = directory.udp.take();
     let directory = Arc::new(directory);
     // Caps open sessions below the process's file limit; a connection over the cap is closed at once.
-    let permits = Arc::new(Semaphore::new(directory.config.max_connections));
     let cancel = directory.shutdown.clone();
     // Work of the directory as a whole, ended after the sessions.
     let background_cancel = CancellationToken::new();
@@ -314,7 +316,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let Ok(permit) = directory.connections.clone().try_acquire_owned() else {
                     directory.refuse(Refusal::Full, || warn!("Refusing {}/{}: {} sessions open", addr.ip(), addr.port(), directory.config.max_connections));
                     continue;
                 };

@@ -331,8 +331,6 @@ struct Online<'d> {
     asker: Asker,
     reader: Reader,
     writer: Writer,
-    /// Its place among the directory's connections and its address's: given back when it ends.
-    _capacity: (OwnedSemaphorePermit, Slot),
     /// This session's bounded queue of pushes, through which the roster also ends it.
     push: (mailbox::Sender, mailbox::Receiver),
     watched: HashSet<Number>,
@@ -354,7 +352,10 @@ struct Online<'d> {
 impl Drop for Online<'_> {
     fn drop(&mut self) {
         // On every way out, refused at the start or closed at the end.
-        self.dir.roster.leave(&self.number, self.session);
+        let dir = self.dir;
+        dir.roster.leave(&self.number, self.session);
+        dir.sources.leave(SourceAddr::from(self.addr.ip()));
+        dir.connections.add_permits(1);
     }
 }
 
@@ -363,6 +364,10 @@ impl<'d> Online<'d> {
     /// rest of it (the signature) is not kept beside it.
     fn new(dir: &'d Directory, proof: IdentityProof, version: u16, link: Link) -> Box<Self> {
         let Link { addr, reader, writer, permit, slot } = link;
+        // Its place among the directory's connections and its address's, given back in `drop`:
+        // the guards would cost every held session 40 bytes.
+        permit.forget();
+        slot.keep();
         let asker = dir.limits.asker(&proof.number, SourceAddr::from(addr.ip()));
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let push = mailbox::mailbox();
@@ -378,7 +383,6 @@ impl<'d> Online<'d> {
             addr,
             reader,
             writer,
-            _capacity: (permit, slot),
             push,
             watched: HashSet::new(),
             location: None,

@@ -100,7 +100,7 @@ impl Sources {
         }
         entry.connections += 1;
         entry.handshakes += 1;
-        Ok(Slot { sources: self.clone(), source, handshaking: true })
+        Ok(Slot { sources: Some(self.clone()), source, handshaking: true })
     }
 
     /// Connections open from `source` now, and of them in their handshake.
@@ -126,7 +126,8 @@ impl Sources {
 
 /// One connection's place among its address's: given back when dropped.
 pub struct Slot {
-    sources: Arc<Sources>,
+    /// `None` once [`Slot::keep`] handed the place over.
+    sources: Option<Arc<Sources>>,
     source: SourceAddr,
     handshaking: bool,
 }
@@ -139,15 +140,32 @@ impl Slot {
 
     /// The handshake is over: its handshake slot goes back, the connection keeps its place.
     pub fn handshake_done(&mut self) {
-        if std::mem::take(&mut self.handshaking) {
-            self.sources.release(self.source, true, false);
+        if let Some(sources) = self.sources.as_ref().filter(|_| std::mem::take(&mut self.handshaking)) {
+            sources.release(self.source, true, false);
         }
+    }
+
+    /// The handshake is over and the connection stays: its place is kept without this guard, and
+    /// whoever keeps it gives it back with [`Sources::leave`]. (A held session's state does, so as
+    /// not to keep a guard per session.)
+    pub fn keep(mut self) {
+        self.handshake_done();
+        self.sources = None;
+    }
+}
+
+impl Sources {
+    /// A connection from `source` whose slot was kept ([`Slot::keep`]) ended.
+    pub fn leave(&self, source: SourceAddr) {
+        self.release(source, false, true);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.sources.release(self.source, self.handshaking, true);
+        if let Some(sources) = &self.sources {
+            sources.release(self.source, self.handshaking, true);
+        }
     }
 }
 
@@ -178,6 +196,15 @@ mod tests {
         assert_eq!(s.held(ip.into()), (3, 2));
         drop(a);
         assert_eq!(s.held(ip.into()), (2, 2));
+        let c = s.admit("10.0.0.3".parse().expect("ip")).expect("another");
+        c.keep();
+        assert_eq!(
+            s.held("10.0.0.3".parse::<IpAddr>().expect("ip").into()),
+            (1, 0),
+            "kept: the handshake part back"
+        );
+        s.leave("10.0.0.3".parse::<IpAddr>().expect("ip").into());
+        assert_eq!(s.held("10.0.0.3".parse::<IpAddr>().expect("ip").into()), (0, 0));
     }
 
     #[test]
