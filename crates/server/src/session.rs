@@ -113,8 +113,8 @@ impl From<LinkError> for End {
 /// What this returns is the whole task of a session, kept for as long as the client is online, and
 /// tokio rounds a task up to 128 bytes, so it is built to hold pointers only: the connection's
 /// parts travel in one box, the handshake runs boxed (its state is freed when it ends), the
-/// session's state is the `Box<Online>` that keeps the permit and the slot, and the wait for
-/// requests is the only state of the future. This is not an `async fn` around the block: that
+/// session's state is a `Box<Online>` (which gives the permit and the slot back when it drops),
+/// and the wait for requests is the only state of the future. This is not an `async fn` around the block: that
 /// would keep a second copy of the arguments.
 pub fn serve(
     stream: TcpStream,
