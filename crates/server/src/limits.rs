@@ -233,21 +233,16 @@ impl RequestLimits {
         }
     }
 
-    /// May the session of `me`, from `from`, make a lookup now? Counts it if so. Checked before
-    /// the number asked for is even read, so a flood of bad lookups is limited too.
-    pub fn lookup_rate(&self, me: &Number, from: SourceAddr) -> Result<(), Limited> {
-        self.asker_lookup_rate(&self.asker(me, from), from)
-    }
-
-    /// `me` asking from `from`, for the `asker_*` checks: a session computes this once.
+    /// `me` asking from `from`, for the checks below: a session computes this once.
     pub fn asker(&self, me: &Number, from: SourceAddr) -> Asker {
         let address =
             if self.limits.address_distinct_lookups_per_day > 0 { self.hasher.hash_one(from) } else { 0 };
         Asker { number: self.hasher.hash_one(me), address, recent: None }
     }
 
-    /// [`RequestLimits::lookup_rate`] for an [`Asker`].
-    pub fn asker_lookup_rate(&self, asker: &Asker, from: SourceAddr) -> Result<(), Limited> {
+    /// May `asker`, from `from`, make a lookup now? Counts it if so. Checked before the number
+    /// asked for is even read, so a flood of bad lookups is limited too.
+    pub fn lookup_rate(&self, asker: &Asker, from: SourceAddr) -> Result<(), Limited> {
         check(&self.lookups_by_number, &asker.number, LOOKUP_RATE)?;
         check(&self.lookups_by_address, &from, LOOKUP_RATE)
     }
@@ -257,22 +252,17 @@ impl RequestLimits {
         check(&self.new_numbers, &from, NEW_NUMBERS)
     }
 
-    /// May the session of `me`, from `from`, learn about `wanted` (a lookup or a watch)? Counts
-    /// it among the distinct numbers both looked up today if so. Watches are not limited per
-    /// second: a session watches at most `MAX_WATCHED` numbers in all.
-    pub fn distinct(&self, me: &Number, from: SourceAddr, wanted: &Number) -> Result<(), Limited> {
-        self.asker_distinct(&mut self.asker(me, from), wanted, Instant::now())
-    }
-
-    /// [`RequestLimits::distinct`] for an [`Asker`], at `now` (a session reads the clock once per
-    /// batch of requests).
+    /// May `asker` learn about `wanted` (a lookup or a watch), at `now` (a session reads the clock
+    /// once per batch of requests)? Counts it among the distinct numbers both looked up today if
+    /// so. Watches are not limited per second: a session watches at most `MAX_WATCHED` numbers in
+    /// all.
     ///
     /// A session asking again for the number it was last let look up (a client pinging a contact,
     /// resending to it) is let through without the shared map and its lock, until the day it was
     /// counted in ends. (If the map forgot the asker in between, to stay under
     /// [`Limits::tracked_lookups`], that number is not counted again that day: what forgetting
     /// forgives anyway.)
-    pub fn asker_distinct(&self, asker: &mut Asker, wanted: &Number, now: Instant) -> Result<(), Limited> {
+    pub fn distinct(&self, asker: &mut Asker, wanted: &Number, now: Instant) -> Result<(), Limited> {
         if asker.recent.as_ref().is_some_and(|r| r.number == *wanted && now < r.until) {
             return Ok(());
         }
@@ -337,19 +327,29 @@ mod tests {
 
     const HOME: SourceAddr = SourceAddr::V4([10, 0, 0, 1]);
 
+    /// A lookup's rate check by a session of its own.
+    fn lookup(limits: &RequestLimits, me: &Number, from: SourceAddr) -> Result<(), Limited> {
+        limits.lookup_rate(&limits.asker(me, from), from)
+    }
+
+    /// A distinct-numbers check by a session of its own.
+    fn learn(limits: &RequestLimits, me: &Number, from: SourceAddr, wanted: &Number) -> Result<(), Limited> {
+        limits.distinct(&mut limits.asker(me, from), wanted, Instant::now())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn given_lookups_faster_than_the_rate_then_limited_until_the_retry_time() {
         let limits = RequestLimits::new(&Limits { lookups_per_second: 2, ..Limits::default() });
         let (me, wanted) = (n("5550001"), n("5550002"));
         for _ in 0..2 * BURST {
-            limits.lookup_rate(&me, HOME).expect("within the burst");
+            lookup(&limits, &me, HOME).expect("within the burst");
         }
-        let limited = limits.lookup_rate(&me, HOME).expect_err("over the rate");
+        let limited = lookup(&limits, &me, HOME).expect_err("over the rate");
         assert_eq!(limited.limit, LimitKind::LookupRate);
         assert_eq!(limited.retry_after_ms(), 500);
         tokio::time::advance(limited.retry_after).await;
-        limits.lookup_rate(&me, HOME).expect("served after the retry time");
-        limits.distinct(&me, HOME, &wanted).expect("and the number");
+        lookup(&limits, &me, HOME).expect("served after the retry time");
+        learn(&limits, &me, HOME, &wanted).expect("and the number");
     }
 
     #[tokio::test(start_paused = true)]
@@ -357,10 +357,10 @@ mod tests {
         let limits = RequestLimits::new(&Limits { distinct_lookups_per_day: 3, ..Limits::default() });
         let me = n("5550001");
         for i in 0..3 {
-            limits.distinct(&me, HOME, &n(&format!("555010{i}"))).expect("within the day's");
+            learn(&limits, &me, HOME, &n(&format!("555010{i}"))).expect("within the day's");
         }
         tokio::time::advance(Duration::from_secs(3600)).await;
-        let limited = limits.distinct(&me, HOME, &n("5550199")).expect_err("a fourth number");
+        let limited = learn(&limits, &me, HOME, &n("5550199")).expect_err("a fourth number");
         assert_eq!(
             limited,
             Limited {
@@ -369,10 +369,10 @@ mod tests {
                 retry_after: DAY - Duration::from_secs(3600)
             }
         );
-        limits.distinct(&me, HOME, &n("5550101")).expect("a number looked up today is free");
-        limits.distinct(&me, HOME, &n("5550102")).expect("and may be watched");
+        learn(&limits, &me, HOME, &n("5550101")).expect("a number looked up today is free");
+        learn(&limits, &me, HOME, &n("5550102")).expect("and may be watched");
         tokio::time::advance(limited.retry_after).await;
-        limits.distinct(&me, HOME, &n("5550199")).expect("a new day");
+        learn(&limits, &me, HOME, &n("5550199")).expect("a new day");
     }
 
     #[tokio::test(start_paused = true)]
@@ -382,21 +382,21 @@ mod tests {
         let (a, b, c) = (n("5550101"), n("5550102"), n("5550103"));
         let now = Instant::now;
         for _ in 0..100 {
-            limits.asker_distinct(&mut session, &a, now()).expect("its last number, again and again");
+            limits.distinct(&mut session, &a, now()).expect("its last number, again and again");
         }
-        limits.asker_distinct(&mut session, &b, now()).expect("a second number");
-        limits.asker_distinct(&mut session, &c, now()).expect_err("a third is over the day's two");
-        limits.asker_distinct(&mut session, &b, now()).expect("the last one let through");
-        limits.asker_distinct(&mut session, &a, now()).expect("one counted today");
-        limits.asker_distinct(&mut session, &c, now()).expect_err("still over, whatever came before");
+        limits.distinct(&mut session, &b, now()).expect("a second number");
+        limits.distinct(&mut session, &c, now()).expect_err("a third is over the day's two");
+        limits.distinct(&mut session, &b, now()).expect("the last one let through");
+        limits.distinct(&mut session, &a, now()).expect("one counted today");
+        limits.distinct(&mut session, &c, now()).expect_err("still over, whatever came before");
         // The day ends: the number counts anew, in the new day's two.
         tokio::time::advance(DAY).await;
-        limits.asker_distinct(&mut session, &a, now()).expect("the new day's first");
-        limits.asker_distinct(&mut session, &c, now()).expect("its second");
-        limits.asker_distinct(&mut session, &b, now()).expect_err("a third in the new day");
+        limits.distinct(&mut session, &a, now()).expect("the new day's first");
+        limits.distinct(&mut session, &c, now()).expect("its second");
+        limits.distinct(&mut session, &b, now()).expect_err("a third in the new day");
         // Another session of the same number shares its day.
         let mut other = limits.asker(&n("5550001"), HOME);
-        limits.asker_distinct(&mut other, &b, now()).expect_err("the same number's day");
+        limits.distinct(&mut other, &b, now()).expect_err("the same number's day");
     }
 
     #[tokio::test(start_paused = true)]
@@ -404,13 +404,11 @@ mod tests {
         let limits = RequestLimits::new(&Limits { address_distinct_lookups_per_day: 5, ..Limits::default() });
         for i in 0..5 {
             let me = n(&format!("77700{i}"));
-            limits.distinct(&me, HOME, &n(&format!("555010{i}"))).expect("within the address's");
+            learn(&limits, &me, HOME, &n(&format!("555010{i}"))).expect("within the address's");
         }
-        let limited = limits.distinct(&n("7770099"), HOME, &n("5550199")).expect_err("a fresh number");
+        let limited = learn(&limits, &n("7770099"), HOME, &n("5550199")).expect_err("a fresh number");
         assert_eq!(limited.limit, LimitKind::DistinctLookups);
-        limits
-            .distinct(&n("7770099"), SourceAddr::V4([10, 0, 0, 2]), &n("5550199"))
-            .expect("another address");
+        learn(&limits, &n("7770099"), SourceAddr::V4([10, 0, 0, 2]), &n("5550199")).expect("another address");
     }
 
     #[tokio::test(start_paused = true)]
@@ -418,13 +416,13 @@ mod tests {
         let limits = RequestLimits::new(&Limits { tracked_lookups: 16, ..Limits::default() });
         let big = n("5550001");
         for i in 0..6 {
-            limits.distinct(&big, HOME, &n(&format!("555020{i}"))).expect("lookup");
+            learn(&limits, &big, HOME, &n(&format!("555020{i}"))).expect("lookup");
         }
         for i in 0..4 {
-            limits.distinct(&n(&format!("66600{i}")), HOME, &n("5550200")).expect("lookup");
+            learn(&limits, &n(&format!("66600{i}")), HOME, &n("5550200")).expect("lookup");
         }
         // 6 + 6 (the address) + 4 = 16, at the cap; one more trims to 14.
-        limits.distinct(&n("6660099"), HOME, &n("5550200")).expect("lookup");
+        learn(&limits, &n("6660099"), HOME, &n("5550200")).expect("lookup");
         let distinct = limits.distinct.lock().expect("lock");
         assert!(distinct.total <= 14, "{} kept", distinct.total);
         assert_eq!(distinct.seen[&Looker::Number(limits.hasher.hash_one(&big))].numbers.len(), 6);
@@ -456,15 +454,15 @@ mod tests {
         let limits = RequestLimits::new(&defaults);
         let me = n("5550666");
         let distinct_per_hour = as_fast_as_allowed(HOUR, |i| {
-            limits.lookup_rate(&me, HOME)?;
-            limits.distinct(&me, HOME, &fresh(i))
+            lookup(&limits, &me, HOME)?;
+            learn(&limits, &me, HOME, &fresh(i))
         })
         .await;
         let limits = RequestLimits::new(&defaults);
         let contacts: Vec<Number> = (0..10).map(fresh).collect();
         let same_per_hour = as_fast_as_allowed(HOUR, |i| {
-            limits.lookup_rate(&me, HOME)?;
-            limits.distinct(&me, HOME, &contacts[i as usize % contacts.len()])
+            lookup(&limits, &me, HOME)?;
+            learn(&limits, &me, HOME, &contacts[i as usize % contacts.len()])
         })
         .await;
         // An enumerator behind one address, with a new number of its own for each day's worth.
@@ -472,8 +470,8 @@ mod tests {
         let per_number = u64::from(defaults.distinct_lookups_per_day);
         let address_per_day = as_fast_as_allowed(DAY, |i| {
             let me = n(&format!("9{:09}", i / per_number));
-            limits.lookup_rate(&me, HOME)?;
-            limits.distinct(&me, HOME, &fresh(i))
+            lookup(&limits, &me, HOME)?;
+            learn(&limits, &me, HOME, &fresh(i))
         })
         .await;
         let limits = RequestLimits::new(&defaults);

@@ -682,7 +682,7 @@ impl<'d> Online<'d> {
         now: tokio::time::Instant,
     ) -> Result<ServerToClient, Number> {
         let (dir, addr) = (self.dir, self.addr);
-        if let Err(limited) = dir.limits.asker_lookup_rate(&self.asker, SourceAddr::from(addr.ip())) {
+        if let Err(limited) = dir.limits.lookup_rate(&self.asker, SourceAddr::from(addr.ip())) {
             return Ok(self.limited(Some(req), limited));
         }
         let wanted = match Number::try_from(wanted) {
@@ -694,7 +694,7 @@ impl<'d> Online<'d> {
                 return Ok(ServerToClient::Error { req: Some(req), message });
             }
         };
-        if let Err(limited) = dir.limits.asker_distinct(&mut self.asker, &wanted, now) {
+        if let Err(limited) = dir.limits.distinct(&mut self.asker, &wanted, now) {
             return Ok(self.limited(Some(req), limited));
         }
         // Only lookups that are served are logged one by one (refusals go by the budget).
@@ -750,8 +750,7 @@ impl<'d> Online<'d> {
                     let mut limited = None;
                     for n in numbers {
                         // Past a limit, the rest of the batch is not watched (and said once, below).
-                        if let Err(l) =
-                            dir.limits.asker_distinct(&mut self.asker, &n, tokio::time::Instant::now())
+                        if let Err(l) = dir.limits.distinct(&mut self.asker, &n, tokio::time::Instant::now())
                         {
                             limited = Some(l);
                             break;

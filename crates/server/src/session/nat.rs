@@ -127,13 +127,13 @@ impl Online<'_> {
             )));
         }
         let (dir, source) = (self.dir, SourceAddr::from(self.addr.ip()));
-        dir.limits.asker_lookup_rate(&self.asker, source).map_err(|l| self.limited(Some(req), l))?;
+        dir.limits.lookup_rate(&self.asker, source).map_err(|l| self.limited(Some(req), l))?;
         let wanted = Number::try_from(wanted).map_err(|e| error(invalid_number(wanted, &e)))?;
         if wanted == self.number {
             return Err(error("that is this session's own number".into()));
         }
         dir.limits
-            .asker_distinct(&mut self.asker, &wanted, Instant::now())
+            .distinct(&mut self.asker, &wanted, Instant::now())
             .map_err(|l| self.limited(Some(req), l))?;
         Ok(wanted)
     }
