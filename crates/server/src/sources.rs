@@ -140,7 +140,10 @@ impl Slot {
 
     /// The handshake is over: its handshake slot goes back, the connection keeps its place.
     pub fn handshake_done(&mut self) {
-        if let Some(sources) = self.sources.as_ref().filter(|_| std::mem::take(&mut self.handshaking)) {
+        if !std::mem::take(&mut self.handshaking) {
+            return;
+        }
+        if let Some(sources) = &self.sources {
             sources.release(self.source, true, false);
         }
     }
